@@ -1,0 +1,247 @@
+//! Affine quantization parameters and how they are derived from a real range.
+//!
+//! Offline code: scales are computed in f64 and stored as f32. The rounding of real
+//! values to codes is round-half-to-even, the same as PyTorch and ONNX, and every
+//! crate (runtime, simulation, QAT) goes through [`QuantParams::quantize`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::QuantError;
+use crate::scheme::{Granularity, Mapping, QuantScheme};
+
+/// Smallest scale ever produced from a range. A range narrower than this (all zeros, a
+/// constant, or a tiny spread) still gets valid parameters: real 0 maps exactly, and
+/// values below the floor quantize to the zero point. PyTorch uses the same floor.
+pub const MIN_SCALE: f32 = f32::EPSILON;
+
+/// One affine mapping `real = scale * (q - zero_point)` with codes in `[qmin, qmax]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QuantParams {
+    pub scale: f32,
+    pub zero_point: i32,
+    pub qmin: i32,
+    pub qmax: i32,
+}
+
+impl QuantParams {
+    /// Checked constructor for parameters that come from outside (files, configs).
+    pub fn new(scale: f32, zero_point: i32, qmin: i32, qmax: i32) -> Result<Self, QuantError> {
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(QuantError::InvalidScale { scale });
+        }
+        if !(qmin <= zero_point && zero_point <= qmax) {
+            return Err(QuantError::ZeroPointOutOfRange {
+                zero_point,
+                qmin,
+                qmax,
+            });
+        }
+        Ok(Self {
+            scale,
+            zero_point,
+            qmin,
+            qmax,
+        })
+    }
+
+    /// Parameters covering `[min, max]` under `scheme` (its granularity is ignored).
+    ///
+    /// The range is first widened to contain 0 so that real zero (padding, ReLU's floor)
+    /// is exact. Symmetric mappings use the larger magnitude on both sides.
+    pub fn from_range(min: f32, max: f32, scheme: &QuantScheme) -> Result<Self, QuantError> {
+        if !(min.is_finite() && max.is_finite()) {
+            return Err(QuantError::NonFiniteRange { min, max });
+        }
+        if min > max {
+            return Err(QuantError::InvertedRange { min, max });
+        }
+        let (qmin, qmax) = (scheme.qmin(), scheme.qmax());
+        let lo = f64::from(min.min(0.0));
+        let hi = f64::from(max.max(0.0));
+        let (scale, zero_point) = match scheme.mapping {
+            Mapping::Symmetric => {
+                let zero_point = symmetric_zero_point(qmin, qmax);
+                let half_steps = f64::from((qmax - zero_point).min(zero_point - qmin));
+                (lo.abs().max(hi) / half_steps, zero_point)
+            }
+            Mapping::Asymmetric => {
+                let scale = (hi - lo) / f64::from(qmax - qmin);
+                let scale = scale.max(f64::from(MIN_SCALE));
+                let zero_point = (f64::from(qmin) - (lo / scale).round_ties_even())
+                    .clamp(f64::from(qmin), f64::from(qmax)) as i32;
+                (scale, zero_point)
+            }
+        };
+        let scale = (scale as f32).max(MIN_SCALE);
+        Self::new(scale, zero_point, qmin, qmax)
+    }
+
+    /// The real interval this grid represents.
+    pub fn real_range(&self) -> (f32, f32) {
+        (self.dequantize(self.qmin), self.dequantize(self.qmax))
+    }
+
+    /// Nearest code, ties to even, saturated to the grid. NaN maps to the zero point and
+    /// infinities saturate; callers that must reject them check finiteness first.
+    #[inline]
+    pub fn quantize(&self, x: f32) -> i32 {
+        let q = (x / self.scale).round_ties_even();
+        if q.is_nan() {
+            return self.zero_point;
+        }
+        let shifted = f64::from(q) + f64::from(self.zero_point);
+        shifted.clamp(f64::from(self.qmin), f64::from(self.qmax)) as i32
+    }
+
+    #[inline]
+    pub fn dequantize(&self, q: i32) -> f32 {
+        self.scale * (q - self.zero_point) as f32
+    }
+
+    /// Quantize then dequantize: the value the integer path will see, in real units.
+    #[inline]
+    pub fn fake_quantize(&self, x: f32) -> f32 {
+        self.dequantize(self.quantize(x))
+    }
+}
+
+/// The middle of the grid: 0 for signed storage, 2^(bits-1) for unsigned.
+fn symmetric_zero_point(qmin: i32, qmax: i32) -> i32 {
+    if qmin < 0 { 0 } else { (qmin + qmax + 1) / 2 }
+}
+
+/// Parameters for a whole tensor: one mapping, or one per channel along an axis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorQuantParams {
+    PerTensor(QuantParams),
+    PerChannel {
+        axis: usize,
+        channels: Vec<QuantParams>,
+    },
+}
+
+impl TensorQuantParams {
+    /// Builds parameters from per-channel ranges (one range for per-tensor schemes).
+    pub fn from_ranges(ranges: &[(f32, f32)], scheme: &QuantScheme) -> Result<Self, QuantError> {
+        match scheme.granularity {
+            Granularity::PerTensor => {
+                let (min, max) = ranges
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &(a, b)| {
+                        (lo.min(a), hi.max(b))
+                    });
+                if ranges.is_empty() {
+                    return Err(QuantError::Empty);
+                }
+                Ok(Self::PerTensor(QuantParams::from_range(min, max, scheme)?))
+            }
+            Granularity::PerChannel { axis } => {
+                let channels = ranges
+                    .iter()
+                    .map(|&(min, max)| QuantParams::from_range(min, max, scheme))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Self::PerChannel { axis, channels })
+            }
+        }
+    }
+
+    /// The parameters of channel `c` (the only ones, per tensor).
+    pub fn channel(&self, c: usize) -> &QuantParams {
+        match self {
+            Self::PerTensor(p) => p,
+            Self::PerChannel { channels, .. } => &channels[c],
+        }
+    }
+
+    pub fn as_slice(&self) -> &[QuantParams] {
+        match self {
+            Self::PerTensor(p) => std::slice::from_ref(p),
+            Self::PerChannel { channels, .. } => channels,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheme::Signedness;
+
+    fn asym_u8() -> QuantScheme {
+        QuantScheme::activations_uint8()
+    }
+
+    #[test]
+    fn asymmetric_u8_known_answer() {
+        let p = QuantParams::from_range(-1.0, 3.0, &asym_u8()).unwrap();
+        assert!((p.scale - 4.0 / 255.0).abs() < 1e-9);
+        assert_eq!(p.zero_point, 64);
+        assert_eq!(p.quantize(0.0), 64);
+        assert_eq!(p.dequantize(64), 0.0);
+    }
+
+    #[test]
+    fn symmetric_s8_known_answer() {
+        let s = QuantScheme::weights_int8(Granularity::PerTensor);
+        let p = QuantParams::from_range(-0.5, 2.54, &s).unwrap();
+        assert_eq!(p.zero_point, 0);
+        assert!((p.scale - 0.02).abs() < 1e-7);
+        assert_eq!(p.quantize(2.54), 127);
+        assert_eq!(p.quantize(-2.54), -127);
+        assert_eq!(p.quantize(-100.0), -127);
+    }
+
+    #[test]
+    fn symmetric_unsigned_centres_zero() {
+        let s = QuantScheme::new(8, Signedness::Unsigned, Mapping::Symmetric, false, Granularity::PerTensor)
+            .unwrap();
+        let p = QuantParams::from_range(-1.0, 1.0, &s).unwrap();
+        assert_eq!(p.zero_point, 128);
+        assert_eq!(p.quantize(1.0), 255);
+        assert_eq!(p.quantize(-1.0), 1);
+    }
+
+    #[test]
+    fn degenerate_ranges_are_valid() {
+        for (lo, hi) in [(0.0, 0.0), (5.0, 5.0), (-3.0, -3.0), (1e-30, 2e-30), (0.0, f32::MAX)] {
+            for s in [asym_u8(), QuantScheme::weights_int8(Granularity::PerTensor)] {
+                let p = QuantParams::from_range(lo, hi, &s).unwrap();
+                assert!(p.scale.is_finite() && p.scale >= MIN_SCALE, "{lo} {hi} {p:?}");
+                assert_eq!(p.fake_quantize(0.0), 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_ranges_are_errors() {
+        let s = asym_u8();
+        assert!(matches!(QuantParams::from_range(f32::NAN, 1.0, &s), Err(QuantError::NonFiniteRange { .. })));
+        assert!(matches!(QuantParams::from_range(0.0, f32::INFINITY, &s), Err(QuantError::NonFiniteRange { .. })));
+        assert!(matches!(QuantParams::from_range(2.0, 1.0, &s), Err(QuantError::InvertedRange { .. })));
+    }
+
+    #[test]
+    fn checked_constructor_rejects_bad_params() {
+        assert!(QuantParams::new(0.0, 0, 0, 255).is_err());
+        assert!(QuantParams::new(f32::NAN, 0, 0, 255).is_err());
+        assert!(QuantParams::new(1.0, 300, 0, 255).is_err());
+        assert!(QuantParams::new(1.0, 3, 0, 255).is_ok());
+    }
+
+    #[test]
+    fn quantize_saturates_and_handles_non_finite() {
+        let p = QuantParams::from_range(-1.0, 1.0, &asym_u8()).unwrap();
+        assert_eq!(p.quantize(f32::INFINITY), 255);
+        assert_eq!(p.quantize(f32::NEG_INFINITY), 0);
+        assert_eq!(p.quantize(f32::NAN), p.zero_point);
+        assert_eq!(p.quantize(f32::MAX), 255);
+    }
+
+    #[test]
+    fn per_tensor_from_ranges_takes_the_union() {
+        let s = asym_u8();
+        let t = TensorQuantParams::from_ranges(&[(-1.0, 0.5), (0.0, 3.0)], &s).unwrap();
+        assert_eq!(t, TensorQuantParams::PerTensor(QuantParams::from_range(-1.0, 3.0, &s).unwrap()));
+        assert_eq!(TensorQuantParams::from_ranges(&[], &s), Err(QuantError::Empty));
+    }
+}
