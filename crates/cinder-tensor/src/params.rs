@@ -85,12 +85,14 @@ impl QuantParams {
     /// infinities saturate; callers that must reject them check finiteness first.
     #[inline]
     pub fn quantize(&self, x: f32) -> i32 {
-        let q = (x / self.scale).round_ties_even();
-        if q.is_nan() {
-            return self.zero_point;
-        }
-        let shifted = f64::from(q) + f64::from(self.zero_point);
-        shifted.clamp(f64::from(self.qmin), f64::from(self.qmax)) as i32
+        let q = round_ties_even(x / self.scale) + self.zero_point as f32;
+        // `f32::max` drops NaN, so NaN is mapped to the zero point explicitly.
+        let q = if q.is_nan() { self.zero_point as f32 } else { q };
+        let q = q.max(self.qmin as f32).min(self.qmax as f32);
+        // SAFETY: q is finite (NaN was replaced, infinities clamped) and within
+        // [qmin, qmax], so it is representable as i32. The checked `as` cast would block
+        // vectorization.
+        unsafe { q.to_int_unchecked::<i32>() }
     }
 
     #[inline]
@@ -103,6 +105,18 @@ impl QuantParams {
     pub fn fake_quantize(&self, x: f32) -> f32 {
         self.dequantize(self.quantize(x))
     }
+}
+
+/// Round half to even, branch-free and vectorizable (`f32::round_ties_even` is a libm
+/// call on baseline x86-64). Magnitudes are first limited to 2^22, far beyond any code,
+/// so that adding 1.5 * 2^23 lands where the float grid spacing is exactly 1 and the
+/// hardware's round-to-nearest-even does the rounding.
+#[inline]
+pub fn round_ties_even(v: f32) -> f32 {
+    const LIMIT: f32 = 4_194_304.0; // 2^22
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    let v = v.clamp(-LIMIT, LIMIT);
+    (v + MAGIC) - MAGIC
 }
 
 /// The middle of the grid: 0 for signed storage, 2^(bits-1) for unsigned.
@@ -235,6 +249,21 @@ mod tests {
         assert_eq!(p.quantize(f32::NEG_INFINITY), 0);
         assert_eq!(p.quantize(f32::NAN), p.zero_point);
         assert_eq!(p.quantize(f32::MAX), 255);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_rounding_matches_std(v in proptest::num::f32::ANY) {
+            let want = v.clamp(-4_194_304.0, 4_194_304.0).round_ties_even();
+            let got = round_ties_even(v);
+            proptest::prop_assert!(got == want || (got.is_nan() && want.is_nan()), "{v}: {got} vs {want}");
+        }
+
+        #[test]
+        fn fast_rounding_matches_std_on_ties(i in -4_194_304i32..4_194_304) {
+            let v = i as f32 + 0.5;
+            proptest::prop_assert_eq!(round_ties_even(v), v.round_ties_even());
+        }
     }
 
     #[test]

@@ -39,10 +39,10 @@ fn map_with_params<T: Element, U>(
     shape: &[usize],
     data: &[T],
     params: &TensorQuantParams,
-    mut f: impl FnMut(&QuantParams, T) -> Result<U, QuantError>,
+    f: impl Fn(&QuantParams, T) -> U,
 ) -> Result<Vec<U>, QuantError> {
     match params {
-        TensorQuantParams::PerTensor(p) => data.iter().map(|&x| f(p, x)).collect(),
+        TensorQuantParams::PerTensor(p) => Ok(data.iter().map(|&x| f(p, x)).collect()),
         TensorQuantParams::PerChannel { axis, channels } => {
             let layout = AxisLayout::new(shape, *axis)?;
             if layout.channels != channels.len() {
@@ -53,19 +53,11 @@ fn map_with_params<T: Element, U>(
                 });
             }
             let mut out = Vec::with_capacity(data.len());
-            let mut failure = None;
             layout.for_each_run(data, |c, run| {
-                for &x in run {
-                    match f(&channels[c], x) {
-                        Ok(v) => out.push(v),
-                        Err(e) => {
-                            failure.get_or_insert(e);
-                            return;
-                        }
-                    }
-                }
+                let p = &channels[c];
+                out.extend(run.iter().map(|&x| f(p, x)));
             });
-            failure.map_or(Ok(out), Err)
+            Ok(out)
         }
     }
 }
@@ -83,11 +75,14 @@ fn check_storage<Q: Code>(params: &TensorQuantParams) -> Result<(), QuantError> 
     Ok(())
 }
 
-fn finite(index: usize, value: f32) -> Result<f32, QuantError> {
-    if value.is_finite() {
-        Ok(value)
-    } else {
-        Err(QuantError::NonFiniteValue { index, value })
+/// The first non-finite value, as an error.
+fn check_finite(data: &[f32]) -> Result<(), QuantError> {
+    match data.iter().position(|x| !x.is_finite()) {
+        Some(index) => Err(QuantError::NonFiniteValue {
+            index,
+            value: data[index],
+        }),
+        None => Ok(()),
     }
 }
 
@@ -97,12 +92,8 @@ pub fn quantize<Q: Code>(
     params: &TensorQuantParams,
 ) -> Result<TensorBuf<Q>, QuantError> {
     check_storage::<Q>(params)?;
-    let mut index = 0;
-    let data = map_with_params(t.shape(), t.data(), params, |p, x| {
-        let x = finite(index, x)?;
-        index += 1;
-        Ok(Q::from_code(p.quantize(x)))
-    })?;
+    check_finite(t.data())?;
+    let data = map_with_params(t.shape(), t.data(), params, |p, x| Q::from_code(p.quantize(x)))?;
     Ok(TensorBuf::new(t.shape().to_vec(), data)?)
 }
 
@@ -111,9 +102,7 @@ pub fn dequantize<Q: Code>(
     t: &impl Tensor<Q>,
     params: &TensorQuantParams,
 ) -> Result<TensorBuf<f32>, QuantError> {
-    let data = map_with_params(t.shape(), t.data(), params, |p, q| {
-        Ok(p.dequantize(q.to_code()))
-    })?;
+    let data = map_with_params(t.shape(), t.data(), params, |p, q| p.dequantize(q.to_code()))?;
     Ok(TensorBuf::new(t.shape().to_vec(), data)?)
 }
 
@@ -122,12 +111,8 @@ pub fn fake_quantize(
     t: &impl Tensor<f32>,
     params: &TensorQuantParams,
 ) -> Result<TensorBuf<f32>, QuantError> {
-    let mut index = 0;
-    let data = map_with_params(t.shape(), t.data(), params, |p, x| {
-        let x = finite(index, x)?;
-        index += 1;
-        Ok(p.fake_quantize(x))
-    })?;
+    check_finite(t.data())?;
+    let data = map_with_params(t.shape(), t.data(), params, |p, x| p.fake_quantize(x))?;
     Ok(TensorBuf::new(t.shape().to_vec(), data)?)
 }
 
