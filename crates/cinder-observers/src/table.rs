@@ -96,7 +96,14 @@ mod tests {
         let scheme = QuantScheme::activations_uint8();
         let mut t = CalibrationTable::new("minmax", scheme, 100);
         let params = QuantParams::from_range(-1.0, 2.0, &scheme).unwrap();
-        t.tensors.insert(GRAPH_INPUT.into(), TensorRange { min: -1.0, max: 2.0, params });
+        t.tensors.insert(
+            GRAPH_INPUT.into(),
+            TensorRange {
+                min: -1.0,
+                max: 2.0,
+                params,
+            },
+        );
         t
     }
 
@@ -115,10 +122,21 @@ mod tests {
         table().save(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let scale = table().tensors[GRAPH_INPUT].params.scale;
-        std::fs::write(&path, text.replace(&format!("\"scale\": {scale}"), "\"scale\": -1.0")).unwrap();
+        std::fs::write(
+            &path,
+            text.replace(&format!("\"scale\": {scale}"), "\"scale\": -1.0"),
+        )
+        .unwrap();
         let err = CalibrationTable::load(&path).unwrap_err().to_string();
-        assert!(err.contains("tensors.input.params") && err.contains("calib.json"), "{err}");
-        std::fs::write(&path, text.replace("\"format_version\": 1", "\"format_version\": 2")).unwrap();
+        assert!(
+            err.contains("tensors.input.params") && err.contains("calib.json"),
+            "{err}"
+        );
+        std::fs::write(
+            &path,
+            text.replace("\"format_version\": 1", "\"format_version\": 2"),
+        )
+        .unwrap();
         assert!(CalibrationTable::load(&path).is_err());
     }
 }

@@ -18,7 +18,7 @@ pub mod tensor;
 
 pub use error::{QuantError, TensorError};
 pub use fixed_point::RequantMultiplier;
-pub use metrics::ErrorMetrics;
+pub use metrics::{ErrorAccumulator, ErrorMetrics};
 pub use params::{QuantParams, TensorQuantParams, round_ties_even};
 pub use scheme::{Granularity, Mapping, QuantScheme, Signedness};
 pub use quantize::{dequantize, fake_quantize, quantize, Code};

@@ -31,52 +31,71 @@ impl ErrorMetrics {
         if reference.is_empty() {
             return Err(QuantError::Empty);
         }
-        let mut sum = Sums::default();
+        let mut sum = ErrorAccumulator::default();
         for (index, (&x, &y)) in reference.iter().zip(approx).enumerate() {
             for value in [x, y] {
                 if !value.is_finite() {
                     return Err(QuantError::NonFiniteValue { index, value });
                 }
             }
-            sum.add(f64::from(x), f64::from(y));
+            sum.add(x, y);
         }
-        Ok(sum.finish(reference.len()))
+        Ok(sum.metrics())
     }
 }
 
-#[derive(Default)]
-struct Sums {
+/// Running sums behind [`ErrorMetrics`], for errors gathered batch after batch (and
+/// merged across threads) without keeping the tensors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorAccumulator {
     abs: f64,
-    sq_err: f64,
+    squared: f64,
     max_abs: f64,
     signal: f64,
+    count: usize,
 }
 
-impl Sums {
-    fn add(&mut self, x: f64, y: f64) {
+impl ErrorAccumulator {
+    /// Adds one pair: the reference `x` and its approximation `y` (both finite).
+    pub fn add(&mut self, x: f32, y: f32) {
+        let (x, y) = (f64::from(x), f64::from(y));
         let e = (x - y).abs();
         self.abs += e;
-        self.sq_err += e * e;
+        self.squared += e * e;
         self.max_abs = self.max_abs.max(e);
         self.signal += x * x;
+        self.count += 1;
     }
 
-    fn finish(self, count: usize) -> ErrorMetrics {
-        let n = count as f64;
-        let sqnr_db = (self.sq_err > 0.0).then(|| {
+    pub fn merge(&mut self, other: &Self) {
+        self.abs += other.abs;
+        self.squared += other.squared;
+        self.max_abs = self.max_abs.max(other.max_abs);
+        self.signal += other.signal;
+        self.count += other.count;
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The metrics of everything added so far (all zero when nothing was).
+    pub fn metrics(&self) -> ErrorMetrics {
+        let n = self.count.max(1) as f64;
+        let sqnr_db = (self.squared > 0.0).then(|| {
             // A zero signal with noise is "infinitely bad"; clamp to a finite floor.
             if self.signal > 0.0 {
-                10.0 * (self.signal / self.sq_err).log10()
+                10.0 * (self.signal / self.squared).log10()
             } else {
                 f64::from(f32::MIN)
             }
         });
         ErrorMetrics {
             mean_abs_error: self.abs / n,
-            mse: self.sq_err / n,
+            mse: self.squared / n,
             max_abs_error: self.max_abs,
             sqnr_db,
-            count,
+            count: self.count,
         }
     }
 }
