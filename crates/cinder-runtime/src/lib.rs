@@ -1,1 +1,38 @@
-//! placeholder
+//! cinder's int8 runtime: converts a float graph into a quantized model, stores it, and
+//! runs it with integer-only arithmetic (static mode), per-batch ranges (dynamic mode) or
+//! float layers left in place (partial quantization). No burn.
+//!
+//! - [`convert()`]: float graph + calibration table + [`QuantConfig`] -> [`QuantizedModel`]
+//!   (offline, float arithmetic allowed).
+//! - [`QuantizedModel::save`] / [`QuantizedModel::load`]: the model file (see [`file`]).
+//! - [`QuantizedModel::session`] and [`Session::run`]: the fast path (packed weights,
+//!   exact AVX2 kernels, threads across the batch, no allocation after warm-up).
+//! - [`reference_forward`]: the plain interpreter the fast path equals bit for bit;
+//!   [`simulate`]: the fake-quant float simulation; [`float_forward`]: the float graph's
+//!   reference forward.
+
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod file;
+mod float;
+pub mod kernels;
+pub mod model;
+mod plan;
+pub mod reference;
+pub mod session;
+pub mod simulate;
+pub mod synthetic;
+
+pub use config::{LayerConfig, LayerOverride, Mode, QuantConfig, WeightGranularity};
+pub use convert::convert;
+pub use error::{ConvertError, Invalid, ModelError, RunError};
+pub use file::{MODEL_FORMAT, MODEL_FORMAT_VERSION};
+pub use float::{float_forward, float_forward_with};
+pub use model::{
+    DynamicLayer, FloatLayer, Layer, LayerExec, QuantWeights, QuantizedModel, StaticLayer, Step,
+    StepOp,
+};
+pub use reference::reference_forward;
+pub use session::{Session, SessionOptions, StageTime};
+pub use simulate::simulate;

@@ -1,0 +1,618 @@
+//! The model file: one safetensors file whose `__metadata__` entry `cinder` holds the
+//! JSON description, written atomically.
+//!
+//! JSON (`ModelMeta`): `format` (`"cinder-int8"`), `format_version`, `input_shape`,
+//! `checksum` (of the tensor data, see below) and `steps` in execution order, each
+//! tagged by `op`: `quantize` (with its activation `params`: scale, zero point, grid),
+//! `dequantize`, `conv2d` / `linear` (shapes, fused `relu`, and `exec`: `mode` `static`
+//! with `weights` {bits, mapping, per_channel} and `output` params, `dynamic` with
+//! `weights`, or `float`), `relu`, `max_pool2d`, `flatten`.
+//!
+//! Tensors of layer `L` (weights in the float graph's canonical layout):
+//!
+//! | tensor | static | dynamic | float |
+//! |---|---|---|---|
+//! | `L.weight` | I8 `[out, in, (k, k)]`, or U8 `[ceil(n / 2)]` for 4 bits (two codes per byte, low nibble first, two's complement) | same | F32 |
+//! | `L.weight_scale` | F32 `[channels]` (1 per tensor, `out` per channel) | same | – |
+//! | `L.weight_zero_point` | I8 `[channels]`, asymmetric weights only | same | – |
+//! | `L.bias` | I32 `[out]` (scale `s_in * s_w`, zero point 0) | F32 | F32 |
+//! | `L.multiplier` | I32 `[channels, 2]`: Q0.31 mantissa, exponent | – | – |
+//!
+//! Loading checks, in order: the safetensors structure (truncation), the format and
+//! version, the JSON schema, every tensor's presence, dtype and shape, every rule of
+//! [`QuantizedModel::new`] (multipliers against scales, grids, zero points, shapes,
+//! domains, accumulator bounds), and last a checksum: a 64-bit hash over every tensor's
+//! name and little-endian bytes in the order above (steps in order) and over the
+//! description (`input_shape` and `steps`), so an edit that stays consistent, or a
+//! flipped byte in the weights, is still caught.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use cinder_tensor::io::{StoredElement, StoredTensor, TensorArchive, save_safetensors};
+use cinder_tensor::tensor::shape_len;
+use cinder_tensor::{
+    Mapping, QuantParams, RequantMultiplier, Tensor, TensorBuf, TensorQuantParams,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+use crate::model::{
+    DynamicLayer, FloatLayer, Layer, LayerExec, QuantWeights, QuantizedModel, StaticLayer, Step,
+    StepOp, weight_grid,
+};
+
+/// The `format` field of the metadata.
+pub const MODEL_FORMAT: &str = "cinder-int8";
+/// Bumped on incompatible changes.
+pub const MODEL_FORMAT_VERSION: u32 = 1;
+/// The safetensors metadata key holding the JSON description.
+pub const METADATA_KEY: &str = "cinder";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelMeta {
+    format: String,
+    format_version: u32,
+    input_shape: Vec<usize>,
+    checksum: String,
+    steps: Vec<StepMeta>,
+}
+
+/// Read before the full description, so that another version is reported as such.
+#[derive(Deserialize)]
+struct Header {
+    format: String,
+    format_version: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+enum StepMeta {
+    Quantize {
+        name: String,
+        params: QuantParams,
+    },
+    Dequantize {
+        name: String,
+    },
+    Conv2d {
+        name: String,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        relu: bool,
+        exec: ExecMeta,
+    },
+    Linear {
+        name: String,
+        in_features: usize,
+        out_features: usize,
+        relu: bool,
+        exec: ExecMeta,
+    },
+    Relu {
+        name: String,
+    },
+    MaxPool2d {
+        name: String,
+        kernel: usize,
+        stride: usize,
+    },
+    Flatten {
+        name: String,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+enum ExecMeta {
+    Static {
+        weights: WeightMeta,
+        output: QuantParams,
+    },
+    Dynamic {
+        weights: WeightMeta,
+    },
+    Float,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightMeta {
+    bits: u8,
+    mapping: Mapping,
+    per_channel: bool,
+}
+
+/// A tensor to write.
+enum Payload {
+    I8(TensorBuf<i8>),
+    U8(TensorBuf<u8>),
+    I32(TensorBuf<i32>),
+    F32(TensorBuf<f32>),
+}
+
+impl Payload {
+    fn stored(&self) -> StoredTensor {
+        match self {
+            Payload::I8(t) => StoredTensor::from_tensor(t),
+            Payload::U8(t) => StoredTensor::from_tensor(t),
+            Payload::I32(t) => StoredTensor::from_tensor(t),
+            Payload::F32(t) => StoredTensor::from_tensor(t),
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            Payload::I8(t) => le_bytes(t.data()),
+            Payload::U8(t) => le_bytes(t.data()),
+            Payload::I32(t) => le_bytes(t.data()),
+            Payload::F32(t) => le_bytes(t.data()),
+        }
+    }
+}
+
+fn le_bytes<T: StoredElement>(data: &[T]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() * T::SIZE);
+    for &x in data {
+        x.write_le(&mut out);
+    }
+    out
+}
+
+/// FNV-1a style over 64-bit words with a xor-shift per word; not cryptographic, only a
+/// guard against corruption.
+struct Checksum(u64);
+
+impl Checksum {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn mix(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x0000_0100_0000_01b3);
+        self.0 ^= self.0 >> 29;
+    }
+
+    fn add(&mut self, name: &str, bytes: &[u8]) {
+        for part in [name.as_bytes(), bytes] {
+            let mut words = part.chunks_exact(8);
+            for w in &mut words {
+                self.mix(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+            }
+            for &b in words.remainder() {
+                self.mix(u64::from(b));
+            }
+            self.mix(part.len() as u64);
+        }
+    }
+
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+/// Two's-complement 4-bit codes, two per byte, low nibble first.
+pub(crate) fn pack_int4(codes: &[i8]) -> Vec<u8> {
+    codes
+        .chunks(2)
+        .map(|pair| {
+            let nibble = |q: i8| (q as u8) & 0x0f;
+            nibble(pair[0]) | (nibble(pair.get(1).copied().unwrap_or(0)) << 4)
+        })
+        .collect()
+}
+
+/// The first `len` codes of [`pack_int4`]'s bytes.
+pub(crate) fn unpack_int4(bytes: &[u8], len: usize) -> Vec<i8> {
+    bytes
+        .iter()
+        .flat_map(|&b| [((b << 4) as i8) >> 4, (b as i8) >> 4])
+        .take(len)
+        .collect()
+}
+
+impl QuantizedModel {
+    /// Writes the model file atomically.
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let mut tensors = Vec::new();
+        let steps: Vec<StepMeta> = self
+            .steps()
+            .iter()
+            .map(|s| step_meta(s, &mut tensors))
+            .collect();
+        let mut checksum = Checksum::new();
+        for (name, t) in &tensors {
+            checksum.add(name, &t.bytes());
+        }
+        checksum.add(
+            METADATA_KEY,
+            description(self.input_shape(), &steps).as_bytes(),
+        );
+        let meta = ModelMeta {
+            format: MODEL_FORMAT.to_owned(),
+            format_version: MODEL_FORMAT_VERSION,
+            input_shape: self.input_shape().to_vec(),
+            checksum: checksum.hex(),
+            steps,
+        };
+        let json = serde_json::to_string(&meta).map_err(|e| ModelError::Metadata {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let stored: Vec<(String, StoredTensor)> = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.stored()))
+            .collect();
+        save_safetensors(
+            path,
+            &stored,
+            Some(HashMap::from([(METADATA_KEY.to_owned(), json)])),
+        )?;
+        Ok(())
+    }
+
+    /// Reads and checks a model file: format and version, every tensor's presence, dtype
+    /// and shape, the data checksum, then every rule of [`QuantizedModel::new`].
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let archive = TensorArchive::open(path)?;
+        let metadata = archive.metadata()?;
+        let json = metadata
+            .get(METADATA_KEY)
+            .ok_or_else(|| ModelError::NotAModel {
+                path: path.to_path_buf(),
+                key: METADATA_KEY,
+            })?;
+        let bad_json = |e: serde_json::Error| ModelError::Metadata {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let header: Header = serde_json::from_str(json).map_err(bad_json)?;
+        if header.format != MODEL_FORMAT || header.format_version != MODEL_FORMAT_VERSION {
+            return Err(ModelError::Version {
+                path: path.to_path_buf(),
+                format: header.format,
+                version: header.format_version,
+                expected_format: MODEL_FORMAT,
+                expected_version: MODEL_FORMAT_VERSION,
+            });
+        }
+        let meta: ModelMeta = serde_json::from_str(json).map_err(bad_json)?;
+        let described = description(&meta.input_shape, &meta.steps);
+        let mut reader = Reader {
+            archive: &archive,
+            checksum: Checksum::new(),
+        };
+        let steps = meta
+            .steps
+            .into_iter()
+            .map(|s| reader.step(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let model =
+            QuantizedModel::new(meta.input_shape, steps).map_err(|source| ModelError::Invalid {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        // Last, so that inconsistent edits are named precisely above.
+        reader.checksum.add(METADATA_KEY, described.as_bytes());
+        if reader.checksum.hex() != meta.checksum {
+            return Err(ModelError::Checksum {
+                path: path.to_path_buf(),
+                expected: meta.checksum,
+                actual: reader.checksum.hex(),
+            });
+        }
+        Ok(model)
+    }
+}
+
+/// The part of the metadata the checksum covers (all but format, version and checksum).
+fn description(input_shape: &[usize], steps: &[StepMeta]) -> String {
+    serde_json::to_string(&(input_shape, steps)).expect("plain data serializes")
+}
+
+fn step_meta(step: &Step, tensors: &mut Vec<(String, Payload)>) -> StepMeta {
+    let name = step.name.clone();
+    match &step.op {
+        StepOp::Quantize(params) => StepMeta::Quantize {
+            name,
+            params: *params,
+        },
+        StepOp::Dequantize => StepMeta::Dequantize { name },
+        StepOp::Relu => StepMeta::Relu { name },
+        StepOp::Flatten => StepMeta::Flatten { name },
+        StepOp::MaxPool2d { kernel, stride } => StepMeta::MaxPool2d {
+            name,
+            kernel: *kernel,
+            stride: *stride,
+        },
+        StepOp::Conv2d {
+            stride,
+            padding,
+            layer,
+        } => {
+            let w = layer.weight_shape();
+            let (out_channels, in_channels, kernel) = (w[0], w[1], w[2]);
+            StepMeta::Conv2d {
+                exec: layer_tensors(&name, layer, tensors),
+                name,
+                in_channels,
+                out_channels,
+                kernel,
+                stride: *stride,
+                padding: *padding,
+                relu: layer.relu,
+            }
+        }
+        StepOp::Linear(layer) => {
+            let w = layer.weight_shape();
+            let (out_features, in_features) = (w[0], w[1]);
+            StepMeta::Linear {
+                exec: layer_tensors(&name, layer, tensors),
+                name,
+                in_features,
+                out_features,
+                relu: layer.relu,
+            }
+        }
+    }
+}
+
+fn layer_tensors(name: &str, layer: &Layer, out: &mut Vec<(String, Payload)>) -> ExecMeta {
+    let mut push = |suffix: &str, t: Payload| out.push((format!("{name}.{suffix}"), t));
+    match &layer.exec {
+        LayerExec::Static(s) => {
+            let weights = weight_tensors(&s.weights, &mut push);
+            push("bias", Payload::I32(TensorBuf::from_vec(s.bias.clone())));
+            let m = s
+                .multipliers
+                .iter()
+                .flat_map(|m| [m.multiplier, m.exponent])
+                .collect();
+            push(
+                "multiplier",
+                Payload::I32(
+                    TensorBuf::new(vec![s.multipliers.len(), 2], m).expect("two per channel"),
+                ),
+            );
+            ExecMeta::Static {
+                weights,
+                output: s.output,
+            }
+        }
+        LayerExec::Dynamic(d) => {
+            let weights = weight_tensors(&d.weights, &mut push);
+            push("bias", Payload::F32(TensorBuf::from_vec(d.bias.clone())));
+            ExecMeta::Dynamic { weights }
+        }
+        LayerExec::Float(f) => {
+            push("weight", Payload::F32(f.weight.clone()));
+            push("bias", Payload::F32(TensorBuf::from_vec(f.bias.clone())));
+            ExecMeta::Float
+        }
+    }
+}
+
+fn weight_tensors(w: &QuantWeights, push: &mut impl FnMut(&str, Payload)) -> WeightMeta {
+    let codes = if w.bits == 4 {
+        Payload::U8(TensorBuf::from_vec(pack_int4(w.codes.data())))
+    } else {
+        Payload::I8(w.codes.clone())
+    };
+    push("weight", codes);
+    let params = w.params.as_slice();
+    push(
+        "weight_scale",
+        Payload::F32(TensorBuf::from_vec(
+            params.iter().map(|p| p.scale).collect(),
+        )),
+    );
+    if w.mapping == Mapping::Asymmetric {
+        let zps = params.iter().map(|p| p.zero_point as i8).collect();
+        push("weight_zero_point", Payload::I8(TensorBuf::from_vec(zps)));
+    }
+    WeightMeta {
+        bits: w.bits,
+        mapping: w.mapping,
+        per_channel: matches!(w.params, TensorQuantParams::PerChannel { .. }),
+    }
+}
+
+/// Reads tensors in the order they were written, hashing them as it goes.
+struct Reader<'a> {
+    archive: &'a TensorArchive,
+    checksum: Checksum,
+}
+
+impl Reader<'_> {
+    fn get<T: StoredElement>(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<TensorBuf<T>, ModelError> {
+        let t = self.archive.get::<T>(name, Some(shape))?;
+        self.checksum.add(name, &le_bytes(t.data()));
+        Ok(t)
+    }
+
+    fn invalid(&self, field: String, message: String) -> ModelError {
+        ModelError::Invalid {
+            path: self.archive.path().to_path_buf(),
+            source: crate::error::Invalid::new(field, message),
+        }
+    }
+
+    fn step(&mut self, meta: StepMeta) -> Result<Step, ModelError> {
+        let (name, op) = match meta {
+            StepMeta::Quantize { name, params } => (name, StepOp::Quantize(params)),
+            StepMeta::Dequantize { name } => (name, StepOp::Dequantize),
+            StepMeta::Relu { name } => (name, StepOp::Relu),
+            StepMeta::Flatten { name } => (name, StepOp::Flatten),
+            StepMeta::MaxPool2d {
+                name,
+                kernel,
+                stride,
+            } => (name, StepOp::MaxPool2d { kernel, stride }),
+            StepMeta::Conv2d {
+                name,
+                in_channels,
+                out_channels,
+                kernel,
+                stride,
+                padding,
+                relu,
+                exec,
+            } => {
+                let exec = self.layer(&name, &[out_channels, in_channels, kernel, kernel], exec)?;
+                let layer = Layer { relu, exec };
+                (
+                    name,
+                    StepOp::Conv2d {
+                        stride,
+                        padding,
+                        layer,
+                    },
+                )
+            }
+            StepMeta::Linear {
+                name,
+                in_features,
+                out_features,
+                relu,
+                exec,
+            } => {
+                let exec = self.layer(&name, &[out_features, in_features], exec)?;
+                (name, StepOp::Linear(Layer { relu, exec }))
+            }
+        };
+        Ok(Step { name, op })
+    }
+
+    fn layer(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        exec: ExecMeta,
+    ) -> Result<LayerExec, ModelError> {
+        let out = shape[0];
+        Ok(match exec {
+            ExecMeta::Static { weights, output } => {
+                let weights = self.weights(name, shape, weights)?;
+                let bias = self
+                    .get::<i32>(&format!("{name}.bias"), &[out])?
+                    .into_data();
+                let channels = weights.params.as_slice().len();
+                let m = self.get::<i32>(&format!("{name}.multiplier"), &[channels, 2])?;
+                let multipliers = m
+                    .data()
+                    .chunks_exact(2)
+                    .map(|p| RequantMultiplier {
+                        multiplier: p[0],
+                        exponent: p[1],
+                    })
+                    .collect();
+                LayerExec::Static(StaticLayer {
+                    weights,
+                    bias,
+                    multipliers,
+                    output,
+                })
+            }
+            ExecMeta::Dynamic { weights } => {
+                let weights = self.weights(name, shape, weights)?;
+                let bias = self
+                    .get::<f32>(&format!("{name}.bias"), &[out])?
+                    .into_data();
+                LayerExec::Dynamic(DynamicLayer { weights, bias })
+            }
+            ExecMeta::Float => LayerExec::Float(FloatLayer {
+                weight: self.get::<f32>(&format!("{name}.weight"), shape)?,
+                bias: self
+                    .get::<f32>(&format!("{name}.bias"), &[out])?
+                    .into_data(),
+            }),
+        })
+    }
+
+    fn weights(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        meta: WeightMeta,
+    ) -> Result<QuantWeights, ModelError> {
+        let field = format!("{name}.weight");
+        let len = shape_len(shape).map_err(|e| self.invalid(field.clone(), e.to_string()))?;
+        let codes = match meta.bits {
+            8 => self.get::<i8>(&field, shape)?,
+            4 => {
+                let packed = self.get::<u8>(&field, &[len.div_ceil(2)])?;
+                TensorBuf::new(shape.to_vec(), unpack_int4(packed.data(), len)).expect("len codes")
+            }
+            bits => return Err(self.invalid(field, format!("{bits} bits: expected 8 or 4"))),
+        };
+        let channels = if meta.per_channel { shape[0] } else { 1 };
+        let scales = self.get::<f32>(&format!("{name}.weight_scale"), &[channels])?;
+        let zero_points = match meta.mapping {
+            Mapping::Asymmetric => self
+                .get::<i8>(&format!("{name}.weight_zero_point"), &[channels])?
+                .into_data(),
+            Mapping::Symmetric => vec![0; channels],
+        };
+        let (qmin, qmax) = weight_grid(meta.bits);
+        let params: Vec<QuantParams> = scales
+            .data()
+            .iter()
+            .zip(&zero_points)
+            .map(|(&scale, &zp)| QuantParams {
+                scale,
+                zero_point: i32::from(zp),
+                qmin,
+                qmax,
+            })
+            .collect();
+        let params = if meta.per_channel {
+            TensorQuantParams::PerChannel {
+                axis: 0,
+                channels: params,
+            }
+        } else {
+            TensorQuantParams::PerTensor(params[0])
+        };
+        Ok(QuantWeights {
+            bits: meta.bits,
+            mapping: meta.mapping,
+            codes,
+            params,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int4_packing_round_trips() {
+        let codes: Vec<i8> = vec![-7, 7, 0, -1, 3];
+        let packed = pack_int4(&codes);
+        assert_eq!(packed, vec![0x79, 0xf0, 0x03]);
+        assert_eq!(unpack_int4(&packed, 5), codes);
+    }
+
+    #[test]
+    fn checksum_sees_single_bit_flips() {
+        let data: Vec<u8> = (0..100).collect();
+        let mut base = Checksum::new();
+        base.add("t", &data);
+        for i in [0, 7, 8, 63, 99] {
+            let mut flipped = data.clone();
+            flipped[i] ^= 0x80;
+            let mut c = Checksum::new();
+            c.add("t", &flipped);
+            assert_ne!(c.hex(), base.hex(), "byte {i}");
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Convolution helpers on one NHWC int8 image: im2col and max-pool.
+//!
+//! Both are portable code that the compiler vectorizes; on x86_64 they are compiled a
+//! second time with AVX2 and picked at run time ([`super::dispatch`]).
+
+use super::{Vectorizable, dispatch};
+
+/// Output size of a window sliding over `input` positions: `(input + 2·padding − kernel)
+/// / stride + 1`, or `None` if the kernel or stride is 0 or the window does not fit once.
+pub fn out_dim(input: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
+    if kernel == 0 {
+        return None;
+    }
+    let span = (input + 2 * padding).checked_sub(kernel)?;
+    Some(span.checked_div(stride)? + 1)
+}
+
+/// A square `kernel × kernel` window sliding over an `h × w × c` NHWC image.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    h: usize,
+    w: usize,
+    c: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geometry {
+    /// Panics, naming the kernel `name`, if the window does not fit or `input` is too
+    /// short.
+    fn new(
+        name: &str,
+        input: &[i8],
+        hwc: [usize; 3],
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
+        let [h, w, c] = hwc;
+        let (Some(oh), Some(ow)) = (
+            out_dim(h, kernel, stride, padding),
+            out_dim(w, kernel, stride, padding),
+        ) else {
+            panic!(
+                "{name}: kernel {kernel}, stride {stride}, padding {padding} do not fit {h}x{w}"
+            );
+        };
+        assert!(
+            input.len() >= h * w * c,
+            "{name}: input holds {} values, need {h}x{w}x{c}",
+            input.len()
+        );
+        Self {
+            h,
+            w,
+            c,
+            kernel,
+            stride,
+            padding,
+            oh,
+            ow,
+        }
+    }
+
+    /// Input index of channel 0 at image position `(y, x)` counted from the padded
+    /// origin, or `None` inside the padding.
+    #[inline(always)]
+    fn at(&self, y: usize, x: usize) -> Option<usize> {
+        let y = y.checked_sub(self.padding).filter(|&y| y < self.h)?;
+        let x = x.checked_sub(self.padding).filter(|&x| x < self.w)?;
+        Some((y * self.w + x) * self.c)
+    }
+}
+
+/// im2col of one NHWC image `[h][w][c]`: row `oy · ow + ox` of `out` (stride `out_ld`)
+/// holds the window at output pixel `(oy, ox)`, columns in order `(ky, kx, ch)`, padded
+/// positions set to `pad_value` (the input zero point). Columns `kernel²·c .. out_ld` are
+/// not written.
+///
+/// # Panics
+/// If the window does not fit, `out_ld < kernel²·c`, or a buffer is too short.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the engine's agreed BLAS-style operand list"
+)]
+pub fn im2col_nhwc_s8(
+    input: &[i8],
+    h: usize,
+    w: usize,
+    c: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    pad_value: i8,
+    out: &mut [i8],
+    out_ld: usize,
+) {
+    let g = Geometry::new("im2col", input, [h, w, c], kernel, stride, padding);
+    let k = kernel * kernel * c;
+    let needed = (g.oh * g.ow - 1) * out_ld + k;
+    assert!(
+        out_ld >= k && out.len() >= needed,
+        "im2col: out too short or out_ld {out_ld} < {k}"
+    );
+    if k > 0 {
+        dispatch(Im2col {
+            src: Image { g, data: input },
+            pad_value,
+            out,
+            out_ld,
+        });
+    }
+}
+
+/// A checked image: `data` holds at least `h × w × c` values.
+#[derive(Clone, Copy)]
+struct Image<'a> {
+    g: Geometry,
+    data: &'a [i8],
+}
+
+impl Image<'_> {
+    /// One im2col window row that crosses the padding, pixel by pixel.
+    #[inline(always)]
+    fn window_edge(self, seg: &mut [i8], y: usize, x0: usize, pad_value: i8) {
+        let c = self.g.c;
+        for (kx, px) in seg.chunks_exact_mut(c).enumerate() {
+            match self.g.at(y, x0 + kx) {
+                Some(at) => copy_span(px, &self.data[at..at + c]),
+                None => px.fill(pad_value),
+            }
+        }
+    }
+
+    /// Maximum of `L` consecutive channels over the pooling window whose top-left value
+    /// is at `at`, into `dst` (length `L`).
+    #[inline(always)]
+    fn window_max<const L: usize>(self, at: usize, dst: &mut [i8]) {
+        let g = self.g;
+        let mut best = [i8::MIN; L];
+        for ky in 0..g.kernel {
+            for kx in 0..g.kernel {
+                let from = at + (ky * g.w + kx) * g.c;
+                let src: &[i8; L] = self.data[from..from + L].try_into().expect("L values");
+                best.iter_mut()
+                    .zip(src)
+                    .for_each(|(b, &v)| *b = (*b).max(v));
+            }
+        }
+        dst.copy_from_slice(&best);
+    }
+}
+
+/// The work of [`im2col_nhwc_s8`], checked.
+struct Im2col<'a> {
+    src: Image<'a>,
+    pad_value: i8,
+    out: &'a mut [i8],
+    out_ld: usize,
+}
+
+impl Vectorizable for Im2col<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self {
+            src,
+            pad_value,
+            out,
+            out_ld,
+        } = self;
+        let g = src.g;
+        let span = g.kernel * g.c;
+        // Output columns whose window rows lie inside the image horizontally.
+        let inside_lo = g.padding.div_ceil(g.stride).min(g.ow);
+        let inside_hi = (g.w + g.padding)
+            .checked_sub(g.kernel)
+            .map_or(0, |room| (room / g.stride + 1).min(g.ow))
+            .max(inside_lo);
+        for oy in 0..g.oh {
+            let rows = &mut out[oy * g.ow * out_ld..];
+            for ky in 0..g.kernel {
+                let (y, at) = (oy * g.stride + ky, |ox: usize| ox * out_ld + ky * span);
+                let Some(line) = g.at(y, g.padding).map(|i| &src.data[i..i + g.w * g.c]) else {
+                    (0..g.ow).for_each(|ox| rows[at(ox)..][..span].fill(pad_value));
+                    continue;
+                };
+                if inside_lo < inside_hi {
+                    // Consecutive windows of one input line: no per-pixel checks.
+                    let first = (inside_lo * g.stride - g.padding) * g.c;
+                    let windows = line[first..].windows(span).step_by(g.stride * g.c);
+                    for (ox, window) in (inside_lo..inside_hi).zip(windows) {
+                        copy_span(&mut rows[at(ox)..][..span], window);
+                    }
+                }
+                for ox in (0..inside_lo).chain(inside_hi..g.ow) {
+                    src.window_edge(&mut rows[at(ox)..][..span], y, ox * g.stride, pad_value);
+                }
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)` by fixed-size, possibly overlapping chunks that compile to
+/// plain vector moves: window rows are short (9 bytes for 3 channels), where a `memcpy`
+/// call per row would dominate.
+#[inline(always)]
+fn copy_span(dst: &mut [i8], src: &[i8]) {
+    match dst.len() {
+        32.. => copy_chunks::<32>(dst, src),
+        8.. => copy_chunks::<8>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+/// [`copy_span`] for `dst.len() >= N`: whole chunks, then the last `N` bytes.
+#[inline(always)]
+fn copy_chunks<const N: usize>(dst: &mut [i8], src: &[i8]) {
+    let len = dst.len();
+    for i in (0..len - N).step_by(N) {
+        dst[i..i + N].copy_from_slice(&src[i..i + N]);
+    }
+    dst[len - N..].copy_from_slice(&src[len - N..len]);
+}
+
+/// Max-pool of one NHWC image `[h][w][c]` with a `kernel × kernel` window, no padding:
+/// `out[(oy · ow + ox) · c + ch]` is the maximum over the window. Works for any zero
+/// point, as the maximum commutes with the monotone affine map.
+///
+/// # Panics
+/// If the window does not fit or a buffer is too short.
+pub fn max_pool2d_nhwc_s8(
+    input: &[i8],
+    h: usize,
+    w: usize,
+    c: usize,
+    kernel: usize,
+    stride: usize,
+    out: &mut [i8],
+) {
+    let g = Geometry::new("max_pool2d", input, [h, w, c], kernel, stride, 0);
+    let needed = g.oh * g.ow * c;
+    assert!(
+        out.len() >= needed,
+        "max_pool2d: out holds {} values, need {needed}",
+        out.len()
+    );
+    if c > 0 {
+        dispatch(MaxPool {
+            src: Image { g, data: input },
+            out,
+        });
+    }
+}
+
+/// Channels pooled together: one AVX2 vector of i8.
+const POOL_LANES: usize = 32;
+
+/// The work of [`max_pool2d_nhwc_s8`], checked.
+struct MaxPool<'a> {
+    src: Image<'a>,
+    out: &'a mut [i8],
+}
+
+impl Vectorizable for MaxPool<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self { src, out } = self;
+        let g = src.g;
+        let lanes = g.c / POOL_LANES * POOL_LANES;
+        for (o, dst) in out.chunks_exact_mut(g.c).take(g.oh * g.ow).enumerate() {
+            let at = (o / g.ow * g.stride * g.w + o % g.ow * g.stride) * g.c;
+            for ch in (0..lanes).step_by(POOL_LANES) {
+                src.window_max::<POOL_LANES>(at + ch, &mut dst[ch..ch + POOL_LANES]);
+            }
+            for ch in lanes..g.c {
+                src.window_max::<1>(at + ch, &mut dst[ch..=ch]);
+            }
+        }
+    }
+}

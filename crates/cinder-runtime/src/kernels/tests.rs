@@ -1,0 +1,384 @@
+//! Every kernel equals its scalar reference bit for bit: odd sizes, strides wider than
+//! rows, extreme values, every zero point.
+
+use std::ops::Range;
+
+use cinder_tensor::RequantMultiplier;
+use proptest::prelude::*;
+
+use super::gemm::{Dst, Lhs, MicroKernel, Portable, gemm_blocked};
+use super::*;
+
+/// Deterministic xorshift values for large operands (proptest shrinks the sizes).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> i64 {
+        (self.next() % n) as i64
+    }
+
+    /// Activations: any i8, or mostly -128 / 127 when `extreme`.
+    fn activations(&mut self, len: usize, extreme: bool) -> Vec<i8> {
+        let pick = |r: &mut Self| match (extreme, r.below(4)) {
+            (true, 0) => 127,
+            (true, _) => -128,
+            (false, _) => r.next() as i8,
+        };
+        (0..len).map(|_| pick(self)).collect()
+    }
+
+    /// Weights in [-127, 127], or ±127 when `extreme`.
+    fn weights(&mut self, len: usize, extreme: bool) -> Vec<i8> {
+        let pick = |r: &mut Self| match extreme {
+            true if r.below(8) == 0 => 127,
+            true => -127,
+            false => (r.below(255) - 127) as i8,
+        };
+        (0..len).map(|_| pick(self)).collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct GemmCase {
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    ldc: usize,
+    extreme: bool,
+    seed: u64,
+}
+
+fn gemm_case(
+    m: Range<usize>,
+    n: Range<usize>,
+    k: impl Strategy<Value = usize>,
+) -> impl Strategy<Value = GemmCase> {
+    (m, n, k, 0usize..4, 0usize..4, any::<bool>(), 1u64..u64::MAX).prop_map(
+        |(m, n, k, pa, pc, extreme, seed)| GemmCase {
+            m,
+            n,
+            k,
+            lda: k + pa,
+            ldc: n + pc,
+            extreme,
+            seed,
+        },
+    )
+}
+
+/// Operands of a case, C pre-filled with a sentinel so untouched slots are checked too.
+fn operands(case: &GemmCase) -> (Vec<i8>, Vec<i8>, Vec<i32>) {
+    let mut rng = Rng(case.seed);
+    let a = rng.activations(case.m * case.lda, case.extreme);
+    let b = rng.weights(case.n * case.k, case.extreme);
+    (a, b, vec![0x5eed; case.m * case.ldc])
+}
+
+/// C for columns `cols` through one micro-kernel, landing at `c[i * ldc + j - cols.start]`.
+fn run_kernel(
+    kern: impl MicroKernel,
+    case: &GemmCase,
+    a: &[i8],
+    b: &PackedMatrix,
+    cols: Range<usize>,
+) -> Vec<i32> {
+    let mut c = vec![0x5eed; case.m * case.ldc];
+    let lhs = Lhs {
+        data: a,
+        lda: case.lda,
+        m: case.m,
+    };
+    gemm_blocked(
+        kern,
+        lhs,
+        b,
+        cols,
+        Dst {
+            c: &mut c,
+            ldc: case.ldc,
+        },
+    );
+    c
+}
+
+/// Checks the public kernel and every micro-kernel against the reference on `cols`.
+fn check_gemm(case: &GemmCase, cols: Range<usize>) -> Result<(), TestCaseError> {
+    let (a, b, mut want) = operands(case);
+    reference::gemm_s8(
+        &a, case.lda, case.m, &b, case.n, case.k, &mut want, case.ldc,
+    );
+    // Shift the wanted columns to where a column range lands.
+    let mut expected = vec![0x5eed; want.len()];
+    for i in 0..case.m {
+        let row = &want[i * case.ldc..][cols.clone()];
+        expected[i * case.ldc..][..cols.len()].copy_from_slice(row);
+    }
+    let packed = PackedMatrix::pack(&b, case.n, case.k).unwrap();
+    let mut got = vec![0x5eed; want.len()];
+    gemm_s8_cols(
+        &a,
+        case.lda,
+        case.m,
+        &packed,
+        cols.clone(),
+        &mut got,
+        case.ldc,
+    );
+    prop_assert_eq!(&got, &expected, "public");
+    prop_assert_eq!(
+        &run_kernel(Portable, case, &a, &packed, cols.clone()),
+        &expected,
+        "portable"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx2) = Avx2::detect() {
+        prop_assert_eq!(
+            &run_kernel(avx2, case, &a, &packed, cols),
+            &expected,
+            "avx2"
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn gemm_small_and_odd(case in gemm_case(0..14, 0..40, prop_oneof![0usize..70, Just(27)])) {
+        check_gemm(&case, 0..case.n)?;
+    }
+
+    #[test]
+    fn gemm_column_ranges(case in gemm_case(1..9, 1..50, 1usize..40), from in 0usize..50, len in 0usize..50) {
+        let start = from % case.n;
+        check_gemm(&case, start..case.n.min(start + len))?;
+    }
+
+    #[test]
+    fn row_sums_match(m in 0usize..10, k in 0usize..100, pad in 0usize..3, extreme: bool, seed in 1u64..u64::MAX) {
+        let a = Rng(seed).activations(m * (k + pad), extreme);
+        let (mut got, mut want) = (vec![7; m], vec![7; m]);
+        row_sums_s8(&a, k + pad, m, k, &mut got);
+        reference::row_sums_s8(&a, k + pad, m, k, &mut want);
+        prop_assert_eq!(got, want);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Several row blocks and depth blocks, long sums at the extremes.
+    #[test]
+    fn gemm_blocked_depth(case in gemm_case(40..110, 1..36, prop_oneof![560usize..700, 1200usize..1300])) {
+        check_gemm(&case, 0..case.n)?;
+    }
+
+    #[test]
+    fn gemm_long_depth_extreme(mut case in gemm_case(1..8, 1..20, 2000usize..3000)) {
+        case.extreme = true;
+        check_gemm(&case, 0..case.n)?;
+    }
+
+    #[test]
+    fn par_gemm_matches(case in gemm_case(1..40, 1..70, 1usize..100), single_row: bool) {
+        let case = GemmCase { m: if single_row { 1 } else { case.m }, ..case };
+        let (a, b, mut want) = operands(&case);
+        reference::gemm_s8(&a, case.lda, case.m, &b, case.n, case.k, &mut want, case.ldc);
+        let mut got = vec![0x5eed; want.len()];
+        par_gemm_s8(&a, case.lda, case.m, &PackedMatrix::pack(&b, case.n, case.k).unwrap(), &mut got, case.ldc);
+        prop_assert_eq!(got, want);
+    }
+}
+
+/// A valid multiplier: mantissa 0 or in [2^30, 2^31), exponent in [-31, 30]; mantissa
+/// 2^30 and small shifts often, as they make rounding ties frequent.
+fn multiplier() -> impl Strategy<Value = RequantMultiplier> {
+    let mantissa = prop_oneof![1 => Just(0), 3 => Just(1 << 30), 1 => Just(i32::MAX), 5 => (1i32 << 30)..=i32::MAX];
+    let exponent = prop_oneof![-31i32..=30, -3i32..=3];
+    (mantissa, exponent).prop_map(|(m, e)| RequantMultiplier::new(m, e).unwrap())
+}
+
+#[derive(Debug, Clone)]
+struct RequantCase {
+    n: usize,
+    rows: usize,
+    pad: usize,
+    mult: Vec<RequantMultiplier>,
+    zp: i32,
+    lo: i32,
+    hi: i32,
+    aimed: bool,
+    seed: u64,
+}
+
+fn requant_case() -> impl Strategy<Value = RequantCase> {
+    (0usize..40, 1usize..4, 0usize..3, any::<bool>()).prop_flat_map(
+        |(n, rows, pad, per_channel)| {
+            let mult = prop::collection::vec(multiplier(), if per_channel { n.max(1) } else { 1 });
+            let zp = prop_oneof![-128i32..=127, -(1i32 << 24)..=(1 << 24)];
+            let bounds = (-128i32..=127, -128i32..=127).prop_map(|(x, y)| (x.min(y), x.max(y)));
+            (mult, zp, bounds, any::<bool>(), 1u64..u64::MAX).prop_map(
+                move |(mult, zp, (lo, hi), aimed, seed)| RequantCase {
+                    n,
+                    rows,
+                    pad,
+                    mult,
+                    zp,
+                    lo,
+                    hi,
+                    aimed,
+                    seed,
+                },
+            )
+        },
+    )
+}
+
+/// Accumulators: any i32, or (when `aimed`) chosen so the result lands inside the clamp
+/// window, which exposes every rounding decision.
+fn accumulators(case: &RequantCase, bias: &[i32], rng: &mut Rng) -> Vec<i32> {
+    let ld = case.n + case.pad;
+    (0..case.rows * ld)
+        .map(|i| {
+            let m = case.mult[if case.mult.len() == 1 {
+                0
+            } else {
+                i % ld % case.n.max(1)
+            }];
+            if !case.aimed || m.multiplier == 0 || i % ld >= case.n {
+                return rng.next() as i32;
+            }
+            let target = f64::from(i32::midpoint(case.lo, case.hi) - case.zp)
+                + rng.below(300) as f64
+                - 150.0;
+            // A small offset makes odd accumulators, hence ties, for mantissa 2^30.
+            let acc = (target / m.to_real()).round() + (rng.below(7) - 3) as f64;
+            let acc = acc.clamp(f64::from(i32::MIN), f64::from(i32::MAX));
+            (acc as i32).wrapping_sub(bias[i % ld])
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn requantize_matches(case in requant_case()) {
+        let mut rng = Rng(case.seed);
+        let bias: Vec<i32> = (0..case.n).map(|_| if rng.below(2) == 0 { rng.below(2001) as i32 - 1000 } else { rng.next() as i32 }).collect();
+        let acc = accumulators(&case, &bias, &mut rng);
+        let ld = case.n + case.pad;
+        let mut want = vec![0x11; case.rows * ld];
+        for i in 0..case.rows {
+            reference::requantize_s8(&acc[i * ld..], &bias, &case.mult, case.zp, case.lo, case.hi, &mut want[i * ld..]);
+        }
+        let stage = OutputStage { bias: &bias, mult: &case.mult, zp_out: case.zp, lo: case.lo, hi: case.hi };
+        let mut got = vec![0x11; want.len()];
+        requantize_s8_rows(&stage, &acc, ld, case.rows, &mut got, ld);
+        prop_assert_eq!(&got, &want);
+        let mut one = vec![0x11; case.n];
+        requantize_s8(&acc, &bias, &case.mult, case.zp, case.lo, case.hi, &mut one);
+        prop_assert_eq!(&one[..], &want[..case.n]);
+        let mut portable = vec![0x11; want.len()];
+        output::requantize_tail(&stage, &acc, ld, case.rows, 0, &mut portable, ld);
+        prop_assert_eq!(&portable, &want);
+    }
+}
+
+/// Window geometry where the window fits the padded image at least once.
+fn window() -> impl Strategy<Value = (usize, usize, usize, usize, usize)> {
+    (1usize..9, 1usize..9, 1usize..5, 1usize..4, 0usize..3)
+        .prop_filter("window must fit", |&(h, w, k, _, p)| {
+            h + 2 * p >= k && w + 2 * p >= k
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn im2col_matches((h, w, kernel, stride, padding) in window(), c in prop_oneof![1usize..6, Just(64)], pad_value: i8, extra in 0usize..3, seed in 1u64..u64::MAX) {
+        let input = Rng(seed).activations(h * w * c, false);
+        let (oh, ow) = (out_dim(h, kernel, stride, padding).unwrap(), out_dim(w, kernel, stride, padding).unwrap());
+        let ld = kernel * kernel * c + extra;
+        let (mut got, mut want) = (vec![0x55; oh * ow * ld], vec![0x55; oh * ow * ld]);
+        im2col_nhwc_s8(&input, h, w, c, kernel, stride, padding, pad_value, &mut got, ld);
+        reference::im2col_nhwc_s8(&input, h, w, c, kernel, stride, padding, pad_value, &mut want, ld);
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn max_pool_matches((h, w, kernel, stride, _) in window(), c in prop_oneof![1usize..20, Just(64)], extreme: bool, seed in 1u64..u64::MAX) {
+        prop_assume!(h >= kernel && w >= kernel);
+        let input = Rng(seed).activations(h * w * c, extreme);
+        let len = out_dim(h, kernel, stride, 0).unwrap() * out_dim(w, kernel, stride, 0).unwrap() * c;
+        let (mut got, mut want) = (vec![0x55; len], vec![0x55; len]);
+        max_pool2d_nhwc_s8(&input, h, w, c, kernel, stride, &mut got);
+        reference::max_pool2d_nhwc_s8(&input, h, w, c, kernel, stride, &mut want);
+        prop_assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn pack_rejects_bad_weights() {
+    assert_eq!(
+        PackedMatrix::pack(&[1, 2, 3], 2, 2).unwrap_err(),
+        KernelError::WrongLength {
+            rows: 2,
+            depth: 2,
+            expected: 4,
+            got: 3
+        }
+    );
+    assert_eq!(
+        PackedMatrix::pack(&[1, 2, 3, -128], 2, 2).unwrap_err(),
+        KernelError::WeightOutOfRange { row: 1, col: 1 }
+    );
+    assert!(matches!(
+        PackedMatrix::pack(&[], 0, MAX_DEPTH + 1),
+        Err(KernelError::DepthTooLarge { .. })
+    ));
+    assert!(matches!(
+        PackedMatrix::pack(&[], usize::MAX, 2),
+        Err(KernelError::WrongLength { .. })
+    ));
+}
+
+#[test]
+fn pack_keeps_shape_and_column_sums() {
+    let b = PackedMatrix::pack(&[1, -2, 3, 127, -127, 5], 2, 3).unwrap();
+    assert_eq!((b.rows(), b.depth()), (2, 3));
+    assert_eq!(b.col_sums(), &[2, 5]);
+    assert_eq!(
+        PackedMatrix::pack(&[], 3, 0).unwrap().col_sums(),
+        &[0, 0, 0]
+    );
+}
+
+#[test]
+fn max_depth_sums_do_not_overflow() {
+    let (k, a) = (MAX_DEPTH, vec![-128i8; MAX_DEPTH]);
+    let b = PackedMatrix::pack(&vec![-127; 2 * k], 2, k).unwrap();
+    let mut c = [0; 2];
+    gemm_s8(&a, k, 1, &b, &mut c, 2);
+    assert_eq!(c, [(128 * 127 * k) as i32; 2]);
+}
+
+#[test]
+fn out_dim_follows_the_conv_formula() {
+    assert_eq!(out_dim(32, 3, 1, 1), Some(32));
+    assert_eq!(out_dim(32, 2, 2, 0), Some(16));
+    assert_eq!(out_dim(7, 2, 2, 0), Some(3));
+    assert_eq!(out_dim(2, 3, 1, 0), None);
+    assert_eq!(out_dim(4, 2, 0, 0), None);
+    assert_eq!(out_dim(4, 0, 1, 0), None);
+}

@@ -1,0 +1,253 @@
+//! AVX2 code paths (x86_64 only), entered with an [`Avx2`] token proving CPU support.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::gemm::{MicroKernel, TileOut, WideRows, check_tile};
+use super::output::{OutputStage, requantize_tail};
+use super::pack::{NR, PairRow};
+use super::{Avx2, Vectorizable};
+
+/// Runs `work` in a function compiled with AVX2, so that its (inlined) portable code is
+/// vectorized with 256-bit instructions.
+pub(super) fn vectorized<V: Vectorizable>(_: Avx2, work: V) -> V::Output {
+    #[target_feature(enable = "avx2")]
+    fn run<V: Vectorizable>(work: V) -> V::Output {
+        work.run()
+    }
+    // SAFETY: the token proves that the CPU supports AVX2.
+    unsafe { run(work) }
+}
+
+impl MicroKernel for Avx2 {
+    #[inline(always)]
+    fn tile<const R: usize>(self, a: WideRows<'_>, panel: &[PairRow], out: TileOut<'_>) {
+        check_tile(R, a, panel, &out);
+        // SAFETY: `self` proves AVX2 support; `check_tile` bounds every access.
+        unsafe { tile_avx2::<R>(a, panel, out) }
+    }
+}
+
+/// An `R × 16` tile: per depth pair, the 16 panel columns are sign-extended to i16
+/// (`vpmovsxbw`, two vectors), each row's pair `(a0, a1)` is broadcast as one i32 and
+/// `vpmaddwd` adds `a0·b0 + a1·b1` exactly into 8 i32 lanes.
+///
+/// # Safety
+/// AVX2 must be available and the slices sized as [`check_tile`] checks.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn tile_avx2<const R: usize>(a: WideRows<'_>, panel: &[PairRow], out: TileOut<'_>) {
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    let a_ptr = a.data.as_ptr();
+    for (p, pair) in panel.iter().enumerate() {
+        // SAFETY: a `PairRow` is 32 bytes: two 16-byte loads stay inside it.
+        let (b0, b1) = unsafe {
+            let ptr = pair.0.as_ptr().cast::<__m128i>();
+            (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(ptr)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(ptr.add(1))),
+            )
+        };
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            // SAFETY: `r * stride + 2p + 1 < a.data.len()` (checked by `check_tile`); the
+            // i32 read is unaligned.
+            let pair_a = unsafe {
+                a_ptr
+                    .add(r * a.stride + 2 * p)
+                    .cast::<i32>()
+                    .read_unaligned()
+            };
+            let av = _mm256_set1_epi32(pair_a);
+            acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(av, b0));
+            acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(av, b1));
+        }
+    }
+    let c = out.c.as_mut_ptr();
+    for (r, acc_r) in acc.iter().enumerate() {
+        // SAFETY: row `r < R` of the tile spans `c[r * ldc .. r * ldc + 16]`, inside
+        // `out.c` (checked by `check_tile`).
+        unsafe {
+            let dst = c.add(r * out.ldc).cast::<__m256i>();
+            let (mut lo, mut hi) = (acc_r[0], acc_r[1]);
+            if out.accumulate {
+                lo = _mm256_add_epi32(lo, _mm256_loadu_si256(dst));
+                hi = _mm256_add_epi32(hi, _mm256_loadu_si256(dst.add(1)));
+            }
+            _mm256_storeu_si256(dst, lo);
+            _mm256_storeu_si256(dst.add(1), hi);
+        }
+    }
+}
+
+/// Channels whose multipliers are unpacked into lanes at a time.
+const CHANNEL_BLOCK: usize = 128;
+
+/// Requantization constants of a block of channels, one `i32` lane per channel.
+struct ChannelLanes {
+    /// Q0.31 mantissa; `odd` holds channel `j + 1`'s at even `j`, for `vpmuldq`.
+    mult: [i32; CHANNEL_BLOCK],
+    odd: [i32; CHANNEL_BLOCK],
+    left: [i32; CHANNEL_BLOCK],
+    right: [i32; CHANNEL_BLOCK],
+    /// `2^right - 1` and half of it, for the rounding divide.
+    mask: [i32; CHANNEL_BLOCK],
+    half: [i32; CHANNEL_BLOCK],
+    /// Whether any channel of the block has a positive exponent (a left shift).
+    any_left: bool,
+}
+
+impl ChannelLanes {
+    fn new(stage: &OutputStage<'_>, channels: Range<usize>) -> Self {
+        let mut lanes = Self {
+            mult: [0; CHANNEL_BLOCK],
+            odd: [0; CHANNEL_BLOCK],
+            left: [0; CHANNEL_BLOCK],
+            right: [0; CHANNEL_BLOCK],
+            mask: [0; CHANNEL_BLOCK],
+            half: [0; CHANNEL_BLOCK],
+            any_left: false,
+        };
+        for (j, c) in channels.enumerate() {
+            let m = stage.multiplier(c);
+            let right = (-m.exponent).max(0);
+            lanes.mult[j] = m.multiplier;
+            if j % 2 == 1 {
+                lanes.odd[j - 1] = m.multiplier;
+            }
+            lanes.left[j] = m.exponent.max(0);
+            lanes.right[j] = right;
+            lanes.mask[j] = ((1i64 << right) - 1) as i32;
+            lanes.half[j] = lanes.mask[j] >> 1;
+            lanes.any_left |= m.exponent > 0;
+        }
+        lanes
+    }
+}
+
+/// [`super::requantize_s8_rows`] with AVX2: 8 channels per vector, the last `n % 8`
+/// channels through the scalar reference. Sizes are checked by the caller.
+pub(super) fn requantize_rows(
+    _token: Avx2,
+    stage: &OutputStage<'_>,
+    acc: &[i32],
+    acc_ld: usize,
+    rows: usize,
+    out: &mut [i8],
+    out_ld: usize,
+) {
+    let vec_n = stage.channels() / 8 * 8;
+    for j0 in (0..vec_n).step_by(CHANNEL_BLOCK) {
+        let width = CHANNEL_BLOCK.min(vec_n - j0);
+        let lanes = ChannelLanes::new(stage, j0..j0 + width);
+        for i in 0..rows {
+            let acc_row = &acc[i * acc_ld + j0..][..width];
+            let out_row = &mut out[i * out_ld + j0..][..width];
+            let bias = &stage.bias[j0..][..width];
+            // SAFETY: the token proves AVX2 support; the slices have `width` elements,
+            // a multiple of 8 and at most `CHANNEL_BLOCK`.
+            unsafe {
+                if lanes.any_left {
+                    requantize_block::<true>(stage, &lanes, acc_row, bias, out_row);
+                } else {
+                    requantize_block::<false>(stage, &lanes, acc_row, bias, out_row);
+                }
+            }
+        }
+    }
+    requantize_tail(stage, acc, acc_ld, rows, vec_n, out, out_ld);
+}
+
+/// One row of one channel block; without `LEFT` the (all zero) left shifts are skipped.
+///
+/// # Safety
+/// AVX2 must be available; `acc.len()` a multiple of 8, at most `CHANNEL_BLOCK` and at
+/// most `bias.len()` and `out.len()`.
+#[target_feature(enable = "avx2")]
+unsafe fn requantize_block<const LEFT: bool>(
+    stage: &OutputStage<'_>,
+    lanes: &ChannelLanes,
+    acc: &[i32],
+    bias: &[i32],
+    out: &mut [i8],
+) {
+    let lo = _mm256_set1_epi32(stage.lo - stage.zp_out);
+    let hi = _mm256_set1_epi32(stage.hi - stage.zp_out);
+    let zp = _mm256_set1_epi32(stage.zp_out);
+    let gather = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+    for g in (0..acc.len()).step_by(8) {
+        // SAFETY: `g + 8 <= acc.len()`, which bounds every slice read and `out`.
+        unsafe {
+            let mut x = _mm256_add_epi32(load8(acc, g), load8(bias, g));
+            if LEFT {
+                x = saturating_shift_left(x, load8(&lanes.left, g));
+            }
+            let high = doubling_high_mul(x, load8(&lanes.mult, g), load8(&lanes.odd, g));
+            let y = rounding_shift_right(
+                high,
+                load8(&lanes.right, g),
+                load8(&lanes.mask, g),
+                load8(&lanes.half, g),
+            );
+            let y = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(y, lo), hi), zp);
+            // Values lie in [-128, 127]: the saturating packs are exact.
+            let words = _mm256_packs_epi32(y, y);
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(words, words), gather);
+            _mm_storel_epi64(
+                out.as_mut_ptr().add(g).cast(),
+                _mm256_castsi256_si128(bytes),
+            );
+        }
+    }
+}
+
+/// `s[g .. g + 8]` as one vector.
+///
+/// # Safety
+/// AVX2 must be available and `g + 8 <= s.len()`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn load8(s: &[i32], g: usize) -> __m256i {
+    debug_assert!(g + 8 <= s.len());
+    // SAFETY: in bounds by the caller's contract; the load is unaligned.
+    unsafe { _mm256_loadu_si256(s.as_ptr().add(g).cast()) }
+}
+
+/// `x.saturating_mul(1 << left)` per lane: the shift overflowed iff shifting back differs.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn saturating_shift_left(x: __m256i, left: __m256i) -> __m256i {
+    let shifted = _mm256_sllv_epi32(x, left);
+    let fits = _mm256_cmpeq_epi32(_mm256_srav_epi32(shifted, left), x);
+    let saturated = _mm256_xor_si256(_mm256_srai_epi32(x, 31), _mm256_set1_epi32(i32::MAX));
+    _mm256_blendv_epi8(saturated, shifted, fits)
+}
+
+/// `saturating_rounding_doubling_high_mul(x, m)` per lane for `m >= 0` (`odd`: the odd
+/// lanes' `m` moved to the even ones). The truncating `(x·m + nudge) / 2^31` with its
+/// sign-dependent nudge equals `floor((x·m + 2^30) / 2^31)` for both signs, and the low 32
+/// bits of a logical 64-bit shift by 31 are those of the arithmetic one. With `m >= 0`
+/// the saturating case `x = m = i32::MIN` cannot occur.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn doubling_high_mul(x: __m256i, mult: __m256i, odd: __m256i) -> __m256i {
+    let nudge = _mm256_set1_epi64x(1 << 30);
+    let even = _mm256_srli_epi64(_mm256_add_epi64(_mm256_mul_epi32(x, mult), nudge), 31);
+    let odd_product = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), odd);
+    let odd = _mm256_slli_epi64(_mm256_add_epi64(odd_product, nudge), 1);
+    _mm256_blend_epi32(even, odd, 0b1010_1010)
+}
+
+/// `rounding_divide_by_pot(x, right)` per lane: `(x >> right) + (remainder > threshold)`
+/// with `threshold = mask / 2 + (x < 0)`, ties away from zero.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn rounding_shift_right(x: __m256i, right: __m256i, mask: __m256i, half: __m256i) -> __m256i {
+    let remainder = _mm256_and_si256(x, mask);
+    let threshold = _mm256_sub_epi32(half, _mm256_srai_epi32(x, 31));
+    _mm256_sub_epi32(
+        _mm256_srav_epi32(x, right),
+        _mm256_cmpgt_epi32(remainder, threshold),
+    )
+}
+
+const _: () = assert!(NR == 16, "tile_avx2 computes 16 columns");

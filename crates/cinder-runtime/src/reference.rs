@@ -1,0 +1,213 @@
+//! The reference interpreter: the quantized model's arithmetic written out plainly, in
+//! canonical NCHW layout with the stored (canonical) weights, exact integer sums in i64
+//! and no packing, layout change, fusion trick or threading. Slow and obviously correct;
+//! the fast [`Session`](crate::Session) must equal it bit for bit.
+//!
+//! Static layer, output channel `c`:
+//! `acc = bias[c] + sum (q_in - zp_in) * (q_w - zp_w[c])` (padding taps add nothing),
+//! `q_out = clamp(multiplier[c].apply(acc) + zp_out, lo, hi)`.
+//! Dynamic layer: the input is quantized with parameters from the min/max of the whole
+//! batch, `y = acc * (s_in * s_w[c]) + bias[c]`.
+
+use cinder_tensor::{QuantParams, Tensor, TensorBuf};
+
+use crate::error::RunError;
+use crate::float::{batch_size, pool_forward, relu, weighted_forward};
+use crate::model::{
+    LayerExec, QuantWeights, QuantizedModel, StepOp, clamp_bounds, dynamic_output, dynamic_params,
+    scan_range,
+};
+
+/// A batch in flight: floats, or int8 codes (held as i32) with their parameters.
+enum Value {
+    Float(Vec<f32>),
+    Int(Vec<i32>, QuantParams),
+}
+
+/// Runs `model` on `input` (`[B, ...input_shape]`, NCHW) and returns its output.
+pub fn reference_forward(
+    model: &QuantizedModel,
+    input: &impl Tensor<f32>,
+) -> Result<TensorBuf<f32>, RunError> {
+    let batch = batch_size(input.shape(), model.input_shape())?;
+    cinder_observers::min_max(input.data()).map_err(RunError::Input)?;
+    let shapes = model.shapes();
+    let mut value = Value::Float(input.data().to_vec());
+    for (i, step) in model.steps().iter().enumerate() {
+        let in_shape = &shapes[i];
+        let out_len: usize = shapes[i + 1].iter().product();
+        value = match (&step.op, value) {
+            (StepOp::Quantize(p), Value::Float(x)) => {
+                Value::Int(x.iter().map(|&v| p.quantize(v)).collect(), *p)
+            }
+            (StepOp::Dequantize, Value::Int(q, p)) => {
+                Value::Float(q.iter().map(|&c| p.dequantize(c)).collect())
+            }
+            (StepOp::Relu, Value::Float(x)) => Value::Float(x.into_iter().map(relu).collect()),
+            (StepOp::Relu, Value::Int(q, p)) => {
+                Value::Int(q.into_iter().map(|c| c.max(p.zero_point)).collect(), p)
+            }
+            (StepOp::MaxPool2d { kernel, stride }, Value::Float(x)) => {
+                Value::Float(pool_forward(&x, batch, in_shape, out_len, *kernel, *stride))
+            }
+            (StepOp::MaxPool2d { kernel, stride }, Value::Int(q, p)) => Value::Int(
+                pool_forward(&q, batch, in_shape, out_len, *kernel, *stride),
+                p,
+            ),
+            (StepOp::Flatten, v) => v,
+            (op, v) => layer_forward(&step.name, op, in_shape, batch, out_len, v)?,
+        };
+    }
+    let Value::Float(x) = value else {
+        unreachable!("a validated model ends in float")
+    };
+    let mut shape = vec![batch];
+    shape.extend_from_slice(model.output_shape());
+    Ok(TensorBuf::new(shape, x).expect("shapes chain"))
+}
+
+/// Weight codes minus their channel's zero point.
+fn centered(w: &QuantWeights) -> Vec<i64> {
+    let depth = w.codes.len() / w.codes.shape()[0];
+    w.codes
+        .data()
+        .iter()
+        .enumerate()
+        .map(|(i, &q)| i64::from(i32::from(q) - w.zero_point(i / depth)))
+        .collect()
+}
+
+fn layer_forward(
+    name: &str,
+    op: &StepOp,
+    in_shape: &[usize],
+    batch: usize,
+    out_len: usize,
+    value: Value,
+) -> Result<Value, RunError> {
+    let layer = op.layer().expect("every other step is matched before");
+    let geometry = op.geometry(in_shape);
+    let outputs = layer.out_features();
+    let inner = out_len / outputs;
+    // The output channel of flat index `i` of the batch's output.
+    let channel = |i: usize| (i / inner) % outputs;
+    Ok(match (&layer.exec, value) {
+        (LayerExec::Static(s), Value::Int(q, input)) => {
+            let x: Vec<i64> = q.iter().map(|&c| i64::from(c - input.zero_point)).collect();
+            let bias: Vec<i64> = s.bias.iter().map(|&b| i64::from(b)).collect();
+            let acc = weighted_forward(geometry, &x, batch, out_len, &centered(&s.weights), &bias);
+            let (lo, hi) = clamp_bounds(&s.output, layer.relu);
+            let codes = acc
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| {
+                    let m = s.multipliers[channel(i) % s.multipliers.len()];
+                    let a = i32::try_from(a).expect("validation bounds every accumulator to int32");
+                    (i64::from(m.apply(a)) + i64::from(s.output.zero_point))
+                        .clamp(i64::from(lo), i64::from(hi)) as i32
+                })
+                .collect();
+            Value::Int(codes, s.output)
+        }
+        (LayerExec::Dynamic(d), Value::Float(x)) => {
+            let p = dynamic_params(name, scan_range(name, &x)?)?;
+            let xq: Vec<i64> = x
+                .iter()
+                .map(|&v| i64::from(p.quantize(v) - p.zero_point))
+                .collect();
+            let zeros = vec![0i64; outputs];
+            let acc =
+                weighted_forward(geometry, &xq, batch, out_len, &centered(&d.weights), &zeros);
+            let y = acc
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| {
+                    let c = channel(i);
+                    let a = i32::try_from(a).expect("validation bounds every accumulator to int32");
+                    dynamic_output(
+                        a,
+                        crate::model::acc_scale(p.scale, d.weights.scale(c)),
+                        d.bias[c],
+                        layer.relu,
+                    )
+                })
+                .collect();
+            Value::Float(y)
+        }
+        (LayerExec::Float(f), Value::Float(x)) => {
+            let y = weighted_forward(geometry, &x, batch, out_len, f.weight.data(), &f.bias);
+            Value::Float(if layer.relu {
+                y.into_iter().map(relu).collect()
+            } else {
+                y
+            })
+        }
+        _ => unreachable!("validation matched every layer's domain"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Layer, QuantWeights, StaticLayer, Step};
+    use cinder_tensor::{Mapping, RequantMultiplier, TensorQuantParams};
+
+    /// A 1x1 convolution worked by hand: input scale 0.5, weight code 2 at scale 0.25,
+    /// bias code 3 (scale 0.125), output scale 1 with zero point -10.
+    fn one_by_one(relu: bool) -> QuantizedModel {
+        let weights = QuantWeights {
+            bits: 8,
+            mapping: Mapping::Symmetric,
+            codes: TensorBuf::new(vec![1, 1, 1, 1], vec![2]).unwrap(),
+            params: TensorQuantParams::PerTensor(QuantParams::new(0.25, 0, -127, 127).unwrap()),
+        };
+        let layer = StaticLayer {
+            weights,
+            bias: vec![3],
+            multipliers: vec![RequantMultiplier::from_real(0.125).unwrap()],
+            output: QuantParams::new(1.0, -10, -128, 127).unwrap(),
+        };
+        let step = |name: &str, op| Step {
+            name: name.into(),
+            op,
+        };
+        let conv = StepOp::Conv2d {
+            stride: 1,
+            padding: 0,
+            layer: Layer {
+                relu,
+                exec: LayerExec::Static(layer),
+            },
+        };
+        QuantizedModel::new(
+            vec![1, 1, 2],
+            vec![
+                step(
+                    "input",
+                    StepOp::Quantize(QuantParams::new(0.5, 0, -128, 127).unwrap()),
+                ),
+                step("conv", conv),
+                step("conv", StepOp::Dequantize),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn static_conv_by_hand() {
+        // x = [1, -3] -> codes [2, -6]; acc = 3 + 2 * code = [7, -9]; * 0.125 = [0.875,
+        // -1.125] -> [1, -1]; + zp -10 = [-9, -11] -> reals [1, -1].
+        let x = TensorBuf::new(vec![1, 1, 1, 2], vec![1.0, -3.0]).unwrap();
+        assert_eq!(
+            reference_forward(&one_by_one(false), &x).unwrap().data(),
+            &[1.0, -1.0]
+        );
+        // A fused ReLU clamps at the zero point: real 0.
+        let model = one_by_one(true);
+        assert_eq!(reference_forward(&model, &x).unwrap().data(), &[1.0, 0.0]);
+        assert_eq!(
+            model.session().unwrap().run(&x).unwrap().data(),
+            &[1.0, 0.0]
+        );
+    }
+}

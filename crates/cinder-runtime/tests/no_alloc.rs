@@ -1,0 +1,92 @@
+//! After a warm-up run, a session's own code allocates nothing, on the calling thread or
+//! in its workers (static, dynamic and float stages alike).
+//!
+//! What remains is rayon's: each run enters the session's pool once (`install`), which
+//! pushes one job onto rayon's injector queue, and that queue allocates one block per 63
+//! pushes (crossbeam-deque's `BLOCK_CAP`), freeing the previous one. So 1,260 runs show
+//! 20 allocations; the test allows one per 32 runs and no more.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cinder_runtime::{Mode, SessionOptions};
+use common::{ConvSpec, LayerChoice, ModelSpec, input};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator, only counting calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn choice(mode: Mode) -> LayerChoice {
+    LayerChoice {
+        mode,
+        bits: 8,
+        per_channel: true,
+        symmetric: false,
+    }
+}
+
+#[test]
+fn runs_after_warm_up_do_not_allocate() {
+    let conv = |out, pool| ConvSpec {
+        out,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        relu: true,
+        pool,
+    };
+    for modes in [
+        [Mode::Static; 4],
+        [Mode::Dynamic, Mode::Static, Mode::Float, Mode::Dynamic],
+        [Mode::Float, Mode::Dynamic, Mode::Static, Mode::Static],
+    ] {
+        let spec = ModelSpec {
+            input: [3, 12, 12],
+            convs: vec![conv(8, true), conv(16, true)],
+            linears: vec![(32, true), (10, false)],
+            choices: modes.iter().map(|&m| choice(m)).collect(),
+            seed: 3,
+        };
+        let (graph, model) = spec.model();
+        let mut session = model.session_with(SessionOptions { threads: 2 }).unwrap();
+        let (big, small) = (input(&graph, 8, 1), input(&graph, 1, 2));
+        session.run(&big).unwrap();
+        session.run(&small).unwrap();
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..630 {
+            session.run(&big).unwrap();
+            session.run(&small).unwrap();
+        }
+        let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let runs = 2 * 630;
+        assert!(
+            allocated * 32 <= runs,
+            "{modes:?}: {allocated} allocations in {runs} runs"
+        );
+    }
+}
