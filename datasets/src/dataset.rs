@@ -121,11 +121,7 @@ impl Dataset {
 
     /// Splits off `round(fraction * len())` samples, drawn at random by `seed`, as a
     /// validation set: returns `(train, validation)`, each in the original order.
-    pub fn split_validation(
-        &self,
-        fraction: f32,
-        seed: u64,
-    ) -> Result<(Self, Self), DatasetError> {
+    pub fn split_validation(&self, fraction: f32, seed: u64) -> Result<(Self, Self), DatasetError> {
         if !(0.0..1.0).contains(&fraction) {
             return Err(DatasetError::invalid(
                 "validation fraction",
@@ -178,7 +174,11 @@ pub(crate) mod tests {
         ));
         assert!(matches!(
             Dataset::new(vec![0; 2 * IMAGE_LEN], vec![0, 2], names),
-            Err(DatasetError::SampleLabel { index: 1, label: 2, classes: 2 })
+            Err(DatasetError::SampleLabel {
+                index: 1,
+                label: 2,
+                classes: 2
+            })
         ));
     }
 

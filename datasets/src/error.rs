@@ -105,6 +105,14 @@ pub enum DatasetError {
         label: u8,
         classes: usize,
     },
+    #[error("{path}: holds {found} class names: expected {expected}, one per line")]
+    ClassNames {
+        path: PathBuf,
+        found: usize,
+        expected: usize,
+    },
+    #[error("sample index {index} is out of range: expected 0..{len}")]
+    SampleIndex { index: usize, len: usize },
     #[error("{path}: PNG encoding failed: {message}")]
     Png { path: PathBuf, message: String },
     #[error(transparent)]
@@ -121,7 +129,11 @@ impl DatasetError {
         }
     }
 
-    pub(crate) fn invalid(field: &'static str, value: impl ToString, expected: &'static str) -> Self {
+    pub(crate) fn invalid(
+        field: &'static str,
+        value: impl ToString,
+        expected: &'static str,
+    ) -> Self {
         Self::InvalidOption {
             field,
             value: value.to_string(),
