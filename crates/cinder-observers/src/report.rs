@@ -12,7 +12,9 @@ use std::path::Path;
 
 use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::io::{FileError, read_json, write_json_atomic};
-use cinder_tensor::{ErrorAccumulator, ErrorMetrics, QuantParams, QuantScheme, Tensor, fake_quantize};
+use cinder_tensor::{
+    ErrorAccumulator, ErrorMetrics, QuantParams, QuantScheme, Tensor, fake_quantize,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ObserverError;

@@ -102,7 +102,10 @@ mod tests {
         let y = fake_quantize(x.clone(), scalar(0.1, &device), scalar(0.0, &device), grid);
         let grads = y.sum().backward();
         // Codes: -30 (clipped), -5, 2, 7 (edge, kept), 50 (clipped), 7 (round 7.4), -8 (edge).
-        assert_eq!(values(x.grad(&grads).unwrap()), vec![0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]);
+        assert_eq!(
+            values(x.grad(&grads).unwrap()),
+            vec![0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+        );
     }
 
     #[test]
@@ -122,11 +125,16 @@ mod tests {
     fn per_channel_params_broadcast_along_their_axis() {
         let device = Device::flex();
         let scheme = QuantScheme::weights_int8(Granularity::PerChannel { axis: 0 });
-        let params = TensorQuantParams::from_ranges(&[(-1.0, 1.0), (-0.01, 0.02)], &scheme).unwrap();
+        let params =
+            TensorQuantParams::from_ranges(&[(-1.0, 1.0), (-0.01, 0.02)], &scheme).unwrap();
         let data = vec![0.5f32, -0.3, 0.013, -0.004];
         let x = Tensor::<2>::from_data(TensorData::new(data.clone(), [2, 2]), &device);
         let (s, z, grid) = params_tensors::<2>(&params, &device);
-        let got = fake_quantize(x, s, z, grid).into_data().as_slice::<f32>().unwrap().to_vec();
+        let got = fake_quantize(x, s, z, grid)
+            .into_data()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec();
         let want: Vec<f32> = data
             .iter()
             .enumerate()

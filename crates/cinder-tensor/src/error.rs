@@ -31,16 +31,26 @@ pub enum QuantError {
     #[error("scale {scale} is not a finite positive number")]
     InvalidScale { scale: f32 },
     #[error("zero point {zero_point} lies outside the quantized range [{qmin}, {qmax}]")]
-    ZeroPointOutOfRange { zero_point: i32, qmin: i32, qmax: i32 },
+    ZeroPointOutOfRange {
+        zero_point: i32,
+        qmin: i32,
+        qmax: i32,
+    },
     #[error("real multiplier {multiplier} is not finite and positive")]
     InvalidMultiplier { multiplier: f64 },
-    #[error("real multiplier {multiplier} is too large for a Q0.31 multiplier with a left shift of at most 30")]
+    #[error(
+        "real multiplier {multiplier} is too large for a Q0.31 multiplier with a left shift of at most 30"
+    )]
     MultiplierTooLarge { multiplier: f64 },
-    #[error("fixed-point multiplier {multiplier} with exponent {exponent} is invalid: expected 0 or a Q0.31 value in [2^30, 2^31) and an exponent in -31..=30")]
+    #[error(
+        "fixed-point multiplier {multiplier} with exponent {exponent} is invalid: expected 0 or a Q0.31 value in [2^30, 2^31) and an exponent in -31..=30"
+    )]
     InvalidFixedPoint { multiplier: i32, exponent: i32 },
     #[error("tensor holds a non-finite value {value} at flat index {index}")]
     NonFiniteValue { index: usize, value: f32 },
-    #[error("per-channel parameters for {params} channels do not match {channels} channels along axis {axis}")]
+    #[error(
+        "per-channel parameters for {params} channels do not match {channels} channels along axis {axis}"
+    )]
     ChannelCountMismatch {
         axis: usize,
         channels: usize,

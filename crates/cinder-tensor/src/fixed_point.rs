@@ -147,8 +147,14 @@ mod tests {
 
     #[test]
     fn high_mul_rounds_and_saturates() {
-        assert_eq!(saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN), i32::MAX);
-        assert_eq!(saturating_rounding_doubling_high_mul(1 << 30, 1 << 30), 1 << 29);
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(i32::MIN, i32::MIN),
+            i32::MAX
+        );
+        assert_eq!(
+            saturating_rounding_doubling_high_mul(1 << 30, 1 << 30),
+            1 << 29
+        );
         // 3 * 2^30 * 2 / 2^32 = 1.5 -> 2 and -1.5 -> -1 (ties toward +infinity).
         assert_eq!(saturating_rounding_doubling_high_mul(3, 1 << 30), 2);
         assert_eq!(saturating_rounding_doubling_high_mul(-3, 1 << 30), -1);
@@ -174,7 +180,10 @@ mod tests {
         let m = RequantMultiplier::from_real(1.0).unwrap();
         assert_eq!((m.multiplier, m.exponent), (1 << 30, 1));
         assert_eq!(m.apply(1234), 1234);
-        assert_eq!(RequantMultiplier::from_real(1e-12).unwrap().apply(i32::MAX), 0);
+        assert_eq!(
+            RequantMultiplier::from_real(1e-12).unwrap().apply(i32::MAX),
+            0
+        );
         assert!(RequantMultiplier::from_real(0.0).is_err());
         assert!(RequantMultiplier::from_real(f64::NAN).is_err());
         assert!(RequantMultiplier::from_real(2f64.powi(31)).is_err());

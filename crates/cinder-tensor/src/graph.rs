@@ -11,7 +11,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::io::{FileError, StoredTensor, TensorArchive, read_json, save_safetensors, write_json_atomic};
+use crate::io::{
+    FileError, StoredTensor, TensorArchive, read_json, save_safetensors, write_json_atomic,
+};
 use crate::tensor::{Tensor, TensorBuf};
 
 /// Version of the JSON graph description; bumped on incompatible changes.
@@ -139,7 +141,10 @@ impl FloatGraph {
         let mut tensors = Vec::new();
         for node in &self.nodes {
             if let Some((w, b)) = node.op.weight_and_bias() {
-                tensors.push((format!("{}.weight", node.name), StoredTensor::from_tensor(w)));
+                tensors.push((
+                    format!("{}.weight", node.name),
+                    StoredTensor::from_tensor(w),
+                ));
                 tensors.push((format!("{}.bias", node.name), StoredTensor::from_tensor(b)));
             }
         }
@@ -208,10 +213,15 @@ fn node_output_shape(node: &Node, input: &[usize]) -> Result<Vec<usize>, GraphEr
             (Some(oh), Some(ow)) => Ok(vec![channels, oh, ow]),
             _ => Err(shape_error(
                 node,
-                format!("kernel {kernel} stride {stride} padding {padding} does not fit input {input:?}"),
+                format!(
+                    "kernel {kernel} stride {stride} padding {padding} does not fit input {input:?}"
+                ),
             )),
         },
-        _ => Err(shape_error(node, format!("expected a [C, H, W] input, got {input:?}"))),
+        _ => Err(shape_error(
+            node,
+            format!("expected a [C, H, W] input, got {input:?}"),
+        )),
     };
     match &node.op {
         Op::Conv2d(c) => {
@@ -219,15 +229,26 @@ fn node_output_shape(node: &Node, input: &[usize]) -> Result<Vec<usize>, GraphEr
             if w.len() != 4 || w[2] != w[3] || c.bias.shape() != [w[0]] {
                 return Err(shape_error(
                     node,
-                    format!("weight {w:?} / bias {:?}: expected [out, in, k, k] and [out]", c.bias.shape()),
+                    format!(
+                        "weight {w:?} / bias {:?}: expected [out, in, k, k] and [out]",
+                        c.bias.shape()
+                    ),
                 ));
             }
             if input.first() != Some(&w[1]) {
-                return Err(shape_error(node, format!("weight {w:?} expects {} input channels, input is {input:?}", w[1])));
+                return Err(shape_error(
+                    node,
+                    format!(
+                        "weight {w:?} expects {} input channels, input is {input:?}",
+                        w[1]
+                    ),
+                ));
             }
             spatial(w[2], c.stride, c.padding, w[0])
         }
-        Op::MaxPool2d { kernel, stride } => spatial(*kernel, *stride, 0, input.first().copied().unwrap_or(0)),
+        Op::MaxPool2d { kernel, stride } => {
+            spatial(*kernel, *stride, 0, input.first().copied().unwrap_or(0))
+        }
         Op::Relu => Ok(input.to_vec()),
         Op::Flatten => Ok(vec![input.iter().product()]),
         Op::Linear(l) => {
@@ -235,11 +256,17 @@ fn node_output_shape(node: &Node, input: &[usize]) -> Result<Vec<usize>, GraphEr
             if w.len() != 2 || l.bias.shape() != [w[0]] {
                 return Err(shape_error(
                     node,
-                    format!("weight {w:?} / bias {:?}: expected [out, in] and [out]", l.bias.shape()),
+                    format!(
+                        "weight {w:?} / bias {:?}: expected [out, in] and [out]",
+                        l.bias.shape()
+                    ),
                 ));
             }
             if input != [w[1]] {
-                return Err(shape_error(node, format!("weight {w:?} expects [{}] input, got {input:?}", w[1])));
+                return Err(shape_error(
+                    node,
+                    format!("weight {w:?} expects [{}] input, got {input:?}", w[1]),
+                ));
             }
             Ok(vec![w[0]])
         }
@@ -361,11 +388,31 @@ mod tests {
         FloatGraph::new(
             vec![3, 8, 8],
             vec![
-                node("conv1", Op::Conv2d(Conv2d { weight: ramp(vec![4, 3, 3, 3]), bias: ramp(vec![4]), stride: 1, padding: 1 })),
+                node(
+                    "conv1",
+                    Op::Conv2d(Conv2d {
+                        weight: ramp(vec![4, 3, 3, 3]),
+                        bias: ramp(vec![4]),
+                        stride: 1,
+                        padding: 1,
+                    }),
+                ),
                 node("relu1", Op::Relu),
-                node("pool1", Op::MaxPool2d { kernel: 2, stride: 2 }),
+                node(
+                    "pool1",
+                    Op::MaxPool2d {
+                        kernel: 2,
+                        stride: 2,
+                    },
+                ),
                 node("flatten", Op::Flatten),
-                node("fc1", Op::Linear(Linear { weight: ramp(vec![10, 64]), bias: ramp(vec![10]) })),
+                node(
+                    "fc1",
+                    Op::Linear(Linear {
+                        weight: ramp(vec![10, 64]),
+                        bias: ramp(vec![10]),
+                    }),
+                ),
             ],
         )
         .unwrap()
@@ -374,19 +421,34 @@ mod tests {
     #[test]
     fn shapes_chain() {
         let shapes = small_graph().output_shapes().unwrap();
-        assert_eq!(shapes, vec![vec![4, 8, 8], vec![4, 8, 8], vec![4, 4, 4], vec![64], vec![10]]);
+        assert_eq!(
+            shapes,
+            vec![
+                vec![4, 8, 8],
+                vec![4, 8, 8],
+                vec![4, 4, 4],
+                vec![64],
+                vec![10]
+            ]
+        );
     }
 
     #[test]
     fn mismatched_shapes_are_rejected() {
         let g = small_graph();
         let mut nodes = g.nodes().to_vec();
-        nodes[4].op = Op::Linear(Linear { weight: ramp(vec![10, 63]), bias: ramp(vec![10]) });
+        nodes[4].op = Op::Linear(Linear {
+            weight: ramp(vec![10, 63]),
+            bias: ramp(vec![10]),
+        });
         let err = FloatGraph::new(vec![3, 8, 8], nodes).unwrap_err();
         assert!(err.to_string().contains("fc1"), "{err}");
         let mut nodes = g.nodes().to_vec();
         nodes[1].name = "conv1".into();
-        assert!(matches!(FloatGraph::new(vec![3, 8, 8], nodes), Err(GraphError::DuplicateName(_))));
+        assert!(matches!(
+            FloatGraph::new(vec![3, 8, 8], nodes),
+            Err(GraphError::DuplicateName(_))
+        ));
     }
 
     #[test]
@@ -397,13 +459,30 @@ mod tests {
         g.save(&json, &weights).unwrap();
         assert_eq!(FloatGraph::load(&json, &weights).unwrap(), g);
         let archive = TensorArchive::open(&weights).unwrap();
-        assert_eq!(archive.names().unwrap(), vec!["conv1.bias", "conv1.weight", "fc1.bias", "fc1.weight"]);
+        assert_eq!(
+            archive.names().unwrap(),
+            vec!["conv1.bias", "conv1.weight", "fc1.bias", "fc1.weight"]
+        );
 
         let text = std::fs::read_to_string(&json).unwrap();
-        std::fs::write(&json, text.replace("\"out_features\": 10", "\"out_features\": 11")).unwrap();
+        std::fs::write(
+            &json,
+            text.replace("\"out_features\": 10", "\"out_features\": 11"),
+        )
+        .unwrap();
         let err = FloatGraph::load(&json, &weights).unwrap_err();
-        assert!(err.to_string().contains("fc1.weight") && err.to_string().contains("g.safetensors"), "{err}");
-        std::fs::write(&json, text.replace("\"format_version\": 1", "\"format_version\": 9")).unwrap();
-        assert!(matches!(FloatGraph::load(&json, &weights), Err(GraphError::Version { found: 9 })));
+        assert!(
+            err.to_string().contains("fc1.weight") && err.to_string().contains("g.safetensors"),
+            "{err}"
+        );
+        std::fs::write(
+            &json,
+            text.replace("\"format_version\": 1", "\"format_version\": 9"),
+        )
+        .unwrap();
+        assert!(matches!(
+            FloatGraph::load(&json, &weights),
+            Err(GraphError::Version { found: 9 })
+        ));
     }
 }

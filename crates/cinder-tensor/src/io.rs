@@ -59,10 +59,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).map_err(|e| FileError::io(dir, e))?;
-    let file_name = path.file_name().map_or_else(
-        || "cinder".into(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let file_name = path
+        .file_name()
+        .map_or_else(|| "cinder".into(), |n| n.to_string_lossy().into_owned());
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -277,9 +276,18 @@ mod tests {
         assert_eq!(archive.metadata().unwrap(), meta);
         assert_eq!(archive.get::<f32>("a", Some(&[2, 2])).unwrap(), a);
         assert_eq!(archive.get::<i8>("b", None).unwrap(), b);
-        assert!(matches!(archive.get::<f32>("c", None), Err(FileError::MissingTensor { .. })));
-        assert!(matches!(archive.get::<i8>("a", None), Err(FileError::WrongDtype { .. })));
-        assert!(matches!(archive.get::<f32>("a", Some(&[4])), Err(FileError::WrongShape { .. })));
+        assert!(matches!(
+            archive.get::<f32>("c", None),
+            Err(FileError::MissingTensor { .. })
+        ));
+        assert!(matches!(
+            archive.get::<i8>("a", None),
+            Err(FileError::WrongDtype { .. })
+        ));
+        assert!(matches!(
+            archive.get::<f32>("a", Some(&[4])),
+            Err(FileError::WrongShape { .. })
+        ));
     }
 
     #[test]
@@ -308,6 +316,9 @@ mod tests {
         assert_eq!(read_json::<Vec<i32>>(&path).unwrap(), vec![4]);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         std::fs::write(&path, b"[1,").unwrap();
-        assert!(matches!(read_json::<Vec<i32>>(&path), Err(FileError::Json { .. })));
+        assert!(matches!(
+            read_json::<Vec<i32>>(&path),
+            Err(FileError::Json { .. })
+        ));
     }
 }

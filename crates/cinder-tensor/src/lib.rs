@@ -20,6 +20,6 @@ pub use error::{QuantError, TensorError};
 pub use fixed_point::RequantMultiplier;
 pub use metrics::{ErrorAccumulator, ErrorMetrics};
 pub use params::{QuantParams, TensorQuantParams, round_ties_even};
+pub use quantize::{Code, dequantize, fake_quantize, quantize};
 pub use scheme::{Granularity, Mapping, QuantScheme, Signedness};
-pub use quantize::{dequantize, fake_quantize, quantize, Code};
 pub use tensor::{AxisLayout, DType, Element, Tensor, TensorBuf, TensorRef};

@@ -68,7 +68,8 @@ impl QuantParams {
                 let scale = (hi - lo) / f64::from(qmax - qmin);
                 let scale = scale.max(f64::from(MIN_SCALE));
                 let zero_point = (f64::from(qmin) - (lo / scale).round_ties_even())
-                    .clamp(f64::from(qmin), f64::from(qmax)) as i32;
+                    .clamp(f64::from(qmin), f64::from(qmax))
+                    as i32;
                 (scale, zero_point)
             }
         };
@@ -87,7 +88,11 @@ impl QuantParams {
     pub fn quantize(&self, x: f32) -> i32 {
         let q = round_ties_even(x / self.scale) + self.zero_point as f32;
         // `f32::max` drops NaN, so NaN is mapped to the zero point explicitly.
-        let q = if q.is_nan() { self.zero_point as f32 } else { q };
+        let q = if q.is_nan() {
+            self.zero_point as f32
+        } else {
+            q
+        };
         let q = q.max(self.qmin as f32).min(self.qmax as f32);
         // SAFETY: q is finite (NaN was replaced, infinities clamped) and within
         // [qmin, qmax], so it is representable as i32. The checked `as` cast would block
@@ -207,8 +212,14 @@ mod tests {
 
     #[test]
     fn symmetric_unsigned_centres_zero() {
-        let s = QuantScheme::new(8, Signedness::Unsigned, Mapping::Symmetric, false, Granularity::PerTensor)
-            .unwrap();
+        let s = QuantScheme::new(
+            8,
+            Signedness::Unsigned,
+            Mapping::Symmetric,
+            false,
+            Granularity::PerTensor,
+        )
+        .unwrap();
         let p = QuantParams::from_range(-1.0, 1.0, &s).unwrap();
         assert_eq!(p.zero_point, 128);
         assert_eq!(p.quantize(1.0), 255);
@@ -217,10 +228,19 @@ mod tests {
 
     #[test]
     fn degenerate_ranges_are_valid() {
-        for (lo, hi) in [(0.0, 0.0), (5.0, 5.0), (-3.0, -3.0), (1e-30, 2e-30), (0.0, f32::MAX)] {
+        for (lo, hi) in [
+            (0.0, 0.0),
+            (5.0, 5.0),
+            (-3.0, -3.0),
+            (1e-30, 2e-30),
+            (0.0, f32::MAX),
+        ] {
             for s in [asym_u8(), QuantScheme::weights_int8(Granularity::PerTensor)] {
                 let p = QuantParams::from_range(lo, hi, &s).unwrap();
-                assert!(p.scale.is_finite() && p.scale >= MIN_SCALE, "{lo} {hi} {p:?}");
+                assert!(
+                    p.scale.is_finite() && p.scale >= MIN_SCALE,
+                    "{lo} {hi} {p:?}"
+                );
                 assert_eq!(p.fake_quantize(0.0), 0.0);
             }
         }
@@ -229,9 +249,18 @@ mod tests {
     #[test]
     fn bad_ranges_are_errors() {
         let s = asym_u8();
-        assert!(matches!(QuantParams::from_range(f32::NAN, 1.0, &s), Err(QuantError::NonFiniteRange { .. })));
-        assert!(matches!(QuantParams::from_range(0.0, f32::INFINITY, &s), Err(QuantError::NonFiniteRange { .. })));
-        assert!(matches!(QuantParams::from_range(2.0, 1.0, &s), Err(QuantError::InvertedRange { .. })));
+        assert!(matches!(
+            QuantParams::from_range(f32::NAN, 1.0, &s),
+            Err(QuantError::NonFiniteRange { .. })
+        ));
+        assert!(matches!(
+            QuantParams::from_range(0.0, f32::INFINITY, &s),
+            Err(QuantError::NonFiniteRange { .. })
+        ));
+        assert!(matches!(
+            QuantParams::from_range(2.0, 1.0, &s),
+            Err(QuantError::InvertedRange { .. })
+        ));
     }
 
     #[test]
@@ -270,7 +299,13 @@ mod tests {
     fn per_tensor_from_ranges_takes_the_union() {
         let s = asym_u8();
         let t = TensorQuantParams::from_ranges(&[(-1.0, 0.5), (0.0, 3.0)], &s).unwrap();
-        assert_eq!(t, TensorQuantParams::PerTensor(QuantParams::from_range(-1.0, 3.0, &s).unwrap()));
-        assert_eq!(TensorQuantParams::from_ranges(&[], &s), Err(QuantError::Empty));
+        assert_eq!(
+            t,
+            TensorQuantParams::PerTensor(QuantParams::from_range(-1.0, 3.0, &s).unwrap())
+        );
+        assert_eq!(
+            TensorQuantParams::from_ranges(&[], &s),
+            Err(QuantError::Empty)
+        );
     }
 }

@@ -93,7 +93,9 @@ pub fn quantize<Q: Code>(
 ) -> Result<TensorBuf<Q>, QuantError> {
     check_storage::<Q>(params)?;
     check_finite(t.data())?;
-    let data = map_with_params(t.shape(), t.data(), params, |p, x| Q::from_code(p.quantize(x)))?;
+    let data = map_with_params(t.shape(), t.data(), params, |p, x| {
+        Q::from_code(p.quantize(x))
+    })?;
     Ok(TensorBuf::new(t.shape().to_vec(), data)?)
 }
 
@@ -102,7 +104,9 @@ pub fn dequantize<Q: Code>(
     t: &impl Tensor<Q>,
     params: &TensorQuantParams,
 ) -> Result<TensorBuf<f32>, QuantError> {
-    let data = map_with_params(t.shape(), t.data(), params, |p, q| p.dequantize(q.to_code()))?;
+    let data = map_with_params(t.shape(), t.data(), params, |p, q| {
+        p.dequantize(q.to_code())
+    })?;
     Ok(TensorBuf::new(t.shape().to_vec(), data)?)
 }
 
@@ -170,7 +174,11 @@ mod tests {
         let t = TensorBuf::new(vec![2, 2], vec![0.0; 4]).unwrap();
         assert!(matches!(
             quantize::<i8>(&t, &p),
-            Err(QuantError::ChannelCountMismatch { channels: 2, params: 3, .. })
+            Err(QuantError::ChannelCountMismatch {
+                channels: 2,
+                params: 3,
+                ..
+            })
         ));
     }
 
@@ -180,8 +188,16 @@ mod tests {
                 use crate::scheme::{Mapping, Signedness};
                 QuantScheme::new(
                     bits,
-                    if signed { Signedness::Signed } else { Signedness::Unsigned },
-                    if symmetric { Mapping::Symmetric } else { Mapping::Asymmetric },
+                    if signed {
+                        Signedness::Signed
+                    } else {
+                        Signedness::Unsigned
+                    },
+                    if symmetric {
+                        Mapping::Symmetric
+                    } else {
+                        Mapping::Asymmetric
+                    },
                     narrow,
                     Granularity::PerTensor,
                 )

@@ -151,7 +151,13 @@ mod tests {
     fn bits_are_checked() {
         for bits in [0, 1, 9, 16] {
             assert_eq!(
-                QuantScheme::new(bits, Signedness::Signed, Mapping::Symmetric, false, Granularity::PerTensor),
+                QuantScheme::new(
+                    bits,
+                    Signedness::Signed,
+                    Mapping::Symmetric,
+                    false,
+                    Granularity::PerTensor
+                ),
                 Err(QuantError::UnsupportedBits { bits })
             );
         }

@@ -256,6 +256,9 @@ mod tests {
         let data: Vec<usize> = (0..24).collect();
         let mut seen = vec![];
         l.for_each_run(&data, |c, run| seen.push((c, run[0])));
-        assert_eq!(seen, vec![(0, 0), (1, 4), (2, 8), (0, 12), (1, 16), (2, 20)]);
+        assert_eq!(
+            seen,
+            vec![(0, 0), (1, 4), (2, 8), (0, 12), (1, 16), (2, 20)]
+        );
     }
 }
