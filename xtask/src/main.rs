@@ -3,6 +3,11 @@
 
 use clap::{Parser, Subcommand};
 
+mod data;
+mod infer;
+mod quantize;
+mod train;
+
 #[derive(Parser)]
 #[command(name = "xtask", about = "cinder: train, quantize and measure CNNs")]
 struct Cli {
@@ -11,8 +16,22 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Train the reference ConvNet; writes checkpoint, float graph, metrics and summary.
+    Train(train::TrainArgs),
+    /// Look at a data set: counts, class histogram, channel mean/std, PNG grid per class.
+    Data(data::DataArgs),
+    /// Float graph + calibration table (+ TOML config) -> int8 model file.
+    Quantize(quantize::QuantizeArgs),
+    /// Run an int8 model file on a data set's test split: accuracy, latency, agreement.
+    Infer(infer::InferArgs),
+}
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {}
+    match Cli::parse().command {
+        Command::Train(args) => train::run(args),
+        Command::Data(args) => data::run(args),
+        Command::Quantize(args) => quantize::run(args),
+        Command::Infer(args) => infer::run(args),
+    }
 }

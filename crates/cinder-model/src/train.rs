@@ -1,0 +1,478 @@
+//! Training and evaluation of the ConvNet.
+//!
+//! The default [`TrainConfig`] is the article's recipe: SGD, lr 0.001, momentum 0.9,
+//! dampening 0 (PyTorch's; burn's `MomentumConfig` defaults to 0.1), batch 32, 10 epochs.
+//! Adam, L2 weight decay and a learning-rate schedule (constant, cosine, step) are options.
+//!
+//! A [`Trainer`] runs whole epochs. The sample order of an epoch is a function of the
+//! seed and the epoch number only ([`crate::data::epoch_batches`]) and the initial weights
+//! of the seed only, so a run restored from a checkpoint (model, optimizer state, epoch)
+//! continues exactly as the uninterrupted run would have. Batches are gathered on a helper
+//! thread while the current step computes.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendKind;
+use crate::convnet::{ConvNet, ConvNetConfig};
+use crate::data::{Batch, ImageSource, epoch_batches, prefetch};
+use crate::error::ModelError;
+
+/// The update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OptimizerConfig {
+    /// SGD with (optionally Nesterov) momentum, PyTorch semantics: `v = μ·v + (1−d)·g`.
+    Sgd {
+        momentum: f64,
+        dampening: f64,
+        nesterov: bool,
+    },
+    /// Adam (Kingma & Ba); `epsilon` defaults to PyTorch's 1e-8 (burn's default is 1e-5).
+    Adam {
+        beta1: f32,
+        beta2: f32,
+        epsilon: f32,
+    },
+}
+
+impl OptimizerConfig {
+    /// SGD with momentum 0.9 and dampening 0 (the article's recipe).
+    pub fn sgd() -> Self {
+        Self::Sgd {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false,
+        }
+    }
+
+    /// Adam with β = (0.9, 0.999), ε = 1e-8.
+    pub fn adam() -> Self {
+        Self::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+        }
+    }
+
+    fn build(&self, weight_decay: f64) -> ModuleOptimizer {
+        let decay = (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32));
+        match *self {
+            Self::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+            } => {
+                let momentum = (momentum > 0.0).then(|| {
+                    MomentumConfig::new()
+                        .with_momentum(momentum)
+                        .with_dampening(dampening)
+                        .with_nesterov(nesterov)
+                });
+                SgdConfig::new()
+                    .with_weight_decay(decay)
+                    .with_momentum(momentum)
+                    .init()
+            }
+            Self::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } => AdamConfig::new()
+                .with_beta_1(beta1)
+                .with_beta_2(beta2)
+                .with_epsilon(epsilon)
+                .with_weight_decay(decay)
+                .init(),
+        }
+    }
+}
+
+/// Learning rate over the run, as a function of the position in it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LrSchedule {
+    Constant,
+    /// Cosine annealing per step from the base rate down to `min_lr` at the last step.
+    Cosine {
+        min_lr: f64,
+    },
+    /// The base rate times `gamma` once every `every_epochs` epochs.
+    Step {
+        every_epochs: usize,
+        gamma: f64,
+    },
+}
+
+impl LrSchedule {
+    /// The rate for step `step` (0-based) of epoch `epoch` (0-based).
+    pub fn lr(
+        &self,
+        base: f64,
+        epoch: usize,
+        step: usize,
+        steps_per_epoch: usize,
+        epochs: usize,
+    ) -> f64 {
+        match *self {
+            Self::Constant => base,
+            Self::Cosine { min_lr } => {
+                let total = (epochs * steps_per_epoch).saturating_sub(1).max(1) as f64;
+                let t = (epoch * steps_per_epoch + step) as f64 / total;
+                min_lr + 0.5 * (base - min_lr) * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+            }
+            Self::Step {
+                every_epochs,
+                gamma,
+            } => base * gamma.powi((epoch / every_epochs.max(1)) as i32),
+        }
+    }
+}
+
+/// Everything that decides a training run besides the model config and the data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    pub optimizer: OptimizerConfig,
+    /// L2 penalty added to the gradient (`g + λ·w`, as PyTorch's `weight_decay`).
+    pub weight_decay: f64,
+    pub schedule: LrSchedule,
+    /// Fixes the initial weights and the sample order of every epoch.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    /// The article's recipe: SGD lr 0.001, momentum 0.9, dampening 0, batch 32, 10 epochs.
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 32,
+            lr: 0.001,
+            optimizer: OptimizerConfig::sgd(),
+            weight_decay: 0.0,
+            schedule: LrSchedule::Constant,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |what: &str| Err(ModelError::Training(what.to_owned()));
+        if self.epochs == 0 || self.batch_size == 0 {
+            return bad("epochs and batch size must be positive");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("learning rate must be finite and positive");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight decay must be finite and non-negative");
+        }
+        Ok(())
+    }
+}
+
+/// Top-1 accuracy, mean cross-entropy and the confusion matrix over a data set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub samples: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+    /// `confusion[true_class][predicted_class]` counts.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+/// One line of the metrics log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: usize,
+    /// Rate of the epoch's last step.
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub train_images: usize,
+    pub seconds: f64,
+    /// Training images per second, data preparation and metrics included.
+    pub images_per_sec: f64,
+    pub test: Option<Evaluation>,
+}
+
+/// What the progress callback sees after each step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepProgress {
+    /// 0-based.
+    pub epoch: usize,
+    /// Steps done in this epoch.
+    pub step: usize,
+    pub steps: usize,
+    pub images: usize,
+    /// Mean loss and accuracy over this epoch so far.
+    pub running_loss: f64,
+    pub running_accuracy: f64,
+    pub images_per_sec: f64,
+    pub lr: f64,
+}
+
+/// The optimizer `config` describes, with empty state.
+pub fn build_optimizer(config: &TrainConfig) -> ModuleOptimizer {
+    config.optimizer.build(config.weight_decay)
+}
+
+/// Per-sample cross-entropy `[B]` of logits `[B, K]` against class indices `[B]`.
+pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let [batch, _] = logits.dims();
+    log_softmax(logits, 1)
+        .gather(1, targets.reshape([batch, 1]))
+        .reshape([batch])
+        .neg()
+}
+
+/// A model with its optimizer, the run's configuration and its history.
+pub struct Trainer {
+    /// Always `Some` between calls; taken while the optimizer consumes it.
+    model: Option<ConvNet>,
+    optimizer: ModuleOptimizer,
+    pub(crate) model_config: ConvNetConfig,
+    pub(crate) config: TrainConfig,
+    pub(crate) backend: BackendKind,
+    device: Device,
+    pub(crate) history: Vec<EpochMetrics>,
+}
+
+impl Trainer {
+    /// A fresh run: the model initialised from `config.seed` on `backend`'s autodiff device.
+    pub fn new(
+        model_config: ConvNetConfig,
+        config: TrainConfig,
+        backend: BackendKind,
+    ) -> Result<Self, ModelError> {
+        config.validate()?;
+        let device = backend.device()?.autodiff();
+        let model = model_config.init(&device, config.seed)?;
+        let optimizer = build_optimizer(&config);
+        Ok(Self::from_parts(
+            model,
+            optimizer,
+            config,
+            backend,
+            Vec::new(),
+        ))
+    }
+
+    /// Reassembles a run from its parts (checkpoint restore); `model` is on the autodiff
+    /// device of `backend`.
+    pub(crate) fn from_parts(
+        model: ConvNet,
+        optimizer: ModuleOptimizer,
+        config: TrainConfig,
+        backend: BackendKind,
+        history: Vec<EpochMetrics>,
+    ) -> Self {
+        Self {
+            model_config: model.config.clone(),
+            device: model.device().autodiff(),
+            optimizer,
+            model: Some(model),
+            config,
+            backend,
+            history,
+        }
+    }
+
+    pub(crate) fn optimizer(&self) -> &ModuleOptimizer {
+        &self.optimizer
+    }
+
+    /// The model being trained (on the autodiff device; use `.valid()` for inference).
+    pub fn model(&self) -> &ConvNet {
+        self.model.as_ref().expect("model is present between steps")
+    }
+
+    pub fn into_model(self) -> ConvNet {
+        self.model.expect("model is present between steps")
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    pub fn model_config(&self) -> &ConvNetConfig {
+        &self.model_config
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        self.backend
+    }
+
+    /// Completed epochs.
+    pub fn epochs_done(&self) -> usize {
+        self.history.len()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.epochs_done() >= self.config.epochs
+    }
+
+    pub fn history(&self) -> &[EpochMetrics] {
+        &self.history
+    }
+
+    /// Trains the next epoch on `train`, then evaluates on `test` when given, and appends
+    /// the epoch's metrics to the history. `progress` is called after every step.
+    pub fn run_epoch(
+        &mut self,
+        train: &dyn ImageSource,
+        test: Option<&dyn ImageSource>,
+        progress: &mut dyn FnMut(&StepProgress),
+    ) -> Result<&EpochMetrics, ModelError> {
+        if self.is_finished() {
+            return Err(ModelError::Training(format!(
+                "all {} epochs are done",
+                self.config.epochs
+            )));
+        }
+        self.check_source(train)?;
+        let epoch = self.epochs_done();
+        let plan = epoch_batches(self.config.seed, epoch, train.len(), self.config.batch_size);
+        let steps = plan.len();
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut images, mut lr) =
+            (0.0f64, 0u64, 0usize, self.config.lr);
+        prefetch(train, &plan, |step, batch| {
+            lr = self
+                .config
+                .schedule
+                .lr(self.config.lr, epoch, step, steps, self.config.epochs);
+            let (loss, right) = self.step(&batch, lr)?;
+            loss_sum += loss * batch.len() as f64;
+            correct += right;
+            images += batch.len();
+            let seconds = start.elapsed().as_secs_f64();
+            progress(&StepProgress {
+                epoch,
+                step: step + 1,
+                steps,
+                images,
+                running_loss: loss_sum / images as f64,
+                running_accuracy: correct as f64 / images as f64,
+                images_per_sec: images as f64 / seconds.max(1e-9),
+                lr,
+            });
+            Ok(())
+        })?;
+        let seconds = start.elapsed().as_secs_f64();
+        let test = test
+            .map(|t| evaluate(self.model(), t, self.config.batch_size.max(64)))
+            .transpose()?;
+        self.history.push(EpochMetrics {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / images.max(1) as f64,
+            train_accuracy: correct as f64 / images.max(1) as f64,
+            train_images: images,
+            seconds,
+            images_per_sec: images as f64 / seconds.max(1e-9),
+            test,
+        });
+        Ok(self.history.last().expect("just pushed"))
+    }
+
+    fn check_source(&self, source: &dyn ImageSource) -> Result<(), ModelError> {
+        let want = self.model_config.input_shape();
+        if source.image_shape() != want || source.classes() > self.model_config.classes {
+            return Err(ModelError::Batch(format!(
+                "data has images {:?} and {} classes, the model takes {want:?} and {} classes",
+                source.image_shape(),
+                source.classes(),
+                self.model_config.classes
+            )));
+        }
+        Ok(())
+    }
+
+    /// One SGD/Adam step; returns the batch's mean loss and its number of correct guesses.
+    fn step(&mut self, batch: &Batch, lr: f64) -> Result<(f64, u64), ModelError> {
+        batch.validate(self.model_config.classes)?;
+        let (images, targets) = batch.to_tensors(&self.device);
+        let model = self.model.take().expect("model is present between steps");
+        let logits = model.forward(images);
+        let correct = count_correct(logits.clone().detach(), targets.clone());
+        let loss = cross_entropy(logits, targets).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        self.model = Some(self.optimizer.step(lr, model, grads));
+        let loss = loss.detach().into_scalar::<f32>();
+        Ok((f64::from(loss), correct))
+    }
+}
+
+fn count_correct(logits: Tensor<2>, targets: Tensor<1, Int>) -> u64 {
+    let predicted: Tensor<1, Int> = logits.argmax(1).flatten(0, 1);
+    predicted.equal(targets).int().sum().into_scalar::<i64>() as u64
+}
+
+/// Evaluates `model` (switched to inference mode) on all of `data`, in order.
+pub fn evaluate(
+    model: &ConvNet,
+    data: &dyn ImageSource,
+    batch_size: usize,
+) -> Result<Evaluation, ModelError> {
+    let model = model.valid();
+    let device = model.device().without_autodiff();
+    let classes = model.config.classes;
+    let indices: Vec<usize> = (0..data.len()).collect();
+    let plan: Vec<Vec<usize>> = indices
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect();
+    let mut confusion = vec![vec![0u64; classes]; classes];
+    let mut loss_sum = 0.0f64;
+    prefetch(data, &plan, |_, batch| {
+        batch.validate(classes)?;
+        let (images, targets) = batch.to_tensors(&device);
+        let logits = model.forward(images);
+        let predicted: Tensor<1, Int> = logits.clone().argmax(1).flatten(0, 1);
+        loss_sum += f64::from(cross_entropy(logits, targets).sum().into_scalar::<f32>());
+        let predicted = predicted
+            .into_data()
+            .try_into_vec_as::<i64>()
+            .map_err(|e| ModelError::Data(format!("{e:?}")))?;
+        for (&truth, &guess) in batch.labels.iter().zip(&predicted) {
+            confusion[truth as usize][guess as usize] += 1;
+        }
+        Ok(())
+    })?;
+    let samples = data.len();
+    let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
+    Ok(Evaluation {
+        samples,
+        loss: loss_sum / samples.max(1) as f64,
+        accuracy: correct as f64 / samples.max(1) as f64,
+        confusion,
+    })
+}
+
+/// Writes `history` as JSON lines (one [`EpochMetrics`] per line), atomically.
+pub fn write_metrics_log(
+    path: &std::path::Path,
+    history: &[EpochMetrics],
+) -> Result<(), ModelError> {
+    let mut text = String::new();
+    for m in history {
+        let line =
+            serde_json::to_string(m).map_err(|e| ModelError::Training(format!("metrics: {e}")))?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    Ok(cinder_tensor::io::write_atomic(path, text.as_bytes())?)
+}

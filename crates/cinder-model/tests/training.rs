@@ -1,0 +1,274 @@
+//! Training, evaluation, determinism, checkpoints and exact resume on tiny models.
+
+mod common;
+
+use burn::module::{Module, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Tensor, TensorData};
+use cinder_model::checkpoint::{MANIFEST, read_manifest};
+use cinder_model::train::write_metrics_log;
+use cinder_model::{
+    BackendKind, ConvNet, ImageSource, LrSchedule, ModelError, OptimizerConfig, TrainConfig,
+    Trainer, evaluate,
+};
+use common::{host, quadrant_images, tiny_config};
+
+fn quick_config(optimizer: OptimizerConfig, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 16,
+        lr: match optimizer {
+            OptimizerConfig::Sgd { .. } => 0.05,
+            OptimizerConfig::Adam { .. } => 0.005,
+        },
+        optimizer,
+        weight_decay: 1e-4,
+        schedule: LrSchedule::Cosine { min_lr: 1e-4 },
+        seed: 42,
+    }
+}
+
+fn all_weights(model: &ConvNet) -> Vec<Vec<f32>> {
+    vec![
+        host(model.conv1.weight.val()),
+        host(model.conv2.weight.val()),
+        host(model.fc1.weight.val()),
+        host(model.fc2.weight.val()),
+        host(model.fc2.bias.as_ref().unwrap().val()),
+    ]
+}
+
+fn train(trainer: &mut Trainer, data: &dyn ImageSource, epochs: usize) {
+    for _ in 0..epochs {
+        trainer.run_epoch(data, None, &mut |_| {}).unwrap();
+    }
+}
+
+#[test]
+fn default_recipe_is_the_articles() {
+    let c = TrainConfig::default();
+    assert_eq!((c.epochs, c.batch_size, c.lr), (10, 32, 0.001));
+    assert_eq!(
+        c.optimizer,
+        OptimizerConfig::Sgd {
+            momentum: 0.9,
+            dampening: 0.0,
+            nesterov: false
+        }
+    );
+}
+
+#[derive(Module, Debug)]
+struct Scalar {
+    w: Param<Tensor<1>>,
+}
+
+/// Two SGD steps on the constant gradient g = 1: PyTorch (dampening 0) moves the weight by
+/// lr·g then lr·(0.9·g + g); burn's default dampening 0.1 would give lr·(0.9 + 0.9)·g.
+#[test]
+fn sgd_momentum_follows_pytorch() {
+    let device = BackendKind::Ndarray.device().unwrap().autodiff();
+    let mut model = Scalar {
+        w: Param::from_data(TensorData::new(vec![0.0f32], [1]), &device),
+    };
+    let config = TrainConfig::default();
+    let mut optim = cinder_model::train::build_optimizer(&config);
+    for _ in 0..2 {
+        let grads = GradientsParams::from_grads(model.w.val().sum().backward(), &model);
+        model = optim.step(0.1, model, grads);
+    }
+    let w = host(model.w.val())[0];
+    assert!((w - -(0.1 + 0.19)).abs() < 1e-6, "{w}");
+}
+
+#[test]
+fn lr_schedules() {
+    let cos = LrSchedule::Cosine { min_lr: 0.0 };
+    assert_eq!(cos.lr(1.0, 0, 0, 10, 2), 1.0);
+    assert!((cos.lr(1.0, 1, 9, 10, 2)).abs() < 1e-12);
+    assert!((cos.lr(1.0, 0, 9, 10, 2) - 0.5).abs() < 0.1);
+    let step = LrSchedule::Step {
+        every_epochs: 2,
+        gamma: 0.1,
+    };
+    assert_eq!(step.lr(1.0, 1, 5, 10, 6), 1.0);
+    assert!((step.lr(1.0, 4, 0, 10, 6) - 0.01).abs() < 1e-12);
+}
+
+#[test]
+fn training_learns_the_quadrant_task_with_sgd_and_adam() {
+    let (train_set, test_set) = (quadrant_images(256, 1), quadrant_images(128, 2));
+    for optimizer in [OptimizerConfig::sgd(), OptimizerConfig::adam()] {
+        let mut trainer =
+            Trainer::new(tiny_config(), quick_config(optimizer, 4), BackendKind::Flex).unwrap();
+        let before = evaluate(trainer.model(), &test_set, 64).unwrap();
+        let mut steps = 0;
+        for _ in 0..4 {
+            trainer
+                .run_epoch(&train_set, Some(&test_set), &mut |p| steps = p.step)
+                .unwrap();
+        }
+        assert_eq!(steps, 16);
+        let last = trainer.history().last().unwrap().clone();
+        let after = last.test.clone().unwrap();
+        assert!(
+            after.accuracy >= 0.9,
+            "{optimizer:?}: accuracy {} (before {})",
+            after.accuracy,
+            before.accuracy
+        );
+        assert!(after.loss < before.loss);
+        assert!(trainer.history()[0].train_loss > last.train_loss);
+        assert_eq!(after.confusion.iter().flatten().sum::<u64>(), 128);
+        assert!(trainer.is_finished());
+        assert!(trainer.run_epoch(&train_set, None, &mut |_| {}).is_err());
+    }
+}
+
+#[test]
+fn batchnorm_variant_trains_and_updates_running_statistics() {
+    let data = quadrant_images(64, 3);
+    let config = tiny_config().with_batch_norm(true);
+    let mut trainer = Trainer::new(
+        config,
+        quick_config(OptimizerConfig::sgd(), 1),
+        BackendKind::Flex,
+    )
+    .unwrap();
+    train(&mut trainer, &data, 1);
+    let bn = trainer.model().bn1.as_ref().unwrap();
+    assert!(host(bn.running_mean.value()).iter().any(|&m| m != 0.0));
+    let folded = trainer.model().valid().fold_batchnorm().unwrap();
+    let (a, b) = (
+        evaluate(trainer.model(), &data, 64).unwrap(),
+        evaluate(&folded, &data, 64).unwrap(),
+    );
+    assert!((a.loss - b.loss).abs() < 1e-4, "{} vs {}", a.loss, b.loss);
+}
+
+#[test]
+fn ndarray_runs_are_deterministic_for_a_seed() {
+    let data = quadrant_images(64, 4);
+    let run = || {
+        let mut t = Trainer::new(
+            tiny_config(),
+            quick_config(OptimizerConfig::sgd(), 2),
+            BackendKind::Ndarray,
+        )
+        .unwrap();
+        train(&mut t, &data, 2);
+        all_weights(t.model())
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn resume_after_an_interruption_reproduces_the_uninterrupted_run() {
+    let data = quadrant_images(80, 5);
+    for optimizer in [OptimizerConfig::sgd(), OptimizerConfig::adam()] {
+        let config = quick_config(optimizer, 3);
+        let mut straight =
+            Trainer::new(tiny_config(), config.clone(), BackendKind::Ndarray).unwrap();
+        train(&mut straight, &data, 3);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Trainer::new(tiny_config(), config.clone(), BackendKind::Ndarray).unwrap();
+        train(&mut first, &data, 1);
+        first.save_checkpoint(dir.path()).unwrap();
+        train(&mut first, &data, 1); // progress after the checkpoint, lost in the "kill"
+        drop(first);
+
+        let mut resumed = Trainer::resume(dir.path(), BackendKind::Ndarray).unwrap();
+        assert_eq!(resumed.epochs_done(), 1);
+        train(&mut resumed, &data, 1);
+        resumed.save_checkpoint(dir.path()).unwrap();
+        let mut resumed = Trainer::resume(dir.path(), BackendKind::Ndarray).unwrap();
+        train(&mut resumed, &data, 1);
+        assert_eq!(
+            all_weights(resumed.model()),
+            all_weights(straight.model()),
+            "{optimizer:?}"
+        );
+        assert_eq!(resumed.history().len(), 3);
+
+        let files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            files.len(),
+            3,
+            "manifest + one model + one optimizer file: {files:?}"
+        );
+    }
+}
+
+#[test]
+fn corrupt_or_missing_checkpoints_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(read_manifest(dir.path()).unwrap().is_none());
+    assert!(Trainer::resume(dir.path(), BackendKind::Flex).is_err());
+    let data = quadrant_images(16, 6);
+    let mut t = Trainer::new(
+        tiny_config(),
+        quick_config(OptimizerConfig::sgd(), 2),
+        BackendKind::Flex,
+    )
+    .unwrap();
+    train(&mut t, &data, 1);
+    t.save_checkpoint(dir.path()).unwrap();
+    write_metrics_log(&dir.path().join("metrics.jsonl"), t.history()).unwrap();
+    let log = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 1);
+    assert!(log.contains("\"epoch\":1"));
+
+    let manifest = read_manifest(dir.path()).unwrap().unwrap();
+    let model_file = dir.path().join(&manifest.model_file);
+    let bytes = std::fs::read(&model_file).unwrap();
+    std::fs::write(&model_file, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Trainer::resume(dir.path(), BackendKind::Flex)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, ModelError::Checkpoint { .. }) && err.to_string().contains("model-e0001.bpk"),
+        "{err}"
+    );
+
+    let text = std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap();
+    std::fs::write(
+        dir.path().join(MANIFEST),
+        text.replace("\"format_version\": 1", "\"format_version\": 7"),
+    )
+    .unwrap();
+    let err = Trainer::resume(dir.path(), BackendKind::Flex)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("format version 7"), "{err}");
+}
+
+#[test]
+fn mismatched_data_is_rejected() {
+    let data = quadrant_images(16, 7);
+    let config = cinder_model::ConvNetConfig {
+        input_size: 12,
+        ..tiny_config()
+    };
+    let mut t = Trainer::new(
+        config,
+        quick_config(OptimizerConfig::sgd(), 1),
+        BackendKind::Flex,
+    )
+    .unwrap();
+    assert!(matches!(
+        t.run_epoch(&data, None, &mut |_| {}),
+        Err(ModelError::Batch(_))
+    ));
+    let bad = TrainConfig {
+        lr: f64::NAN,
+        ..TrainConfig::default()
+    };
+    assert!(matches!(
+        Trainer::new(tiny_config(), bad, BackendKind::Flex),
+        Err(ModelError::Training(_))
+    ));
+}

@@ -1,0 +1,96 @@
+//! `cargo xtask quantize`: a trained float graph, its calibration table and an optional
+//! per-layer config (TOML, see `cinder_runtime::config`) become an int8 model file.
+//!
+//! `cargo xtask quantize --graph runs/fmnist/graph.json --weights runs/fmnist/graph.safetensors
+//!  --calibration runs/fmnist/calibration.json [--config w4.toml] --out runs/fmnist/int8.cinder`
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cinder_observers::CalibrationTable;
+use cinder_runtime::{QuantConfig, QuantizedModel, StepOp, convert};
+use cinder_tensor::TensorQuantParams;
+use cinder_tensor::graph::FloatGraph;
+
+#[derive(clap::Args, Debug)]
+pub struct QuantizeArgs {
+    /// The float graph's JSON description.
+    #[arg(long)]
+    pub graph: PathBuf,
+    /// The float graph's safetensors weights.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// The calibration table (JSON).
+    #[arg(long)]
+    pub calibration: PathBuf,
+    /// Per-layer quantization config (TOML); default: W8A8 static, per-channel symmetric.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The model file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Reads a TOML [`QuantConfig`].
+pub fn read_config(path: &Path) -> anyhow::Result<QuantConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text)
+        .with_context(|| format!("{}: invalid quantization config", path.display()))
+}
+
+pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
+    let graph = FloatGraph::load(&args.graph, &args.weights)?;
+    let table = CalibrationTable::load(&args.calibration)?;
+    let config = match &args.config {
+        Some(path) => read_config(path)?,
+        None => QuantConfig::default(),
+    };
+    let model = convert(&graph, &table, &config)?;
+    model.save(&args.out)?;
+    describe(&model);
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len())
+            .with_context(|| format!("reading {}", p.display()))
+    };
+    let (fp32, int) = (size(&args.weights)?, size(&args.out)?);
+    println!(
+        "wrote {}: {int} bytes, {:.2}% of the fp32 weights ({fp32} bytes)",
+        args.out.display(),
+        int as f64 / fp32 as f64 * 100.0
+    );
+    Ok(())
+}
+
+/// One line per layer: mode, weight bits and granularity, fused ReLU.
+fn describe(model: &QuantizedModel) {
+    for step in model.steps() {
+        let Some(layer) = step.op.layer() else {
+            if let StepOp::Quantize(p) = step.op {
+                println!(
+                    "  quantize {:<10} scale {:.6} zero point {}",
+                    step.name, p.scale, p.zero_point
+                );
+            }
+            continue;
+        };
+        let detail = layer.quant_weights().map_or_else(
+            || "f32 weights".to_owned(),
+            |w| {
+                let granularity = match w.params {
+                    TensorQuantParams::PerTensor(_) => "per tensor",
+                    TensorQuantParams::PerChannel { .. } => "per channel",
+                };
+                format!("{}-bit {:?} {granularity}", w.bits, w.mapping).to_lowercase()
+            },
+        );
+        let relu = if layer.relu { " + relu" } else { "" };
+        println!(
+            "  {:<8} {:<7} {:?} {detail}{relu}",
+            step.name,
+            format!("{:?}", layer.mode()).to_lowercase(),
+            layer.weight_shape(),
+        );
+    }
+}

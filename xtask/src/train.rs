@@ -1,0 +1,363 @@
+//! `cargo xtask train`: trains the reference ConvNet and writes, under `--out`,
+//!
+//! - `checkpoint/`: the per-epoch checkpoint (`checkpoint.json` + burnpack model and
+//!   optimizer state; see `cinder_model::checkpoint`), which `--resume` continues from,
+//! - `metrics.jsonl`: one JSON line per epoch (loss, accuracy, test metrics with the
+//!   confusion matrix, images/s),
+//! - `graph.json` + `graph.safetensors`: the trained float graph (BatchNorm folded),
+//! - `summary.json`: data set, normalization, configs and the final figures.
+//!
+//! Example (the peers' Fashion-MNIST recipe):
+//! `cargo xtask train --dataset fashion-mnist --limit 20000 --epochs 2 --batch 64 --lr 0.01 --out runs/fmnist`
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use cinder_datasets::{Dataset, DatasetSource, Normalization, SyntheticSpec};
+use cinder_model::checkpoint::read_manifest;
+use cinder_model::train::write_metrics_log;
+use cinder_model::{
+    BackendKind, Batch, ConvNetConfig, ImageSource, LrSchedule, ModelError, OptimizerConfig,
+    StepProgress, TrainConfig, Trainer,
+};
+use cinder_tensor::io::write_json_atomic;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerArg {
+    Sgd,
+    Adam,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleArg {
+    Constant,
+    Cosine,
+    Step,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormArg {
+    /// Per-channel mean/std fitted on the training split.
+    Fit,
+    /// mean 0.5, std 0.5 (the peers' Fashion-MNIST transform).
+    Half,
+}
+
+/// Defaults are the article's recipe: SGD lr 0.001, momentum 0.9, batch 32, 10 epochs.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// synthetic, fashion-mnist, cifar10 or cifar100
+    #[arg(long, default_value = "synthetic")]
+    pub dataset: String,
+    /// Directory of the data set files (Fashion-MNIST: Debian's location by default).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0.001)]
+    pub lr: f64,
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+    pub optimizer: OptimizerArg,
+    /// SGD momentum (dampening is 0, as in PyTorch).
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Constant)]
+    pub schedule: ScheduleArg,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use only the first N training images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// Input normalization; default: `half` for fashion-mnist, `fit` otherwise.
+    #[arg(long, value_enum)]
+    pub norm: Option<NormArg>,
+    /// flex (default), ndarray, or wgpu (needs `--features wgpu`).
+    #[arg(long, default_value = "flex")]
+    pub backend: String,
+    /// Add a BatchNorm after each convolution (folded into the exported graph).
+    #[arg(long)]
+    pub batch_norm: bool,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run checkpointed in `--out` (same settings) instead of starting anew.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// A split of `cinder-datasets` seen through the model crate's batch interface.
+pub struct DatasetImages<'a> {
+    pub data: &'a Dataset,
+    pub norm: Normalization,
+}
+
+impl ImageSource for DatasetImages<'_> {
+    fn len(&self) -> usize {
+        self.data.len()
+    }
+    fn classes(&self) -> usize {
+        self.data.classes()
+    }
+    fn image_shape(&self) -> [usize; 3] {
+        [
+            cinder_datasets::CHANNELS,
+            cinder_datasets::HEIGHT,
+            cinder_datasets::WIDTH,
+        ]
+    }
+    fn gather(&self, indices: &[usize]) -> Result<Batch, ModelError> {
+        if let Some(i) = indices.iter().find(|&&i| i >= self.data.len()) {
+            return Err(ModelError::Batch(format!(
+                "sample {i} out of range (len {})",
+                self.data.len()
+            )));
+        }
+        let subset = self.data.subset(indices);
+        let images = self
+            .norm
+            .normalize(subset.images())
+            .map_err(|e| ModelError::Batch(e.to_string()))?;
+        let labels = subset.labels().iter().map(|&l| u32::from(l)).collect();
+        Ok(Batch { images, labels })
+    }
+}
+
+/// The data set named on the command line.
+pub fn dataset_source(name: &str, dir_arg: Option<&Path>) -> anyhow::Result<DatasetSource> {
+    let dir = |what: &str| {
+        dir_arg
+            .map(Path::to_path_buf)
+            .with_context(|| format!("--data-dir is required for {what}"))
+    };
+    Ok(match name {
+        "synthetic" => DatasetSource::Synthetic(SyntheticSpec::default()),
+        "fashion-mnist" => match dir_arg {
+            Some(d) => DatasetSource::FashionMnist(d.to_path_buf()),
+            None => DatasetSource::fashion_mnist_default(),
+        },
+        "cifar10" => DatasetSource::Cifar10(dir("cifar10")?),
+        "cifar100" => DatasetSource::Cifar100 {
+            dir: dir("cifar100")?,
+            labels: cinder_datasets::Cifar100Labels::Fine,
+        },
+        other => bail!(
+            "unknown dataset `{other}` (expected synthetic, fashion-mnist, cifar10 or cifar100)"
+        ),
+    })
+}
+
+impl TrainArgs {
+    fn train_config(&self) -> TrainConfig {
+        let optimizer = match self.optimizer {
+            OptimizerArg::Sgd => OptimizerConfig::Sgd {
+                momentum: self.momentum,
+                dampening: 0.0,
+                nesterov: false,
+            },
+            OptimizerArg::Adam => OptimizerConfig::adam(),
+        };
+        let schedule = match self.schedule {
+            ScheduleArg::Constant => LrSchedule::Constant,
+            ScheduleArg::Cosine => LrSchedule::Cosine {
+                min_lr: self.lr * 0.01,
+            },
+            ScheduleArg::Step => LrSchedule::Step {
+                every_epochs: (self.epochs / 3).max(1),
+                gamma: 0.1,
+            },
+        };
+        TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch,
+            lr: self.lr,
+            optimizer,
+            weight_decay: self.weight_decay,
+            schedule,
+            seed: self.seed,
+        }
+    }
+
+    fn normalization(&self, train: &Dataset) -> anyhow::Result<Normalization> {
+        let half = self
+            .norm
+            .map_or(self.dataset == "fashion-mnist", |n| n == NormArg::Half);
+        Ok(if half {
+            Normalization::new([0.5; 3], [0.5; 3])?
+        } else {
+            Normalization::fit(train)?
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    dataset: &'a str,
+    train_images: usize,
+    test_images: usize,
+    normalization: Normalization,
+    backend: BackendKind,
+    model: &'a ConvNetConfig,
+    training: &'a TrainConfig,
+    epochs_done: usize,
+    test_accuracy: Option<f64>,
+    test_loss: Option<f64>,
+    confusion: Option<&'a Vec<Vec<u64>>>,
+    /// Median over epochs of training images/s (data loading and metrics included).
+    train_images_per_sec: f64,
+    train_seconds: f64,
+    wall_seconds: f64,
+    graph_json: &'a str,
+    graph_weights: &'a str,
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let wall = Instant::now();
+    let backend: BackendKind = args.backend.parse()?;
+    let source = dataset_source(&args.dataset, args.data_dir.as_deref())?;
+    eprintln!("loading {} ...", source.name());
+    let splits = cinder_datasets::load(&source)?;
+    let train = splits.train.limit(args.limit.unwrap_or(usize::MAX));
+    let test = splits.test.limit(args.test_limit.unwrap_or(usize::MAX));
+    let norm = args.normalization(&train)?;
+    let (train_src, test_src) = (
+        DatasetImages { data: &train, norm },
+        DatasetImages { data: &test, norm },
+    );
+    let model_config = ConvNetConfig {
+        classes: train.classes(),
+        ..ConvNetConfig::reference().with_batch_norm(args.batch_norm)
+    };
+    let config = args.train_config();
+    let ckpt_dir = args.out.join("checkpoint");
+    let mut trainer = start_or_resume(&args, &ckpt_dir, model_config, config, backend)?;
+    eprintln!(
+        "{} train / {} test images, backend {backend}, {} of {} epochs done",
+        train.len(),
+        test.len(),
+        trainer.epochs_done(),
+        trainer.config().epochs
+    );
+    while !trainer.is_finished() {
+        let bar = epoch_bar(&trainer, train.len());
+        let metrics = trainer.run_epoch(&train_src, Some(&test_src), &mut |p| show(&bar, p))?;
+        bar.finish_and_clear();
+        let t = metrics.test.as_ref().expect("evaluated on the test split");
+        eprintln!(
+            "epoch {}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.1} img/s, {:.0} s",
+            metrics.epoch,
+            metrics.train_loss,
+            100.0 * metrics.train_accuracy,
+            t.loss,
+            100.0 * t.accuracy,
+            metrics.images_per_sec,
+            metrics.seconds
+        );
+        trainer.save_checkpoint(&ckpt_dir)?;
+        write_metrics_log(&args.out.join("metrics.jsonl"), trainer.history())?;
+    }
+    let (graph_json, graph_weights) = ("graph.json", "graph.safetensors");
+    let graph = trainer.model().to_float_graph()?;
+    graph.save(&args.out.join(graph_json), &args.out.join(graph_weights))?;
+    let history = trainer.history();
+    let last = history.last().and_then(|m| m.test.as_ref());
+    let summary = Summary {
+        dataset: source.name(),
+        train_images: train.len(),
+        test_images: test.len(),
+        normalization: norm,
+        backend,
+        model: trainer.model_config(),
+        training: trainer.config(),
+        epochs_done: trainer.epochs_done(),
+        test_accuracy: last.map(|e| e.accuracy),
+        test_loss: last.map(|e| e.loss),
+        confusion: last.map(|e| &e.confusion),
+        train_images_per_sec: median(history.iter().map(|m| m.images_per_sec).collect()),
+        train_seconds: history.iter().map(|m| m.seconds).sum(),
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        graph_json,
+        graph_weights,
+    };
+    write_json_atomic(&args.out.join("summary.json"), &summary)?;
+    eprintln!(
+        "test accuracy {:.2}%, median {:.1} train img/s; wrote {}",
+        100.0 * summary.test_accuracy.unwrap_or(0.0),
+        summary.train_images_per_sec,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn start_or_resume(
+    args: &TrainArgs,
+    ckpt_dir: &Path,
+    model_config: ConvNetConfig,
+    config: TrainConfig,
+    backend: BackendKind,
+) -> anyhow::Result<Trainer> {
+    match (read_manifest(ckpt_dir)?, args.resume) {
+        (None, _) => Ok(Trainer::new(model_config, config, backend)?),
+        (Some(_), false) => bail!(
+            "{} already holds a checkpoint: pass --resume to continue it or choose another --out",
+            ckpt_dir.display()
+        ),
+        (Some(m), true) => {
+            if m.model != model_config || m.training != config {
+                bail!(
+                    "--resume with other settings than the checkpoint's: it has {:?} / {:?}, the command line {:?} / {:?}",
+                    m.model,
+                    m.training,
+                    model_config,
+                    config
+                );
+            }
+            Ok(Trainer::resume(ckpt_dir, backend)?)
+        }
+    }
+}
+
+fn epoch_bar(trainer: &Trainer, images: usize) -> ProgressBar {
+    let steps = images.div_ceil(trainer.config().batch_size);
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!(
+        "epoch {}/{}",
+        trainer.epochs_done() + 1,
+        trainer.config().epochs
+    ));
+    bar
+}
+
+fn show(bar: &ProgressBar, p: &StepProgress) {
+    bar.set_position(p.step as u64);
+    bar.set_message(format!(
+        "loss {:.4} acc {:.1}% {:.1} img/s lr {:.2e}",
+        p.running_loss,
+        100.0 * p.running_accuracy,
+        p.images_per_sec,
+        p.lr
+    ));
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
