@@ -8,6 +8,7 @@
 //!   backend-neutral [`FloatGraph`] (conv `[out, in, k, k]`, linear `[out, in]`; burn keeps
 //!   linear weights `[in, out]`, so they are transposed on the way out and back).
 
+use burn::nn::PaddingConfig2d;
 use burn::tensor::{Device, Tensor, TensorData};
 use cinder_tensor::graph::{self, FloatGraph, Node, Op};
 use cinder_tensor::{Tensor as _, TensorBuf};
@@ -128,8 +129,18 @@ fn graph_conv(conv: &burn::nn::conv::Conv2d) -> Result<graph::Conv2d, ModelError
         weight: TensorBuf::new(dims.to_vec(), host(conv.weight.val())?)?,
         bias: TensorBuf::from_vec(bias_of(&conv.bias, dims[0])?),
         stride: conv.stride[0],
-        padding: 1,
+        padding: symmetric_padding(&conv.padding)?,
     })
+}
+
+fn symmetric_padding(padding: &PaddingConfig2d) -> Result<usize, ModelError> {
+    match *padding {
+        PaddingConfig2d::Valid => Ok(0),
+        PaddingConfig2d::Explicit(t, l, b, r) if t == l && l == b && b == r => Ok(t),
+        ref other => Err(ModelError::GraphLayout(format!(
+            "padding {other:?} is not one symmetric amount"
+        ))),
+    }
 }
 
 fn graph_linear(linear: &burn::nn::Linear) -> Result<graph::Linear, ModelError> {

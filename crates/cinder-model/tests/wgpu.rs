@@ -6,9 +6,15 @@
 
 mod common;
 
+use std::sync::Mutex;
+
 use burn::tensor::{Device, DeviceType, Tensor};
 use cinder_model::{BackendKind, ConvNetConfig, OptimizerConfig, TrainConfig, Trainer};
 use common::{host, max_abs_diff, quadrant_images, random_images, tiny_config};
+
+/// wgpu's GLES fallback (taken when no Vulkan driver is found) panics when two threads
+/// bring up EGL at once, so the tests here take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The first wgpu device, or `None` (with a message) when there is no adapter.
 fn wgpu_device() -> Option<Device> {
@@ -23,6 +29,7 @@ fn wgpu_device() -> Option<Device> {
 
 #[test]
 fn wgpu_forward_matches_flex() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(device) = wgpu_device() else { return };
     let config = ConvNetConfig::reference();
     let (flex, gpu) = (
@@ -38,6 +45,7 @@ fn wgpu_forward_matches_flex() {
 
 #[test]
 fn wgpu_trains_a_tiny_model_like_flex() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if wgpu_device().is_none() {
         return;
     }
