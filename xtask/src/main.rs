@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod calibrate;
 mod data;
 mod infer;
 mod quantize;
@@ -21,6 +22,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Look at a data set: counts, class histogram, channel mean/std, PNG grid per class.
     Data(data::DataArgs),
+    /// Calibrate a trained model: observer table + per-layer quantization error report.
+    Calibrate(calibrate::CalibrateArgs),
     /// Float graph + calibration table (+ TOML config) -> int8 model file.
     Quantize(quantize::QuantizeArgs),
     /// Run an int8 model file on a data set's test split: accuracy, latency, agreement.
@@ -31,6 +34,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(args),
         Command::Data(args) => data::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Infer(args) => infer::run(args),
     }

@@ -31,5 +31,7 @@ pub enum ModelError {
     #[error(transparent)]
     File(#[from] FileError),
     #[error(transparent)]
+    Observer(#[from] cinder_observers::ObserverError),
+    #[error(transparent)]
     Tensor(#[from] cinder_tensor::TensorError),
 }

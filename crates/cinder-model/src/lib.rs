@@ -7,9 +7,11 @@
 //! - [`data`]: the batch interface training reads ([`data::ImageSource`]).
 //! - [`export`]: the float graph hand-off, activations for calibration, and the common
 //!   tensor trait on burn data.
+//! - [`calibrate`]: the calibration driver (observers fed from the burn forward).
 //! - [`backend`]: `flex` / `ndarray` / `wgpu` chosen at run time.
 
 pub mod backend;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod convnet;
 pub mod data;

@@ -44,5 +44,5 @@ pub use observer::Observer;
 pub use report::{ActivationErrors, ErrorReport, REPORT_FORMAT_VERSION, weight_errors};
 pub use scan::min_max;
 pub use spec::{AnyObserver, ObserverSpec};
-pub use table::{CalibrationTable, GRAPH_INPUT, TensorRange};
+pub use table::{CalibrationTable, GRAPH_INPUT, TensorRange, quantization_points};
 pub use weights::{QuantizedWeight, quantize_weight, weight_params};

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use cinder_tensor::graph::{FloatGraph, Op};
 use cinder_tensor::io::{FileError, read_json, write_json_atomic};
 use cinder_tensor::{QuantParams, QuantScheme};
 use serde::{Deserialize, Serialize};
@@ -88,6 +89,24 @@ impl CalibrationTable {
     }
 }
 
+/// The tensors of `graph` that an int8 runtime may quantize, in graph order: the input
+/// and every node's output, except a weighted node's output that a ReLU consumes (the
+/// ReLU is fused into the layer, so only the tensor after it is ever quantized).
+pub fn quantization_points(graph: &FloatGraph) -> Vec<String> {
+    let nodes = graph.nodes();
+    let fused = |i: usize| {
+        nodes[i].op.weight_and_bias().is_some()
+            && matches!(nodes.get(i + 1).map(|n| &n.op), Some(Op::Relu))
+    };
+    std::iter::once(GRAPH_INPUT.to_owned())
+        .chain(
+            (0..nodes.len())
+                .filter(|&i| !fused(i))
+                .map(|i| nodes[i].name.clone()),
+        )
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +157,28 @@ mod tests {
         )
         .unwrap();
         assert!(CalibrationTable::load(&path).is_err());
+    }
+
+    #[test]
+    fn quantization_points_skip_outputs_consumed_by_a_fused_relu() {
+        use cinder_tensor::TensorBuf;
+        use cinder_tensor::graph::{Linear, Node};
+        let linear = |name: &str, i: usize, o: usize| Node {
+            name: name.into(),
+            op: Op::Linear(Linear {
+                weight: TensorBuf::new(vec![o, i], vec![0.5; o * i]).unwrap(),
+                bias: TensorBuf::from_vec(vec![0.0; o]),
+            }),
+        };
+        let relu = Node {
+            name: "relu1".into(),
+            op: Op::Relu,
+        };
+        let graph = FloatGraph::new(
+            vec![4],
+            vec![linear("fc1", 4, 3), relu, linear("fc2", 3, 2)],
+        )
+        .unwrap();
+        assert_eq!(quantization_points(&graph), ["input", "relu1", "fc2"]);
     }
 }

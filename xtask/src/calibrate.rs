@@ -1,0 +1,163 @@
+//! `cargo xtask calibrate`: runs calibration images of the training split through a
+//! trained float model, feeds an observer at every quantization point, and writes
+//! `calibration.json` (the table `cargo xtask quantize` reads) and `errors.json` (the
+//! per-layer quantization error of weights and activations), printing the observer and
+//! forward times and each layer's SQNR.
+//!
+//! `cargo xtask calibrate --checkpoint results/fmnist --observer entropy --batches 32`
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cinder_datasets::{Dataset, Normalization};
+use cinder_model::calibrate::{CalibrationTiming, activation_errors, calibrate};
+use cinder_model::data::epoch_order;
+use cinder_model::{BackendKind, ConvNet};
+use cinder_observers::{Calibrator, ErrorReport, ObserverSpec, weight_errors};
+use cinder_tensor::graph::FloatGraph;
+use cinder_tensor::io::read_json;
+use cinder_tensor::{ErrorMetrics, Granularity, Mapping, QuantScheme, Signedness};
+use serde::Deserialize;
+
+use crate::train::{DatasetImages, dataset_source};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationScheme {
+    /// u8, asymmetric (zero point anywhere in 0..=255): the runtime's default.
+    Asymmetric,
+    /// s8, symmetric (zero point 0).
+    Symmetric,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CalibrateArgs {
+    /// A `cargo xtask train --out` directory (graph.json, graph.safetensors, summary.json).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// minmax, moving-average[=C], entropy, percentile=P or mse.
+    #[arg(long, default_value = "minmax")]
+    pub observer: String,
+    #[arg(long, value_enum, default_value_t = ActivationScheme::Asymmetric)]
+    pub scheme: ActivationScheme,
+    /// Activation bit width (2..=8).
+    #[arg(long, default_value_t = 8)]
+    pub bits: u8,
+    /// Number of calibration batches.
+    #[arg(long, default_value_t = 32)]
+    pub batches: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Seed of the random choice of calibration images from the training split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Directory of the data set files (Fashion-MNIST: Debian's location by default).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Where to write calibration.json and errors.json; default: the checkpoint directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The parts of `cargo xtask train`'s summary.json that calibration needs.
+#[derive(Deserialize)]
+pub struct TrainSummary {
+    pub dataset: String,
+    pub train_images: usize,
+    pub normalization: Normalization,
+}
+
+impl CalibrateArgs {
+    fn activation_scheme(&self) -> anyhow::Result<QuantScheme> {
+        let (signedness, mapping) = match self.scheme {
+            ActivationScheme::Asymmetric => (Signedness::Unsigned, Mapping::Asymmetric),
+            ActivationScheme::Symmetric => (Signedness::Signed, Mapping::Symmetric),
+        };
+        QuantScheme::new(
+            self.bits,
+            signedness,
+            mapping,
+            false,
+            Granularity::PerTensor,
+        )
+        .with_context(|| format!("--bits {}", self.bits))
+    }
+}
+
+pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
+    let dir = &args.checkpoint;
+    let summary: TrainSummary = read_json(&dir.join("summary.json"))?;
+    let graph = FloatGraph::load(&dir.join("graph.json"), &dir.join("graph.safetensors"))?;
+    let model = ConvNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
+    let source = dataset_source(&summary.dataset, args.data_dir.as_deref())?;
+    let train = cinder_datasets::load(&source)?
+        .train
+        .limit(summary.train_images);
+    let images = DatasetImages {
+        data: &train,
+        norm: summary.normalization,
+    };
+    let indices = calibration_indices(&train, &args);
+    let spec: ObserverSpec = args.observer.parse()?;
+    let scheme = args.activation_scheme()?;
+    let mut calibrator = Calibrator::new(spec, scheme)?;
+    let timing = calibrate(&model, &images, &indices, args.batch_size, &mut calibrator)?;
+    let table = calibrator.table()?;
+    let errors = activation_errors(&model, &images, &indices, args.batch_size, &table)?;
+    let weight_scheme = QuantScheme::weights_int8(Granularity::PerChannel { axis: 0 });
+    let report = ErrorReport::new(
+        spec.to_string(),
+        weight_scheme,
+        scheme,
+        weight_errors(&graph, &weight_scheme)?,
+        errors.metrics(),
+    );
+    let out = args.out.clone().unwrap_or_else(|| dir.clone());
+    table.save(&out.join("calibration.json"))?;
+    report.save(&out.join("errors.json"))?;
+    print_timing(&spec, &timing);
+    print_errors(&report);
+    println!("wrote {}/calibration.json and errors.json", out.display());
+    Ok(())
+}
+
+/// `batches × batch_size` images of the training split in a seeded random order.
+fn calibration_indices(train: &Dataset, args: &CalibrateArgs) -> Vec<usize> {
+    let mut order = epoch_order(args.seed, 0, train.len());
+    order.truncate(args.batches * args.batch_size);
+    order
+}
+
+fn print_timing(spec: &ObserverSpec, t: &CalibrationTiming) {
+    let forward = t.forward.as_secs_f64();
+    let observe = t.observe.as_secs_f64();
+    println!(
+        "{spec}: {} images, observers {observe:.3} s, float forward {forward:.3} s \
+         (observer overhead {:.1}% of the forward)",
+        t.samples,
+        100.0 * observe / forward.max(f64::MIN_POSITIVE)
+    );
+}
+
+fn print_errors(report: &ErrorReport) {
+    println!(
+        "{:<18} {:>12} {:>12} {:>9}",
+        "tensor", "MAE", "MSE", "SQNR dB"
+    );
+    let rows = report
+        .weights
+        .iter()
+        .map(|(n, m)| (format!("{n}.weight"), m))
+        .chain(report.activations.iter().map(|(n, m)| (n.clone(), m)));
+    for (name, m) in rows {
+        println!(
+            "{name:<18} {:>12.3e} {:>12.3e} {:>9}",
+            m.mean_abs_error,
+            m.mse,
+            sqnr(m)
+        );
+    }
+}
+
+fn sqnr(m: &ErrorMetrics) -> String {
+    m.sqnr_db.map_or("exact".into(), |db| format!("{db:.2}"))
+}
