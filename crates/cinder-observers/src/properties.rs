@@ -1,16 +1,14 @@
 //! Property tests across observers: coverage, monotonicity, optimality, agreement of
 //! per-channel and per-tensor parameters, and merge = observing both streams.
 
-use cinder_tensor::{
-    AxisLayout, Granularity, Mapping, QuantParams, QuantScheme, Signedness, Tensor, TensorBuf,
-};
+use cinder_tensor::{AxisLayout, Granularity, QuantParams, QuantScheme, Tensor, TensorBuf};
 use proptest::prelude::*;
 
 use crate::hist_observer::{HistogramObserver, RangeMethod};
 use crate::minmax::{MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMinMaxObserver};
 use crate::observer::Observer;
 use crate::spec::ObserverSpec;
-use crate::testutil::Rng;
+use crate::testutil::{PER_TENSOR_SPECS, Rng, scheme_of};
 
 /// A distribution as the tests draw it: a scaled Gaussian, optionally shifted, with
 /// optional outliers, optionally after ReLU.
@@ -64,17 +62,7 @@ fn dist() -> impl Strategy<Value = Dist> {
 fn scheme() -> impl Strategy<Value = QuantScheme> {
     (2u8..=8, any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
         |(bits, signed, symmetric, narrow)| {
-            let signedness = if signed {
-                Signedness::Signed
-            } else {
-                Signedness::Unsigned
-            };
-            let mapping = if symmetric {
-                Mapping::Symmetric
-            } else {
-                Mapping::Asymmetric
-            };
-            QuantScheme::new(bits, signedness, mapping, narrow, Granularity::PerTensor).unwrap()
+            scheme_of(bits, signed, symmetric, narrow, Granularity::PerTensor)
         },
     )
 }
@@ -269,13 +257,7 @@ fn gaussian_with_outliers_known_answers() {
 fn no_data_and_bad_input_are_typed_errors() {
     use crate::error::ObserverError;
     let u8 = QuantScheme::activations_uint8();
-    for spec in [
-        "minmax",
-        "moving-average",
-        "entropy",
-        "percentile=99",
-        "mse",
-    ] {
+    for spec in PER_TENSOR_SPECS {
         let mut o = spec
             .parse::<ObserverSpec>()
             .unwrap()

@@ -303,13 +303,7 @@ mod tests {
     fn any_observer_round_trips_and_refuses_mixed_merges() {
         let t = TensorBuf::new(vec![2, 3], vec![-1.0, 0.0, 2.0, 3.0, 0.5, -0.25]).unwrap();
         let scheme = QuantScheme::activations_uint8();
-        for spec in [
-            "minmax",
-            "moving-average",
-            "entropy",
-            "percentile=99",
-            "mse",
-        ] {
+        for spec in crate::testutil::PER_TENSOR_SPECS {
             let mut o = spec
                 .parse::<ObserverSpec>()
                 .unwrap()

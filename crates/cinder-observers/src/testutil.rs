@@ -1,4 +1,38 @@
-//! Test support: a seeded deterministic generator (SplitMix64, Box-Muller normals).
+//! Test support: a seeded deterministic generator (SplitMix64, Box-Muller normals), the
+//! per-tensor observer specs, and schemes from flags.
+
+use cinder_tensor::{Granularity, Mapping, QuantScheme, Signedness};
+
+/// Every per-tensor observer kind, as spelled on the command line.
+pub(crate) const PER_TENSOR_SPECS: [&str; 5] = [
+    "minmax",
+    "moving-average",
+    "entropy",
+    "percentile=99",
+    "mse",
+];
+
+/// A valid scheme from flags (`bits` in 2..=8).
+pub(crate) fn scheme_of(
+    bits: u8,
+    signed: bool,
+    symmetric: bool,
+    narrow: bool,
+    granularity: Granularity,
+) -> QuantScheme {
+    let signedness = if signed {
+        Signedness::Signed
+    } else {
+        Signedness::Unsigned
+    };
+    let mapping = if symmetric {
+        Mapping::Symmetric
+    } else {
+        Mapping::Asymmetric
+    };
+    QuantScheme::new(bits, signedness, mapping, narrow, granularity)
+        .expect("bits in 2..=8 make a valid scheme")
+}
 
 pub(crate) struct Rng(u64);
 

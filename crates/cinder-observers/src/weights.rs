@@ -50,21 +50,11 @@ pub fn quantize_weight<Q: Code>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cinder_tensor::{Mapping, QuantError, Signedness, dequantize};
+    use cinder_tensor::{QuantError, dequantize};
     use proptest::prelude::*;
 
     fn scheme(bits: u8, signed: bool, symmetric: bool, granularity: Granularity) -> QuantScheme {
-        let signedness = if signed {
-            Signedness::Signed
-        } else {
-            Signedness::Unsigned
-        };
-        let mapping = if symmetric {
-            Mapping::Symmetric
-        } else {
-            Mapping::Asymmetric
-        };
-        QuantScheme::new(bits, signedness, mapping, signed, granularity).unwrap()
+        crate::testutil::scheme_of(bits, signed, symmetric, signed, granularity)
     }
 
     #[test]
