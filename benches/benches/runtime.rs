@@ -1,23 +1,28 @@
 //! The whole reference ConvNet (random weights of the real shapes, min/max calibrated on
-//! random inputs) on cinder's int8 runtime, 2 threads, batch 1 and 64: W8A8 static
-//! per-channel (the product configuration) and dynamic (per-batch ranges).
+//! random inputs), 2 threads, batch 1 and 64, side by side in one process on the same
+//! weights and inputs: burn's flex fp32 forward (the graph loaded with
+//! `ConvNet::from_float_graph`) vs cinder's int8 runtime, W8A8 static per-channel (the
+//! product configuration) and dynamic (per-batch ranges).
 //!
-//! After the criterion groups, a per-stage breakdown (the session's timing mode, mean of
-//! repeated runs) is printed for each configuration and batch size.
+//! After the criterion groups: an alternating run (each round times one forward of every
+//! contender in turn, so load on the machine hits all alike) prints medians and the
+//! speed-up over burn, and the session's per-stage breakdown of each int8 configuration.
 
+use burn::tensor::{Tensor as BurnTensor, TensorData};
+use cinder_model::{BackendKind, ConvNet};
 use cinder_runtime::synthetic::{minmax_table, random_input, reference_convnet};
 use cinder_runtime::{LayerConfig, Mode, QuantConfig, QuantizedModel, SessionOptions, convert};
-use cinder_tensor::Tensor;
+use cinder_tensor::graph::FloatGraph;
+use cinder_tensor::{Tensor, TensorBuf};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const THREADS: usize = 2;
 const BATCHES: [usize; 2] = [1, 64];
 
-fn models() -> Vec<(&'static str, QuantizedModel)> {
-    let graph = reference_convnet(1);
-    let table = minmax_table(&graph, &random_input(&graph, 16, 2)).expect("finite activations");
+fn models(graph: &FloatGraph) -> Vec<(&'static str, QuantizedModel)> {
+    let table = minmax_table(graph, &random_input(graph, 16, 2)).expect("finite activations");
     let dynamic = QuantConfig::uniform(LayerConfig {
         mode: Mode::Dynamic,
         ..LayerConfig::default()
@@ -27,34 +32,111 @@ fn models() -> Vec<(&'static str, QuantizedModel)> {
         ("int8_dynamic", dynamic),
     ]
     .into_iter()
-    .map(|(name, config)| (name, convert(&graph, &table, &config).expect("conversion")))
+    .map(|(name, config)| (name, convert(graph, &table, &config).expect("conversion")))
     .collect()
 }
 
-fn bench(c: &mut Criterion) {
-    let graph = reference_convnet(1);
-    let models = models();
-    let mut group = c.benchmark_group("runtime");
-    group
-        .sample_size(20)
-        .measurement_time(Duration::from_secs(4));
-    for (name, model) in &models {
-        let mut session = model
-            .session_with(SessionOptions { threads: THREADS })
-            .expect("thread pool");
-        for batch in BATCHES {
-            let x = random_input(&graph, batch, 3);
-            group.bench_function(format!("{name}_b{batch}"), |b| {
-                b.iter(|| black_box(session.run(black_box(&x)).expect("valid input").data()[0]))
-            });
+/// burn's flex forward of one batch on a pool of [`THREADS`] threads.
+struct Burn {
+    model: ConvNet,
+    pool: rayon::ThreadPool,
+}
+
+impl Burn {
+    fn new(graph: &FloatGraph) -> Self {
+        let device = BackendKind::Flex.device().expect("flex is compiled in");
+        Self {
+            model: ConvNet::from_float_graph(graph, &device).expect("reference layout"),
+            pool: rayon::ThreadPoolBuilder::new()
+                .num_threads(THREADS)
+                .build()
+                .expect("thread pool"),
         }
     }
-    group.finish();
+
+    /// `x` as a burn tensor on the model's device.
+    fn images(&self, x: &TensorBuf<f32>) -> BurnTensor<4> {
+        let data = TensorData::new(x.data().to_vec(), x.shape().to_vec());
+        BurnTensor::from_data(data, &self.model.device())
+    }
+
+    /// The first logit of the forward of `images`.
+    fn run(&self, images: &BurnTensor<4>) -> f32 {
+        self.pool.install(|| {
+            let logits = self.model.forward(images.clone()).into_data();
+            logits.as_slice::<f32>().expect("f32 logits")[0]
+        })
+    }
+}
+
+/// A named forward of one fixed batch, returning its first logit.
+type Contender<'a> = (&'static str, Box<dyn FnMut() -> f32 + 'a>);
+
+fn bench(c: &mut Criterion) {
+    let graph = reference_convnet(1);
+    let burn = Burn::new(&graph);
+    let models = models(&graph);
+    for batch in BATCHES {
+        let x = random_input(&graph, batch, 3);
+        let images = burn.images(&x);
+        let mut contenders: Vec<Contender<'_>> =
+            vec![("burn_flex_fp32", Box::new(|| burn.run(&images)))];
+        for (name, model) in &models {
+            let mut session = model
+                .session_with(SessionOptions { threads: THREADS })
+                .expect("thread pool");
+            let x = &x;
+            contenders.push((
+                name,
+                Box::new(move || session.run(x).expect("valid input").data()[0]),
+            ));
+        }
+        let mut group = c.benchmark_group(format!("runtime_b{batch}"));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(if batch == 1 { 3 } else { 6 }));
+        for (name, run) in &mut contenders {
+            group.bench_function(*name, |b| b.iter(|| black_box(run())));
+        }
+        group.finish();
+        alternate(batch, &mut contenders);
+    }
     for (name, model) in &models {
         for batch in BATCHES {
             breakdown(name, model, &random_input(&graph, batch, 3));
         }
     }
+}
+
+/// Times the contenders in turn, round after round; prints each one's median and the
+/// speed-up over the first (the median of the per-round ratios, and the ratio of medians).
+fn alternate(batch: usize, contenders: &mut [Contender<'_>]) {
+    let rounds = if batch == 1 { 300 } else { 25 };
+    let mut times = vec![Vec::with_capacity(rounds); contenders.len()];
+    for _ in 0..rounds {
+        for ((_, run), t) in contenders.iter_mut().zip(&mut times) {
+            let start = Instant::now();
+            black_box(run());
+            t.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let base = times[0].clone();
+    println!("\nbatch {batch}, {THREADS} threads, alternating, {rounds} rounds:");
+    for ((name, _), t) in contenders.iter().zip(&times) {
+        let ratios: Vec<f64> = base.iter().zip(t).map(|(b, x)| b / x).collect();
+        println!(
+            "  {name:<15} median {:>9.3} ms   speed-up vs burn: {:>5.2}x per round, {:>5.2}x of medians",
+            median(t) * 1e3,
+            median(&ratios),
+            median(&base) / median(t)
+        );
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Prints the mean time of every stage over repeated runs.

@@ -6,7 +6,7 @@
 //! ```toml
 //! [default]
 //! mode = "static"            # static | dynamic | float
-//! weight_bits = 8            # 8 | 4 (4-bit weights are stored packed two per byte)
+//! weight_bits = 8            # 2..=8 (3-4 bits stored two per byte, 2 bits four per byte)
 //! granularity = "per_channel" # per_channel | per_tensor
 //! mapping = "symmetric"      # symmetric | asymmetric
 //!

@@ -12,7 +12,7 @@
 //!
 //! | tensor | static | dynamic | float |
 //! |---|---|---|---|
-//! | `L.weight` | I8 `[out, in, (k, k)]`, or U8 `[ceil(n / 2)]` for 4 bits (two codes per byte, low nibble first, two's complement) | same | F32 |
+//! | `L.weight` | I8 `[out, in, (k, k)]` for 5–8 bits; U8 `[ceil(n / 2)]` for 3–4 bits (two codes per byte), U8 `[ceil(n / 4)]` for 2 bits (four per byte); packed codes are two's complement, lowest bits first | same | F32 |
 //! | `L.weight_scale` | F32 `[channels]` (1 per tensor, `out` per channel) | same | – |
 //! | `L.weight_zero_point` | I8 `[channels]`, asymmetric weights only | same | – |
 //! | `L.bias` | I32 `[out]` (scale `s_in * s_w`, zero point 0) | F32 | F32 |
@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ModelError;
 use crate::model::{
     DynamicLayer, FloatLayer, Layer, LayerExec, QuantWeights, QuantizedModel, StaticLayer, Step,
-    StepOp, weight_grid,
+    StepOp, WEIGHT_BITS, codes_per_byte, weight_grid,
 };
 
 /// The `format` field of the metadata.
@@ -195,22 +195,31 @@ impl Checksum {
     }
 }
 
-/// Two's-complement 4-bit codes, two per byte, low nibble first.
-pub(crate) fn pack_int4(codes: &[i8]) -> Vec<u8> {
+/// Codes packed `per_byte` (1, 2 or 4) to a byte, each in a two's-complement field of
+/// `8 / per_byte` bits, the first code in the lowest bits; a last partial byte is padded
+/// with zero fields. The codes must fit their fields.
+pub(crate) fn pack_codes(codes: &[i8], per_byte: usize) -> Vec<u8> {
+    let width = 8 / per_byte;
+    let mask = u8::MAX >> (8 - width);
     codes
-        .chunks(2)
-        .map(|pair| {
-            let nibble = |q: i8| (q as u8) & 0x0f;
-            nibble(pair[0]) | (nibble(pair.get(1).copied().unwrap_or(0)) << 4)
+        .chunks(per_byte)
+        .map(|group| {
+            group
+                .iter()
+                .enumerate()
+                .fold(0u8, |b, (i, &q)| b | ((q as u8) & mask) << (i * width))
         })
         .collect()
 }
 
-/// The first `len` codes of [`pack_int4`]'s bytes.
-pub(crate) fn unpack_int4(bytes: &[u8], len: usize) -> Vec<i8> {
+/// The first `len` codes of [`pack_codes`]'s bytes, sign-extended.
+pub(crate) fn unpack_codes(bytes: &[u8], per_byte: usize, len: usize) -> Vec<i8> {
+    let width = 8 / per_byte;
     bytes
         .iter()
-        .flat_map(|&b| [((b << 4) as i8) >> 4, (b as i8) >> 4])
+        .flat_map(|&b| {
+            (0..per_byte).map(move |i| ((b << (8 - width * (i + 1))) as i8) >> (8 - width))
+        })
         .take(len)
         .collect()
 }
@@ -397,10 +406,9 @@ fn layer_tensors(name: &str, layer: &Layer, out: &mut Vec<(String, Payload)>) ->
 }
 
 fn weight_tensors(w: &QuantWeights, push: &mut impl FnMut(&str, Payload)) -> WeightMeta {
-    let codes = if w.bits == 4 {
-        Payload::U8(TensorBuf::from_vec(pack_int4(w.codes.data())))
-    } else {
-        Payload::I8(w.codes.clone())
+    let codes = match codes_per_byte(w.bits) {
+        1 => Payload::I8(w.codes.clone()),
+        per_byte => Payload::U8(TensorBuf::from_vec(pack_codes(w.codes.data(), per_byte))),
     };
     push("weight", codes);
     let params = w.params.as_slice();
@@ -545,13 +553,17 @@ impl Reader<'_> {
     ) -> Result<QuantWeights, ModelError> {
         let field = format!("{name}.weight");
         let len = shape_len(shape).map_err(|e| self.invalid(field.clone(), e.to_string()))?;
-        let codes = match meta.bits {
-            8 => self.get::<i8>(&field, shape)?,
-            4 => {
-                let packed = self.get::<u8>(&field, &[len.div_ceil(2)])?;
-                TensorBuf::new(shape.to_vec(), unpack_int4(packed.data(), len)).expect("len codes")
+        if !WEIGHT_BITS.contains(&meta.bits) {
+            let message = format!("{} bits: expected {WEIGHT_BITS:?}", meta.bits);
+            return Err(self.invalid(field, message));
+        }
+        let codes = match codes_per_byte(meta.bits) {
+            1 => self.get::<i8>(&field, shape)?,
+            per_byte => {
+                let packed = self.get::<u8>(&field, &[len.div_ceil(per_byte)])?;
+                let codes = unpack_codes(packed.data(), per_byte, len);
+                TensorBuf::new(shape.to_vec(), codes).expect("len codes")
             }
-            bits => return Err(self.invalid(field, format!("{bits} bits: expected 8 or 4"))),
         };
         let channels = if meta.per_channel { shape[0] } else { 1 };
         let scales = self.get::<f32>(&format!("{name}.weight_scale"), &[channels])?;
@@ -595,11 +607,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn int4_packing_round_trips() {
+    fn packing_layouts() {
         let codes: Vec<i8> = vec![-7, 7, 0, -1, 3];
-        let packed = pack_int4(&codes);
+        let packed = pack_codes(&codes, 2);
         assert_eq!(packed, vec![0x79, 0xf0, 0x03]);
-        assert_eq!(unpack_int4(&packed, 5), codes);
+        assert_eq!(unpack_codes(&packed, 2, 5), codes);
+        let codes: Vec<i8> = vec![-1, 1, 0, -1, 1];
+        let packed = pack_codes(&codes, 4);
+        assert_eq!(packed, vec![0b1100_0111, 0b01]);
+        assert_eq!(unpack_codes(&packed, 4, 5), codes);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn packing_round_trips_every_width(
+            bits in 2u8..=8,
+            raw in proptest::collection::vec(proptest::num::i8::ANY, 0..40),
+        ) {
+            let (lo, hi) = weight_grid(bits);
+            let codes: Vec<i8> = raw.iter().map(|&q| i32::from(q).clamp(lo, hi) as i8).collect();
+            let per_byte = codes_per_byte(bits);
+            let packed = pack_codes(&codes, per_byte);
+            proptest::prop_assert_eq!(packed.len(), codes.len().div_ceil(per_byte));
+            proptest::prop_assert_eq!(unpack_codes(&packed, per_byte, codes.len()), codes);
+        }
     }
 
     #[test]

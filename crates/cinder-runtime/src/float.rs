@@ -97,19 +97,24 @@ pub(crate) fn max_pool2d<T: Copy + PartialOrd>(
         padding: 0,
     };
     let (oh, ow) = window.output(h, w);
-    for ci in 0..c {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut m = input[(ci * h + oy * stride) * w + ox * stride];
+    for (plane, out_plane) in input
+        .chunks_exact(h * w)
+        .zip(out.chunks_exact_mut(oh * ow))
+        .take(c)
+    {
+        for (oy, out_row) in out_plane.chunks_exact_mut(ow).enumerate() {
+            // The window's rows, each from its first column; windows step by `stride`.
+            let rows = &plane[oy * stride * w..][..(kernel - 1) * w + (ow - 1) * stride + kernel];
+            for (ox, o) in out_row.iter_mut().enumerate() {
+                let mut m = rows[ox * stride];
                 for ky in 0..kernel {
-                    for kx in 0..kernel {
-                        let v = input[(ci * h + oy * stride + ky) * w + ox * stride + kx];
+                    for &v in &rows[ky * w + ox * stride..][..kernel] {
                         if v > m {
                             m = v;
                         }
                     }
                 }
-                out[(ci * oh + oy) * ow + ox] = m;
+                *o = m;
             }
         }
     }
@@ -367,5 +372,27 @@ mod tests {
             float_forward(&graph, &buf(vec![1, 4], vec![0.0; 4])),
             Err(RunError::InputShape { .. })
         ));
+    }
+
+    proptest::proptest! {
+        /// Every window's maximum (first of equal values), by the definition.
+        #[test]
+        fn max_pool_takes_each_windows_maximum(
+            c in 1usize..4, h in 1usize..9, w in 1usize..9, kernel in 1usize..4,
+            stride in 1usize..4, seed in proptest::num::u64::ANY,
+        ) {
+            proptest::prop_assume!(kernel <= h && kernel <= w);
+            let mut rng = crate::synthetic::Rng::new(seed);
+            let input: Vec<i32> = (0..c * h * w).map(|_| (rng.next_u64() % 7) as i32).collect();
+            let (oh, ow) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
+            let mut out = vec![0; c * oh * ow];
+            max_pool2d(&input, [c, h, w], kernel, stride, &mut out);
+            for (i, &got) in out.iter().enumerate() {
+                let (ci, oy, ox) = (i / (oh * ow), i / ow % oh, i % ow);
+                let at = |ky: usize, kx: usize| input[(ci * h + oy * stride + ky) * w + ox * stride + kx];
+                let want = (0..kernel).flat_map(|ky| (0..kernel).map(move |kx| (ky, kx))).map(|(ky, kx)| at(ky, kx)).max().unwrap();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
     }
 }

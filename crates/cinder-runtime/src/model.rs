@@ -19,6 +19,7 @@
 //! them for its NHWC execution, the reference interpreter does not.
 
 use std::collections::HashSet;
+use std::ops::RangeInclusive;
 
 use cinder_tensor::{
     Granularity, Mapping, QuantError, QuantParams, QuantScheme, RequantMultiplier, Signedness,
@@ -33,8 +34,19 @@ use crate::plan::Plan;
 /// The int8 activation grid: every activation code fits an `i8`.
 pub const ACTIVATION_GRID: (i32, i32) = (-128, 127);
 
-/// Weight bit widths the runtime executes (4-bit weights are stored packed, run as int8).
-pub const WEIGHT_BITS: [u8; 2] = [8, 4];
+/// Weight bit widths the runtime executes. Every width runs as int8 codes; the model
+/// file packs narrow ones ([`codes_per_byte`]).
+pub const WEIGHT_BITS: RangeInclusive<u8> = 2..=8;
+
+/// How many `bits`-bit weight codes the model file stores per byte: one for 5–8 bits,
+/// two (nibbles) for 3–4 bits, four for 2 bits.
+pub fn codes_per_byte(bits: u8) -> usize {
+    match bits {
+        ..=2 => 4,
+        3..=4 => 2,
+        _ => 1,
+    }
+}
 
 /// The largest `|a - za| * |w - zw|` summand bound the accumulator analysis uses: the
 /// kernel's raw sum and the three zero-point correction terms are each at most
@@ -584,7 +596,7 @@ fn check_weights(field: &str, w: &QuantWeights, depth: usize) -> Result<(), Inva
     if !WEIGHT_BITS.contains(&w.bits) {
         return Err(Invalid::new(
             field,
-            format!("{} bits: expected 8 or 4", w.bits),
+            format!("{} bits: expected {WEIGHT_BITS:?}", w.bits),
         ));
     }
     if bias_bound(depth).is_none() {
@@ -682,6 +694,9 @@ mod tests {
     fn grids_and_bounds() {
         assert_eq!(weight_grid(8), (-127, 127));
         assert_eq!(weight_grid(4), (-7, 7));
+        assert_eq!(weight_grid(2), (-1, 1));
+        let per_byte: Vec<usize> = WEIGHT_BITS.map(codes_per_byte).collect();
+        assert_eq!(per_byte, [4, 2, 2, 1, 1, 1, 1]);
         assert_eq!(bias_bound(1), Some(i32::MAX - 65024));
         assert!(bias_bound(40_000).is_none());
         let p = QuantParams::new(0.1, -100, -128, 127).unwrap();

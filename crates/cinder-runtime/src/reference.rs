@@ -24,10 +24,28 @@ enum Value {
     Int(Vec<i32>, QuantParams),
 }
 
+/// How a static layer turns its int32 accumulator into an output code offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rescale {
+    /// The integer path: the layer's Q0.31 multiplier and rounding shift.
+    FixedPoint,
+    /// Real arithmetic: `acc * s_in * s_w / s_out` in f64, rounded half to even.
+    Exact,
+}
+
 /// Runs `model` on `input` (`[B, ...input_shape]`, NCHW) and returns its output.
 pub fn reference_forward(
     model: &QuantizedModel,
     input: &impl Tensor<f32>,
+) -> Result<TensorBuf<f32>, RunError> {
+    interpret(model, input, Rescale::FixedPoint)
+}
+
+/// The interpreter behind [`reference_forward`] and [`crate::simulate`].
+pub(crate) fn interpret(
+    model: &QuantizedModel,
+    input: &impl Tensor<f32>,
+    rescale: Rescale,
 ) -> Result<TensorBuf<f32>, RunError> {
     let batch = batch_size(input.shape(), model.input_shape())?;
     cinder_observers::min_max(input.data()).map_err(RunError::Input)?;
@@ -55,7 +73,7 @@ pub fn reference_forward(
                 p,
             ),
             (StepOp::Flatten, v) => v,
-            (op, v) => layer_forward(&step.name, op, in_shape, batch, out_len, v)?,
+            (op, v) => layer_forward(&step.name, op, in_shape, batch, out_len, v, rescale)?,
         };
     }
     let Value::Float(x) = value else {
@@ -64,6 +82,12 @@ pub fn reference_forward(
     let mut shape = vec![batch];
     shape.extend_from_slice(model.output_shape());
     Ok(TensorBuf::new(shape, x).expect("shapes chain"))
+}
+
+/// `acc * s_in * s_w / s_out` rounded half to even, in f64 (error ~2^-51 relative).
+fn exact_rescale(acc: i32, s_in: f32, s_w: f32, s_out: f32) -> i64 {
+    let real = f64::from(acc) * (f64::from(s_in) * f64::from(s_w) / f64::from(s_out));
+    real.round_ties_even() as i64
 }
 
 /// Weight codes minus their channel's zero point.
@@ -84,6 +108,7 @@ fn layer_forward(
     batch: usize,
     out_len: usize,
     value: Value,
+    rescale: Rescale,
 ) -> Result<Value, RunError> {
     let layer = op.layer().expect("every other step is matched before");
     let geometry = op.geometry(in_shape);
@@ -101,10 +126,18 @@ fn layer_forward(
                 .iter()
                 .enumerate()
                 .map(|(i, &a)| {
-                    let m = s.multipliers[channel(i) % s.multipliers.len()];
+                    let c = channel(i);
                     let a = i32::try_from(a).expect("validation bounds every accumulator to int32");
-                    (i64::from(m.apply(a)) + i64::from(s.output.zero_point))
-                        .clamp(i64::from(lo), i64::from(hi)) as i32
+                    let offset = match rescale {
+                        Rescale::FixedPoint => {
+                            i64::from(s.multipliers[c % s.multipliers.len()].apply(a))
+                        }
+                        Rescale::Exact => {
+                            exact_rescale(a, input.scale, s.weights.scale(c), s.output.scale)
+                        }
+                    };
+                    (offset + i64::from(s.output.zero_point)).clamp(i64::from(lo), i64::from(hi))
+                        as i32
                 })
                 .collect();
             Value::Int(codes, s.output)

@@ -1,6 +1,6 @@
 //! The fast path equals the reference interpreter bit for bit on random small models:
 //! random convolution / linear sizes, strides and paddings, per-tensor and per-channel,
-//! symmetric and asymmetric, 8- and 4-bit weights, static, dynamic and float layers in
+//! symmetric and asymmetric, 2- to 8-bit weights, static, dynamic and float layers in
 //! any mix, batches smaller and larger than the thread count.
 
 mod common;

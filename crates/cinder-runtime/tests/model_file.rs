@@ -20,7 +20,7 @@ fn save(model: &QuantizedModel, dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// A model with every kind of layer: static 8-bit per-channel asymmetric conv, a 4-bit
+/// A model with every kind of layer: static 8-bit per-channel asymmetric conv, a 2-bit
 /// dynamic conv, a float linear and a static 4-bit per-tensor linear.
 fn mixed_model() -> QuantizedModel {
     let choice = |mode, bits, per_channel, symmetric| LayerChoice {
@@ -53,7 +53,7 @@ fn mixed_model() -> QuantizedModel {
         linears: vec![(5, true), (3, false)],
         choices: vec![
             choice(Static, 8, true, false),
-            choice(Dynamic, 4, true, true),
+            choice(Dynamic, 2, true, true),
             choice(Float, 8, false, true),
             choice(Static, 4, false, false),
         ],
@@ -239,12 +239,30 @@ fn hand_edited_metadata_gives_typed_errors() {
         "{err}"
     );
 
-    // Unsupported bit width.
+    // 2-bit weights declared as 3-bit: two codes per byte instead of four (shape).
     let err = fresh(&|j| layer_with_mode(j, "dynamic")["exec"]["weights"]["bits"] = 3.into());
     assert!(
-        matches!(&err, ModelError::Invalid { source, .. } if source.message.contains("3 bits")),
+        matches!(err, ModelError::File(FileError::WrongShape { .. })),
         "{err}"
     );
+
+    // 8-bit weights declared as 6-bit: same storage, codes off the 6-bit grid.
+    let err = fresh(&|j| layer_with_mode(j, "static")["exec"]["weights"]["bits"] = 6.into());
+    assert!(
+        matches!(&err, ModelError::Invalid { source, .. } if source.message.contains("outside [-31, 31]")),
+        "{err}"
+    );
+
+    // Unsupported bit widths.
+    for bits in [1, 9] {
+        let err =
+            fresh(&|j| layer_with_mode(j, "dynamic")["exec"]["weights"]["bits"] = bits.into());
+        let expected = format!("{bits} bits: expected 2..=8");
+        assert!(
+            matches!(&err, ModelError::Invalid { source, .. } if source.message.contains(&expected)),
+            "{err}"
+        );
+    }
 
     // A static layer moved out of the int8 domain.
     let err = fresh(&|j| {

@@ -13,7 +13,9 @@ use cinder_observers::min_max;
 use cinder_tensor::QuantParams;
 
 use super::int::{ConvShape, accumulate, split_linear};
-use super::par::{Accum, Scratch, Shared, Tracked, grow, par_blocks, par_images, take_range};
+use super::par::{
+    Accum, BLOCKS_PER_SLOT, Scratch, Shared, Tracked, grow, par_blocks, par_images, take_range,
+};
 use crate::error::RunError;
 use crate::float::{Geometry, conv2d, linear, max_pool2d, relu};
 use crate::kernels::PackedMatrix;
@@ -274,7 +276,7 @@ impl DynLinear {
             ..
         } = shared;
         let q = grow(q, x.len());
-        par_blocks(q, k, 1, slots, |r0, block, _| {
+        par_blocks(q, k, 1, BLOCKS_PER_SLOT, slots, |r0, block, _| {
             quantize_into(&x[r0 * k..][..block.len()], None, &p, block)
         });
         let terms = (&col_off[..n], &col_scale[..n]);

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use cinder_tensor::RequantMultiplier;
 
-use super::par::{Accum, Scratch, grow, par_blocks, par_images};
+use super::par::{Accum, BLOCKS_PER_SLOT, Scratch, grow, par_blocks, par_images};
 use crate::error::Invalid;
 use crate::float::Window;
 use crate::kernels::{
@@ -238,7 +238,7 @@ impl IntConv {
         } else {
             for (image, out) in x.chunks_exact(in_len).zip(y.chunks_exact_mut(pixels * n)) {
                 let a = self.shape.lhs(image, self.zp_in, shared_cols);
-                par_blocks(out, n, MR, slots, |r0, block, slot| {
+                par_blocks(out, n, MR, BLOCKS_PER_SLOT, slots, |r0, block, slot| {
                     self.mm
                         .run(&a[r0 * k..], block.len() / n, 0..n, &mut slot.accum, block);
                 });
@@ -248,7 +248,8 @@ impl IntConv {
 }
 
 /// Runs a linear GEMM + output stage `f(a_rows, m, cols, accum, out)` over a batch:
-/// rows split over the threads, or (one row, several threads) panels of columns.
+/// rows split over the threads, one block each (a block streams all the weights), or
+/// (one row, several threads) panels of columns, several blocks each.
 pub(super) fn split_linear<Y: Send>(
     x: &[i8],
     k: usize,
@@ -259,11 +260,11 @@ pub(super) fn split_linear<Y: Send>(
 ) {
     let batch = y.len() / n;
     if batch == 1 && slots.len() > 1 {
-        par_blocks(y, 1, NR, slots, |c0, block, slot| {
+        par_blocks(y, 1, NR, BLOCKS_PER_SLOT, slots, |c0, block, slot| {
             f(x, 1, c0..c0 + block.len(), slot, block)
         });
     } else {
-        par_blocks(y, n, 1, slots, |r0, block, slot| {
+        par_blocks(y, n, 1, 1, slots, |r0, block, slot| {
             f(&x[r0 * k..], block.len() / n, 0..n, slot, block)
         });
     }

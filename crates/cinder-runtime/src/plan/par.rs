@@ -1,10 +1,20 @@
 //! Splitting a stage's work over the session's threads, and the per-thread scratch.
 //!
-//! Work is cut into one contiguous block per thread (static partition: the blocks are
-//! equal, the threads identical), each with its own [`Scratch`]. Buffers only grow, so
-//! after a warm-up run at the largest batch nothing is allocated.
+//! Work is cut into contiguous blocks, a few per thread, that the threads claim one after
+//! the other (an atomic counter), each thread with its own [`Scratch`]: when a thread is
+//! slowed down (a shared machine), the others take over its remaining blocks instead of
+//! waiting for it. Buffers only grow, so after a warm-up run at the largest batch nothing
+//! is allocated.
+
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
+
+/// Blocks per thread for work split by images or by output pixels: enough for the
+/// threads to even out, few enough that a block keeps its weights in cache.
+pub(crate) const BLOCKS_PER_SLOT: usize = 4;
 
 /// Accumulators and row sums of one GEMM block.
 #[derive(Debug, Default)]
@@ -82,22 +92,73 @@ pub(crate) fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut v[..len]
 }
 
-/// Cuts `y` into units of `unit` elements and those into one block per slot, each a
-/// multiple of `align` units (but the last); runs `f(first_unit, block, slot)` in
-/// parallel.
+/// A slice handed out in disjoint blocks to the threads that claim them.
+struct Claimed<'a, Y> {
+    ptr: *mut Y,
+    len: usize,
+    _slice: PhantomData<&'a mut [Y]>,
+}
+
+// SAFETY: `Claimed` only hands out disjoint parts of a `&mut [Y]` (see `part`), which may
+// move to other threads when `Y: Send`.
+unsafe impl<Y: Send> Sync for Claimed<'_, Y> {}
+
+impl<'a, Y> Claimed<'a, Y> {
+    fn new(y: &'a mut [Y]) -> Self {
+        Self {
+            ptr: y.as_mut_ptr(),
+            len: y.len(),
+            _slice: PhantomData,
+        }
+    }
+
+    /// Elements `r` of the slice.
+    ///
+    /// # Safety
+    /// No two parts in use at the same time may overlap.
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "disjoint parts of one exclusive borrow"
+    )]
+    unsafe fn part(&self, r: Range<usize>) -> &mut [Y] {
+        assert!(r.start <= r.end && r.end <= self.len, "part out of bounds");
+        // SAFETY: in bounds (checked), and not aliased by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r.start), r.len()) }
+    }
+}
+
+/// Cuts `y` into units of `unit` elements and those into about `per_slot` blocks per
+/// slot, each a multiple of `align` units (but the last); the slots' threads claim the
+/// blocks in turn and run `f(first_unit, block, slot)`.
 pub(crate) fn par_blocks<Y: Send>(
     y: &mut [Y],
     unit: usize,
     align: usize,
+    per_slot: usize,
     slots: &mut [Scratch],
     f: impl Fn(usize, &mut [Y], &mut Scratch) + Sync + Send,
 ) {
-    let units = y.len() / unit.max(1);
-    let per = units.div_ceil(align).div_ceil(slots.len()).max(1) * align;
-    y.par_chunks_mut(per * unit)
-        .zip(slots.par_iter_mut())
-        .enumerate()
-        .for_each(|(t, (block, slot))| f(t * per, block, slot));
+    let unit = unit.max(1);
+    let units = y.len() / unit;
+    let per = units
+        .div_ceil(align)
+        .div_ceil(slots.len() * per_slot)
+        .max(1)
+        * align;
+    let (blocks, len) = (y.len().div_ceil(per * unit), y.len());
+    let (y, next) = (Claimed::new(y), AtomicUsize::new(0));
+    slots.par_iter_mut().for_each(|slot| {
+        loop {
+            let b = next.fetch_add(1, Ordering::Relaxed);
+            if b >= blocks {
+                break;
+            }
+            let start = b * per * unit;
+            // SAFETY: every block index is claimed once, and blocks are disjoint.
+            let block = unsafe { y.part(start..(start + per * unit).min(len)) };
+            f(b * per, block, slot);
+        }
+    });
 }
 
 /// Runs `f(x_image, y_image, slot)` over a batch, images split evenly over the slots.
@@ -109,11 +170,18 @@ pub(crate) fn par_images<X: Sync, Y: Send>(
     slots: &mut [Scratch],
     f: impl Fn(&[X], &mut [Y], &mut Scratch) + Sync + Send,
 ) {
-    par_blocks(y, out_len, 1, slots, |first, block, slot| {
-        for (b, yi) in block.chunks_exact_mut(out_len).enumerate() {
-            f(&x[(first + b) * in_len..][..in_len], yi, slot);
-        }
-    });
+    par_blocks(
+        y,
+        out_len,
+        1,
+        BLOCKS_PER_SLOT,
+        slots,
+        |first, block, slot| {
+            for (b, yi) in block.chunks_exact_mut(out_len).enumerate() {
+                f(&x[(first + b) * in_len..][..in_len], yi, slot);
+            }
+        },
+    );
 }
 
 /// The union of the ranges the slots tracked, resetting them.
@@ -122,4 +190,36 @@ pub(crate) fn take_range(slots: &mut [Scratch]) -> Tracked {
         .iter_mut()
         .map(|s| std::mem::take(&mut s.range))
         .fold(Tracked::Empty, Tracked::merge)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn blocks_cover_every_unit_once(
+            len in 0usize..300,
+            unit in 1usize..7,
+            align in 1usize..5,
+            per_slot in 1usize..5,
+            threads in 1usize..4,
+        ) {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut slots: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
+            let mut y = vec![usize::MAX; len];
+            pool.install(|| {
+                par_blocks(&mut y, unit, align, per_slot, &mut slots, |first, block, _| {
+                    assert_eq!(first % align, 0, "blocks start at a multiple of align");
+                    for (j, v) in block.iter_mut().enumerate() {
+                        assert_eq!(*v, usize::MAX, "written twice");
+                        *v = first * unit + j;
+                    }
+                })
+            });
+            prop_assert!(y.iter().enumerate().all(|(i, &v)| v == i));
+        }
+    }
 }

@@ -62,7 +62,7 @@ fn conv_spec() -> impl Strategy<Value = ConvSpec> {
 pub fn layer_choice() -> impl Strategy<Value = LayerChoice> {
     (
         prop_oneof![3 => Just(Mode::Static), 1 => Just(Mode::Dynamic), 1 => Just(Mode::Float)],
-        prop_oneof![Just(8u8), Just(4u8)],
+        2u8..=8,
         any::<bool>(),
         any::<bool>(),
     )
