@@ -15,7 +15,7 @@ use cinder_tensor::io::{read_json, write_json_atomic};
 use cinder_tensor::{Tensor, TensorBuf};
 use serde::{Deserialize, Serialize};
 
-use crate::train::{NormArg, dataset_source};
+use crate::train::{NormArg, dataset_source, normalization_for};
 
 #[derive(clap::Args, Debug)]
 pub struct InferArgs {
@@ -82,18 +82,14 @@ fn normalization(args: &InferArgs, train: &Dataset) -> anyhow::Result<Normalizat
     let half = args
         .norm
         .map_or(args.dataset == "fashion-mnist", |n| n == NormArg::Half);
-    Ok(if half {
-        Normalization::new([0.5; 3], [0.5; 3])?
-    } else {
-        Normalization::fit(train)?
-    })
+    normalization_for(half, train)
 }
 
-fn argmax(row: &[f32]) -> usize {
+pub fn argmax(row: &[f32]) -> usize {
     (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best })
 }
 
-fn median_ms(mut times: Vec<Duration>) -> f64 {
+pub fn median_ms(mut times: Vec<Duration>) -> f64 {
     times.sort();
     times
         .get(times.len() / 2)
@@ -101,7 +97,7 @@ fn median_ms(mut times: Vec<Duration>) -> f64 {
 }
 
 /// Images `range` of `test`, normalized.
-fn images(
+pub fn images(
     test: &Dataset,
     norm: &Normalization,
     range: std::ops::Range<usize>,
@@ -110,28 +106,49 @@ fn images(
     Ok((norm.normalize(subset.images())?, subset.labels().to_vec()))
 }
 
-/// Accuracy and per-batch times over the whole split.
-fn evaluate(
+/// The predicted class of every image of the split, and the per-batch times.
+pub fn predict(
     session: &mut Session<'_>,
     test: &Dataset,
     norm: &Normalization,
     batch: usize,
-) -> anyhow::Result<(usize, Vec<Duration>)> {
-    let (mut correct, mut times) = (0, Vec::new());
+) -> anyhow::Result<(Vec<usize>, Vec<Duration>)> {
+    let (mut predicted, mut times) = (Vec::with_capacity(test.len()), Vec::new());
     for start in (0..test.len()).step_by(batch) {
-        let (x, labels) = images(test, norm, start..(start + batch).min(test.len()))?;
+        let (x, _) = images(test, norm, start..(start + batch).min(test.len()))?;
         let t = Instant::now();
         let logits = session.run(&x)?;
         times.push(t.elapsed());
         let classes = logits.shape()[1];
-        correct += logits
-            .data()
-            .chunks_exact(classes)
-            .zip(&labels)
-            .filter(|(row, label)| argmax(row) == usize::from(**label))
-            .count();
+        predicted.extend(logits.data().chunks_exact(classes).map(argmax));
     }
-    Ok((correct, times))
+    Ok((predicted, times))
+}
+
+/// How many of `predicted` equal the split's labels.
+pub fn correct(predicted: &[usize], test: &Dataset) -> usize {
+    predicted
+        .iter()
+        .zip(test.labels())
+        .filter(|(p, label)| **p == usize::from(**label))
+        .count()
+}
+
+/// The times of single-image runs of the first `n` images.
+pub fn single_latencies(
+    session: &mut Session<'_>,
+    test: &Dataset,
+    norm: &Normalization,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    (0..n.min(test.len()))
+        .map(|i| {
+            let (x, _) = images(test, norm, i..i + 1)?;
+            let t = Instant::now();
+            session.run(&x)?;
+            Ok(t.elapsed())
+        })
+        .collect()
 }
 
 /// Share of the first `n` images whose runtime and simulation argmax agree.
@@ -176,7 +193,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         session.run(&images(&test, &norm, 0..n)?.0)?;
     }
     session.set_profiling(args.profile);
-    let (correct, times) = evaluate(&mut session, &test, &norm, args.batch)?;
+    let (predicted, times) = predict(&mut session, &test, &norm, args.batch)?;
     if let Some(stages) = session.profile() {
         println!("per-stage mean per batch of {}:", args.batch);
         for s in stages {
@@ -189,14 +206,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         }
     }
     session.set_profiling(false);
-    let single = (0..args.single.min(test.len()))
-        .map(|i| {
-            let (x, _) = images(&test, &norm, i..i + 1)?;
-            let t = Instant::now();
-            session.run(&x)?;
-            Ok(t.elapsed())
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let single = single_latencies(&mut session, &test, &norm, args.single)?;
     let simulated = args.simulate.min(test.len());
     let simulation_agreement = (simulated > 0)
         .then(|| agreement(&model, &mut session, &test, &norm, simulated))
@@ -205,7 +215,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         model: args.model.display().to_string(),
         dataset: source.name().to_owned(),
         images: test.len(),
-        accuracy: correct as f64 / test.len().max(1) as f64,
+        accuracy: correct(&predicted, &test) as f64 / test.len().max(1) as f64,
         threads: session.threads(),
         batch: args.batch,
         batch_median_ms: median_ms(times),

@@ -5,7 +5,9 @@ use clap::{Parser, Subcommand};
 
 mod calibrate;
 mod data;
+mod experiment;
 mod infer;
+mod qat;
 mod quantize;
 mod train;
 
@@ -28,6 +30,10 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Run an int8 model file on a data set's test split: accuracy, latency, agreement.
     Infer(infer::InferArgs),
+    /// Train, quantize with every strategy of the matrix, measure, and write a report.
+    Experiment(experiment::ExperimentArgs),
+    /// Quantization-aware fine-tuning (or its control), conversion, comparison with PTQ.
+    Qat(qat::QatArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::Calibrate(args) => calibrate::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Infer(args) => infer::run(args),
+        Command::Experiment(args) => experiment::run(args),
+        Command::Qat(args) => qat::run(args),
     }
 }

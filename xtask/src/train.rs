@@ -190,12 +190,17 @@ impl TrainArgs {
         let half = self
             .norm
             .map_or(self.dataset == "fashion-mnist", |n| n == NormArg::Half);
-        Ok(if half {
-            Normalization::new([0.5; 3], [0.5; 3])?
-        } else {
-            Normalization::fit(train)?
-        })
+        normalization_for(half, train)
     }
+}
+
+/// mean 0.5 / std 0.5 when `half`, else per-channel statistics fitted on `train`.
+pub fn normalization_for(half: bool, train: &Dataset) -> anyhow::Result<Normalization> {
+    Ok(if half {
+        Normalization::new([0.5; 3], [0.5; 3])?
+    } else {
+        Normalization::fit(train)?
+    })
 }
 
 #[derive(Serialize)]
@@ -325,7 +330,7 @@ fn start_or_resume(
     }
 }
 
-fn epoch_bar(trainer: &Trainer, images: usize) -> ProgressBar {
+pub fn epoch_bar(trainer: &Trainer, images: usize) -> ProgressBar {
     let steps = images.div_ceil(trainer.config().batch_size);
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
@@ -343,7 +348,7 @@ fn epoch_bar(trainer: &Trainer, images: usize) -> ProgressBar {
     bar
 }
 
-fn show(bar: &ProgressBar, p: &StepProgress) {
+pub fn show(bar: &ProgressBar, p: &StepProgress) {
     bar.set_position(p.step as u64);
     bar.set_message(format!(
         "loss {:.4} acc {:.1}% {:.1} img/s lr {:.2e}",

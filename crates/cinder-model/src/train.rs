@@ -1,4 +1,5 @@
-//! Training and evaluation of the ConvNet.
+//! Training and evaluation of the ConvNet. The epoch loop ([`train_epoch`]) and the
+//! evaluation ([`evaluate_with`]) also serve any other classifier (cinder-qat's).
 //!
 //! The default [`TrainConfig`] is the article's recipe: SGD, lr 0.001, momentum 0.9,
 //! dampening 0 (PyTorch's; burn's `MomentumConfig` defaults to 0.1), batch 32, 10 epochs.
@@ -342,63 +343,17 @@ impl Trainer {
                 self.config.epochs
             )));
         }
-        self.check_source(train)?;
-        let epoch = self.epochs_done();
-        let plan = epoch_batches(self.config.seed, epoch, train.len(), self.config.batch_size);
-        let steps = plan.len();
-        let start = Instant::now();
-        let (mut loss_sum, mut correct, mut images, mut lr) =
-            (0.0f64, 0u64, 0usize, self.config.lr);
-        prefetch(train, &plan, |step, batch| {
-            lr = self
-                .config
-                .schedule
-                .lr(self.config.lr, epoch, step, steps, self.config.epochs);
-            let (loss, right) = self.step(&batch, lr)?;
-            loss_sum += loss * batch.len() as f64;
-            correct += right;
-            images += batch.len();
-            let seconds = start.elapsed().as_secs_f64();
-            progress(&StepProgress {
-                epoch,
-                step: step + 1,
-                steps,
-                images,
-                running_loss: loss_sum / images as f64,
-                running_accuracy: correct as f64 / images as f64,
-                images_per_sec: images as f64 / seconds.max(1e-9),
-                lr,
-            });
-            Ok(())
-        })?;
-        let seconds = start.elapsed().as_secs_f64();
-        let test = test
+        check_source(&self.model_config, train)?;
+        let config = self.config.clone();
+        let mut metrics =
+            train_epoch(&config, self.epochs_done(), train, progress, |batch, lr| {
+                self.step(batch, lr)
+            })?;
+        metrics.test = test
             .map(|t| evaluate(self.model(), t, self.config.batch_size.max(64)))
             .transpose()?;
-        self.history.push(EpochMetrics {
-            epoch: epoch + 1,
-            lr,
-            train_loss: loss_sum / images.max(1) as f64,
-            train_accuracy: correct as f64 / images.max(1) as f64,
-            train_images: images,
-            seconds,
-            images_per_sec: images as f64 / seconds.max(1e-9),
-            test,
-        });
+        self.history.push(metrics);
         Ok(self.history.last().expect("just pushed"))
-    }
-
-    fn check_source(&self, source: &dyn ImageSource) -> Result<(), ModelError> {
-        let want = self.model_config.input_shape();
-        if source.image_shape() != want || source.classes() > self.model_config.classes {
-            return Err(ModelError::Batch(format!(
-                "data has images {:?} and {} classes, the model takes {want:?} and {} classes",
-                source.image_shape(),
-                source.classes(),
-                self.model_config.classes
-            )));
-        }
-        Ok(())
     }
 
     /// One SGD/Adam step; returns the batch's mean loss and its number of correct guesses.
@@ -416,7 +371,75 @@ impl Trainer {
     }
 }
 
-fn count_correct(logits: Tensor<2>, targets: Tensor<1, Int>) -> u64 {
+/// Checks that `source` fits a model of `model_config`: the image shape, and no more
+/// classes than the model predicts.
+pub fn check_source(
+    model_config: &ConvNetConfig,
+    source: &dyn ImageSource,
+) -> Result<(), ModelError> {
+    let want = model_config.input_shape();
+    if source.image_shape() != want || source.classes() > model_config.classes {
+        return Err(ModelError::Batch(format!(
+            "data has images {:?} and {} classes, the model takes {want:?} and {} classes",
+            source.image_shape(),
+            source.classes(),
+            model_config.classes
+        )));
+    }
+    Ok(())
+}
+
+/// Trains epoch `epoch` (0-based) of a run under `config` for any model: the seeded
+/// batch plan, the learning-rate schedule, the running metrics and the progress callback.
+/// `step` trains on one batch at the given rate and returns the batch's mean loss and
+/// its number of correct guesses. The metrics have no test evaluation.
+pub fn train_epoch(
+    config: &TrainConfig,
+    epoch: usize,
+    train: &dyn ImageSource,
+    progress: &mut dyn FnMut(&StepProgress),
+    mut step: impl FnMut(&Batch, f64) -> Result<(f64, u64), ModelError>,
+) -> Result<EpochMetrics, ModelError> {
+    let plan = epoch_batches(config.seed, epoch, train.len(), config.batch_size);
+    let steps = plan.len();
+    let start = Instant::now();
+    let (mut loss_sum, mut correct, mut images, mut lr) = (0.0f64, 0u64, 0usize, config.lr);
+    prefetch(train, &plan, |i, batch| {
+        lr = config
+            .schedule
+            .lr(config.lr, epoch, i, steps, config.epochs);
+        let (loss, right) = step(&batch, lr)?;
+        loss_sum += loss * batch.len() as f64;
+        correct += right;
+        images += batch.len();
+        let seconds = start.elapsed().as_secs_f64();
+        progress(&StepProgress {
+            epoch,
+            step: i + 1,
+            steps,
+            images,
+            running_loss: loss_sum / images as f64,
+            running_accuracy: correct as f64 / images as f64,
+            images_per_sec: images as f64 / seconds.max(1e-9),
+            lr,
+        });
+        Ok(())
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(EpochMetrics {
+        epoch: epoch + 1,
+        lr,
+        train_loss: loss_sum / images.max(1) as f64,
+        train_accuracy: correct as f64 / images.max(1) as f64,
+        train_images: images,
+        seconds,
+        images_per_sec: images as f64 / seconds.max(1e-9),
+        test: None,
+    })
+}
+
+/// How many rows of `logits` have their largest entry at the target class.
+pub fn count_correct(logits: Tensor<2>, targets: Tensor<1, Int>) -> u64 {
     let predicted: Tensor<1, Int> = logits.argmax(1).flatten(0, 1);
     predicted.equal(targets).int().sum().into_scalar::<i64>() as u64
 }
@@ -429,7 +452,20 @@ pub fn evaluate(
 ) -> Result<Evaluation, ModelError> {
     let model = model.valid();
     let device = model.device().without_autodiff();
-    let classes = model.config.classes;
+    evaluate_with(data, batch_size, model.config.classes, &device, |images| {
+        Ok(model.forward(images))
+    })
+}
+
+/// Evaluates any classifier given as its inference `forward` (images on `device` to
+/// logits `[B, classes]`) on all of `data`, in order.
+pub fn evaluate_with(
+    data: &dyn ImageSource,
+    batch_size: usize,
+    classes: usize,
+    device: &Device,
+    mut forward: impl FnMut(Tensor<4>) -> Result<Tensor<2>, ModelError>,
+) -> Result<Evaluation, ModelError> {
     let indices: Vec<usize> = (0..data.len()).collect();
     let plan: Vec<Vec<usize>> = indices
         .chunks(batch_size.max(1))
@@ -439,8 +475,8 @@ pub fn evaluate(
     let mut loss_sum = 0.0f64;
     prefetch(data, &plan, |_, batch| {
         batch.validate(classes)?;
-        let (images, targets) = batch.to_tensors(&device);
-        let logits = model.forward(images);
+        let (images, targets) = batch.to_tensors(device);
+        let logits = forward(images)?;
         let predicted: Tensor<1, Int> = logits.clone().argmax(1).flatten(0, 1);
         loss_sum += f64::from(cross_entropy(logits, targets).sum().into_scalar::<f32>());
         let predicted = predicted

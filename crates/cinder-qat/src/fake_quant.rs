@@ -22,17 +22,29 @@ pub struct FakeQuantGrid {
 }
 
 /// Fake-quantizes `x` with broadcastable `scale` and `zero_point` tensors (shape `[1; D]`
-/// per tensor, or the channel count on the channel axis and 1 elsewhere).
+/// per tensor, or the channel count on the channel axis and 1 elsewhere):
+/// [`quantize_centred`] times the scale.
 pub fn fake_quantize<const D: usize>(
     x: Tensor<D>,
     scale: Tensor<D>,
     zero_point: Tensor<D>,
     grid: FakeQuantGrid,
 ) -> Tensor<D> {
-    let v = x / scale.clone();
+    quantize_centred(x, scale.clone(), zero_point, grid) * scale
+}
+
+/// The centred codes `clamp(round(x / s) + zp, qmin, qmax) - zp` (integer-valued f32)
+/// with the straight-through gradient: a layer that multiplies centred codes sums
+/// integers, exactly in f32 below 2^24, as the int8 runtime does.
+pub fn quantize_centred<const D: usize>(
+    x: Tensor<D>,
+    scale: Tensor<D>,
+    zero_point: Tensor<D>,
+    grid: FakeQuantGrid,
+) -> Tensor<D> {
+    let v = x / scale;
     let rounded = v.clone() + (v.clone().round() - v).detach();
-    let q = (rounded + zero_point.clone()).clamp(grid.qmin, grid.qmax);
-    (q - zero_point) * scale
+    (rounded + zero_point.clone()).clamp(grid.qmin, grid.qmax) - zero_point
 }
 
 /// Multiplies the gradient flowing into `t` by `g` while leaving its value bit-exact
@@ -163,6 +175,33 @@ mod tests {
                 q * s
             })
             .sum()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn forward_equals_cinder_tensor_for_any_grid(
+            bits in 2u8..=8,
+            signed in any::<bool>(),
+            symmetric in any::<bool>(),
+            (lo, hi) in (-4.0f32..0.5, -0.5f32..4.0),
+            xs in prop::collection::vec(-6.0f32..6.0, 1..200),
+        ) {
+            let device = Device::flex();
+            let scheme = QuantScheme::new(
+                bits,
+                if signed { cinder_tensor::Signedness::Signed } else { cinder_tensor::Signedness::Unsigned },
+                if symmetric { cinder_tensor::Mapping::Symmetric } else { cinder_tensor::Mapping::Asymmetric },
+                false,
+                Granularity::PerTensor,
+            ).unwrap();
+            let p = QuantParams::from_range(lo.min(hi), hi.max(lo), &scheme).unwrap();
+            let (s, z, grid) = params_tensors::<1>(&TensorQuantParams::PerTensor(p), &device);
+            let x = Tensor::<1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &device);
+            let got: Vec<u32> = values(fake_quantize(x, s, z, grid)).iter().map(|v| v.to_bits()).collect();
+            let want: Vec<u32> = xs.iter().map(|&x| p.fake_quantize(x).to_bits()).collect();
+            prop_assert_eq!(got, want);
+        }
     }
 
     proptest! {

@@ -1,7 +1,53 @@
-//! Quantization-aware training for burn models: fake-quantization with a
-//! straight-through estimator, learned step sizes (LSQ), and fine-tuning that converts
-//! to the int8 runtime with nothing lost.
+//! Quantization-aware training for the ConvNet: fake quantization with a
+//! straight-through estimator, observers in the loop, learned step sizes (LSQ), and a
+//! conversion to the int8 runtime that keeps exactly the simulated grids.
+//!
+//! The API, in the order a caller uses it:
+//!
+//! - [`QatConfig`]: weight quantization (a `cinder_runtime::QuantConfig`, every layer
+//!   static; bits 2..=8, per channel or per tensor), the activation scheme, LSQ, when
+//!   observers freeze, the fine-tuning recipe (`cinder_model::TrainConfig`), and
+//!   `fake_quant: false` for the control ([`QatConfig::control`]).
+//! - [`fine_tune`]: a trained ConvNet + training images + config → the fine-tuned
+//!   [`QatModel`] (BatchNorm folded first). [`QatTrainer`] is the same run epoch by
+//!   epoch, with checkpoints and resume.
+//! - [`QatModel::forward`] / [`evaluate`]: the fake-quant forward (float for a control);
+//!   [`QatModel::net`]: the fine-tuned float ConvNet (what a control hands to PTQ).
+//! - [`QatModel::export`] → [`QatExport`] (float graph, calibration table with the QAT
+//!   activation params, weight params) → [`QatExport::convert`]: the int8
+//!   `QuantizedModel`, whose predictions equal the fake-quant forward's.
 
+pub mod config;
+pub mod error;
+pub mod export;
 pub mod fake_quant;
+pub mod model;
+pub mod train;
 
-pub use fake_quant::{FakeQuantGrid, fake_quantize, lsq_gradient_scale, scaled_gradient};
+use cinder_model::{BackendKind, ConvNet, ImageSource, StepProgress};
+
+pub use config::{ACTIVATION_POINTS, LAYERS, QatConfig};
+pub use error::QatError;
+pub use export::QatExport;
+pub use fake_quant::{
+    FakeQuantGrid, fake_quantize, lsq_gradient_scale, quantize_centred, scaled_gradient,
+};
+pub use model::{QatModel, QuantState};
+pub use train::{QatTrainer, evaluate};
+
+/// Fine-tunes a copy of `model` on `train` under `config` (all its epochs, on `backend`)
+/// and returns the result; `progress` sees every step. For the control, pass
+/// `config.control()` and quantize `result.net()` with PTQ.
+pub fn fine_tune(
+    model: &ConvNet,
+    train: &dyn ImageSource,
+    config: &QatConfig,
+    backend: BackendKind,
+    progress: &mut dyn FnMut(&StepProgress),
+) -> Result<QatModel, QatError> {
+    let mut trainer = QatTrainer::new(model, config.clone(), backend)?;
+    while !trainer.is_finished() {
+        trainer.run_epoch(train, None, progress)?;
+    }
+    Ok(trainer.into_model())
+}

@@ -10,10 +10,18 @@
 //!   through `QuantParams::quantize`), one Q0.31 multiplier `s_in * s_w[c] / s_out` per
 //!   weight channel, and a ReLU that directly follows fused into the output clamp.
 //! - Quantize / dequantize steps are placed where the int8 domain starts and ends.
+//! - [`convert_with_weights`] takes given weight parameters for some layers (learned
+//!   step sizes from QAT) instead of recomputing them from the weights' min/max; the
+//!   codes are then `QuantParams::quantize` of the float weights with those parameters.
+
+use std::collections::BTreeMap;
 
 use cinder_observers::{CalibrationTable, GRAPH_INPUT, quantize_weight};
 use cinder_tensor::graph::{FloatGraph, Op};
-use cinder_tensor::{QuantError, QuantParams, Tensor, TensorBuf};
+use cinder_tensor::{
+    Granularity, Mapping, QuantError, QuantParams, QuantScheme, Tensor, TensorBuf,
+    TensorQuantParams,
+};
 
 use crate::config::{LayerConfig, Mode, QuantConfig, WeightGranularity};
 use crate::error::ConvertError;
@@ -28,7 +36,27 @@ pub fn convert(
     table: &CalibrationTable,
     config: &QuantConfig,
 ) -> Result<QuantizedModel, ConvertError> {
+    convert_with_weights(graph, table, config, &BTreeMap::new())
+}
+
+/// [`convert`], with the weight parameters of the layers named in `weights` taken as
+/// given instead of derived from the weights' min/max. Each must match its layer's
+/// config: the grid of `weight_bits` (signed, narrow range: `[-127, 127]` at 8 bits),
+/// one parameter set per tensor or one per output channel (axis 0 of the graph's
+/// `[out, ...]` weight), and a zero point of 0 for symmetric mappings.
+pub fn convert_with_weights(
+    graph: &FloatGraph,
+    table: &CalibrationTable,
+    config: &QuantConfig,
+    weights: &BTreeMap<String, TensorQuantParams>,
+) -> Result<QuantizedModel, ConvertError> {
     check_config(graph, config)?;
+    if let Some(name) = weights
+        .keys()
+        .find(|n| graph.node(n).and_then(|n| n.op.weight_and_bias()).is_none())
+    {
+        return Err(ConvertError::UnknownLayer(name.clone()));
+    }
     let nodes = graph.nodes();
     let mut steps = Vec::with_capacity(nodes.len() + 2);
     // The current int8 parameters while in the int8 domain.
@@ -67,7 +95,8 @@ pub fn convert(
                 }
             };
             let output = activation(table, output, &node.name)?;
-            let layer = static_layer(&node.name, weight, bias, &cfg, input, output)?;
+            let w = quant_weights(&node.name, weight, &cfg, weights.get(&node.name))?;
+            let layer = static_layer(&node.name, w, bias, input, output)?;
             int_params = Some(output);
             LayerExec::Static(layer)
         } else {
@@ -77,7 +106,7 @@ pub fn convert(
                     op: StepOp::Dequantize,
                 });
             }
-            float_side_layer(&node.name, weight, bias, &cfg)?
+            float_side_layer(&node.name, weight, bias, &cfg, weights.get(&node.name))?
         };
         let layer = Layer { relu, exec };
         let op = match &node.op {
@@ -167,10 +196,13 @@ fn activation(
     .map_err(|e| bad(e.to_string()))
 }
 
+/// The layer's weight codes: with `given` parameters when there are some (checked
+/// against the layer's scheme), else with the min/max parameters of the weights.
 fn quant_weights(
     layer: &str,
     weight: &TensorBuf<f32>,
     cfg: &LayerConfig,
+    given: Option<&TensorQuantParams>,
 ) -> Result<QuantWeights, ConvertError> {
     let per_channel = cfg.granularity == WeightGranularity::PerChannel;
     let scheme = weight_scheme(cfg.weight_bits, cfg.mapping, per_channel).map_err(|source| {
@@ -179,23 +211,86 @@ fn quant_weights(
             source,
         }
     })?;
-    let q = quantize_weight::<i8>(weight, &scheme).map_err(|source| ConvertError::Weights {
-        layer: layer.to_owned(),
-        source,
-    })?;
+    let (params, codes) = match given {
+        None => {
+            let q =
+                quantize_weight::<i8>(weight, &scheme).map_err(|source| ConvertError::Weights {
+                    layer: layer.to_owned(),
+                    source,
+                })?;
+            (q.params, q.codes)
+        }
+        Some(params) => {
+            check_given(layer, weight, &scheme, params)?;
+            let codes = cinder_tensor::quantize::<i8>(weight, params).map_err(|source| {
+                ConvertError::Quant {
+                    layer: layer.to_owned(),
+                    source,
+                }
+            })?;
+            (params.clone(), codes)
+        }
+    };
     Ok(QuantWeights {
         bits: cfg.weight_bits,
         mapping: cfg.mapping,
-        codes: q.codes,
-        params: q.params,
+        codes,
+        params,
     })
+}
+
+/// Given weight parameters agree with the layer's scheme and weight shape.
+fn check_given(
+    layer: &str,
+    weight: &TensorBuf<f32>,
+    scheme: &QuantScheme,
+    params: &TensorQuantParams,
+) -> Result<(), ConvertError> {
+    let invalid = |message: String| {
+        ConvertError::Invalid(crate::error::Invalid::new(
+            format!("{layer}.weight (given parameters)"),
+            message,
+        ))
+    };
+    let channels = match (params, scheme.granularity) {
+        (TensorQuantParams::PerTensor(_), Granularity::PerTensor) => 1,
+        (TensorQuantParams::PerChannel { axis: 0, channels }, Granularity::PerChannel { .. })
+            if channels.len() == weight.shape()[0] =>
+        {
+            channels.len()
+        }
+        _ => {
+            return Err(invalid(format!(
+                "{} parameter sets do not match {:?} over a weight of shape {:?}",
+                params.as_slice().len(),
+                scheme.granularity,
+                weight.shape()
+            )));
+        }
+    };
+    let symmetric = scheme.mapping == Mapping::Symmetric;
+    for (c, p) in params.as_slice().iter().enumerate() {
+        QuantParams::new(p.scale, p.zero_point, p.qmin, p.qmax)
+            .map_err(|e| invalid(format!("channel {c}: {e}")))?;
+        if (p.qmin, p.qmax) != (scheme.qmin(), scheme.qmax()) || (symmetric && p.zero_point != 0) {
+            return Err(invalid(format!(
+                "channel {c} of {channels}: grid [{}, {}] zero point {}, expected [{}, {}]{}",
+                p.qmin,
+                p.qmax,
+                p.zero_point,
+                scheme.qmin(),
+                scheme.qmax(),
+                if symmetric { " with zero point 0" } else { "" }
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn static_layer(
     layer: &str,
-    weight: &TensorBuf<f32>,
+    weights: QuantWeights,
     bias: &TensorBuf<f32>,
-    cfg: &LayerConfig,
     input: QuantParams,
     output: QuantParams,
 ) -> Result<StaticLayer, ConvertError> {
@@ -204,8 +299,7 @@ fn static_layer(
         source,
     };
     check_finite(bias.data()).map_err(quant)?;
-    let weights = quant_weights(layer, weight, cfg)?;
-    let depth = weight.len() / weight.shape()[0];
+    let depth = weights.codes.len() / weights.codes.shape()[0];
     let bound = bias_bound(depth).ok_or_else(|| {
         ConvertError::Invalid(crate::error::Invalid::new(
             format!("{layer}.weight"),
@@ -243,6 +337,7 @@ fn float_side_layer(
     weight: &TensorBuf<f32>,
     bias: &TensorBuf<f32>,
     cfg: &LayerConfig,
+    given: Option<&TensorQuantParams>,
 ) -> Result<LayerExec, ConvertError> {
     check_finite(bias.data()).map_err(|source| ConvertError::Quant {
         layer: layer.to_owned(),
@@ -251,7 +346,7 @@ fn float_side_layer(
     let bias = bias.data().to_vec();
     Ok(match cfg.mode {
         Mode::Dynamic => LayerExec::Dynamic(DynamicLayer {
-            weights: quant_weights(layer, weight, cfg)?,
+            weights: quant_weights(layer, weight, cfg, given)?,
             bias,
         }),
         _ => LayerExec::Float(FloatLayer {
@@ -268,5 +363,101 @@ fn check_finite(values: &[f32]) -> Result<(), QuantError> {
             value: values[index],
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::{Rng, linear_node, minmax_table, node, random_input};
+
+    fn small() -> (FloatGraph, CalibrationTable) {
+        let mut rng = Rng::new(3);
+        let graph = FloatGraph::new(
+            vec![6],
+            vec![
+                linear_node(&mut rng, "fc1", 6, 5),
+                node("relu1", Op::Relu),
+                linear_node(&mut rng, "fc2", 5, 3),
+            ],
+        )
+        .unwrap();
+        let table = minmax_table(&graph, &random_input(&graph, 16, 4)).unwrap();
+        (graph, table)
+    }
+
+    fn weight(graph: &FloatGraph, name: &str) -> TensorBuf<f32> {
+        graph
+            .node(name)
+            .unwrap()
+            .op
+            .weight_and_bias()
+            .unwrap()
+            .0
+            .clone()
+    }
+
+    #[test]
+    fn given_min_max_params_reproduce_convert() {
+        let (graph, table) = small();
+        let config = QuantConfig::default();
+        let scheme = weight_scheme(8, Mapping::Symmetric, true).unwrap();
+        let given: BTreeMap<String, TensorQuantParams> = ["fc1", "fc2"]
+            .iter()
+            .map(|&n| {
+                let q = quantize_weight::<i8>(&weight(&graph, n), &scheme).unwrap();
+                (n.to_owned(), q.params)
+            })
+            .collect();
+        assert_eq!(
+            convert_with_weights(&graph, &table, &config, &given).unwrap(),
+            convert(&graph, &table, &config).unwrap()
+        );
+    }
+
+    #[test]
+    fn given_params_set_the_codes() {
+        let (graph, table) = small();
+        let config = QuantConfig::default();
+        let p = QuantParams::new(0.01, 0, -127, 127).unwrap();
+        let given = BTreeMap::from([(
+            "fc2".to_owned(),
+            TensorQuantParams::PerChannel {
+                axis: 0,
+                channels: vec![p; 3],
+            },
+        )]);
+        let model = convert_with_weights(&graph, &table, &config, &given).unwrap();
+        let w = weight(&graph, "fc2");
+        let fc2 = model.steps().iter().find(|s| s.name == "fc2").unwrap();
+        let q = fc2.op.layer().unwrap().quant_weights().unwrap();
+        let want: Vec<i8> = w.data().iter().map(|&v| p.quantize(v) as i8).collect();
+        assert_eq!(q.codes.data(), &want[..]);
+        assert_eq!(q.params, given["fc2"]);
+    }
+
+    #[test]
+    fn mismatched_given_params_are_rejected() {
+        let (graph, table) = small();
+        let config = QuantConfig::default();
+        let p4 = QuantParams::new(0.01, 0, -7, 7).unwrap();
+        let cases = [
+            ("fc2", TensorQuantParams::PerTensor(p4)),
+            (
+                "fc2",
+                TensorQuantParams::PerChannel {
+                    axis: 0,
+                    channels: vec![p4; 3],
+                },
+            ),
+            (
+                "relu1",
+                TensorQuantParams::PerTensor(QuantParams::new(0.01, 0, -127, 127).unwrap()),
+            ),
+        ];
+        for (name, params) in cases {
+            let given = BTreeMap::from([(name.to_owned(), params)]);
+            assert!(convert_with_weights(&graph, &table, &config, &given).is_err());
+        }
     }
 }

@@ -25,7 +25,7 @@ pub mod simulate;
 pub mod synthetic;
 
 pub use config::{LayerConfig, LayerOverride, Mode, QuantConfig, WeightGranularity};
-pub use convert::convert;
+pub use convert::{convert, convert_with_weights};
 pub use error::{ConvertError, Invalid, ModelError, RunError};
 pub use file::{MODEL_FORMAT, MODEL_FORMAT_VERSION};
 pub use float::{float_forward, float_forward_with};

@@ -1,0 +1,339 @@
+//! One cell of the matrix: build its int8 model (PTQ with a calibration table, PTQ with
+//! the most sensitive layers left float, or QAT), save it, measure it, and compare it
+//! with the fp32 model. A cell that cannot be built (weight bits the runtime does not
+//! support, say) is recorded as failed and the run goes on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use cinder_model::ConvNet;
+use cinder_model::{Batch, ImageSource};
+use cinder_runtime::{Mode, QuantConfig, QuantizedModel, convert};
+use cinder_tensor::graph::{FloatGraph, Op};
+use cinder_tensor::{ErrorAccumulator, ErrorMetrics, Tensor, TensorBuf};
+use indicatif::ProgressBar;
+
+use super::calibration::{Calibrated, Calibrations};
+use super::config::{CellConfig, ExperimentConfig, Method};
+use super::data::ExperimentData;
+use super::measure;
+use super::qat;
+use super::results::{Baseline, CellMetrics, CellResult, LayerSensitivity, Outcome};
+use super::store::Key;
+use crate::infer::argmax;
+use crate::train::DatasetImages;
+
+/// Everything the cells share.
+pub struct Context<'a> {
+    pub config: &'a ExperimentConfig,
+    /// The trained float model (inference mode).
+    pub model: &'a ConvNet,
+    pub data: &'a ExperimentData,
+    pub graph: &'a FloatGraph,
+    pub graph_key: &'a str,
+    pub baseline: &'a Baseline,
+    pub out: &'a Path,
+}
+
+impl Context<'_> {
+    /// The key of `cell`'s result: the cell, the model, the data and every setting used.
+    pub fn cell_key(&self, cell: &CellConfig) -> anyhow::Result<String> {
+        let c = self.config;
+        let mut key = Key::new("cell");
+        key.json(cell)?
+            .bytes(self.graph_key.as_bytes())
+            .bytes(self.data.key.as_bytes())
+            .json(&c.calibration)?
+            .json(&c.evaluation)?;
+        if matches!(cell.method, Method::Qat | Method::QatControl) {
+            key.json(&c.qat)?;
+        }
+        Ok(key.hex())
+    }
+
+    pub fn model_path(&self, cell: &CellConfig) -> PathBuf {
+        self.out
+            .join("models")
+            .join(format!("{}.cinder", cell.name))
+    }
+}
+
+/// A built model and what building it found out.
+struct Built {
+    model: QuantizedModel,
+    /// The float model it was quantized from, when not the trained one (fine-tuned).
+    float: Option<FloatGraph>,
+    calibration: Option<Calibrated>,
+    sensitivity: Vec<LayerSensitivity>,
+}
+
+/// Runs `cell`; failures become a failed result, never an error of the run.
+pub fn run(
+    ctx: &Context<'_>,
+    cell: &CellConfig,
+    calibrations: &mut Calibrations<'_>,
+    bar: &ProgressBar,
+) -> CellResult {
+    let start = Instant::now();
+    let outcome = match build(ctx, cell, calibrations, bar)
+        .and_then(|built| measure_cell(ctx, cell, built, bar))
+    {
+        Ok(metrics) => Outcome::Done(Box::new(metrics)),
+        Err(e) => Outcome::Failed {
+            error: format!("{e:#}"),
+        },
+    };
+    CellResult {
+        name: cell.name.clone(),
+        group: cell.group.clone(),
+        method: cell.method,
+        observer: cell.observer.to_string(),
+        quant: cell.quant.clone(),
+        seconds: start.elapsed().as_secs_f64(),
+        finished_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        outcome,
+    }
+}
+
+/// The cell's model.
+fn build(
+    ctx: &Context<'_>,
+    cell: &CellConfig,
+    calibrations: &mut Calibrations<'_>,
+    bar: &ProgressBar,
+) -> anyhow::Result<Built> {
+    if matches!(cell.method, Method::Qat | Method::QatControl) {
+        let tuned = qat::fine_tuned(ctx, cell, bar)?;
+        return Ok(Built {
+            model: tuned.model,
+            float: Some(tuned.graph),
+            calibration: tuned.calibration,
+            sensitivity: Vec::new(),
+        });
+    }
+    bar.set_message(format!("calibrating ({})", cell.observer));
+    let calibrated = calibrations.get(cell.observer)?.clone();
+    let (quant, sensitivity) = match cell.method {
+        Method::Sensitivity => {
+            bar.set_message("sensitivity analysis");
+            let s = sensitivity(ctx, &calibrated, &cell.quant)?;
+            (keep_float(&cell.quant, &s, cell.keep_float), s)
+        }
+        _ => (cell.quant.clone(), Vec::new()),
+    };
+    bar.set_message("converting");
+    let model = convert(ctx.graph, &calibrated.table, &quant)?;
+    Ok(Built {
+        model,
+        float: None,
+        calibration: Some(calibrated),
+        sensitivity,
+    })
+}
+
+fn measure_cell(
+    ctx: &Context<'_>,
+    cell: &CellConfig,
+    built: Built,
+    bar: &ProgressBar,
+) -> anyhow::Result<CellMetrics> {
+    let path = ctx.model_path(cell);
+    built.model.save(&path)?;
+    bar.set_message("evaluating");
+    let (measured, predicted) = measure::int8(&path, ctx.data, &ctx.config.evaluation)?;
+    let fp32 = &ctx.baseline.measured;
+    let agree = predicted
+        .iter()
+        .zip(&ctx.baseline.predictions)
+        .filter(|(a, b)| **a == **b as usize)
+        .count();
+    let static_activations = cell.quant.default.mode == Mode::Static;
+    let activation_errors = match (&built.calibration, static_activations) {
+        (Some(c), true) => c.activation_errors.clone(),
+        _ => BTreeMap::new(),
+    };
+    Ok(CellMetrics {
+        model_file: relative(ctx.out, &path),
+        accuracy_delta_pp: 100.0 * (measured.accuracy - fp32.accuracy),
+        agreement: agree as f64 / predicted.len().max(1) as f64,
+        size_ratio: measured.model_bytes as f64 / fp32.model_bytes.max(1) as f64,
+        float_layers: float_layers(&built.model),
+        weight_errors: weight_errors(built.float.as_ref().unwrap_or(ctx.graph), &built.model)?,
+        activation_errors,
+        calibration: built.calibration.map(|c| c.time),
+        sensitivity: built.sensitivity,
+        measured,
+    })
+}
+
+/// `path` relative to the output directory, for the report.
+pub fn relative(out: &Path, path: &Path) -> String {
+    path.strip_prefix(out).unwrap_or(path).display().to_string()
+}
+
+fn float_layers(model: &QuantizedModel) -> Vec<String> {
+    model
+        .steps()
+        .iter()
+        .filter(|s| s.op.layer().is_some_and(|l| l.mode() == Mode::Float))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
+/// Each quantized layer's float weights against the model's dequantized weights.
+fn weight_errors(
+    graph: &FloatGraph,
+    model: &QuantizedModel,
+) -> anyhow::Result<BTreeMap<String, ErrorMetrics>> {
+    let mut errors = BTreeMap::new();
+    for step in model.steps() {
+        let Some(q) = step.op.layer().and_then(|l| l.quant_weights()) else {
+            continue;
+        };
+        let (w, _) = graph
+            .node(&step.name)
+            .and_then(|n| n.op.weight_and_bias())
+            .ok_or_else(|| anyhow::anyhow!("layer `{}` is not in the float graph", step.name))?;
+        errors.insert(
+            step.name.clone(),
+            ErrorMetrics::between(w.data(), q.dequantized().data())?,
+        );
+    }
+    Ok(errors)
+}
+
+/// Quantizes one layer's weights at a time as `quant` does (the rest of the model, and
+/// all activations, float) and scores each layer by the SQNR of the logits of burn's
+/// forward against the fp32 logits on the first test images: weight sensitivity, cheap
+/// because every forward runs on burn's fast float path.
+fn sensitivity(
+    ctx: &Context<'_>,
+    calibrated: &Calibrated,
+    quant: &QuantConfig,
+) -> anyhow::Result<Vec<LayerSensitivity>> {
+    let eval = &ctx.config.evaluation;
+    let subset = ctx.data.test.clone().limit(eval.sensitivity_images);
+    let images = DatasetImages {
+        data: &subset,
+        norm: ctx.data.norm,
+    };
+    let batches: Vec<Batch> = (0..subset.len())
+        .collect::<Vec<_>>()
+        .chunks(eval.batch)
+        .map(|chunk| images.gather(chunk))
+        .collect::<Result<_, _>>()?;
+    let logits_of = |net: &ConvNet| -> anyhow::Result<Vec<f32>> {
+        let per_batch = batches.iter().map(|b| measure::float_logits(net, b));
+        Ok(per_batch.collect::<anyhow::Result<Vec<_>>>()?.concat())
+    };
+    let reference = logits_of(ctx.model)?;
+    let classes = reference.len() / subset.len().max(1);
+    let model = convert(ctx.graph, &calibrated.table, quant)?;
+    model
+        .steps()
+        .iter()
+        .filter_map(|s| Some((&s.name, s.op.layer()?.quant_weights()?.dequantized())))
+        .map(|(layer, weight)| {
+            let graph = with_weight(ctx.graph, layer, weight)?;
+            let got = logits_of(&ConvNet::from_float_graph(&graph, &ctx.model.device())?)?;
+            let mut noise = ErrorAccumulator::default();
+            reference
+                .iter()
+                .zip(&got)
+                .for_each(|(&x, &y)| noise.add(x, y));
+            let right = got
+                .chunks_exact(classes)
+                .zip(subset.labels())
+                .filter(|(row, l)| argmax(row) == usize::from(**l))
+                .count();
+            Ok(LayerSensitivity {
+                layer: layer.clone(),
+                logits_sqnr_db: noise.metrics().sqnr_db,
+                accuracy: right as f64 / subset.len().max(1) as f64,
+            })
+        })
+        .collect()
+}
+
+/// `graph` with the weight of `layer` replaced.
+fn with_weight(
+    graph: &FloatGraph,
+    layer: &str,
+    weight: TensorBuf<f32>,
+) -> anyhow::Result<FloatGraph> {
+    let nodes = graph.nodes().iter().cloned().map(|mut node| {
+        if node.name == layer {
+            match &mut node.op {
+                Op::Conv2d(c) => c.weight = weight.clone(),
+                Op::Linear(l) => l.weight = weight.clone(),
+                _ => {}
+            }
+        }
+        node
+    });
+    Ok(FloatGraph::new(
+        graph.input_shape().to_vec(),
+        nodes.collect(),
+    )?)
+}
+
+/// `quant` with the `n` layers of lowest logit SQNR set to float.
+fn keep_float(quant: &QuantConfig, scores: &[LayerSensitivity], n: usize) -> QuantConfig {
+    let mut ranked: Vec<&LayerSensitivity> = scores.iter().collect();
+    let sqnr = |s: &LayerSensitivity| s.logits_sqnr_db.unwrap_or(f64::INFINITY);
+    ranked.sort_by(|a, b| sqnr(a).total_cmp(&sqnr(b)));
+    ranked.iter().take(n).fold(quant.clone(), |q, s| {
+        let mut o = q.layers.get(&s.layer).copied().unwrap_or_default();
+        o.mode = Some(Mode::Float);
+        q.with_layer(s.layer.clone(), o)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cinder_runtime::LayerOverride;
+
+    fn score(layer: &str, db: Option<f64>) -> LayerSensitivity {
+        LayerSensitivity {
+            layer: layer.into(),
+            logits_sqnr_db: db,
+            accuracy: 0.5,
+        }
+    }
+
+    /// W8 everywhere but `layer`, W4.
+    fn w4_on(layer: &str) -> QuantConfig {
+        QuantConfig::default().with_layer(
+            layer,
+            LayerOverride {
+                weight_bits: Some(4),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn keep_float_picks_the_lowest_sqnr_layers() {
+        let base = w4_on("fc1");
+        let scores = [
+            score("conv1", Some(30.0)),
+            score("conv2", None),
+            score("fc1", Some(12.0)),
+            score("fc2", Some(25.0)),
+        ];
+        let q = keep_float(&base, &scores, 2);
+        let modes: Vec<Mode> = ["conv1", "conv2", "fc1", "fc2"]
+            .iter()
+            .map(|l| q.layer(l).mode)
+            .collect();
+        assert_eq!(
+            modes,
+            [Mode::Static, Mode::Static, Mode::Float, Mode::Float]
+        );
+        assert_eq!(q.layer("fc1").weight_bits, 4);
+    }
+}

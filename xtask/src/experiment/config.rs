@@ -1,0 +1,332 @@
+//! The experiment config: one TOML file per named experiment in `experiments/`, read
+//! with serde. It fixes the data, the model and training recipe, calibration and
+//! evaluation settings, the QAT recipe, and the matrix as a list of named cells, each a
+//! method plus a [`QuantConfig`] (the runtime's own per-layer config type).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use cinder_model::{ConvNetConfig, TrainConfig};
+use cinder_observers::ObserverSpec;
+use cinder_runtime::QuantConfig;
+use serde::{Deserialize, Serialize};
+
+/// The whole experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Names the default output directory `results/NAME`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    pub training: TrainConfig,
+    pub calibration: CalibrationConfig,
+    pub evaluation: EvaluationConfig,
+    pub qat: QatConfig,
+    pub cells: Vec<CellConfig>,
+}
+
+/// Which images, how many, and their normalization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// synthetic, fashion-mnist, cifar10 or cifar100.
+    pub dataset: String,
+    /// Directory of the data set files (not for synthetic; Fashion-MNIST has a default).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// The first N training images (all when absent).
+    #[serde(default)]
+    pub train_images: Option<usize>,
+    /// The first N test images (all when absent).
+    #[serde(default)]
+    pub test_images: Option<usize>,
+    /// `half` (mean 0.5, std 0.5) or `fit` (per-channel statistics of the training
+    /// split); default `half` for Fashion-MNIST, `fit` otherwise.
+    #[serde(default)]
+    pub normalization: Option<NormKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    Half,
+    Fit,
+}
+
+impl DataConfig {
+    /// Whether the images are normalized with mean 0.5 / std 0.5.
+    pub fn half_normalization(&self) -> bool {
+        self.normalization
+            .map_or(self.dataset == "fashion-mnist", |n| n == NormKind::Half)
+    }
+}
+
+/// The ConvNet's sizes (the reference model by default); classes come from the data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub channels: [usize; 2],
+    pub hidden: usize,
+    pub batch_norm: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        let r = ConvNetConfig::reference();
+        Self {
+            channels: r.channels,
+            hidden: r.hidden,
+            batch_norm: r.batch_norm,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn convnet(&self, classes: usize) -> ConvNetConfig {
+        ConvNetConfig {
+            channels: self.channels,
+            hidden: self.hidden,
+            classes,
+            ..ConvNetConfig::reference().with_batch_norm(self.batch_norm)
+        }
+    }
+}
+
+/// Calibration images come from the training split, in a seeded random order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationConfig {
+    pub images: usize,
+    pub batch_size: usize,
+    /// Images (of the calibration set) over which activation errors are measured.
+    pub error_images: usize,
+    pub seed: u64,
+}
+
+/// How cells are measured on the test split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationConfig {
+    /// Batch of the accuracy pass, whose median batch time is the batch latency.
+    pub batch: usize,
+    /// Single images timed for the batch-1 latency.
+    pub single: usize,
+    /// Runtime worker threads.
+    pub threads: usize,
+    /// Test images the sensitivity analysis scores each layer on.
+    pub sensitivity_images: usize,
+}
+
+/// The fine-tuning recipe of QAT cells and of their control run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QatConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    /// The first N training images.
+    pub train_images: usize,
+}
+
+/// How a cell gets its model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Post-training quantization of the trained model with `quant`.
+    #[default]
+    Ptq,
+    /// PTQ with `quant`, keeping float the `keep_float` layers whose quantization alone
+    /// hurts the logits most.
+    Sensitivity,
+    /// Quantization-aware fine-tuning under `quant`, then conversion.
+    Qat,
+    /// The QAT control: the same extra fine-tuning without fake-quant, then PTQ.
+    QatControl,
+}
+
+/// One named strategy of the matrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellConfig {
+    pub name: String,
+    /// The matrix row the cell belongs to (observer, bits, granularity, ...), for the report.
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub method: Method,
+    /// The activation observer of the calibration.
+    #[serde(default = "minmax")]
+    pub observer: ObserverSpec,
+    #[serde(default)]
+    pub quant: QuantConfig,
+    /// Layers kept float by a sensitivity cell.
+    #[serde(default)]
+    pub keep_float: usize,
+}
+
+fn minmax() -> ObserverSpec {
+    ObserverSpec::MinMax
+}
+
+/// The workspace's `experiments/` directory.
+pub fn experiments_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("experiments")
+}
+
+/// Reads and checks a config file.
+pub fn load(path: &Path) -> anyhow::Result<ExperimentConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let config: ExperimentConfig = toml::from_str(&text)
+        .with_context(|| format!("{}: invalid experiment config", path.display()))?;
+    config
+        .validate()
+        .with_context(|| format!("{}: invalid experiment config", path.display()))?;
+    Ok(config)
+}
+
+impl ExperimentConfig {
+    /// Positive sizes, unique cell names usable as file names.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.training.validate()?;
+        let sizes = [
+            ("calibration.images", self.calibration.images),
+            ("calibration.batch_size", self.calibration.batch_size),
+            ("calibration.error_images", self.calibration.error_images),
+            ("evaluation.batch", self.evaluation.batch),
+            ("evaluation.threads", self.evaluation.threads),
+            (
+                "evaluation.sensitivity_images",
+                self.evaluation.sensitivity_images,
+            ),
+        ];
+        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            bail!("{name} must be at least 1");
+        }
+        let mut seen = BTreeMap::new();
+        for (i, cell) in self.cells.iter().enumerate() {
+            let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            if cell.name.is_empty() || !cell.name.chars().all(valid) {
+                bail!(
+                    "cells[{i}].name `{}`: use letters, digits, `-` and `_` only",
+                    cell.name
+                );
+            }
+            if let Some(j) = seen.insert(cell.name.as_str(), i) {
+                bail!("cells[{j}] and cells[{i}] are both named `{}`", cell.name);
+            }
+            if cell.method == Method::Sensitivity && cell.keep_float == 0 {
+                bail!(
+                    "cells[{i}] (`{}`): a sensitivity cell needs keep_float >= 1",
+                    cell.name
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the data set (name and optional directory) given on the command line.
+    pub fn with_dataset(mut self, spec: &[String]) -> anyhow::Result<Self> {
+        match spec {
+            [] => {}
+            [name] => (self.data.dataset, self.data.dir) = (name.clone(), None),
+            [name, dir] => {
+                (self.data.dataset, self.data.dir) = (name.clone(), Some(PathBuf::from(dir)))
+            }
+            _ => bail!("--dataset takes a name and at most one directory"),
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_configs() -> Vec<(PathBuf, ExperimentConfig)> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(experiments_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .map(|p| {
+                let c = load(&p).unwrap_or_else(|e| panic!("{e:#}"));
+                (p, c)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shipped_configs_parse_and_validate() {
+        let configs = all_configs();
+        let names: Vec<&str> = configs.iter().map(|(_, c)| c.name.as_str()).collect();
+        for want in ["default", "quick", "fashion-mnist"] {
+            assert!(names.contains(&want), "{names:?}");
+        }
+        let (_, default) = configs.iter().find(|(_, c)| c.name == "default").unwrap();
+        for method in [
+            Method::Ptq,
+            Method::Sensitivity,
+            Method::Qat,
+            Method::QatControl,
+        ] {
+            assert!(
+                default.cells.iter().any(|c| c.method == method),
+                "{method:?}"
+            );
+        }
+        let bits: Vec<u8> = default
+            .cells
+            .iter()
+            .map(|c| c.quant.default.weight_bits)
+            .collect();
+        for b in [8, 6, 4, 2] {
+            assert!(bits.contains(&b), "bits {b} missing: {bits:?}");
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_rejected_with_the_field() {
+        let (_, mut c) = all_configs().remove(0);
+        c.cells.push(c.cells[0].clone());
+        assert!(c.validate().unwrap_err().to_string().contains("both named"));
+        c.cells.pop();
+        c.cells[0].name = "a/b".into();
+        assert!(c.validate().unwrap_err().to_string().contains("cells[0]"));
+        c.cells[0].name = "ok".into();
+        c.evaluation.batch = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("evaluation.batch")
+        );
+        let err = toml::from_str::<ExperimentConfig>("name = 3").unwrap_err();
+        assert!(err.to_string().contains("name"), "{err}");
+    }
+
+    #[test]
+    fn dataset_override() {
+        let (_, c) = all_configs().remove(0);
+        let c = c
+            .with_dataset(&["cifar10".into(), "/data/cifar".into()])
+            .unwrap();
+        assert_eq!(c.data.dataset, "cifar10");
+        assert_eq!(c.data.dir.as_deref(), Some(Path::new("/data/cifar")));
+        assert!(!c.data.half_normalization());
+        assert!(
+            c.with_dataset(&["a".into(), "b".into(), "c".into()])
+                .is_err()
+        );
+    }
+}

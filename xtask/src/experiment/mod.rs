@@ -1,0 +1,270 @@
+//! `cargo xtask experiment`: the train → quantize → evaluate matrix and its report.
+//!
+//! One command trains the reference ConvNet (or reuses its checkpoint), measures the
+//! fp32 baseline, runs every cell of the config's matrix (observers, static vs dynamic,
+//! symmetric vs asymmetric, per-tensor vs per-channel, weight bits, mixed precision,
+//! partial and sensitivity-chosen float layers, QAT and its control) and writes, under
+//! `results/NAME/` (or `--out`):
+//!
+//! - `report.md`: ranked tables, the fp32 baseline, the machine; `results.json`: all
+//!   figures (versioned schema, see [`results`]); `plots/*.svg`;
+//! - `fp32/graph.json` + `graph.safetensors`: the float model; `models/CELL.cinder`:
+//!   every int8 model; `checkpoint/`: the training checkpoint;
+//! - `cells/CELL.json`, `calibration/OBSERVER.json`, `fp32/baseline.json`: each result
+//!   saved atomically with the key of its inputs, so a rerun (or a run resumed after a
+//!   kill) redoes only what is missing or changed.
+//!
+//! `cargo xtask experiment` (experiments/default.toml), `cargo xtask experiment --quick`,
+//! `cargo xtask experiment --config experiments/fashion-mnist.toml`,
+//! `cargo xtask experiment --dataset cifar10 DIR --out results/cifar10`.
+
+mod calibration;
+mod cells;
+mod config;
+mod data;
+mod measure;
+mod memory;
+mod plots;
+mod qat;
+mod report;
+mod results;
+mod store;
+mod training;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cinder_tensor::io::{write_atomic, write_json_atomic};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use calibration::Calibrations;
+use cells::Context;
+use config::ExperimentConfig;
+use data::ExperimentData;
+use results::{
+    Baseline, CellResult, DataSummary, Machine, Outcome, RESULTS_FORMAT_VERSION, Results,
+};
+use store::{Key, read_cached, write_cached};
+use training::Trained;
+
+#[derive(clap::Args, Debug)]
+pub struct ExperimentArgs {
+    /// The data set, overriding the config's: synthetic, fashion-mnist [DIR], cifar10 DIR
+    /// or cifar100 DIR.
+    #[arg(long, num_args = 1..=2, value_names = ["NAME", "DIR"])]
+    pub dataset: Vec<String>,
+    /// The experiment config (TOML); default experiments/default.toml.
+    #[arg(long, conflicts_with = "quick")]
+    pub config: Option<PathBuf>,
+    /// Output directory; default results/NAME (NAME from the config).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// experiments/quick.toml: small data, a small model and a few cells.
+    #[arg(long)]
+    pub quick: bool,
+    /// Stop before running cell N+1, as if killed (resume tests).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+    /// Memory probe (child process): load and run this model file, print peak memory.
+    #[arg(long, hide = true)]
+    pub measure_memory: Option<PathBuf>,
+    #[arg(long, hide = true, default_value_t = 64)]
+    pub memory_batch: usize,
+    #[arg(long, hide = true, default_value_t = 2)]
+    pub memory_threads: usize,
+}
+
+pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
+    if let Some(model) = &args.measure_memory {
+        return memory::probe(model, args.memory_batch, args.memory_threads);
+    }
+    let wall = Instant::now();
+    let path = args.config.clone().unwrap_or_else(|| {
+        let name = if args.quick { "quick" } else { "default" };
+        config::experiments_dir().join(format!("{name}.toml"))
+    });
+    let config = config::load(&path)?.with_dataset(&args.dataset)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("results").join(&config.name));
+    write_atomic(
+        &out.join("config.toml"),
+        toml::to_string(&config)?.as_bytes(),
+    )?;
+    let bars = MultiProgress::new();
+    let total = bars.add(bar(config.cells.len() + 3, "experiment"));
+    total.set_message("loading data");
+    let data = ExperimentData::load(&config.data)?;
+    total.set_message("training");
+    let trained = training::train_or_reuse(&config, &data, &out, &bars)?;
+    total.inc(1);
+    total.set_message("fp32 baseline");
+    let fp32_dir = out.join("fp32");
+    trained.graph.save(
+        &fp32_dir.join("graph.json"),
+        &fp32_dir.join("graph.safetensors"),
+    )?;
+    let graph_key = training::graph_key(&trained.graph)?;
+    let baseline = baseline(&trained, &graph_key, &data, &config, &fp32_dir)?;
+    total.inc(1);
+    let ctx = Context {
+        config: &config,
+        model: &trained.model,
+        data: &data,
+        graph: &trained.graph,
+        graph_key: &graph_key,
+        baseline: &baseline,
+        out: &out,
+    };
+    let Some(cells) = run_cells(&ctx, &bars, &total, args.stop_after)? else {
+        return Ok(());
+    };
+    total.set_message("report");
+    let results = Results {
+        format_version: RESULTS_FORMAT_VERSION,
+        experiment: config.name.clone(),
+        config: config.clone(),
+        machine: Machine::here(),
+        data: DataSummary {
+            dataset: data.name.to_owned(),
+            train_images: data.train.len(),
+            test_images: data.test.len(),
+            classes: data.train.classes(),
+        },
+        training: trained.summary,
+        fp32: baseline.measured,
+        fp32_model_file: baseline.model_file,
+        cells,
+        wall_seconds: wall.elapsed().as_secs_f64(),
+    };
+    write_json_atomic(&out.join("results.json"), &results)?;
+    plots::write_all(&results, &out.join("plots"))?;
+    report::write(&results, &out.join("report.md"))?;
+    total.finish_and_clear();
+    println!(
+        "{} cells in {:.0} s; wrote {}",
+        results.cells.len(),
+        results.wall_seconds,
+        out.join("report.md").display()
+    );
+    Ok(())
+}
+
+/// Every cell, reusing the finished ones; `None` when `stop_after` cut the run short.
+fn run_cells(
+    ctx: &Context<'_>,
+    bars: &MultiProgress,
+    total: &ProgressBar,
+    stop_after: Option<usize>,
+) -> anyhow::Result<Option<Vec<CellResult>>> {
+    let config = ctx.config;
+    let mut calibrations = Calibrations::new(
+        ctx.model,
+        ctx.graph_key,
+        ctx.data,
+        &config.calibration,
+        ctx.out.join("calibration"),
+    )?;
+    let (mut results, mut ran) = (Vec::new(), 0);
+    for cell in &config.cells {
+        total.set_message(format!("cell {}", cell.name));
+        let key = ctx.cell_key(cell)?;
+        let path = ctx.out.join("cells").join(format!("{}.json", cell.name));
+        let result = match read_cached::<CellResult>(&path, &key).filter(|r| r.metrics().is_some())
+        {
+            Some(done) => done,
+            None if stop_after.is_some_and(|n| ran >= n) => {
+                say(bars, &format!("stopped after {ran} cells (--stop-after)"));
+                return Ok(None);
+            }
+            None => {
+                let cell_bar = bars.add(bar(0, &cell.name));
+                let r = cells::run(ctx, cell, &mut calibrations, &cell_bar);
+                cell_bar.finish_and_clear();
+                write_cached(&path, &key, &r)?;
+                ran += 1;
+                say(bars, &summary_line(&r));
+                r
+            }
+        };
+        results.push(result);
+        total.inc(1);
+    }
+    Ok(Some(results))
+}
+
+/// The fp32 baseline, measured once per model, data and evaluation settings.
+fn baseline(
+    trained: &Trained,
+    graph_key: &str,
+    data: &ExperimentData,
+    config: &ExperimentConfig,
+    dir: &Path,
+) -> anyhow::Result<Baseline> {
+    let key = Key::new("baseline")
+        .bytes(graph_key.as_bytes())
+        .bytes(data.key.as_bytes())
+        .json(&config.evaluation)?
+        .hex();
+    let path = dir.join("baseline.json");
+    if let Some(b) = read_cached(&path, &key) {
+        return Ok(b);
+    }
+    let json = dir.join("graph.json");
+    let (measured, predicted) = measure::fp32(&trained.model, &json, data, &config.evaluation)?;
+    let b = Baseline {
+        measured,
+        model_file: "fp32/graph.safetensors".to_owned(),
+        predictions: predicted.iter().map(|&p| p as u32).collect(),
+    };
+    write_cached(&path, &key, &b)?;
+    Ok(b)
+}
+
+fn summary_line(r: &CellResult) -> String {
+    match &r.outcome {
+        Outcome::Done(m) => format!(
+            "{:<28} acc {:6.2}% ({:+.2} pp) size {:5.1}% b{} {:.2} ms ({:.0} s)",
+            r.name,
+            100.0 * m.measured.accuracy,
+            m.accuracy_delta_pp,
+            100.0 * m.size_ratio,
+            m.measured.batch,
+            m.measured.batch_ms,
+            r.seconds
+        ),
+        Outcome::Failed { error } => format!("{:<28} failed: {error}", r.name),
+    }
+}
+
+/// A line above the bars, or on stderr when they are hidden (not a terminal).
+pub fn say(bars: &MultiProgress, line: &str) {
+    if bars.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bars.suspend(|| eprintln!("{line}"));
+    }
+}
+
+/// A progress bar of `len` steps (a spinner when 0).
+fn bar(len: usize, prefix: &str) -> ProgressBar {
+    let bar = if len == 0 {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::new(len as u64)
+    };
+    let template = if len == 0 {
+        "{spinner} {prefix} {elapsed_precise} {msg}"
+    } else {
+        "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}"
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}

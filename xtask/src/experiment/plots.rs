@@ -1,0 +1,243 @@
+//! SVG plots with plotters: accuracy against model size with the Pareto front, latency
+//! per strategy (batch 1 and batch N), and per-layer SQNR (weights per cell,
+//! activations per observer). Each is rendered to a string and written atomically.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use cinder_tensor::ErrorMetrics;
+use cinder_tensor::io::write_atomic;
+use plotters::prelude::*;
+
+use super::report::columns;
+use super::results::Results;
+
+const FONT: &str = "sans-serif";
+const MB: f64 = 1e6;
+
+/// Renders one plot of the results into an SVG string.
+type Draw = fn(&Results, &mut String) -> anyhow::Result<()>;
+
+pub fn write_all(results: &Results, dir: &Path) -> anyhow::Result<()> {
+    let plots: [(&str, Draw); 3] = [
+        ("accuracy_vs_size.svg", accuracy_vs_size),
+        ("latency.svg", latency),
+        ("sqnr.svg", sqnr),
+    ];
+    for (name, draw) in plots {
+        let mut svg = String::new();
+        draw(results, &mut svg)?;
+        write_atomic(&dir.join(name), svg.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// `lo..hi` widened by `pad` of its span on both sides (and never empty).
+fn padded(lo: f64, hi: f64, pad: f64) -> std::ops::Range<f64> {
+    let span = (hi - lo).max(1e-6);
+    (lo - pad * span)..(hi + pad * span)
+}
+
+fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
+    let mut points: Vec<(String, f64, f64)> = r
+        .done()
+        .map(|(c, m)| {
+            let mb = m.measured.model_bytes as f64 / MB;
+            (c.name.clone(), mb, 100.0 * m.measured.accuracy)
+        })
+        .collect();
+    points.push((
+        "fp32".into(),
+        r.fp32.model_bytes as f64 / MB,
+        100.0 * r.fp32.accuracy,
+    ));
+    let (xs, ys): (Vec<f64>, Vec<f64>) = points.iter().map(|p| (p.1, p.2)).unzip();
+    let fold = |v: &[f64], f: fn(f64, f64) -> f64, init| v.iter().copied().fold(init, f);
+    let x_range = 0.0..fold(&xs, f64::max, 0.0) * 1.15;
+    let y_range = padded(
+        fold(&ys, f64::min, f64::INFINITY),
+        fold(&ys, f64::max, f64::NEG_INFINITY),
+        0.08,
+    );
+    let root = SVGBackend::with_string(svg, (1000, 650)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{}: accuracy vs model size", r.experiment),
+            (FONT, 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x_range, y_range)?;
+    chart
+        .configure_mesh()
+        .x_desc("model file (MB)")
+        .y_desc("top-1 accuracy (%)")
+        .draw()?;
+    let front: Vec<(f64, f64)> = r
+        .pareto_front()
+        .iter()
+        .filter_map(|name| points.iter().find(|p| p.0 == *name))
+        .map(|p| (p.1, p.2))
+        .collect();
+    chart
+        .draw_series(LineSeries::new(front, GREEN.stroke_width(2)))?
+        .label("Pareto front (int8 cells)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
+    chart.draw_series(points.iter().map(|(name, x, y)| {
+        let color = if name == "fp32" { RED } else { BLUE };
+        EmptyElement::at((*x, *y))
+            + Circle::new((0, 0), 4, color.filled())
+            + Text::new(name.clone(), (6, -12), (FONT, 11))
+    }))?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn latency(r: &Results, svg: &mut String) -> anyhow::Result<()> {
+    let mut rows: Vec<(String, f64, f64)> =
+        vec![("fp32 (burn)".into(), r.fp32.single_ms, r.fp32.batch_ms)];
+    rows.extend(
+        r.done()
+            .map(|(c, m)| (c.name.clone(), m.measured.single_ms, m.measured.batch_ms)),
+    );
+    let root =
+        SVGBackend::with_string(svg, (1200, 120 + 24 * rows.len() as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        &format!("{}: median latency per strategy", r.experiment),
+        (FONT, 22),
+    )?;
+    let (left, right) = root.split_horizontally(600);
+    let batch = format!("batch {} (ms)", r.fp32.batch);
+    for (area, title, pick) in [
+        (&left, "batch 1 (ms)", 1usize),
+        (&right, batch.as_str(), 2usize),
+    ] {
+        let value = |row: &(String, f64, f64)| if pick == 1 { row.1 } else { row.2 };
+        let max = rows.iter().map(value).fold(0.0, f64::max) * 1.1;
+        let n = rows.len();
+        let mut chart = ChartBuilder::on(area)
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(190)
+            .build_cartesian_2d(0.0..max.max(1e-6), (0..n).into_segmented())?;
+        // Row 0 (fp32) at the top.
+        let label = |y: &SegmentValue<usize>| match y {
+            SegmentValue::CenterOf(i) if *i < n => rows[n - 1 - i].0.clone(),
+            _ => String::new(),
+        };
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&label)
+            .x_desc(title)
+            .draw()?;
+        chart.draw_series(rows.iter().enumerate().map(|(i, row)| {
+            let y = n - 1 - i;
+            let color = if i == 0 { RED } else { BLUE };
+            let corners = [
+                (0.0, SegmentValue::Exact(y)),
+                (value(row), SegmentValue::Exact(y + 1)),
+            ];
+            let mut bar = Rectangle::new(corners, color.filled());
+            bar.set_margin(3, 3, 0, 0);
+            bar
+        }))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn sqnr(r: &Results, svg: &mut String) -> anyhow::Result<()> {
+    let weights: Vec<(String, &BTreeMap<String, ErrorMetrics>)> = r
+        .done()
+        .map(|(c, m)| (c.name.clone(), &m.weight_errors))
+        .collect();
+    let activations = r.activation_errors_by_observer();
+    let root = SVGBackend::with_string(svg, (1200, 650)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(&format!("{}: per-layer SQNR", r.experiment), (FONT, 22))?;
+    let (left, right) = root.split_horizontally(600);
+    sqnr_panel(&left, "weights (dB), per cell", &weights)?;
+    sqnr_panel(&right, "activations (dB), per observer", &activations)?;
+    root.present()?;
+    Ok(())
+}
+
+/// One line per series over the union of their tensors (missing points skipped).
+fn sqnr_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    series: &[(String, &BTreeMap<String, ErrorMetrics>)],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let tensors = columns(series.iter().map(|(_, m)| *m));
+    let db = |m: &BTreeMap<String, ErrorMetrics>, t: &String| m.get(t).and_then(|e| e.sqnr_db);
+    let all: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, m)| tensors.iter().filter_map(|t| db(m, t)))
+        .collect();
+    let lo = all.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = all.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let y_range = if all.is_empty() {
+        0.0..1.0
+    } else {
+        padded(lo, hi, 0.08)
+    };
+    let n = tensors.len().max(1);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 16))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.5..(n as f64 - 0.5), y_range)?;
+    let label = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 {
+            tensors.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .x_labels(n)
+        .x_label_formatter(&label)
+        .y_desc("SQNR (dB)")
+        .draw()?;
+    for (k, (name, metrics)) in series.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        let points: Vec<(f64, f64)> = tensors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| Some((i as f64, db(metrics, t)?)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font((FONT, 10))
+        .draw()?;
+    Ok(())
+}

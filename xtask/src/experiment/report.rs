@@ -1,0 +1,347 @@
+//! `report.md`: the experiment for people. The machine, the data and training, the fp32
+//! baseline, every finished cell ranked by accuracy, the Pareto front, cells that failed
+//! or did not run, per-layer weight and activation errors, the sensitivity analyses
+//! and the plots.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::Path;
+
+use cinder_model::{INPUT_NAME, NODE_NAMES};
+use cinder_runtime::{LayerConfig, LayerOverride, Mode, QuantConfig, WeightGranularity};
+use cinder_tensor::io::write_atomic;
+use cinder_tensor::{ErrorMetrics, Mapping};
+
+use super::config::Method;
+use super::results::{CellMetrics, CellResult, Measured, Outcome, Results};
+
+const MB: f64 = 1e6;
+
+pub fn write(results: &Results, path: &Path) -> anyhow::Result<()> {
+    let mut md = String::new();
+    header(&mut md, results)?;
+    baseline(&mut md, &results.fp32)?;
+    ranked(&mut md, results)?;
+    not_done(&mut md, results)?;
+    weight_errors(&mut md, results)?;
+    activation_errors(&mut md, results)?;
+    sensitivity(&mut md, results)?;
+    md.push_str(
+        "## Plots\n\n![accuracy vs size](plots/accuracy_vs_size.svg)\n\n\
+         ![latency](plots/latency.svg)\n\n![per-layer SQNR](plots/sqnr.svg)\n",
+    );
+    Ok(write_atomic(path, md.as_bytes())?)
+}
+
+fn header(md: &mut String, r: &Results) -> std::fmt::Result {
+    let (m, d, t) = (&r.machine, &r.data, &r.training);
+    writeln!(md, "# Experiment `{}`\n", r.experiment)?;
+    if !r.config.description.is_empty() {
+        writeln!(md, "{}\n", r.config.description)?;
+    }
+    writeln!(
+        md,
+        "- Machine: {} ({} cores, {:.1} GiB, {}); runtime threads: {}.",
+        m.cpu,
+        m.cores,
+        m.memory_bytes as f64 / (1u64 << 30) as f64,
+        m.flags.join(" "),
+        r.config.evaluation.threads
+    )?;
+    writeln!(
+        md,
+        "- Data: {}, {} training / {} test images, {} classes.",
+        d.dataset, d.train_images, d.test_images, d.classes
+    )?;
+    writeln!(
+        md,
+        "- Model: conv(3→{c0}) → ReLU → pool → conv({c0}→{c1}) → ReLU → pool → fc({h}) → ReLU → fc({k}){bn}.",
+        c0 = t.model.channels[0],
+        c1 = t.model.channels[1],
+        h = t.model.hidden,
+        k = t.model.classes,
+        bn = if t.model.batch_norm {
+            ", BatchNorm folded"
+        } else {
+            ""
+        }
+    )?;
+    writeln!(
+        md,
+        "- Training (burn, flex): {} epochs, batch {}, lr {}, {:?}; {:.0} s at a median {:.1} images/s{}.",
+        t.epochs,
+        t.training.batch_size,
+        t.training.lr,
+        t.training.optimizer,
+        t.seconds,
+        t.images_per_sec,
+        if t.reused { " (checkpoint reused)" } else { "" }
+    )?;
+    writeln!(
+        md,
+        "- Calibration: {} training images per observer; activations u8 asymmetric per tensor.",
+        r.config.calibration.images
+    )?;
+    writeln!(
+        md,
+        "- Latency: median of the batch-{} evaluation batches and of {} single images; \
+         peak memory: resident high-water mark of a child process that loads the model and \
+         runs two batches of {}, minus its resident set before loading.",
+        r.fp32.batch, r.config.evaluation.single, r.fp32.batch
+    )?;
+    writeln!(md, "- Wall time of this run: {:.0} s.\n", r.wall_seconds)
+}
+
+fn baseline(md: &mut String, m: &Measured) -> std::fmt::Result {
+    md.push_str("## fp32 baseline (burn, flex backend)\n\n");
+    md.push_str("| accuracy % | model MB | b1 ms | b64 ms | images/s | peak memory MB |\n");
+    md.push_str("|---:|---:|---:|---:|---:|---:|\n");
+    writeln!(
+        md,
+        "| {:.2} | {:.2} | {:.3} | {:.2} | {:.0} | {:.1} |\n",
+        100.0 * m.accuracy,
+        m.model_bytes as f64 / MB,
+        m.single_ms,
+        m.batch_ms,
+        m.images_per_sec,
+        m.memory.model_bytes() as f64 / MB
+    )
+}
+
+/// `W8 static per-channel sym` plus the layer overrides.
+pub fn describe(q: &QuantConfig) -> String {
+    let mut s = describe_layer(&q.default);
+    for (name, o) in &q.layers {
+        write!(s, "; {name}: {}", describe_override(o)).expect("writing to a String");
+    }
+    s
+}
+
+fn describe_layer(c: &LayerConfig) -> String {
+    if c.mode == Mode::Float {
+        return "float".into();
+    }
+    format!(
+        "W{} {} {} {}",
+        c.weight_bits,
+        mode(c.mode),
+        granularity(c.granularity),
+        mapping(c.mapping)
+    )
+}
+
+fn describe_override(o: &LayerOverride) -> String {
+    if o.mode == Some(Mode::Float) {
+        return "float".into();
+    }
+    let parts = [
+        o.weight_bits.map(|b| format!("W{b}")),
+        o.mode.map(|m| mode(m).to_owned()),
+        o.granularity.map(|g| granularity(g).to_owned()),
+        o.mapping.map(|m| mapping(m).to_owned()),
+    ];
+    parts.into_iter().flatten().collect::<Vec<_>>().join(" ")
+}
+
+fn mode(m: Mode) -> &'static str {
+    match m {
+        Mode::Static => "static",
+        Mode::Dynamic => "dynamic",
+        Mode::Float => "float",
+    }
+}
+
+fn granularity(g: WeightGranularity) -> &'static str {
+    match g {
+        WeightGranularity::PerChannel => "per-channel",
+        WeightGranularity::PerTensor => "per-tensor",
+    }
+}
+
+fn mapping(m: Mapping) -> &'static str {
+    match m {
+        Mapping::Symmetric => "sym",
+        Mapping::Asymmetric => "asym",
+    }
+}
+
+/// Finished cells, best accuracy first (smaller model first on ties).
+fn ranking(r: &Results) -> Vec<(&CellResult, &CellMetrics)> {
+    let mut done: Vec<_> = r.done().collect();
+    done.sort_by(|(_, a), (_, b)| {
+        b.measured
+            .accuracy
+            .total_cmp(&a.measured.accuracy)
+            .then(a.measured.model_bytes.cmp(&b.measured.model_bytes))
+    });
+    done
+}
+
+fn ranked(md: &mut String, r: &Results) -> std::fmt::Result {
+    let fp32 = &r.fp32;
+    md.push_str("## Cells, ranked by accuracy\n\n");
+    md.push_str(
+        "Δ: accuracy change vs fp32 in percentage points; agree: predictions equal to fp32's; \
+         size: model file vs the fp32 weights file; speed-up: fp32 (burn) time / int8 time; \
+         memory: the model's share of the peak resident set; calib: observer + float forward \
+         time of the calibration.\n\n",
+    );
+    md.push_str(
+        "| # | cell | group | quantization | observer | acc % | Δ pp | agree % | MB | size % | b1 ms | b64 ms | images/s | speed-up b1 / b64 | memory MB | calib s |\n",
+    );
+    md.push_str("|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for (i, (c, m)) in ranking(r).into_iter().enumerate() {
+        let calib = m.calibration.as_ref().map_or("–".into(), |t| {
+            format!("{:.2}", t.forward_seconds + t.observe_seconds)
+        });
+        let quant = if c.method != Method::Sensitivity {
+            describe(&c.quant)
+        } else {
+            format!(
+                "{} (float: {})",
+                describe(&c.quant),
+                m.float_layers.join(", ")
+            )
+        };
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {:.2} | {:+.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.2} | {:.0} | {:.2} / {:.2} | {:.1} | {} |",
+            i + 1,
+            c.name,
+            c.group,
+            quant,
+            observer(c),
+            100.0 * m.measured.accuracy,
+            m.accuracy_delta_pp,
+            100.0 * m.agreement,
+            m.measured.model_bytes as f64 / MB,
+            100.0 * m.size_ratio,
+            m.measured.single_ms,
+            m.measured.batch_ms,
+            m.measured.images_per_sec,
+            fp32.single_ms / m.measured.single_ms.max(1e-9),
+            fp32.batch_ms / m.measured.batch_ms.max(1e-9),
+            m.measured.memory.model_bytes() as f64 / MB,
+            calib
+        )?;
+    }
+    let front = r.pareto_front();
+    writeln!(
+        md,
+        "\nPareto front (accuracy vs model size, smallest first): {}.\n",
+        if front.is_empty() {
+            "none".into()
+        } else {
+            front.join(" → ")
+        }
+    )
+}
+
+fn observer(c: &CellResult) -> &str {
+    match (c.method, c.quant.default.mode) {
+        (Method::Qat, _) => "learned in QAT",
+        (_, Mode::Dynamic) => "per batch",
+        _ => &c.observer,
+    }
+}
+
+fn not_done(md: &mut String, r: &Results) -> std::fmt::Result {
+    let rows: Vec<_> = r
+        .cells
+        .iter()
+        .filter_map(|c| match &c.outcome {
+            Outcome::Done(_) => None,
+            Outcome::Failed { error } => Some((c, error)),
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    md.push_str("## Failed cells\n\n| cell | quantization | error |\n|---|---|---|\n");
+    for (c, error) in rows {
+        let error = error.replace('|', "\\|").replace('\n', " ");
+        writeln!(md, "| {} | {} | {error} |", c.name, describe(&c.quant))?;
+    }
+    md.push('\n');
+    Ok(())
+}
+
+fn sqnr(m: Option<&ErrorMetrics>) -> String {
+    match m {
+        None => "–".into(),
+        Some(m) => m.sqnr_db.map_or("exact".into(), |db| {
+            format!("{db:.1} ({:.1e})", m.mean_abs_error)
+        }),
+    }
+}
+
+/// The union of the keys of `maps`, in graph order (input, then the model's nodes).
+pub fn columns<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, ErrorMetrics>>) -> Vec<String> {
+    let rank = |name: &String| {
+        std::iter::once(INPUT_NAME)
+            .chain(NODE_NAMES)
+            .position(|n| n == name)
+            .unwrap_or(usize::MAX)
+    };
+    let mut names: Vec<String> = maps
+        .flat_map(|m| m.keys().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    names.sort_by_key(rank);
+    names
+}
+
+fn weight_errors(md: &mut String, r: &Results) -> std::fmt::Result {
+    md.push_str("## Per-layer weight error\n\nSQNR dB (mean absolute error) of each layer's weights in the int8 model against the float weights; – : layer kept float.\n\n");
+    let rows = r.done().map(|(c, m)| (c.name.clone(), &m.weight_errors));
+    error_table(md, "cell", rows.collect())
+}
+
+fn activation_errors(md: &mut String, r: &Results) -> std::fmt::Result {
+    let rows = r.activation_errors_by_observer();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    md.push_str("## Activation error per observer\n\nSQNR dB (mean absolute error) of each calibrated activation fake-quantized with the observer's range, over the calibration images.\n\n");
+    error_table(md, "observer", rows)
+}
+
+/// One row per `(name, errors)`, one column per tensor.
+fn error_table(
+    md: &mut String,
+    first: &str,
+    rows: Vec<(String, &BTreeMap<String, ErrorMetrics>)>,
+) -> std::fmt::Result {
+    let tensors = columns(rows.iter().map(|(_, m)| *m));
+    writeln!(md, "| {first} | {} |", tensors.join(" | "))?;
+    writeln!(md, "|---|{}", "---:|".repeat(tensors.len()))?;
+    for (name, errors) in rows {
+        let cols: Vec<String> = tensors.iter().map(|t| sqnr(errors.get(t))).collect();
+        writeln!(md, "| {name} | {} |", cols.join(" | "))?;
+    }
+    md.push('\n');
+    Ok(())
+}
+
+fn sensitivity(md: &mut String, r: &Results) -> std::fmt::Result {
+    for (c, m) in r.done().filter(|(_, m)| !m.sensitivity.is_empty()) {
+        writeln!(
+            md,
+            "## Sensitivity analysis of `{}`\n\nEach layer's weights quantized alone ({}) in the float model (activations float), on the first {} test images with burn's forward; the least SQNR of the logits against the fp32 logits marks the most sensitive layer. Kept float: {}.\n",
+            c.name,
+            describe_layer(&c.quant.default),
+            r.config.evaluation.sensitivity_images,
+            m.float_layers.join(", ")
+        )?;
+        md.push_str("| layer | logits SQNR dB | accuracy % |\n|---|---:|---:|\n");
+        for s in &m.sensitivity {
+            let db = s
+                .logits_sqnr_db
+                .map_or("exact".into(), |d| format!("{d:.1}"));
+            writeln!(md, "| {} | {db} | {:.2} |", s.layer, 100.0 * s.accuracy)?;
+        }
+        md.push('\n');
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! The training stage: trains the float model, or reuses the checkpoint in
+//! `OUT/checkpoint/` when the model config, training config and data are those it was
+//! trained with (their key is kept in `OUT/training.json`). An interrupted training
+//! resumes from its last epoch; a changed recipe or data set starts over.
+
+use std::path::Path;
+
+use burn::module::Module;
+use cinder_model::checkpoint::read_manifest;
+use cinder_model::train::write_metrics_log;
+use cinder_model::{BackendKind, ConvNet, ConvNetConfig, TrainConfig, Trainer};
+use cinder_tensor::Tensor;
+use cinder_tensor::graph::{FloatGraph, Op};
+use indicatif::MultiProgress;
+use serde::{Deserialize, Serialize};
+
+use super::config::ExperimentConfig;
+use super::data::ExperimentData;
+use super::store::{Key, read_cached, write_cached};
+use crate::train::{epoch_bar, show};
+
+/// What the report says about training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSummary {
+    pub model: ConvNetConfig,
+    pub training: TrainConfig,
+    pub train_images: usize,
+    pub epochs: usize,
+    /// Sum of the epochs' training times (over all runs that contributed).
+    pub seconds: f64,
+    /// Median over epochs of training images/s.
+    pub images_per_sec: f64,
+    pub final_train_loss: f64,
+    pub final_train_accuracy: f64,
+    /// Whether this run found the finished checkpoint and did not train.
+    pub reused: bool,
+}
+
+/// The trained model, in inference mode, and its float graph (BatchNorm folded).
+pub struct Trained {
+    pub model: ConvNet,
+    pub graph: FloatGraph,
+    pub summary: TrainingSummary,
+}
+
+/// The key of a training run: model config, training config and data.
+fn training_key(
+    model: &ConvNetConfig,
+    training: &TrainConfig,
+    data: &ExperimentData,
+) -> anyhow::Result<String> {
+    Ok(Key::new("training")
+        .json(model)?
+        .json(training)?
+        .bytes(data.key.as_bytes())
+        .hex())
+}
+
+pub fn train_or_reuse(
+    config: &ExperimentConfig,
+    data: &ExperimentData,
+    out: &Path,
+    bars: &MultiProgress,
+) -> anyhow::Result<Trained> {
+    let model_config = config.model.convnet(data.train.classes());
+    let key = training_key(&model_config, &config.training, data)?;
+    let (ckpt, marker) = (out.join("checkpoint"), out.join("training.json"));
+    if read_cached::<serde_json::Value>(&marker, &key).is_none() && ckpt.exists() {
+        super::say(bars, "training config or data changed: training anew");
+        std::fs::remove_dir_all(&ckpt)?;
+    }
+    write_cached(&marker, &key, &(&model_config, &config.training))?;
+    let mut trainer = match read_manifest(&ckpt)? {
+        Some(_) => Trainer::resume(&ckpt, BackendKind::Flex)?,
+        None => Trainer::new(model_config, config.training.clone(), BackendKind::Flex)?,
+    };
+    let reused = trainer.is_finished();
+    let train = data.train_images();
+    while !trainer.is_finished() {
+        let bar = bars.add(epoch_bar(&trainer, data.train.len()));
+        let m = trainer.run_epoch(&train, None, &mut |p| show(&bar, p))?;
+        bar.finish_and_clear();
+        let line = format!(
+            "epoch {}: train loss {:.4} acc {:.2}%, {:.1} images/s, {:.0} s",
+            m.epoch,
+            m.train_loss,
+            100.0 * m.train_accuracy,
+            m.images_per_sec,
+            m.seconds
+        );
+        super::say(bars, &line);
+        trainer.save_checkpoint(&ckpt)?;
+        write_metrics_log(&out.join("metrics.jsonl"), trainer.history())?;
+    }
+    let summary = summarize(&trainer, data.train.len(), reused);
+    let graph = trainer.model().valid().to_float_graph()?;
+    let model = ConvNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
+    Ok(Trained {
+        model,
+        graph,
+        summary,
+    })
+}
+
+fn summarize(trainer: &Trainer, train_images: usize, reused: bool) -> TrainingSummary {
+    let history = trainer.history();
+    let mut rates: Vec<f64> = history.iter().map(|m| m.images_per_sec).collect();
+    rates.sort_by(f64::total_cmp);
+    let last = history.last();
+    TrainingSummary {
+        model: trainer.model_config().clone(),
+        training: trainer.config().clone(),
+        train_images,
+        epochs: history.len(),
+        seconds: history.iter().map(|m| m.seconds).sum(),
+        images_per_sec: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
+        final_train_loss: last.map_or(0.0, |m| m.train_loss),
+        final_train_accuracy: last.map_or(0.0, |m| m.train_accuracy),
+        reused,
+    }
+}
+
+/// The key of a float model: its layout and every weight and bias value.
+pub fn graph_key(graph: &FloatGraph) -> anyhow::Result<String> {
+    let mut key = Key::new("graph");
+    key.json(&graph.input_shape())?;
+    for node in graph.nodes() {
+        key.bytes(node.name.as_bytes());
+        match &node.op {
+            Op::Conv2d(c) => key.json(&("conv2d", c.stride, c.padding))?,
+            Op::Linear(_) => key.json(&"linear")?,
+            Op::Relu => key.json(&"relu")?,
+            Op::MaxPool2d { kernel, stride } => key.json(&("max_pool2d", kernel, stride))?,
+            Op::Flatten => key.json(&"flatten")?,
+        };
+        for t in node
+            .op
+            .weight_and_bias()
+            .into_iter()
+            .flat_map(|(w, b)| [w, b])
+        {
+            key.json(&t.shape())?;
+            let bytes: Vec<u8> = t.data().iter().flat_map(|x| x.to_le_bytes()).collect();
+            key.bytes(&bytes);
+        }
+    }
+    Ok(key.hex())
+}

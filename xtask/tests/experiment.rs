@@ -1,0 +1,139 @@
+//! `cargo xtask experiment --quick` end to end: a run cut short after two cells, then
+//! resumed, writes every report file (results.json parses, with its schema version,
+//! report.md has its tables, the plots are SVG) without redoing the finished cells or
+//! retraining; a rerun after one cell's result is deleted and another cell's config is
+//! changed redoes exactly those two.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn experiment(out: &Path, extra: &[&str]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("experiment")
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("xtask starts");
+    assert!(
+        output.status.success(),
+        "xtask experiment {extra:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn quick_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/quick.toml")
+}
+
+/// Every cell result file's bytes, by file name.
+fn cell_files(out: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(out.join("cells"))
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).unwrap())
+        })
+        .collect()
+}
+
+fn results(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap()
+}
+
+/// Names of the cells that finished.
+fn done(results: &serde_json::Value) -> Vec<String> {
+    results["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["outcome"]["status"] == "done")
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn check_report_files(out: &Path, results: &serde_json::Value) {
+    assert_eq!(results["format_version"], 1);
+    let cells = results["cells"].as_array().unwrap();
+    let in_config = std::fs::read_to_string(quick_config())
+        .unwrap()
+        .matches("[[cells]]")
+        .count();
+    assert_eq!(cells.len(), in_config);
+    assert!(results["fp32"]["accuracy"].as_f64().unwrap() > 0.0);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for heading in [
+        "## fp32 baseline",
+        "## Cells, ranked by accuracy",
+        "## Per-layer weight error",
+    ] {
+        assert!(report.contains(heading), "report.md lacks {heading}");
+    }
+    for plot in ["accuracy_vs_size", "latency", "sqnr"] {
+        let svg = std::fs::read_to_string(out.join("plots").join(format!("{plot}.svg"))).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{plot}"
+        );
+    }
+    for name in done(results) {
+        assert!(
+            report.contains(&format!("| {name} |")),
+            "{name} not in report.md"
+        );
+        let model = out.join("models").join(format!("{name}.cinder"));
+        assert!(model.metadata().unwrap().len() > 0, "{}", model.display());
+    }
+    assert!(out.join("fp32/graph.safetensors").exists());
+}
+
+#[test]
+fn quick_experiment_reports_and_resumes_without_redoing_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("quick");
+
+    // A run "killed" before its third cell: two cell results, no report.
+    experiment(&out, &["--quick", "--stop-after", "2"]);
+    let first = cell_files(&out);
+    assert_eq!(first.len(), 2, "{:?}", first.keys());
+    assert!(!out.join("results.json").exists());
+
+    // Resumed: complete, the two cells and the training untouched.
+    experiment(&out, &["--quick"]);
+    let r = results(&out);
+    check_report_files(&out, &r);
+    assert_eq!(
+        r["training"]["reused"], true,
+        "the finished checkpoint is reused"
+    );
+    let second = cell_files(&out);
+    for (name, bytes) in &first {
+        assert_eq!(&second[name], bytes, "{name} was redone");
+    }
+    let finished = done(&r);
+    assert!(finished.len() >= 4, "{finished:?}");
+
+    // One result deleted, one cell's config changed: exactly those two are redone.
+    let (deleted, changed) = (&finished[1], &finished[2]);
+    std::fs::remove_file(out.join("cells").join(format!("{deleted}.json"))).unwrap();
+    let config = std::fs::read_to_string(quick_config()).unwrap();
+    let marker = format!("name = \"{changed}\"\n");
+    assert!(config.contains(&marker));
+    let edited = dir.path().join("edited.toml");
+    std::fs::write(
+        &edited,
+        config.replace(&marker, &format!("{marker}observer = \"entropy\"\n")),
+    )
+    .unwrap();
+    experiment(&out, &["--config", edited.to_str().unwrap()]);
+    let third = cell_files(&out);
+    let r = results(&out);
+    assert_eq!(r["training"]["reused"], true);
+    for name in &finished {
+        let file = format!("{name}.json");
+        let same = second.get(&file) == third.get(&file);
+        assert_eq!(!same, name == deleted || name == changed, "{name}");
+    }
+}
