@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cinder_datasets::{Dataset, Normalization};
+use cinder_datasets::Normalization;
 use cinder_model::calibrate::{CalibrationTiming, activation_errors, calibrate};
 use cinder_model::data::epoch_order;
 use cinder_model::{BackendKind, ConvNet};
@@ -96,7 +96,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         data: &train,
         norm: summary.normalization,
     };
-    let indices = calibration_indices(&train, &args);
+    let indices = calibration_indices(train.len(), args.batches * args.batch_size, args.seed);
     let spec: ObserverSpec = args.observer.parse()?;
     let scheme = args.activation_scheme()?;
     let mut calibrator = Calibrator::new(spec, scheme)?;
@@ -120,10 +120,10 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `batches × batch_size` images of the training split in a seeded random order.
-fn calibration_indices(train: &Dataset, args: &CalibrateArgs) -> Vec<usize> {
-    let mut order = epoch_order(args.seed, 0, train.len());
-    order.truncate(args.batches * args.batch_size);
+/// `n` of `len` training images, in a seeded random order.
+pub fn calibration_indices(len: usize, n: usize, seed: u64) -> Vec<usize> {
+    let mut order = epoch_order(seed, 0, len);
+    order.truncate(n);
     order
 }
 

@@ -18,7 +18,6 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use cinder_datasets::{Dataset, Normalization};
 use cinder_model::calibrate::calibrate;
-use cinder_model::data::epoch_order;
 use cinder_model::train::write_metrics_log;
 use cinder_model::{BackendKind, ConvNet};
 use cinder_observers::{Calibrator, ObserverSpec};
@@ -30,12 +29,12 @@ use cinder_runtime::{
 use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::io::{read_json, write_json_atomic};
 use cinder_tensor::{QuantScheme, Tensor as _, TensorBuf};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::calibrate::TrainSummary;
+use crate::calibrate::{TrainSummary, calibration_indices};
 use crate::infer::{argmax, correct, images, predict};
-use crate::train::{DatasetImages, dataset_source, show};
+use crate::train::{DatasetImages, dataset_source, epoch_line, show, step_bar};
 
 #[derive(clap::Args, Debug)]
 pub struct QatArgs {
@@ -164,20 +163,13 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
         let bar = epoch_bar(&trainer, train.len());
         let m = trainer.run_epoch(&train_src, None, &mut |p| show(&bar, p))?;
         bar.finish_and_clear();
-        eprintln!(
-            "epoch {}: train loss {:.4} acc {:.2}% | {:.1} img/s, {:.0} s",
-            m.epoch,
-            m.train_loss,
-            100.0 * m.train_accuracy,
-            m.images_per_sec,
-            m.seconds
-        );
+        eprintln!("{}", epoch_line(m));
         trainer.save_checkpoint(&ckpt)?;
         write_metrics_log(&args.out.join("metrics.jsonl"), trainer.history())?;
     }
     let history = trainer.history().to_vec();
     let model = trainer.into_model();
-    let calib = calibration_indices(&train, args.calibration_images, args.seed);
+    let calib = calibration_indices(train.len(), args.calibration_images, args.seed);
     let quant = &model.config().quant;
     eprintln!("PTQ of the starting model ...");
     let ptq_accuracy = runtime_accuracy(&ptq(&start, &train_src, &calib, quant)?, &test, &norm)?;
@@ -274,32 +266,19 @@ fn start_or_resume(args: &QatArgs, start: &ConvNet) -> anyhow::Result<QatTrainer
 
 fn epoch_bar(trainer: &QatTrainer, images: usize) -> ProgressBar {
     let training = &trainer.config().training;
-    let bar = ProgressBar::new(images.div_ceil(training.batch_size) as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
     let kind = if trainer.config().fake_quant {
         "qat"
     } else {
         "control"
     };
-    bar.set_prefix(format!(
-        "{kind} epoch {}/{}",
-        trainer.epochs_done() + 1,
-        training.epochs
-    ));
-    bar
-}
-
-/// `n` training images in a seeded random order.
-fn calibration_indices(train: &Dataset, n: usize, seed: u64) -> Vec<usize> {
-    let mut order = epoch_order(seed, 0, train.len());
-    order.truncate(n);
-    order
+    step_bar(
+        images.div_ceil(training.batch_size),
+        format!(
+            "{kind} epoch {}/{}",
+            trainer.epochs_done() + 1,
+            training.epochs
+        ),
+    )
 }
 
 /// Min/max PTQ (u8 asymmetric activations) of `net` under `quant`.

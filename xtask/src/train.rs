@@ -18,8 +18,8 @@ use cinder_datasets::{Dataset, DatasetSource, Normalization, SyntheticSpec};
 use cinder_model::checkpoint::read_manifest;
 use cinder_model::train::write_metrics_log;
 use cinder_model::{
-    BackendKind, Batch, ConvNetConfig, ImageSource, LrSchedule, ModelError, OptimizerConfig,
-    StepProgress, TrainConfig, Trainer,
+    BackendKind, Batch, ConvNetConfig, EpochMetrics, ImageSource, LrSchedule, ModelError,
+    OptimizerConfig, StepProgress, TrainConfig, Trainer,
 };
 use cinder_tensor::io::write_json_atomic;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -255,17 +255,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         let bar = epoch_bar(&trainer, train.len());
         let metrics = trainer.run_epoch(&train_src, Some(&test_src), &mut |p| show(&bar, p))?;
         bar.finish_and_clear();
-        let t = metrics.test.as_ref().expect("evaluated on the test split");
-        eprintln!(
-            "epoch {}: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.1} img/s, {:.0} s",
-            metrics.epoch,
-            metrics.train_loss,
-            100.0 * metrics.train_accuracy,
-            t.loss,
-            100.0 * t.accuracy,
-            metrics.images_per_sec,
-            metrics.seconds
-        );
+        eprintln!("{}", epoch_line(metrics));
         trainer.save_checkpoint(&ckpt_dir)?;
         write_metrics_log(&args.out.join("metrics.jsonl"), trainer.history())?;
     }
@@ -332,6 +322,18 @@ fn start_or_resume(
 
 pub fn epoch_bar(trainer: &Trainer, images: usize) -> ProgressBar {
     let steps = images.div_ceil(trainer.config().batch_size);
+    step_bar(
+        steps,
+        format!(
+            "epoch {}/{}",
+            trainer.epochs_done() + 1,
+            trainer.config().epochs
+        ),
+    )
+}
+
+/// A bar over the `steps` optimizer steps of one epoch, named `prefix`.
+pub fn step_bar(steps: usize, prefix: String) -> ProgressBar {
     let bar = ProgressBar::new(steps as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -340,12 +342,23 @@ pub fn epoch_bar(trainer: &Trainer, images: usize) -> ProgressBar {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    bar.set_prefix(format!(
-        "epoch {}/{}",
-        trainer.epochs_done() + 1,
-        trainer.config().epochs
-    ));
+    bar.set_prefix(prefix);
     bar
+}
+
+/// One line for a finished epoch: training figures, test figures when evaluated, speed.
+pub fn epoch_line(m: &EpochMetrics) -> String {
+    let test = m.test.as_ref().map_or(String::new(), |t| {
+        format!(" | test loss {:.4} acc {:.2}%", t.loss, 100.0 * t.accuracy)
+    });
+    format!(
+        "epoch {}: train loss {:.4} acc {:.2}%{test} | {:.1} img/s, {:.0} s",
+        m.epoch,
+        m.train_loss,
+        100.0 * m.train_accuracy,
+        m.images_per_sec,
+        m.seconds
+    )
 }
 
 pub fn show(bar: &ProgressBar, p: &StepProgress) {

@@ -15,7 +15,10 @@
 //!   [`QatModel::net`]: the fine-tuned float ConvNet (what a control hands to PTQ).
 //! - [`QatModel::export`] → [`QatExport`] (float graph, calibration table with the QAT
 //!   activation params, weight params) → [`QatExport::convert`]: the int8
-//!   `QuantizedModel`, whose predictions equal the fake-quant forward's.
+//!   `QuantizedModel`. Its predictions agree with the fake-quant forward's on 99.93-99.99%
+//!   of the Fashion-MNIST test set, not all: the runtime requantizes with gemmlowp's
+//!   fixed-point rounding, which the f32 forward does not reproduce, and the odd
+//!   activation one code apart flips an image whose top two logits are within a step.
 
 pub mod config;
 pub mod error;

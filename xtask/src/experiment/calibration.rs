@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use cinder_model::ConvNet;
 use cinder_model::calibrate::{activation_errors, calibrate};
-use cinder_model::data::epoch_order;
 use cinder_observers::{CalibrationTable, Calibrator, ObserverSpec};
 use cinder_tensor::{ErrorMetrics, QuantScheme};
 use serde::{Deserialize, Serialize};
@@ -17,6 +16,7 @@ use super::config::CalibrationConfig;
 use super::data::ExperimentData;
 use super::results::CalibrationTime;
 use super::store::{Key, read_cached, write_cached};
+use crate::calibrate::calibration_indices;
 
 /// What one observer's calibration produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,8 +81,7 @@ impl<'a> Calibrations<'a> {
 
     fn run(&self, observer: ObserverSpec) -> anyhow::Result<Calibrated> {
         let c = self.config;
-        let mut indices = epoch_order(c.seed, 0, self.data.train.len());
-        indices.truncate(c.images);
+        let indices = calibration_indices(self.data.train.len(), c.images, c.seed);
         let images = self.data.train_images();
         let mut calibrator = Calibrator::new(observer, QuantScheme::activations_uint8())?;
         let timing = calibrate(self.model, &images, &indices, c.batch_size, &mut calibrator)?;
