@@ -136,6 +136,11 @@ struct Summary {
     agreement: Option<f64>,
     /// Largest |runtime − fake-quant| logit difference in output quantization steps.
     max_logit_diff_steps: Option<f64>,
+    /// The same with the fake-quant forward requantizing as deployed
+    /// (`QatModel::forward_deployed`): argmax agreement, and the share of images whose
+    /// logits equal the runtime's bit for bit.
+    deployed_agreement: Option<f64>,
+    deployed_identical: Option<f64>,
     fine_tune_seconds: f64,
     images_per_sec: f64,
 }
@@ -203,6 +208,8 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
                 runtime,
                 agreement: None,
                 max_steps: None,
+                deployed_agreement: None,
+                deployed_identical: None,
             },
         )
     };
@@ -218,6 +225,8 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
         runtime_accuracy: comparison.runtime,
         agreement: comparison.agreement,
         max_logit_diff_steps: comparison.max_steps,
+        deployed_agreement: comparison.deployed_agreement,
+        deployed_identical: comparison.deployed_identical,
         fine_tune_seconds: history.iter().map(|m| m.seconds).sum(),
         images_per_sec: history.last().map_or(0.0, |m| m.images_per_sec),
     };
@@ -234,9 +243,12 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
         100.0 * out.finetuned_accuracy,
         100.0 * out.runtime_accuracy,
         out.agreement.map_or(String::new(), |a| format!(
-            " | agreement {:.2}%, max logit diff {:.2} steps",
+            " | agreement {:.2}%, max logit diff {:.2} steps | deployed requantization: \
+             agreement {:.2}%, identical logits {:.2}%",
             100.0 * a,
-            out.max_logit_diff_steps.unwrap_or(0.0)
+            out.max_logit_diff_steps.unwrap_or(0.0),
+            100.0 * out.deployed_agreement.unwrap_or(0.0),
+            100.0 * out.deployed_identical.unwrap_or(0.0),
         ))
     );
     println!("wrote {}", args.out.display());
@@ -313,6 +325,8 @@ struct Comparison {
     runtime: f64,
     agreement: Option<f64>,
     max_steps: Option<f64>,
+    deployed_agreement: Option<f64>,
+    deployed_identical: Option<f64>,
 }
 
 /// Runs the fake-quant forward and the runtime on the same test batches.
@@ -326,13 +340,16 @@ fn compare(
     let device = model.net().device().without_autodiff();
     let mut session: Session<'_> = int8.session()?;
     let (mut fq_right, mut rt_right, mut agree, mut max_diff) = (0usize, 0usize, 0usize, 0.0f32);
+    let (mut deployed_agree, mut identical) = (0usize, 0usize);
     for start in (0..test.len()).step_by(64) {
         let (x, labels) = images(test, norm, start..(start + 64).min(test.len()))?;
         let fq = host_logits(model.forward(to_burn(&x, &device))?)?;
+        let dp = host_logits(model.forward_deployed(to_burn(&x, &device), int8)?)?;
         let rt = session.run(&x)?;
         let classes = rt.shape()[1];
-        for ((f, r), &label) in fq
+        for (((f, d), r), &label) in fq
             .chunks_exact(classes)
+            .zip(dp.chunks_exact(classes))
             .zip(rt.data().chunks_exact(classes))
             .zip(&labels)
         {
@@ -340,6 +357,8 @@ fn compare(
             fq_right += usize::from(pf == usize::from(label));
             rt_right += usize::from(pr == usize::from(label));
             agree += usize::from(pf == pr);
+            deployed_agree += usize::from(argmax(d) == pr);
+            identical += usize::from(d == r);
             max_diff = f
                 .iter()
                 .zip(r)
@@ -352,6 +371,8 @@ fn compare(
         runtime: rt_right as f64 / n,
         agreement: Some(agree as f64 / n),
         max_steps: Some(f64::from(max_diff / output_step)),
+        deployed_agreement: Some(deployed_agree as f64 / n),
+        deployed_identical: Some(identical as f64 / n),
     })
 }
 

@@ -15,10 +15,13 @@
 //!   [`QatModel::net`]: the fine-tuned float ConvNet (what a control hands to PTQ).
 //! - [`QatModel::export`] → [`QatExport`] (float graph, calibration table with the QAT
 //!   activation params, weight params) → [`QatExport::convert`]: the int8
-//!   `QuantizedModel`. Its predictions agree with the fake-quant forward's on 99.93-99.99%
-//!   of the Fashion-MNIST test set, not all: the runtime requantizes with gemmlowp's
-//!   fixed-point rounding, which the f32 forward does not reproduce, and the odd
-//!   activation one code apart flips an image whose top two logits are within a step.
+//!   `QuantizedModel`, on exactly the grids the fake-quant forward used.
+//! - [`QatModel::forward_deployed`]: the fake-quant forward with the converted model's
+//!   requantization (its input quantizer, int32 biases, Q0.31 multipliers and clamps on
+//!   the exact integer sums). Its logits equal the runtime's bit for bit, which is what
+//!   proves the conversion loses nothing. The plain [`QatModel::forward`] rescales in
+//!   f32 as training does; gemmlowp's fixed-point rounding differs from it on the odd
+//!   value by one code, which flips the rare image whose top two logits are within a step.
 
 pub mod config;
 pub mod error;

@@ -14,11 +14,13 @@ use std::collections::BTreeMap;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, PaddingConfig2d};
+use burn::tensor::activation::relu;
 use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use cinder_model::ConvNet;
 use cinder_observers::{MovingAverageMinMaxObserver, Observer, weight_params};
+use cinder_runtime::{Layer, LayerExec, QuantizedModel, StaticLayer, StepOp};
 use cinder_tensor::params::MIN_SCALE;
 use cinder_tensor::{QuantParams, TensorBuf, TensorQuantParams};
 use serde::{Deserialize, Serialize};
@@ -105,6 +107,16 @@ struct Pass<'a> {
     /// The learned scales, once they are in use (LSQ after the freeze).
     lsq: Option<&'a LsqScales>,
     observe: bool,
+    /// Rescale with this converted model's integer output stages instead of in f32.
+    deployed: Option<&'a QuantizedModel>,
+}
+
+/// A weighted layer's exact integer sums `Σ codes_in·codes_w` (no bias yet), its
+/// accumulator scale `s_in·s_w` per output channel and its bias codes on that grid.
+struct Sums<const D: usize> {
+    acc: Tensor<D>,
+    s_acc: Tensor<1>,
+    bias: Tensor<1>,
 }
 
 impl QatModel {
@@ -143,7 +155,35 @@ impl QatModel {
     pub fn forward(&self, images: Tensor<4>) -> Result<Tensor<2>, QatError> {
         let net = self.net.valid();
         let mut state = self.state.clone();
-        forward(&net, &self.config, &mut state, images, false)
+        forward(&net, &self.config, &mut state, images, false, None)
+    }
+
+    /// Inference logits with `deployed`'s requantization: the same fake-quant sums, but
+    /// the input quantizer and each layer's int32 bias, Q0.31 multipliers and clamps are
+    /// those of `deployed` (this model's [`QatModel::export`], converted), applied to
+    /// the exact integer sums on the host. Where the grids match, the logits equal the
+    /// runtime's bit for bit; the f32 rescale of [`QatModel::forward`] differs from
+    /// gemmlowp's rounding on the odd value one code apart.
+    pub fn forward_deployed(
+        &self,
+        images: Tensor<4>,
+        deployed: &QuantizedModel,
+    ) -> Result<Tensor<2>, QatError> {
+        if !self.config.fake_quant {
+            return Err(QatError::State(
+                "a control run has no fake-quant forward to deploy".into(),
+            ));
+        }
+        let net = self.net.valid();
+        let mut state = self.state.clone();
+        forward(
+            &net,
+            &self.config,
+            &mut state,
+            images,
+            false,
+            Some(deployed),
+        )
     }
 
     /// A training forward: updates the observers while they are live, freezes them at
@@ -160,7 +200,7 @@ impl QatModel {
         }
         let batch = images.dims()[0];
         let observing = self.config.fake_quant && self.state.frozen.is_none();
-        let logits = forward(&self.net, &self.config, &mut self.state, images, true)?;
+        let logits = forward(&self.net, &self.config, &mut self.state, images, true, None)?;
         self.state.steps += 1;
         if observing {
             self.state.observed_images += batch;
@@ -403,13 +443,16 @@ fn linear_extremes(linear: &Linear) -> (Tensor<1>, Tensor<1>) {
 /// sum in f32, then one scaling. Mathematically this is the layer on fake-quantized
 /// values, so the gradients are those of the STE; numerically it avoids the rounding
 /// noise of summing thousands of f32 products, which would otherwise move a few
-/// activations to a neighbouring code and flip a few predictions.
+/// activations to a neighbouring code and flip a few predictions. With `deployed`, the
+/// input quantizer and each layer's rescale are the converted model's, on the host (an
+/// inference-only path: it is not differentiable).
 fn forward(
     net: &QatNet,
     config: &QatConfig,
     state: &mut QuantState,
     images: Tensor<4>,
     training: bool,
+    deployed: Option<&QuantizedModel>,
 ) -> Result<Tensor<2>, QatError> {
     if !config.fake_quant {
         return Ok(net.net.forward(images));
@@ -421,23 +464,126 @@ fn forward(
         state,
         lsq,
         observe,
+        deployed,
     };
     let n = &net.net;
-    let (x, s) = pass.activation(0, images)?;
-    let x = pass.conv(n, 0, &n.conv1, x, s)?;
-    let (x, s) = pass.activation(1, n.relu.forward(x))?;
+    let (x, s) = pass.input(images)?;
+    let sums = pass.conv(n, 0, &n.conv1, x, s)?;
+    let (x, s) = pass.rescale(0, sums)?;
     let x = n.pool.forward(x);
-    let x = pass.conv(n, 1, &n.conv2, x, s)?;
-    let (x, s) = pass.activation(2, n.relu.forward(x))?;
+    let sums = pass.conv(n, 1, &n.conv2, x, s)?;
+    let (x, s) = pass.rescale(1, sums)?;
     let x: Tensor<2> = n.pool.forward(x).flatten(1, 3);
-    let x = pass.linear(n, 2, &n.fc1, x, s)?;
-    let (x, s) = pass.activation(3, n.relu.forward(x))?;
-    let x = pass.linear(n, 3, &n.fc2, x, s)?;
-    let (codes, scale) = pass.activation(4, x)?;
+    let sums = pass.linear(n, 2, &n.fc1, x, s)?;
+    let (x, s) = pass.rescale(2, sums)?;
+    let sums = pass.linear(n, 3, &n.fc2, x, s)?;
+    let (codes, scale) = pass.rescale(3, sums)?;
     Ok(codes * scale.reshape([1, 1]))
 }
 
+/// Layer `index` of [`LAYERS`] ends in a fused ReLU (all but the classifier).
+fn has_relu(index: usize) -> bool {
+    index + 1 < LAYERS.len()
+}
+
+/// `[1, channels, 1, ...]`: a per-channel (or single) value broadcast over NCHW or
+/// `[batch, features]`.
+fn channel_shape<const D: usize>(channels: usize) -> [usize; D] {
+    let mut shape = [1; D];
+    shape[1] = channels;
+    shape
+}
+
+/// An f32 tensor holding an exact integer sum, as i32; `None` if it is not one (a
+/// partial sum beyond f32's 2^24 would have been rounded).
+fn exact_i32(v: f32) -> Option<i32> {
+    const EXACT: f32 = (1 << 24) as f32;
+    (v.fract() == 0.0 && v.abs() <= EXACT).then_some(v as i32)
+}
+
+/// The converted layer named `name` of `deployed`, which must be static.
+fn static_layer<'m>(
+    deployed: &'m QuantizedModel,
+    name: &str,
+) -> Result<(&'m StaticLayer, bool), QatError> {
+    let layer = deployed
+        .steps()
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.op.layer());
+    match layer {
+        Some(Layer {
+            exec: LayerExec::Static(s),
+            relu,
+        }) => Ok((s, *relu)),
+        _ => Err(QatError::State(format!(
+            "the deployed model has no static layer `{name}`"
+        ))),
+    }
+}
+
 impl Pass<'_> {
+    /// The graph input's centred codes and scale: fake-quantized, or quantized with the
+    /// deployed model's own input quantizer.
+    fn input(&mut self, images: Tensor<4>) -> Result<(Tensor<4>, Tensor<1>), QatError> {
+        let Some(deployed) = self.deployed else {
+            return self.activation(0, images);
+        };
+        let Some(StepOp::Quantize(p)) = deployed.steps().first().map(|s| &s.op) else {
+            return Err(QatError::State(
+                "the deployed model does not start with its input quantizer".into(),
+            ));
+        };
+        let (dims, device) = (images.dims(), images.device());
+        let codes = host(images)?
+            .iter()
+            .map(|&v| (p.quantize(v) - p.zero_point) as f32)
+            .collect();
+        Ok((
+            Tensor::from_data(TensorData::new(codes, dims), &device),
+            constant(vec![p.scale], &device),
+        ))
+    }
+
+    /// Layer `index`'s output (after its fused ReLU) as the next point's centred codes
+    /// and scale: `(sums + bias)·s_in·s_w` fake-quantized, or requantized on the host by
+    /// the deployed layer.
+    fn rescale<const D: usize>(
+        &mut self,
+        index: usize,
+        sums: Sums<D>,
+    ) -> Result<(Tensor<D>, Tensor<1>), QatError> {
+        let Some(deployed) = self.deployed else {
+            let bias = channel_shape::<D>(sums.bias.dims()[0]);
+            let scale = channel_shape::<D>(sums.s_acc.dims()[0]);
+            let x = (sums.acc + sums.bias.reshape(bias)) * sums.s_acc.reshape(scale);
+            let x = if has_relu(index) { relu(x) } else { x };
+            return self.activation(index + 1, x);
+        };
+        let name = LAYERS[index];
+        let (layer, relu) = static_layer(deployed, name)?;
+        let (dims, device) = (sums.acc.dims(), sums.acc.device());
+        let inner: usize = dims[2..].iter().product();
+        let zp = layer.output.zero_point;
+        let codes = host(sums.acc)?
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let c = (i / inner) % dims[1];
+                let acc = exact_i32(v)
+                    .and_then(|a| a.checked_add(*layer.bias.get(c)?))
+                    .ok_or_else(|| {
+                        QatError::State(format!("{name}: sum {v} is not an exact int32 sum"))
+                    })?;
+                Ok((layer.requantize(c, acc, relu) - zp) as f32)
+            })
+            .collect::<Result<Vec<f32>, QatError>>()?;
+        Ok((
+            Tensor::from_data(TensorData::new(codes, dims), &device),
+            constant(vec![layer.output.scale], &device),
+        ))
+    }
+
     /// Quantizes activation point `index`: its centred codes and its scale `[1]` (with
     /// LSQ's scaled gradient when learned).
     fn activation<const D: usize>(
@@ -544,7 +690,7 @@ impl Pass<'_> {
         conv: &Conv2d,
         x: Tensor<4>,
         s_in: Tensor<1>,
-    ) -> Result<Tensor<4>, QatError> {
+    ) -> Result<Sums<4>, QatError> {
         let (w, s_w) = self.weight(net, index, conv.weight.val(), 0)?;
         let padding = match conv.padding {
             PaddingConfig2d::Valid => [(0, 0); 2],
@@ -560,9 +706,11 @@ impl Pass<'_> {
             ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
         let out = w.dims()[0];
         let (s_acc, bias) = Self::bias(conv.bias.as_ref(), s_in, s_w, out);
-        let acc = conv2d(x, w, Some(bias), options);
-        let scale_shape = [1, s_acc.dims()[0], 1, 1];
-        Ok(acc * s_acc.reshape(scale_shape))
+        Ok(Sums {
+            acc: conv2d(x, w, None, options),
+            s_acc,
+            bias,
+        })
     }
 
     fn linear(
@@ -572,13 +720,15 @@ impl Pass<'_> {
         layer: &Linear,
         x: Tensor<2>,
         s_in: Tensor<1>,
-    ) -> Result<Tensor<2>, QatError> {
+    ) -> Result<Sums<2>, QatError> {
         let (w, s_w) = self.weight(net, index, layer.weight.val(), 1)?;
         let out = w.dims()[1];
         let (s_acc, bias) = Self::bias(layer.bias.as_ref(), s_in, s_w, out);
-        let acc = linear(x, w, Some(bias));
-        let scale_shape = [1, s_acc.dims()[0]];
-        Ok(acc * s_acc.reshape(scale_shape))
+        Ok(Sums {
+            acc: linear(x, w, None),
+            s_acc,
+            bias,
+        })
     }
 }
 

@@ -132,25 +132,22 @@ fn ptq(net: &ConvNet, calib: &InMemoryImages, quant: &QuantConfig) -> QuantizedM
     .unwrap()
 }
 
-/// The runtime's predictions equal the fake-quant forward's on every image, and its
-/// logits lie within one output quantization step of the simulation's, but for the rare
-/// value that the float simulation and the integer path round to neighbouring codes
-/// upstream (a float sum landing within ~1e-6 of a rounding boundary, or gemmlowp's
-/// requantization, which is within 1 of the exact rounding): at most 1% of the logits,
-/// and never by more than two steps.
+/// The fake-quant forward with the deployed requantization gives the runtime's logits
+/// bit for bit. The plain fake-quant forward (f32 rescale) predicts the same classes here,
+/// and its logits lie within one output quantization step of the runtime's but for the
+/// rare value that it and gemmlowp's fixed-point rounding send to neighbouring codes
+/// upstream: at most 1% of the logits, never by more than two steps.
 fn assert_runtime_matches(model: &QatModel, test: &InMemoryImages) {
     let export = model.export().unwrap();
     let int8 = export.convert().unwrap();
     let (x, _) = all_images(test);
     let device = model.net().device().without_autodiff();
-    let fq = model
-        .forward(to_burn(&x, &device))
-        .unwrap()
-        .into_data()
-        .try_into_vec_as::<f32>()
-        .unwrap();
+    let logits = |t: Tensor<2>| t.into_data().try_into_vec_as::<f32>().unwrap();
+    let fq = logits(model.forward(to_burn(&x, &device)).unwrap());
+    let deployed = logits(model.forward_deployed(to_burn(&x, &device), &int8).unwrap());
     let mut session = int8.session().unwrap();
     let rt = session.run(&x).unwrap();
+    assert_eq!(deployed, rt.data(), "deployed fake-quant vs runtime");
     let step = export.table.tensors["fc2"].params.scale;
     let mut beyond_one_step = 0;
     for (f, r) in fq
@@ -192,6 +189,42 @@ fn runtime_reproduces_the_fake_quant_model() {
         }
         assert_runtime_matches(&model, &test);
     }
+}
+
+#[test]
+fn deployed_forward_needs_a_fake_quant_model_and_static_layers() {
+    let net = trained();
+    let train = images(64, 2);
+    let config = qat_config(8, true, false);
+    let model = fine_tune(&net, &train, &config, BackendKind::Flex, &mut |_| {}).unwrap();
+    let (x, _) = all_images(&images(4, 3));
+    let device = model.net().device().without_autodiff();
+    let mut partial = model.export().unwrap();
+    partial.quant.layers.insert(
+        "fc2".into(),
+        cinder_runtime::LayerOverride {
+            mode: Some(cinder_runtime::Mode::Float),
+            ..Default::default()
+        },
+    );
+    let partial = partial.convert().unwrap();
+    let err = model
+        .forward_deployed(to_burn(&x, &device), &partial)
+        .unwrap_err();
+    assert!(err.to_string().contains("no static layer `fc2`"), "{err}");
+    let control = fine_tune(
+        &net,
+        &train,
+        &config.control(),
+        BackendKind::Flex,
+        &mut |_| {},
+    )
+    .unwrap();
+    let int8 = model.export().unwrap().convert().unwrap();
+    let err = control
+        .forward_deployed(to_burn(&x, &device), &int8)
+        .unwrap_err();
+    assert!(err.to_string().contains("control"), "{err}");
 }
 
 #[test]

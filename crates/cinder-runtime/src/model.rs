@@ -197,6 +197,16 @@ impl Layer {
     }
 }
 
+impl StaticLayer {
+    /// The output code of channel `c` for an accumulator `acc` that includes the bias:
+    /// the plain definition, which the fast output stage equals bit for bit.
+    pub fn requantize(&self, c: usize, acc: i32, relu: bool) -> i32 {
+        let (lo, hi) = clamp_bounds(&self.output, relu);
+        let offset = i64::from(self.multipliers[c % self.multipliers.len()].apply(acc));
+        (offset + i64::from(self.output.zero_point)).clamp(i64::from(lo), i64::from(hi)) as i32
+    }
+}
+
 impl QuantWeights {
     /// The zero point of output channel `c`.
     pub fn zero_point(&self, c: usize) -> i32 {

@@ -128,16 +128,16 @@ fn layer_forward(
                 .map(|(i, &a)| {
                     let c = channel(i);
                     let a = i32::try_from(a).expect("validation bounds every accumulator to int32");
-                    let offset = match rescale {
-                        Rescale::FixedPoint => {
-                            i64::from(s.multipliers[c % s.multipliers.len()].apply(a))
-                        }
+                    match rescale {
+                        Rescale::FixedPoint => s.requantize(c, a, layer.relu),
                         Rescale::Exact => {
-                            exact_rescale(a, input.scale, s.weights.scale(c), s.output.scale)
+                            let offset =
+                                exact_rescale(a, input.scale, s.weights.scale(c), s.output.scale);
+                            (offset + i64::from(s.output.zero_point))
+                                .clamp(i64::from(lo), i64::from(hi))
+                                as i32
                         }
-                    };
-                    (offset + i64::from(s.output.zero_point)).clamp(i64::from(lo), i64::from(hi))
-                        as i32
+                    }
                 })
                 .collect();
             Value::Int(codes, s.output)
