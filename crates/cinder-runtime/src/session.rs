@@ -178,11 +178,11 @@ impl Stage {
         match self {
             Stage::Quantize(_) => "quantize",
             Stage::Dequantize(_) => "dequantize",
-            Stage::IntConv(_) => "int8 conv",
+            Stage::IntConv(c) => c.kind(),
             Stage::IntLinear(_) => "int8 linear",
             Stage::IntPool(_) => "int8 max-pool",
             Stage::IntRelu { .. } => "int8 relu",
-            Stage::DynConv(_) => "dynamic conv",
+            Stage::DynConv(c) => c.kind(),
             Stage::DynLinear(_) => "dynamic linear",
             Stage::Float(_) => "float layer",
             Stage::FloatPool(_) => "float max-pool",

@@ -1,14 +1,68 @@
 //! The fast path equals the reference interpreter bit for bit on random small models:
 //! random convolution / linear sizes, strides and paddings, per-tensor and per-channel,
 //! symmetric and asymmetric, 2- to 8-bit weights, static, dynamic and float layers in
-//! any mix, batches smaller and larger than the thread count.
+//! any mix, batches smaller and larger than the thread count; Winograd convolutions
+//! among them, and on purpose in [`winograd_convolutions_equal_the_reference`].
 
 mod common;
 
 use cinder_runtime::{Mode, SessionOptions, reference_forward};
 use cinder_tensor::Tensor;
-use common::{bits, input, model_spec};
+use common::{ConvSpec, LayerChoice, ModelSpec, bits, input, model_spec};
 use proptest::prelude::*;
+
+/// Convolutions that take Winograd (3×3, stride 1, at least 16 input channels): odd and
+/// even output sizes, padding 0 and 1, static (with and without a fused max-pool) and
+/// dynamic, every weight width, symmetric and asymmetric, batches smaller and larger than
+/// the thread count.
+#[test]
+fn winograd_convolutions_equal_the_reference() {
+    let conv = |out, padding, pool| ConvSpec {
+        out,
+        kernel: 3,
+        stride: 1,
+        padding,
+        relu: true,
+        pool,
+    };
+    for (case, weight_bits) in (2u8..=8).enumerate() {
+        let mode = if case % 3 == 2 {
+            Mode::Dynamic
+        } else {
+            Mode::Static
+        };
+        let choice = |per_channel| LayerChoice {
+            mode,
+            bits: weight_bits,
+            per_channel,
+            symmetric: case % 2 == 0,
+        };
+        let spec = ModelSpec {
+            input: [17, 7 + case % 2, 6],
+            convs: vec![
+                conv(20, case % 2, case % 4 < 2),
+                conv(5, 1 - case % 2, false),
+            ],
+            linears: vec![(3, false)],
+            choices: vec![choice(true), choice(false), choice(true), choice(true)],
+            seed: case as u64,
+        };
+        let (graph, model) = spec.model();
+        for batch in [1, 3] {
+            let x = input(&graph, batch, case as u64);
+            let want = reference_forward(&model, &x).unwrap();
+            for threads in [1, 2] {
+                let mut session = model.session_with(SessionOptions { threads }).unwrap();
+                session.set_profiling(true);
+                let got = session.run(&x).unwrap();
+                assert_eq!(bits(got.data()), bits(want.data()), "{spec:?}");
+                let profile = session.profile().unwrap();
+                let winograd = profile.iter().filter(|s| s.kind.contains("wino"));
+                assert_eq!(winograd.count(), 2, "17 and 20 input channels: {profile:?}");
+            }
+        }
+    }
+}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(160))]

@@ -67,7 +67,8 @@ fn runs_after_warm_up_do_not_allocate() {
     ] {
         let spec = ModelSpec {
             input: [3, 12, 12],
-            convs: vec![conv(8, true), conv(16, true)],
+            // The second convolution takes Winograd (16 input channels).
+            convs: vec![conv(16, true), conv(16, true)],
             linears: vec![(32, true), (10, false)],
             choices: modes.iter().map(|&m| choice(m)).collect(),
             seed: 3,

@@ -1,4 +1,5 @@
-//! Convolution helpers on one NHWC int8 image: im2col and max-pool.
+//! Convolution helpers on one NHWC int8 image: im2col and max-pool (of int8 codes, or
+//! 2×2 of a convolution's i32 sums before its output stage).
 //!
 //! Both are portable code that the compiler vectorizes; on x86_64 they are compiled a
 //! second time with AVX2 and picked at run time ([`super::dispatch`]).
@@ -281,6 +282,74 @@ impl Vectorizable for MaxPool<'_> {
             }
             for ch in lanes..g.c {
                 src.window_max::<1>(at + ch, &mut dst[ch..=ch]);
+            }
+        }
+    }
+}
+
+/// 2×2, stride-2 max-pool of `rows` (even) rows of `w` pixels × `c` channels of i32
+/// convolution sums (NHWC): `out[(pr · (w / 2) + pc) · c + ch]` is the maximum of its
+/// window; an odd last column is dropped.
+///
+/// # Panics
+/// If `rows` is odd or a buffer is too short.
+pub fn max_pool2x2_s32(input: &[i32], rows: usize, w: usize, c: usize, out: &mut [i32]) {
+    assert!(
+        rows.is_multiple_of(2),
+        "max_pool2x2: {rows} rows, expected an even number"
+    );
+    assert!(
+        input.len() >= rows * w * c,
+        "max_pool2x2: input holds {} values, need {rows}x{w}x{c}",
+        input.len()
+    );
+    let len = rows / 2 * (w / 2) * c;
+    assert!(
+        out.len() >= len,
+        "max_pool2x2: out holds {} values, need {len}",
+        out.len()
+    );
+    dispatch(MaxPool2x2 {
+        input,
+        rows,
+        w,
+        c,
+        out: &mut out[..len],
+    });
+}
+
+/// The work of [`max_pool2x2_s32`], checked.
+struct MaxPool2x2<'a> {
+    input: &'a [i32],
+    rows: usize,
+    w: usize,
+    c: usize,
+    out: &'a mut [i32],
+}
+
+impl Vectorizable for MaxPool2x2<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self {
+            input,
+            rows,
+            w,
+            c,
+            out,
+        } = self;
+        if c == 0 {
+            return;
+        }
+        let pw = w / 2;
+        for (o, dst) in out.chunks_exact_mut(c).enumerate() {
+            let (pr, pc) = (o / pw, o % pw);
+            debug_assert!(2 * pr + 1 < rows);
+            let at = |dy: usize, dx: usize| &input[((2 * pr + dy) * w + 2 * pc + dx) * c..][..c];
+            let (a, b, d, e) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+            for (j, v) in dst.iter_mut().enumerate() {
+                *v = a[j].max(b[j]).max(d[j].max(e[j]));
             }
         }
     }

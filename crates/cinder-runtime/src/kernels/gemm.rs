@@ -3,8 +3,11 @@
 //! Blocking: [`MC`] rows of A at a time are widened to i16 into a stack buffer (depth
 //! split into even blocks so the buffer holds at most [`A_PAIRS`] pairs); for every packed
 //! panel of [`NR`] columns the micro-kernel runs over the block in tiles of up to [`MR`]
-//! rows, so the panel slice stays in L1 while the A block stays in L2. The first depth
-//! block overwrites C, later ones add to it. No allocation.
+//! rows ([`multiply_block`]), so the panel slice stays in L1 while the A block stays in
+//! L2. The first depth block overwrites C, later ones add to it. No allocation.
+//!
+//! The micro-kernels are generic over the panel's element ([`PanelRow`]): i8 weights here,
+//! i16 transformed filters in [`super::winograd`], whose A rows are i16 already.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -14,7 +17,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::Avx2;
 use super::Vectorizable;
-use super::pack::{NR, PackedMatrix, PairRow};
+use super::pack::{NR, PackedMatrix, PairRow, PanelRow};
 
 /// Rows per micro-kernel tile (6 × 16 i32 = 12 accumulator registers).
 pub const MR: usize = 6;
@@ -50,17 +53,17 @@ impl TileOut<'_> {
     }
 }
 
-/// A register-blocked micro-kernel for an `R × NR` tile, `R <= MR`:
+/// A register-blocked micro-kernel for an `R × NR` tile, `R <= MR`, over panels of `P`:
 /// `out[r][j] (+)= Σ_p Σ_t a[r][2p + t] · panel[p][2j + t]` over all pairs of `panel`.
 /// Needs `a.data.len() >= (R - 1) * a.stride + 2 * panel.len()` and
 /// `out.c.len() >= (R - 1) * out.ldc + NR`; implementations check it.
-pub(super) trait MicroKernel: Copy {
-    fn tile<const R: usize>(self, a: WideRows<'_>, panel: &[PairRow], out: TileOut<'_>);
+pub(super) trait MicroKernel<P>: Copy {
+    fn tile<const R: usize>(self, a: WideRows<'_>, panel: &[P], out: TileOut<'_>);
 }
 
 /// Checks the slice lengths a micro-kernel relies on.
 #[inline(always)]
-pub(super) fn check_tile(rows: usize, a: WideRows<'_>, panel: &[PairRow], out: &TileOut<'_>) {
+pub(super) fn check_tile<P>(rows: usize, a: WideRows<'_>, panel: &[P], out: &TileOut<'_>) {
     assert!(rows >= 1 && a.data.len() >= (rows - 1) * a.stride + 2 * panel.len());
     assert!(out.c.len() >= (rows - 1) * out.ldc + NR);
 }
@@ -69,9 +72,9 @@ pub(super) fn check_tile(rows: usize, a: WideRows<'_>, panel: &[PairRow], out: &
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Portable;
 
-impl MicroKernel for Portable {
+impl<P: PanelRow> MicroKernel<P> for Portable {
     #[inline(always)]
-    fn tile<const R: usize>(self, a: WideRows<'_>, panel: &[PairRow], mut out: TileOut<'_>) {
+    fn tile<const R: usize>(self, a: WideRows<'_>, panel: &[P], mut out: TileOut<'_>) {
         check_tile(R, a, panel, &out);
         let mut acc = [[0i32; NR]; R];
         for (p, pair) in panel.iter().enumerate() {
@@ -79,7 +82,7 @@ impl MicroKernel for Portable {
                 let a0 = i32::from(a.data[r * a.stride + 2 * p]);
                 let a1 = i32::from(a.data[r * a.stride + 2 * p + 1]);
                 for (j, v) in acc_r.iter_mut().enumerate() {
-                    *v += a0 * i32::from(pair.0[2 * j]) + a1 * i32::from(pair.0[2 * j + 1]);
+                    *v += a0 * pair.weight(2 * j) + a1 * pair.weight(2 * j + 1);
                 }
             }
         }
@@ -91,11 +94,11 @@ impl MicroKernel for Portable {
 
 /// Runs the micro-kernel instance for `rows` (1..=MR) rows.
 #[inline(always)]
-fn tile_rows<K: MicroKernel>(
+fn tile_rows<P, K: MicroKernel<P>>(
     kern: K,
     rows: usize,
     a: WideRows<'_>,
-    panel: &[PairRow],
+    panel: &[P],
     out: TileOut<'_>,
 ) {
     match rows {
@@ -154,10 +157,48 @@ fn widen_rows<'b>(
     WideRows { data, stride: dc }
 }
 
+/// `c (+)= a · panel(q)ᵀ` for a block of `rows` widened rows: output columns `cols` (of
+/// panels `cols.start / NR ..`), column `j` of row `i` at `c[i * ldc + j - cols.start]`,
+/// added to C when `accumulate`. Every panel holds the block's depth in pairs.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one block of the blocked GEMM, operands as BLAS passes them"
+)]
+#[inline(always)]
+pub(super) fn multiply_block<'p, P: 'p, K: MicroKernel<P>>(
+    kern: K,
+    a: WideRows<'_>,
+    rows: usize,
+    panel: impl Fn(usize) -> &'p [P],
+    cols: Range<usize>,
+    c: &mut [i32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    for q in cols.start / NR..cols.end.div_ceil(NR) {
+        let panel = panel(q);
+        let js = cols.start.max(q * NR)..cols.end.min(q * NR + NR);
+        for r0 in (0..rows).step_by(MR) {
+            let a_tile = WideRows {
+                data: &a.data[r0 * a.stride..],
+                stride: a.stride,
+            };
+            let c_tile = &mut c[r0 * ldc + js.start - cols.start..];
+            let tile = TileSpot {
+                rows: MR.min(rows - r0),
+                skip: js.start - q * NR,
+                width: js.len(),
+                accumulate,
+            };
+            tile.run(kern, a_tile, panel, c_tile, ldc);
+        }
+    }
+}
+
 /// The blocked driver shared by every micro-kernel: output columns `cols` of every row.
 /// Operand sizes are checked by the caller.
 #[inline(always)]
-pub(super) fn gemm_blocked<K: MicroKernel>(
+pub(super) fn gemm_blocked<K: MicroKernel<PairRow>>(
     kern: K,
     lhs: Lhs<'_>,
     b: &PackedMatrix,
@@ -177,24 +218,16 @@ pub(super) fn gemm_blocked<K: MicroKernel>(
         for p0 in (0..pairs).step_by(kc) {
             let pc = kc.min(pairs - p0);
             let wide = widen_rows(&mut buf, lhs, b.depth(), i0..i0 + rows, 2 * p0, 2 * pc);
-            for q in cols.start / NR..cols.end.div_ceil(NR) {
-                let panel = &b.panel(q)[p0..p0 + pc];
-                let js = cols.start.max(q * NR)..cols.end.min(q * NR + NR);
-                for r0 in (0..rows).step_by(MR) {
-                    let a_tile = WideRows {
-                        data: &wide.data[r0 * wide.stride..],
-                        stride: wide.stride,
-                    };
-                    let c_tile = &mut c[(i0 + r0) * ldc + js.start - cols.start..];
-                    let tile = TileSpot {
-                        rows: MR.min(rows - r0),
-                        skip: js.start - q * NR,
-                        width: js.len(),
-                        accumulate: p0 > 0,
-                    };
-                    tile.run(kern, a_tile, panel, c_tile, ldc);
-                }
-            }
+            multiply_block(
+                kern,
+                wide,
+                rows,
+                |q| &b.panel(q)[p0..p0 + pc],
+                cols.clone(),
+                &mut c[i0 * ldc..],
+                ldc,
+                p0 > 0,
+            );
         }
     }
 }
@@ -208,7 +241,7 @@ struct Blocked<'a, K> {
     dst: Dst<'a>,
 }
 
-impl<K: MicroKernel> Vectorizable for Blocked<'_, K> {
+impl<K: MicroKernel<PairRow>> Vectorizable for Blocked<'_, K> {
     type Output = ();
 
     #[inline(always)]
@@ -229,11 +262,11 @@ impl TileSpot {
     /// Runs the tile; a partial one (edge of the matrix or of `cols`) goes through a
     /// scratch tile on the stack.
     #[inline(always)]
-    fn run<K: MicroKernel>(
+    fn run<P, K: MicroKernel<P>>(
         &self,
         kern: K,
         a: WideRows<'_>,
-        panel: &[PairRow],
+        panel: &[P],
         c: &mut [i32],
         ldc: usize,
     ) {

@@ -1,7 +1,12 @@
-//! Integer compute kernels of the runtime: int8 GEMM, output stage, im2col, max-pool.
+//! Integer compute kernels of the runtime: int8 GEMM, output stage, im2col, max-pool (of
+//! codes, or of a convolution's sums, fused before its output stage),
+//! and exact integer Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions ([`winograd`]:
+//! input transform, 16 i16 GEMMs, output transform; its exactness and overflow bounds are
+//! argued there).
 //!
 //! Kernels only accumulate; bias, zero points, requantization and clamping are the output
-//! stage ([`requantize_s8`]), applied once per output row or block of rows.
+//! stage ([`requantize_s8`]), applied once per output row or block of rows. (Winograd's
+//! transforms subtract the zero points of input and weights themselves.)
 //!
 //! # Exactness without VNNI
 //! The GEMM widens both operands to i16 (`vpmovsxbw`) and multiplies with `vpmaddwd`,
@@ -11,7 +16,8 @@
 //! by ones) is exact too but needs as many multiplies per product plus a `vpsignb` and an
 //! `vpabsb`. Measured side by side with the same blocking (6×16 and 4×16 tiles), the
 //! widening kernel was 7–15% faster on conv2 and fc1 at batch 64 (the bulk of the model's
-//! work) and within noise on conv1 and the fc1 GEMV, so it is the only one kept.
+//! work) and within noise on conv1 and the fc1 GEMV, so it is the only one kept. Winograd's
+//! GEMMs run the same micro-kernel on operands that are i16 already.
 //!
 //! # Blocking
 //! Weights are packed once ([`PackedMatrix`]): panels of [`NR`] = 16 output columns, depth
@@ -33,13 +39,18 @@ mod pack;
 pub mod reference;
 #[cfg(test)]
 mod tests;
+pub mod winograd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use conv::{im2col_nhwc_s8, max_pool2d_nhwc_s8, out_dim};
+pub use conv::{im2col_nhwc_s8, max_pool2d_nhwc_s8, max_pool2x2_s32, out_dim};
 pub use gemm::{MR, gemm_s8, gemm_s8_cols, par_gemm_s8};
 pub use output::{OutputStage, requantize_s8, requantize_s8_rows, row_sums_s8};
 pub use pack::{MAX_DEPTH, NR, PackedMatrix};
+pub use winograd::{
+    MAX_WINOGRAD_CHANNELS, WINOGRAD_POSITIONS, WinogradFilter, WinogradGeometry,
+    winograd_input_tiles, winograd_multiply, winograd_output_tiles, winograd_products_stride,
+};
 
 /// Invalid operands given to a kernel constructor.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +69,14 @@ pub enum KernelError {
     /// The depth is so large that an i32 accumulator could overflow.
     #[error("packed matrix: depth {depth} exceeds {max} (i32 accumulators could overflow)")]
     DepthTooLarge { depth: usize, max: usize },
+    /// So many input channels that a Winograd sum could overflow i32.
+    #[error("winograd filter: {channels} input channels exceed {max} (i32 sums could overflow)")]
+    TooManyChannels { channels: usize, max: usize },
+    /// A weight minus its zero point is outside the range Winograd's bounds assume.
+    #[error(
+        "winograd filter: weight at row {row}, depth {col} is {value} from its zero point, expected at most 255"
+    )]
+    CenteredWeightOutOfRange { row: usize, col: usize, value: i64 },
 }
 
 /// Portable work that the compiler vectorizes: [`dispatch`] compiles it a second time with

@@ -1,4 +1,6 @@
-//! Pre-packed weight operand of the GEMM: panels of [`NR`] output columns, depth in pairs.
+//! Pre-packed weight operands of the GEMMs: panels of [`NR`] output columns, depth in
+//! pairs; i8 for the int8 GEMM ([`PairRow`]), i16 for Winograd's transformed filters
+//! ([`WidePairRow`]).
 
 use std::fmt;
 
@@ -17,6 +19,32 @@ pub const MAX_DEPTH: usize = (i32::MAX / (128 * 127)) as usize;
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(C, align(32))]
 pub(super) struct PairRow(pub(super) [i8; 2 * NR]);
+
+/// [`PairRow`] with i16 weights (the operands of `vpmaddwd` as they are, no widening): 64
+/// bytes, aligned to a cache line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(64))]
+pub(super) struct WidePairRow(pub(super) [i16; 2 * NR]);
+
+/// One depth pair of a panel as the portable micro-kernel reads it: `weight(2j + t)` is
+/// column `j` at depth `2p + t`.
+pub(super) trait PanelRow: Copy {
+    fn weight(&self, i: usize) -> i32;
+}
+
+impl PanelRow for PairRow {
+    #[inline(always)]
+    fn weight(&self, i: usize) -> i32 {
+        i32::from(self.0[i])
+    }
+}
+
+impl PanelRow for WidePairRow {
+    #[inline(always)]
+    fn weight(&self, i: usize) -> i32 {
+        i32::from(self.0[i])
+    }
+}
 
 /// A pre-packed B operand: `n` rows (output channels) × `k` depth of i8 in [-127, 127].
 ///

@@ -95,6 +95,23 @@ pub fn max_pool2d_nhwc_s8(
     }
 }
 
+/// 2×2, stride-2 max-pool of `rows` rows of `w` pixels × `c` channels of i32 sums.
+pub fn max_pool2x2_s32(input: &[i32], rows: usize, w: usize, c: usize, out: &mut [i32]) {
+    for pr in 0..rows / 2 {
+        for pc in 0..w / 2 {
+            for ch in 0..c {
+                let mut best = i32::MIN;
+                for dy in 0..2 {
+                    for dx in 0..2 {
+                        best = best.max(input[((2 * pr + dy) * w + 2 * pc + dx) * c + ch]);
+                    }
+                }
+                out[(pr * (w / 2) + pc) * c + ch] = best;
+            }
+        }
+    }
+}
+
 /// im2col of one NHWC image: row `oy · ow + ox`, column `(ky · kernel + kx) · c + ch`.
 #[allow(clippy::too_many_arguments, reason = "mirrors the fast kernel")]
 pub fn im2col_nhwc_s8(
@@ -125,6 +142,140 @@ pub fn im2col_nhwc_s8(
                             pad_value
                         };
                         out[(oy * ow + ox) * out_ld + (ky * kernel + kx) * c + ch] = value;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Winograd F(2×2, 3×3)'s input transform `Bᵀ` (see [`super::winograd`]).
+const WINOGRAD_BT: [[i32; 4]; 4] = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]];
+/// Twice Winograd's filter transform `G`: integer.
+const WINOGRAD_2G: [[i32; 3]; 4] = [[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]];
+/// Winograd's output transform `Aᵀ`.
+const WINOGRAD_AT: [[i32; 4]; 2] = [[1, 1, 1, 0], [0, 1, -1, -1]];
+
+/// `l · x · rᵀ` for small integer matrices, wrapping.
+fn sandwich<const P: usize, const Q: usize, const S: usize, const T: usize>(
+    l: &[[i32; Q]; P],
+    x: &[[i32; T]; Q],
+    r: &[[i32; T]; S],
+) -> [[i32; S]; P] {
+    let mut out = [[0i32; S]; P];
+    for (p, out_row) in out.iter_mut().enumerate() {
+        for (s, v) in out_row.iter_mut().enumerate() {
+            for q in 0..Q {
+                for t in 0..T {
+                    *v = v.wrapping_add(l[p][q].wrapping_mul(x[q][t]).wrapping_mul(r[s][t]));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Winograd filter transform `V = (2G) g (2G)ᵀ` of one centered 3×3 filter `g[ky][kx]`.
+pub fn winograd_filter(g: &[[i32; 3]; 3]) -> [[i32; 4]; 4] {
+    sandwich(&WINOGRAD_2G, g, &WINOGRAD_2G)
+}
+
+/// Winograd input transform `U = Bᵀ d B` of one centered 4×4 patch.
+pub fn winograd_input(d: &[[i32; 4]; 4]) -> [[i32; 4]; 4] {
+    sandwich(&WINOGRAD_BT, d, &WINOGRAD_BT)
+}
+
+/// Winograd output transform `Y = Aᵀ M A` (4× the convolution sums of the tile), wrapping.
+pub fn winograd_output(m: &[[i32; 4]; 4]) -> [[i32; 2]; 2] {
+    sandwich(&WINOGRAD_AT, m, &WINOGRAD_AT)
+}
+
+/// The 3×3 filter of output channel `j` on channel `ch`, minus `zero_point`, from `codes`
+/// row-major `[n][ky][kx][c]`.
+fn centered_filter(codes: &[i8], c: usize, j: usize, ch: usize, zero_point: i32) -> [[i32; 3]; 3] {
+    std::array::from_fn(|ky| {
+        std::array::from_fn(|kx| i32::from(codes[((j * 3 + ky) * 3 + kx) * c + ch]) - zero_point)
+    })
+}
+
+/// Winograd's 16 GEMMs for `tiles` tiles: `m[t · ldm + position · n + j] =
+/// Σ_ch u[(position · tiles + t) · stride + ch] · V[position]` for `ch < c`, `V` the
+/// [`winograd_filter`] of output channel `j`'s filter of channel `ch` centered on
+/// `zero_points[j]` (`codes` row-major `[n][ky][kx][c]`, `n = zero_points.len()`).
+#[allow(clippy::too_many_arguments, reason = "mirrors the fast kernel")]
+pub fn winograd_multiply(
+    u: &[i16],
+    tiles: usize,
+    stride: usize,
+    codes: &[i8],
+    zero_points: &[i32],
+    c: usize,
+    m: &mut [i32],
+    ldm: usize,
+) {
+    let n = zero_points.len();
+    for (j, &zw) in zero_points.iter().enumerate() {
+        for ch in 0..c {
+            let v = winograd_filter(&centered_filter(codes, c, j, ch, zw));
+            for (position, &vp) in v.as_flattened().iter().enumerate() {
+                for t in 0..tiles {
+                    let product = i32::from(u[(position * tiles + t) * stride + ch]) * vp;
+                    let sum = &mut m[t * ldm + position * n + j];
+                    *sum = if ch == 0 { product } else { *sum + product };
+                }
+            }
+        }
+    }
+}
+
+/// A 3×3, stride-1 convolution of one NHWC image through the Winograd transforms, tile by
+/// tile and channel by channel: `out[(oy · ow + ox) · n + j]` = the sum over taps of
+/// `(input − zp_in) · (codes[j] − zero_points[j])`, `codes` row-major `[n][ky][kx][c]`.
+#[allow(clippy::too_many_arguments, reason = "mirrors the fast kernels")]
+pub fn winograd_conv_nhwc_s8(
+    input: &[i8],
+    h: usize,
+    w: usize,
+    c: usize,
+    padding: usize,
+    zp_in: i8,
+    codes: &[i8],
+    zero_points: &[i32],
+    out: &mut [i32],
+) {
+    let n = zero_points.len();
+    let (oh, ow) = (h + 2 * padding - 2, w + 2 * padding - 2);
+    let centered_input = |y: usize, x: usize, ch: usize| -> i32 {
+        let (y, x) = (y as isize - padding as isize, x as isize - padding as isize);
+        if y < 0 || x < 0 || y as usize >= h || x as usize >= w {
+            return 0;
+        }
+        i32::from(input[(y as usize * w + x as usize) * c + ch]) - i32::from(zp_in)
+    };
+    for ty in 0..oh.div_ceil(2) {
+        for tx in 0..ow.div_ceil(2) {
+            for j in 0..n {
+                let mut m = [[0i32; 4]; 4];
+                for ch in 0..c {
+                    let d: [[i32; 4]; 4] = std::array::from_fn(|i| {
+                        std::array::from_fn(|s| centered_input(2 * ty + i, 2 * tx + s, ch))
+                    });
+                    let g = centered_filter(codes, c, j, ch, zero_points[j]);
+                    let (u, v) = (winograd_input(&d), winograd_filter(&g));
+                    for (m_row, (u_row, v_row)) in m.iter_mut().zip(u.iter().zip(&v)) {
+                        for (mv, (&uv, &vv)) in m_row.iter_mut().zip(u_row.iter().zip(v_row)) {
+                            *mv = mv.wrapping_add(uv.wrapping_mul(vv));
+                        }
+                    }
+                }
+                let y = winograd_output(&m);
+                for (i, y_row) in y.iter().enumerate() {
+                    for (s, &sum) in y_row.iter().enumerate() {
+                        let (oy, ox) = (2 * ty + i, 2 * tx + s);
+                        if oy < oh && ox < ow {
+                            assert_eq!(sum % 4, 0, "Y is 4 times the convolution sum");
+                            out[(oy * ow + ox) * n + j] = sum / 4;
+                        }
                     }
                 }
             }

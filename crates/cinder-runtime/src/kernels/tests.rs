@@ -1,5 +1,6 @@
 //! Every kernel equals its scalar reference bit for bit: odd sizes, strides wider than
-//! rows, extreme values, every zero point.
+//! rows, extreme values, every zero point. Winograd's reference is itself checked against
+//! the direct convolution sum.
 
 use std::ops::Range;
 
@@ -7,6 +8,8 @@ use cinder_tensor::RequantMultiplier;
 use proptest::prelude::*;
 
 use super::gemm::{Dst, Lhs, MicroKernel, Portable, gemm_blocked};
+use super::pack::{PairRow, WidePairRow};
+use super::winograd::multiply_positions;
 use super::*;
 
 /// Deterministic xorshift values for large operands (proptest shrinks the sizes).
@@ -84,7 +87,7 @@ fn operands(case: &GemmCase) -> (Vec<i8>, Vec<i8>, Vec<i32>) {
 
 /// C for columns `cols` through one micro-kernel, landing at `c[i * ldc + j - cols.start]`.
 fn run_kernel(
-    kern: impl MicroKernel,
+    kern: impl MicroKernel<PairRow>,
     case: &GemmCase,
     a: &[i8],
     b: &PackedMatrix,
@@ -317,6 +320,20 @@ proptest! {
     }
 
     #[test]
+    fn max_pool2x2_sums_match(half_rows in 0usize..5, w in 0usize..9, c in prop_oneof![1usize..20, Just(64)], extreme: bool, seed in 1u64..u64::MAX) {
+        let mut rng = Rng(seed);
+        let rows = 2 * half_rows;
+        let input: Vec<i32> = (0..rows * w * c)
+            .map(|_| if extreme { [i32::MIN, i32::MAX][rng.below(2) as usize] } else { rng.next() as i32 })
+            .collect();
+        let len = half_rows * (w / 2) * c;
+        let (mut got, mut want) = (vec![0x55; len + 3], vec![0x55; len + 3]);
+        max_pool2x2_s32(&input, rows, w, c, &mut got);
+        reference::max_pool2x2_s32(&input, rows, w, c, &mut want);
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
     fn max_pool_matches((h, w, kernel, stride, _) in window(), c in prop_oneof![1usize..20, Just(64)], extreme: bool, seed in 1u64..u64::MAX) {
         prop_assume!(h >= kernel && w >= kernel);
         let input = Rng(seed).activations(h * w * c, extreme);
@@ -381,4 +398,299 @@ fn out_dim_follows_the_conv_formula() {
     assert_eq!(out_dim(2, 3, 1, 0), None);
     assert_eq!(out_dim(4, 2, 0, 0), None);
     assert_eq!(out_dim(4, 0, 1, 0), None);
+}
+
+#[derive(Debug, Clone)]
+struct WinogradCase {
+    h: usize,
+    w: usize,
+    c: usize,
+    n: usize,
+    padding: usize,
+    zp_in: i8,
+    asymmetric: bool,
+    extreme: bool,
+    seed: u64,
+}
+
+/// Images of 1..10 pixels a side (odd output sizes included), padding 0..=2, any zero
+/// points, extreme inputs and weights 255 away from their zero point among them.
+fn winograd_case(
+    c: impl Strategy<Value = usize>,
+    n: impl Strategy<Value = usize>,
+) -> impl Strategy<Value = WinogradCase> {
+    let zp_in = prop_oneof![any::<i8>(), Just(-128), Just(127)];
+    let flags = (any::<bool>(), any::<bool>(), 1u64..u64::MAX);
+    ((1usize..10, 1usize..10, 0usize..3), c, n, zp_in, flags)
+        .prop_filter("window must fit", |((h, w, p), ..)| {
+            h + 2 * p >= 3 && w + 2 * p >= 3
+        })
+        .prop_map(
+            |((h, w, padding), c, n, zp_in, (asymmetric, extreme, seed))| WinogradCase {
+                h,
+                w,
+                c,
+                n,
+                padding,
+                zp_in,
+                asymmetric,
+                extreme,
+                seed,
+            },
+        )
+}
+
+impl WinogradCase {
+    fn geometry(&self) -> WinogradGeometry {
+        WinogradGeometry::new(self.h, self.w, self.c, self.padding).unwrap()
+    }
+
+    /// The image, the codes `[n][3][3][c]` and one zero point per output channel; extreme
+    /// weights sit 254 away from their zero point (-127 codes, zero point 127).
+    fn operands(&self) -> (Vec<i8>, Vec<i8>, Vec<i32>) {
+        let mut rng = Rng(self.seed);
+        let image = rng.activations(self.h * self.w * self.c, self.extreme);
+        let codes = rng.weights(self.n * 9 * self.c, self.extreme);
+        let zero_points = (0..self.n)
+            .map(|_| match (self.asymmetric, self.extreme) {
+                (false, _) => 0,
+                (true, true) => 127,
+                (true, false) => rng.below(255) as i32 - 127,
+            })
+            .collect();
+        (image, codes, zero_points)
+    }
+
+    /// `Σ (x − zp_in) · (w − zw)` per output pixel and channel, straight from im2col.
+    fn direct(&self, image: &[i8], codes: &[i8], zero_points: &[i32]) -> Vec<i32> {
+        let g = self.geometry();
+        let k = 9 * self.c;
+        let mut cols = vec![0; g.oh * g.ow * k];
+        reference::im2col_nhwc_s8(
+            image,
+            self.h,
+            self.w,
+            self.c,
+            3,
+            1,
+            self.padding,
+            self.zp_in,
+            &mut cols,
+            k,
+        );
+        let mut out = Vec::with_capacity(g.oh * g.ow * self.n);
+        for row in cols.chunks_exact(k.max(1)).take(g.oh * g.ow) {
+            for (j, &zw) in zero_points.iter().enumerate() {
+                let sum: i64 = (0..k)
+                    .map(|p| {
+                        let x = i64::from(row[p]) - i64::from(self.zp_in);
+                        x * (i64::from(codes[j * k + p]) - i64::from(zw))
+                    })
+                    .sum();
+                out.push(i32::try_from(sum).unwrap());
+            }
+        }
+        out
+    }
+
+    fn reference(&self, image: &[i8], codes: &[i8], zero_points: &[i32]) -> Vec<i32> {
+        let g = self.geometry();
+        let mut out = vec![0x5eed; g.oh * g.ow * self.n];
+        reference::winograd_conv_nhwc_s8(
+            image,
+            self.h,
+            self.w,
+            self.c,
+            self.padding,
+            self.zp_in,
+            codes,
+            zero_points,
+            &mut out,
+        );
+        out
+    }
+}
+
+/// The fast Winograd pipeline over blocks of `block_rows` tile rows, through `multiply`,
+/// every buffer pre-filled with a sentinel.
+fn winograd_fast(
+    case: &WinogradCase,
+    block_rows: usize,
+    multiply: impl Fn(&[i16], usize, &WinogradFilter, &mut [i32]),
+) -> Vec<i32> {
+    let (image, codes, zero_points) = case.operands();
+    let g = case.geometry();
+    let filter = WinogradFilter::pack(&codes, &zero_points, case.n, case.c).unwrap();
+    let mut out = vec![0x5eed; g.oh * g.ow * case.n];
+    for ty in (0..g.tiles_y).step_by(block_rows) {
+        let rows = ty..g.tiles_y.min(ty + block_rows);
+        let tiles = g.tiles(rows.clone());
+        let mut u = vec![0x7eed; WINOGRAD_POSITIONS * tiles * g.depth_stride()];
+        winograd_input_tiles(&image, &g, case.zp_in, rows.clone(), &mut u);
+        let mut m = vec![0x5eed; tiles * winograd_products_stride(case.n)];
+        multiply(&u, tiles, &filter, &mut m);
+        let pixels = g.pixels(rows.clone());
+        let y = &mut out[pixels.start * case.n..pixels.end * case.n];
+        winograd_output_tiles(&m, &g, case.n, rows, y);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn winograd_reference_equals_direct_convolution(case in winograd_case(1usize..5, 1usize..4)) {
+        let (image, codes, zero_points) = case.operands();
+        prop_assert_eq!(case.reference(&image, &codes, &zero_points), case.direct(&image, &codes, &zero_points));
+    }
+
+    #[test]
+    fn winograd_input_tiles_match(case in winograd_case(prop_oneof![1usize..6, 15usize..40], Just(1)), block_rows in 1usize..4) {
+        let (image, ..) = case.operands();
+        let g = case.geometry();
+        let stride = g.depth_stride();
+        for ty in (0..g.tiles_y).step_by(block_rows) {
+            let rows = ty..g.tiles_y.min(ty + block_rows);
+            let tiles = g.tiles(rows.clone());
+            let mut u = vec![0x7eed; WINOGRAD_POSITIONS * tiles * stride];
+            winograd_input_tiles(&image, &g, case.zp_in, rows.clone(), &mut u);
+            for t in 0..tiles {
+                let (ty, tx) = (rows.start + t / g.tiles_x, t % g.tiles_x);
+                for ch in 0..stride {
+                    let d: [[i32; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|s| {
+                        let y = (2 * ty + i).checked_sub(case.padding).filter(|&y| y < case.h && ch < case.c);
+                        let x = (2 * tx + s).checked_sub(case.padding).filter(|&x| x < case.w);
+                        y.zip(x).map_or(0, |(y, x)| i32::from(image[(y * case.w + x) * case.c + ch]) - i32::from(case.zp_in))
+                    }));
+                    let want = reference::winograd_input(&d);
+                    for (position, &v) in want.as_flattened().iter().enumerate() {
+                        prop_assert_eq!(i32::from(u[(position * tiles + t) * stride + ch]), v);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn winograd_output_tiles_match(h in 3usize..12, w in 3usize..12, n in prop_oneof![1usize..5, 15usize..40], block_rows in 1usize..4, seed in 1u64..u64::MAX) {
+        let g = WinogradGeometry::new(h, w, 1, 0).unwrap();
+        let mut rng = Rng(seed);
+        for ty in (0..g.tiles_y).step_by(block_rows) {
+            let rows = ty..g.tiles_y.min(ty + block_rows);
+            let tiles = g.tiles(rows.clone());
+            // Multiples of 4, as products are, so that Y is too; near the i32 extremes.
+            let ldm = winograd_products_stride(n);
+            let m: Vec<i32> = (0..tiles * ldm).map(|_| (rng.next() as i32) & !3).collect();
+            let pixels = g.pixels(rows.clone());
+            let mut y = vec![0x5eed; pixels.len() * n];
+            winograd_output_tiles(&m, &g, n, rows.clone(), &mut y);
+            for t in 0..tiles {
+                let (ty, tx) = (rows.start + t / g.tiles_x, t % g.tiles_x);
+                for j in 0..n {
+                    let mt: [[i32; 4]; 4] = std::array::from_fn(|i| std::array::from_fn(|s| m[t * ldm + (4 * i + s) * n + j]));
+                    let want = reference::winograd_output(&mt);
+                    for (i, row) in want.iter().enumerate() {
+                        for (s, &sum) in row.iter().enumerate() {
+                            let (oy, ox) = (2 * ty + i, 2 * tx + s);
+                            if oy < g.oh && ox < g.ow {
+                                prop_assert_eq!(y[(oy * g.ow + ox - pixels.start) * n + j], sum >> 2);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn winograd_multiply_matches(tiles in 0usize..20, c in prop_oneof![1usize..8, 60usize..70], n in prop_oneof![1usize..20, Just(32)], extreme: bool, seed in 1u64..u64::MAX) {
+        let mut rng = Rng(seed);
+        let stride = c.next_multiple_of(2);
+        // Transformed inputs span [-1020, 1020]; a padding channel holds garbage, which
+        // the zero filter entries must cancel.
+        let u: Vec<i16> = (0..WINOGRAD_POSITIONS * tiles * stride)
+            .map(|_| if extreme { [-1020, 1020][rng.below(2) as usize] } else { rng.below(2041) as i16 - 1020 })
+            .collect();
+        let codes = rng.weights(n * 9 * c, extreme);
+        let zero_points: Vec<i32> = (0..n).map(|_| if extreme { 127 } else { rng.below(255) as i32 - 127 }).collect();
+        let filter = WinogradFilter::pack(&codes, &zero_points, n, c).unwrap();
+        let ldm = winograd_products_stride(n);
+        // The padding past each tile's products is left alone.
+        let mut want = vec![0x5eed; tiles * ldm];
+        reference::winograd_multiply(&u, tiles, stride, &codes, &zero_points, c, &mut want, ldm);
+        let mut got = vec![0x5eed; want.len()];
+        winograd_multiply(&u, tiles, &filter, &mut got);
+        prop_assert_eq!(&got, &want, "public");
+        if tiles > 0 {
+            let mut portable = vec![0x5eed; want.len()];
+            multiply_positions(Portable, &u, tiles, &filter, &mut portable);
+            prop_assert_eq!(&portable, &want, "portable");
+            #[cfg(target_arch = "x86_64")]
+            if let Some(avx2) = Avx2::detect() {
+                let mut fast = vec![0x5eed; want.len()];
+                multiply_positions(avx2, &u, tiles, &filter, &mut fast);
+                prop_assert_eq!(&fast, &want, "avx2");
+            }
+        }
+    }
+
+    /// The whole pipeline, blocks of tile rows of any height, both micro-kernels.
+    #[test]
+    fn winograd_fast_path_equals_reference(case in winograd_case(prop_oneof![1usize..6, Just(17), Just(27)], prop_oneof![1usize..6, 15usize..34]), block_rows in 1usize..4) {
+        let (image, codes, zero_points) = case.operands();
+        let want = case.reference(&image, &codes, &zero_points);
+        prop_assert_eq!(&winograd_fast(&case, block_rows, winograd_multiply), &want, "public");
+        let portable = |u: &[i16], tiles, f: &WinogradFilter, m: &mut [i32]| multiply_positions(Portable, u, tiles, f, m);
+        prop_assert_eq!(&winograd_fast(&case, block_rows, portable), &want, "portable");
+    }
+}
+
+#[test]
+fn winograd_at_the_channel_limit_does_not_overflow() {
+    let c = MAX_WINOGRAD_CHANNELS;
+    // Inputs -128 with zero point 127 and weights -128 with zero point 127: every product
+    // is 255², the largest the bounds allow.
+    let (image, codes) = (vec![-128i8; 9 * c], vec![-128i8; 9 * c]);
+    let g = WinogradGeometry::new(3, 3, c, 0).unwrap();
+    let filter = WinogradFilter::pack(&codes, &[127], 1, c).unwrap();
+    let mut u = vec![0; WINOGRAD_POSITIONS * g.depth_stride()];
+    winograd_input_tiles(&image, &g, 127, 0..1, &mut u);
+    let mut m = vec![0; winograd_products_stride(1)];
+    winograd_multiply(&u, 1, &filter, &mut m);
+    let mut y = [0];
+    winograd_output_tiles(&m, &g, 1, 0..1, &mut y);
+    assert_eq!(i64::from(y[0]), 9 * c as i64 * 255 * 255);
+}
+
+#[test]
+fn winograd_filter_rejects_what_could_overflow() {
+    let c = MAX_WINOGRAD_CHANNELS + 1;
+    assert_eq!(
+        WinogradFilter::pack(&vec![0; 9 * c], &[0], 1, c).unwrap_err(),
+        KernelError::TooManyChannels {
+            channels: c,
+            max: MAX_WINOGRAD_CHANNELS
+        }
+    );
+    let mut codes = vec![0i8; 18];
+    codes[13] = 127;
+    assert_eq!(
+        WinogradFilter::pack(&codes, &[-129], 1, 2).unwrap_err(),
+        KernelError::CenteredWeightOutOfRange {
+            row: 0,
+            col: 13,
+            value: 256
+        }
+    );
+    assert!(matches!(
+        WinogradFilter::pack(&[0; 17], &[0], 1, 2),
+        Err(KernelError::WrongLength { .. })
+    ));
+}
+
+#[test]
+fn wide_panels_are_cache_lines() {
+    assert_eq!(std::mem::size_of::<WidePairRow>(), 64);
+    assert_eq!(std::mem::align_of::<WidePairRow>(), 64);
 }

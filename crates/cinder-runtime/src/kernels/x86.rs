@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use super::gemm::{MicroKernel, TileOut, WideRows, check_tile};
 use super::output::{OutputStage, requantize_tail};
-use super::pack::{NR, PairRow};
+use super::pack::{NR, PairRow, WidePairRow};
 use super::{Avx2, Vectorizable};
 
 /// Runs `work` in a function compiled with AVX2, so that its (inlined) portable code is
@@ -19,35 +19,66 @@ pub(super) fn vectorized<V: Vectorizable>(_: Avx2, work: V) -> V::Output {
     unsafe { run(work) }
 }
 
-impl MicroKernel for Avx2 {
-    #[inline(always)]
-    fn tile<const R: usize>(self, a: WideRows<'_>, panel: &[PairRow], out: TileOut<'_>) {
-        check_tile(R, a, panel, &out);
-        // SAFETY: `self` proves AVX2 support; `check_tile` bounds every access.
-        unsafe { tile_avx2::<R>(a, panel, out) }
+/// A panel's depth pair as the AVX2 micro-kernel reads it: the 16 columns' pairs as i16,
+/// columns 0–7 in the first vector and 8–15 in the second.
+trait LoadPairs {
+    /// # Safety
+    /// AVX2 must be available.
+    unsafe fn load_pairs(&self) -> (__m256i, __m256i);
+}
+
+impl LoadPairs for PairRow {
+    /// Sign-extends the i8 weights (`vpmovsxbw`).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load_pairs(&self) -> (__m256i, __m256i) {
+        // SAFETY: a `PairRow` is 32 bytes: two 16-byte loads stay inside it.
+        unsafe {
+            let ptr = self.0.as_ptr().cast::<__m128i>();
+            (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(ptr)),
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(ptr.add(1))),
+            )
+        }
     }
 }
 
-/// An `R × 16` tile: per depth pair, the 16 panel columns are sign-extended to i16
-/// (`vpmovsxbw`, two vectors), each row's pair `(a0, a1)` is broadcast as one i32 and
-/// `vpmaddwd` adds `a0·b0 + a1·b1` exactly into 8 i32 lanes.
+impl LoadPairs for WidePairRow {
+    /// Two aligned loads: the weights are i16 already.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load_pairs(&self) -> (__m256i, __m256i) {
+        // SAFETY: a `WidePairRow` is 64 bytes aligned to 64: two aligned 32-byte loads.
+        unsafe {
+            let ptr = self.0.as_ptr().cast::<__m256i>();
+            (_mm256_load_si256(ptr), _mm256_load_si256(ptr.add(1)))
+        }
+    }
+}
+
+impl<P: LoadPairs> MicroKernel<P> for Avx2 {
+    #[inline(always)]
+    fn tile<const R: usize>(self, a: WideRows<'_>, panel: &[P], out: TileOut<'_>) {
+        check_tile(R, a, panel, &out);
+        // SAFETY: `self` proves AVX2 support; `check_tile` bounds every access.
+        unsafe { tile_avx2::<R, P>(a, panel, out) }
+    }
+}
+
+/// An `R × 16` tile: per depth pair, the 16 panel columns are loaded as i16 (two
+/// vectors), each row's pair `(a0, a1)` is broadcast as one i32 and `vpmaddwd` adds
+/// `a0·b0 + a1·b1` exactly into 8 i32 lanes.
 ///
 /// # Safety
 /// AVX2 must be available and the slices sized as [`check_tile`] checks.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn tile_avx2<const R: usize>(a: WideRows<'_>, panel: &[PairRow], out: TileOut<'_>) {
+unsafe fn tile_avx2<const R: usize, P: LoadPairs>(a: WideRows<'_>, panel: &[P], out: TileOut<'_>) {
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
     let a_ptr = a.data.as_ptr();
     for (p, pair) in panel.iter().enumerate() {
-        // SAFETY: a `PairRow` is 32 bytes: two 16-byte loads stay inside it.
-        let (b0, b1) = unsafe {
-            let ptr = pair.0.as_ptr().cast::<__m128i>();
-            (
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(ptr)),
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(ptr.add(1))),
-            )
-        };
+        // SAFETY: AVX2 is available (this function's contract).
+        let (b0, b1) = unsafe { pair.load_pairs() };
         for (r, acc_r) in acc.iter_mut().enumerate() {
             // SAFETY: `r * stride + 2p + 1 < a.data.len()` (checked by `check_tile`); the
             // i32 read is unaligned.

@@ -12,7 +12,7 @@ use std::ops::Range;
 use cinder_observers::min_max;
 use cinder_tensor::QuantParams;
 
-use super::int::{ConvShape, accumulate, split_linear};
+use super::int::{ConvShape, WinogradSums, accumulate, split_linear};
 use super::par::{
     Accum, BLOCKS_PER_SLOT, Scratch, Shared, Tracked, grow, par_blocks, par_images, take_range,
 };
@@ -99,11 +99,14 @@ pub(crate) struct DynMatmul {
 
 impl DynMatmul {
     /// The input parameters of this batch, and the per-column terms in `shared`:
-    /// `off[j] = -zp_in * colsum[j] + depth * zp_in * zp_w[j]`, `scale[j] = s_in * s_w[j]`.
+    /// `off[j] = -zp_in * colsum[j] + depth * zp_in * zp_w[j]` (0 for `centered` sums,
+    /// which Winograd's transforms take of operands minus their zero points),
+    /// `scale[j] = s_in * s_w[j]`.
     fn prepare(
         &self,
         x: &[f32],
         range: Option<(f32, f32)>,
+        centered: bool,
         shared: &mut Shared,
     ) -> Result<QuantParams, RunError> {
         let range = match range {
@@ -122,7 +125,7 @@ impl DynMatmul {
             .zip(self.weights.col_sums())
             .zip(&self.zp_w_all)
         {
-            *o = -zp * s + k * zp * z;
+            *o = if centered { 0 } else { -zp * s + k * zp * z };
         }
         for (o, &s) in grow(&mut shared.col_scale, n).iter_mut().zip(&self.scale_w) {
             *o = acc_scale(p.scale, s);
@@ -131,9 +134,8 @@ impl DynMatmul {
     }
 
     /// `m` rows of `a` against `cols` into `out`, row-major (`m x cols.len()`) or, for a
-    /// convolution, channel-major (`out[j * pixels + i]`). Returns the range written,
-    /// from the extremes of each column's accumulators: the output stage is monotone in
-    /// the accumulator, so this is the exact min/max at no second pass over the output.
+    /// convolution, channel-major (`out[j * pixels + i]`). Returns the range written (see
+    /// [`Self::finish`]).
     #[allow(
         clippy::too_many_arguments,
         reason = "one GEMM block and its output stage"
@@ -148,7 +150,6 @@ impl DynMatmul {
         out: &mut [f32],
         channel_major: Option<usize>,
     ) -> Tracked {
-        let width = cols.len();
         accumulate(
             &self.weights,
             self.zp_w.as_deref(),
@@ -157,6 +158,23 @@ impl DynMatmul {
             cols.clone(),
             accum,
         );
+        self.finish(m, cols, accum, terms, out, channel_major)
+    }
+
+    /// The float output stage of the `m x cols.len()` sums in `accum.acc`, written as
+    /// [`Self::run`] writes them. Returns the range written, from the extremes of each
+    /// column's accumulators: the output stage is monotone in the accumulator, so this is
+    /// the exact min/max at no second pass over the output.
+    fn finish(
+        &self,
+        m: usize,
+        cols: Range<usize>,
+        accum: &mut Accum,
+        terms: (&[i32], &[f32]),
+        out: &mut [f32],
+        channel_major: Option<usize>,
+    ) -> Tracked {
+        let width = cols.len();
         let Accum {
             acc,
             col_lo,
@@ -209,12 +227,13 @@ impl DynMatmul {
     }
 }
 
-/// A dynamic convolution: each image is quantized (NHWC), im2col'd, multiplied, and
-/// written back as NCHW floats.
+/// A dynamic convolution: each image is quantized (NHWC), im2col'd and multiplied (or,
+/// where `winograd` is set, summed by Winograd), and written back as NCHW floats.
 #[derive(Debug)]
 pub(crate) struct DynConv {
     pub(super) shape: ConvShape,
     pub(super) mm: DynMatmul,
+    pub(super) winograd: Option<WinogradSums>,
 }
 
 impl DynConv {
@@ -226,7 +245,7 @@ impl DynConv {
         slots: &mut [Scratch],
         shared: &mut Shared,
     ) -> Result<Tracked, RunError> {
-        let p = self.mm.prepare(x, range, shared)?;
+        let p = self.mm.prepare(x, range, self.winograd.is_some(), shared)?;
         let (n, pixels, in_len) = (self.weights_rows(), self.shape.pixels, self.shape.in_len());
         let terms = (&shared.col_off[..n], &shared.col_scale[..n]);
         par_images(x, in_len, y, pixels * n, slots, |image, out, slot| {
@@ -235,16 +254,33 @@ impl DynConv {
                 q,
                 accum,
                 range,
+                ..
             } = slot;
-            let q = grow(q, in_len);
+            let (q, zp) = (grow(q, in_len), p.zero_point as i8);
             quantize_into(image, Some(self.shape.input), &p, q);
-            let a = self.shape.lhs(q, p.zero_point as i8, cols);
-            let r = self
-                .mm
-                .run(a, pixels, 0..n, accum, terms, out, Some(pixels));
+            let r = match &self.winograd {
+                Some(w) => {
+                    w.accumulate(q, zp, 0..w.geometry.tile_rows(), accum);
+                    self.mm
+                        .finish(pixels, 0..n, accum, terms, out, Some(pixels))
+                }
+                None => {
+                    let a = self.shape.lhs(q, zp, cols);
+                    self.mm
+                        .run(a, pixels, 0..n, accum, terms, out, Some(pixels))
+                }
+            };
             *range = range.merge(r);
         });
         Ok(take_range(slots))
+    }
+
+    /// How the stage is listed in a profile.
+    pub fn kind(&self) -> &'static str {
+        match self.winograd {
+            Some(_) => "dyn. winograd",
+            None => "dynamic conv",
+        }
     }
 
     fn weights_rows(&self) -> usize {
@@ -267,7 +303,7 @@ impl DynLinear {
         slots: &mut [Scratch],
         shared: &mut Shared,
     ) -> Result<Tracked, RunError> {
-        let p = self.mm.prepare(x, range, shared)?;
+        let p = self.mm.prepare(x, range, false, shared)?;
         let (n, k) = (self.mm.weights.rows(), self.mm.weights.depth());
         let Shared {
             q,

@@ -1,5 +1,6 @@
-//! The fast execution plan of a validated model: one stage per step (flatten is free),
-//! weights pre-packed in the order the kernels read them.
+//! The fast execution plan of a validated model: one stage per step (flatten is free, and
+//! a 2×2 stride-2 max-pool right after a static convolution runs inside it), weights
+//! pre-packed in the order the kernels read them.
 //!
 //! Layouts: int8 tensors are NHWC, float tensors canonical NCHW. So the quantizer
 //! transposes NCHW -> NHWC and the dequantizer back; a convolution's weights are
@@ -20,8 +21,8 @@ use float::DynMatmul;
 pub(crate) use float::{
     DynConv, DynLinear, FloatLayer, FloatPool, InputQuantizer, OutputDequantizer, float_relu,
 };
+use int::{ConvKernel, IntMatmul, IntParams, WinogradConv, WinogradSums, pack, winograd_geometry};
 pub(crate) use int::{ConvShape, IntConv, IntLinear, IntPool, int_relu};
-use int::{IntMatmul, IntParams, pack};
 
 /// One stage of the plan.
 #[derive(Debug)]
@@ -114,8 +115,14 @@ impl Plan {
         let mut stages = Vec::with_capacity(steps.len());
         let mut layout = Layout::of(&shapes[0]);
         let mut int: Option<QuantParams> = None;
+        let mut pool_fused = false;
         for (i, step) in steps.iter().enumerate() {
             let (in_shape, out_shape) = (&shapes[i], &shapes[i + 1]);
+            if std::mem::take(&mut pool_fused) {
+                // This max-pool runs inside the convolution before it.
+                layout = Layout::of(out_shape);
+                continue;
+            }
             let field = format!("steps[{i}] ({})", step.name);
             let stage = match &step.op {
                 StepOp::Quantize(p) => {
@@ -167,13 +174,27 @@ impl Plan {
                 op => {
                     let layer = op.layer().expect("the other steps are matched above");
                     let geometry = op.geometry(in_shape);
-                    let stage = layer_stage(&field, &step.name, layer, geometry, int, layout)?;
+                    let pool_next = matches!(
+                        steps.get(i + 1).map(|s| &s.op),
+                        Some(StepOp::MaxPool2d {
+                            kernel: 2,
+                            stride: 2
+                        })
+                    );
+                    let stage =
+                        layer_stage(&field, &step.name, layer, geometry, int, layout, pool_next)?;
+                    pool_fused = matches!(&stage, Stage::IntConv(c) if c.pool);
                     if let LayerExec::Static(s) = &layer.exec {
                         int = Some(s.output);
                     }
                     layout = Layout::of(out_shape);
                     stage
                 }
+            };
+            let out_shape = if pool_fused {
+                &shapes[i + 2]
+            } else {
+                out_shape
             };
             stages.push(PlannedStage {
                 name: step.name.clone(),
@@ -186,7 +207,8 @@ impl Plan {
     }
 }
 
-/// The stage of a convolution or linear layer reading a tensor of `layout`.
+/// The stage of a convolution or linear layer reading a tensor of `layout`; a static
+/// convolution fuses the 2×2 stride-2 max-pool that follows it when `pool_next`.
 fn layer_stage(
     field: &str,
     name: &str,
@@ -194,6 +216,7 @@ fn layer_stage(
     geometry: Geometry,
     int: Option<QuantParams>,
     layout: Layout,
+    pool_next: bool,
 ) -> Result<Stage, Invalid> {
     let (n, k) = (layer.out_features(), layer.depth());
     // Engine order of a weight row: (ky, kx, c) for convolutions, the NHWC flatten order
@@ -209,7 +232,7 @@ fn layer_stage(
     Ok(match &layer.exec {
         LayerExec::Static(s) => {
             let input = int.expect("validated: static layers read int8");
-            let weights = pack(&engine_codes(&s.weights, row_chw), n, k, field)?;
+            let codes = engine_codes(&s.weights, row_chw);
             let params = IntParams {
                 bias: &s.bias,
                 multipliers: &s.multipliers,
@@ -218,31 +241,51 @@ fn layer_stage(
                 zp_out: s.output.zero_point,
                 clamp: clamp_bounds(&s.output, layer.relu),
             };
-            let mm = IntMatmul::new(weights, params, field)?;
-            match conv {
-                Some(c) => Stage::IntConv(IntConv {
-                    shape: conv_shape(c),
-                    zp_in: input.zero_point as i8,
-                    mm,
+            let im2col = |params| IntMatmul::new(pack(&codes, n, k, field)?, params, field);
+            match conv.map(conv_shape) {
+                Some(shape) => {
+                    let kernel = match winograd_geometry(&shape) {
+                        Some(g) => {
+                            let sums = WinogradSums::new(g, &codes, &params.zp_w, field)?;
+                            ConvKernel::Winograd(WinogradConv::new(sums, params))
+                        }
+                        None => ConvKernel::Im2col(im2col(params)?),
+                    };
+                    Stage::IntConv(IntConv {
+                        shape,
+                        zp_in: input.zero_point as i8,
+                        kernel,
+                        pool: pool_next,
+                    })
+                }
+                None => Stage::IntLinear(IntLinear {
+                    mm: im2col(params)?,
                 }),
-                None => Stage::IntLinear(IntLinear { mm }),
             }
         }
         LayerExec::Dynamic(d) => {
+            let codes = engine_codes(&d.weights, row_chw);
             let zp_w_all = per_column(&d.weights, |p| p.zero_point);
+            let shape = conv.map(conv_shape);
+            let winograd = shape
+                .as_ref()
+                .and_then(winograd_geometry)
+                .map(|g| WinogradSums::new(g, &codes, &zp_w_all, field))
+                .transpose()?;
             let mm = DynMatmul {
                 name: name.to_owned(),
-                weights: pack(&engine_codes(&d.weights, row_chw), n, k, field)?,
+                weights: pack(&codes, n, k, field)?,
                 zp_w: int::nonzero(zp_w_all.clone()),
                 zp_w_all,
                 scale_w: per_column(&d.weights, |p| p.scale),
                 bias: d.bias.clone(),
                 relu: layer.relu,
             };
-            match conv {
-                Some(c) => Stage::DynConv(DynConv {
-                    shape: conv_shape(c),
+            match shape {
+                Some(shape) => Stage::DynConv(DynConv {
+                    shape,
                     mm,
+                    winograd,
                 }),
                 None => Stage::DynLinear(DynLinear { mm }),
             }

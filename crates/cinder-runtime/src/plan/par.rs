@@ -21,6 +21,9 @@ pub(crate) const BLOCKS_PER_SLOT: usize = 4;
 pub(crate) struct Accum {
     pub acc: Vec<i32>,
     pub sums: Vec<i32>,
+    /// A block of Winograd-transformed input tiles and their products.
+    pub transformed: Vec<i16>,
+    pub products: Vec<i32>,
     /// Per-column extremes of a dynamic layer's accumulators.
     pub col_lo: Vec<i32>,
     pub col_hi: Vec<i32>,
@@ -36,6 +39,8 @@ pub(crate) struct Scratch {
     /// A dynamically quantized input image.
     pub q: Vec<i8>,
     pub accum: Accum,
+    /// A convolution's sums after a fused 2×2 max-pool.
+    pub pooled: Vec<i32>,
     /// The value range of what this thread wrote in the current stage.
     pub range: Tracked,
 }
