@@ -20,8 +20,9 @@
 //!   requantization (its input quantizer, int32 biases, Q0.31 multipliers and clamps on
 //!   the exact integer sums). Its logits equal the runtime's bit for bit, which is what
 //!   proves the conversion loses nothing. The plain [`QatModel::forward`] rescales in
-//!   f32 as training does; gemmlowp's fixed-point rounding differs from it on the odd
-//!   value by one code, which flips the rare image whose top two logits are within a step.
+//!   f32 as training does; its rounding errors move the odd value one code from the
+//!   runtime's exactly rounded fixed point, which flips the rare image whose top two
+//!   logits are within a step.
 
 pub mod config;
 pub mod error;

@@ -162,8 +162,8 @@ impl QatModel {
     /// the input quantizer and each layer's int32 bias, Q0.31 multipliers and clamps are
     /// those of `deployed` (this model's [`QatModel::export`], converted), applied to
     /// the exact integer sums on the host. Where the grids match, the logits equal the
-    /// runtime's bit for bit; the f32 rescale of [`QatModel::forward`] differs from
-    /// gemmlowp's rounding on the odd value one code apart.
+    /// runtime's bit for bit; the f32 rescale of [`QatModel::forward`] (two f32
+    /// roundings before the snap to the grid) lands one code apart on the odd value.
     pub fn forward_deployed(
         &self,
         images: Tensor<4>,

@@ -135,7 +135,7 @@ fn ptq(net: &ConvNet, calib: &InMemoryImages, quant: &QuantConfig) -> QuantizedM
 /// The fake-quant forward with the deployed requantization gives the runtime's logits
 /// bit for bit. The plain fake-quant forward (f32 rescale) predicts the same classes here,
 /// and its logits lie within one output quantization step of the runtime's but for the
-/// rare value that it and gemmlowp's fixed-point rounding send to neighbouring codes
+/// rare value that its f32 rescale and the fixed-point rescale send to neighbouring codes
 /// upstream: at most 1% of the logits, never by more than two steps.
 fn assert_runtime_matches(model: &QatModel, test: &InMemoryImages) {
     let export = model.export().unwrap();

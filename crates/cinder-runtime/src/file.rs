@@ -44,8 +44,9 @@ use crate::model::{
 
 /// The `format` field of the metadata.
 pub const MODEL_FORMAT: &str = "cinder-int8";
-/// Bumped on incompatible changes.
-pub const MODEL_FORMAT_VERSION: u32 = 1;
+/// Bumped on incompatible changes. Version 2: the multipliers are applied with a single
+/// rounding (`cinder_tensor::fixed_point`); version 1 files meant gemmlowp's two.
+pub const MODEL_FORMAT_VERSION: u32 = 2;
 /// The safetensors metadata key holding the JSON description.
 pub const METADATA_KEY: &str = "cinder";
 

@@ -7,15 +7,16 @@
 //! multiple of `s_in * s_w`, namely `s_in * s_w * acc` with the integer accumulator
 //! `acc`; so the simulation computes `acc` in integers and snaps `acc * s_in * s_w /
 //! s_out` (f64) to the output grid. The one place where the integer path departs from
-//! real arithmetic is its requantization (Q0.31 multiplier, gemmlowp's rounding
-//! high-multiply and rounding shift), and agreement with this simulation checks exactly
-//! that. (An f32 evaluation adds rounding noise of its own, from sums of thousands of
-//! products, which this comparison would then have to tell apart.)
+//! real arithmetic is its requantization (the multiplier rounded to Q0.31, relative
+//! error below 2^-31, then one rounding shift), and agreement with this simulation
+//! checks exactly that. (An f32 evaluation adds rounding noise of its own, from sums of
+//! thousands of products, which this comparison would then have to tell apart.)
 //!
-//! Both sides snap logits to the output grid, so where the two top logits of one side
-//! are within a step, a one-step difference can turn an exact tie on one side into a
-//! different argmax: on the trained Fashion-MNIST ConvNet the runtime and this
-//! simulation disagree on 3 of 10,000 images, each such a tie.
+//! Both sides snap logits to the output grid, so where the two top logits are within a
+//! step, a one-code difference anywhere upstream can change the argmax. With gemmlowp's
+//! two roundings (format version 1) the runtime and this simulation disagreed on 3 of
+//! the 10,000 Fashion-MNIST test images; with one rounding they agree on all 10,000
+//! (`cargo xtask infer --simulate 10000`).
 
 use cinder_tensor::{Tensor, TensorBuf};
 

@@ -183,9 +183,9 @@ fn hand_edited_metadata_gives_typed_errors() {
         load_err(&path)
     };
 
-    let err = fresh(&|j| j["format_version"] = 2.into());
+    let err = fresh(&|j| j["format_version"] = 1.into());
     assert!(
-        matches!(err, ModelError::Version { version: 2, .. }),
+        matches!(err, ModelError::Version { version: 1, .. }),
         "{err}"
     );
 

@@ -71,7 +71,7 @@ impl OutputStage<'_> {
 
 /// Output stage of one row: `out[j] = clamp(zp_out + requant_j(acc[j] + bias[j]), lo, hi)`
 /// for `j < bias.len()`, `mult` per channel or a single one broadcast. Bit-identical to
-/// `RequantMultiplier::apply` (gemmlowp / TFLite fixed point).
+/// `RequantMultiplier::apply` (Q0.31 fixed point, one rounding).
 ///
 /// # Panics
 /// If `acc` or `out` are shorter than `bias`, or the parameters are invalid (see

@@ -113,17 +113,24 @@ unsafe fn tile_avx2<const R: usize, P: LoadPairs>(a: WideRows<'_>, panel: &[P], 
 /// Channels whose multipliers are unpacked into lanes at a time.
 const CHANNEL_BLOCK: usize = 128;
 
-/// Requantization constants of a block of channels, one `i32` lane per channel.
+/// Requantization constants of a block of channels. Each group of 8 channels is rescaled
+/// as two vectors of four 64-bit products, its even channels and its odd ones; the `i64`
+/// arrays hold, for the group at `g`, the even channels' constants at `g..g + 4` and the
+/// odd ones' at `g + 4..g + 8`.
 struct ChannelLanes {
-    /// Q0.31 mantissa; `odd` holds channel `j + 1`'s at even `j`, for `vpmuldq`.
+    /// Q0.31 mantissa per `i32` lane; `odd` holds channel `j + 1`'s at even `j`, for
+    /// `vpmuldq`.
     mult: [i32; CHANNEL_BLOCK],
     odd: [i32; CHANNEL_BLOCK],
-    left: [i32; CHANNEL_BLOCK],
-    right: [i32; CHANNEL_BLOCK],
-    /// `2^right - 1` and half of it, for the rounding divide.
-    mask: [i32; CHANNEL_BLOCK],
-    half: [i32; CHANNEL_BLOCK],
-    /// Whether any channel of the block has a positive exponent (a left shift).
+    /// The right shift `s = 31 - exponent` (in `1..=62`).
+    shift: [i64; CHANNEL_BLOCK],
+    /// `2^62 + 2^(s-1)`: the rounding term plus an offset that makes the sum non-negative,
+    /// so that a logical shift (AVX2 has no arithmetic 64-bit one) divides exactly.
+    round: [i64; CHANNEL_BLOCK],
+    /// `2^(62-s)`: the offset once shifted, subtracted after.
+    offset: [i64; CHANNEL_BLOCK],
+    /// Whether any channel of the block has a positive exponent: only then can a result
+    /// exceed int32, so that it must be clamped in 64 bits.
     any_left: bool,
 }
 
@@ -132,23 +139,22 @@ impl ChannelLanes {
         let mut lanes = Self {
             mult: [0; CHANNEL_BLOCK],
             odd: [0; CHANNEL_BLOCK],
-            left: [0; CHANNEL_BLOCK],
-            right: [0; CHANNEL_BLOCK],
-            mask: [0; CHANNEL_BLOCK],
-            half: [0; CHANNEL_BLOCK],
+            shift: [0; CHANNEL_BLOCK],
+            round: [0; CHANNEL_BLOCK],
+            offset: [0; CHANNEL_BLOCK],
             any_left: false,
         };
         for (j, c) in channels.enumerate() {
             let m = stage.multiplier(c);
-            let right = (-m.exponent).max(0);
+            let shift = m.right_shift();
             lanes.mult[j] = m.multiplier;
             if j % 2 == 1 {
                 lanes.odd[j - 1] = m.multiplier;
             }
-            lanes.left[j] = m.exponent.max(0);
-            lanes.right[j] = right;
-            lanes.mask[j] = ((1i64 << right) - 1) as i32;
-            lanes.half[j] = lanes.mask[j] >> 1;
+            let lane = j / 8 * 8 + j % 2 * 4 + j % 8 / 2;
+            lanes.shift[lane] = i64::from(shift);
+            lanes.round[lane] = (1 << 62) + (1 << (shift - 1));
+            lanes.offset[lane] = 1 << (62 - shift);
             lanes.any_left |= m.exponent > 0;
         }
         lanes
@@ -201,24 +207,29 @@ unsafe fn requantize_block<const LEFT: bool>(
     bias: &[i32],
     out: &mut [i8],
 ) {
-    let lo = _mm256_set1_epi32(stage.lo - stage.zp_out);
-    let hi = _mm256_set1_epi32(stage.hi - stage.zp_out);
+    let (lo, hi) = (stage.lo - stage.zp_out, stage.hi - stage.zp_out);
+    let bounds = (
+        _mm256_set1_epi64x(i64::from(lo)),
+        _mm256_set1_epi64x(i64::from(hi)),
+    );
+    let (lo, hi) = (_mm256_set1_epi32(lo), _mm256_set1_epi32(hi));
     let zp = _mm256_set1_epi32(stage.zp_out);
     let gather = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
     for g in (0..acc.len()).step_by(8) {
-        // SAFETY: `g + 8 <= acc.len()`, which bounds every slice read and `out`.
+        // SAFETY: `g + 8 <= acc.len()`, which bounds every slice read and `out`; the
+        // `i64` arrays hold `CHANNEL_BLOCK >= acc.len()` lanes.
         unsafe {
-            let mut x = _mm256_add_epi32(load8(acc, g), load8(bias, g));
+            let x = _mm256_add_epi32(load8(acc, g), load8(bias, g));
+            let even = _mm256_mul_epi32(x, load8(&lanes.mult, g));
+            let odd = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), load8(&lanes.odd, g));
+            let mut even = round_shift(even, lanes, g);
+            let mut odd = round_shift(odd, lanes, g + 4);
             if LEFT {
-                x = saturating_shift_left(x, load8(&lanes.left, g));
+                even = clamp_i64(even, bounds);
+                odd = clamp_i64(odd, bounds);
             }
-            let high = doubling_high_mul(x, load8(&lanes.mult, g), load8(&lanes.odd, g));
-            let y = rounding_shift_right(
-                high,
-                load8(&lanes.right, g),
-                load8(&lanes.mask, g),
-                load8(&lanes.half, g),
-            );
+            // Every result fits int32 now: its low half is exact.
+            let y = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0b1010_1010);
             let y = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(y, lo), hi), zp);
             // Values lie in [-128, 127]: the saturating packs are exact.
             let words = _mm256_packs_epi32(y, y);
@@ -231,6 +242,36 @@ unsafe fn requantize_block<const LEFT: bool>(
     }
 }
 
+/// `RequantMultiplier::apply`'s rounding shift of four 64-bit products with the
+/// constants at `lanes[at..at + 4]`: `((p + 2^62 + 2^(s-1)) >>> s) - 2^(62-s)`, which is
+/// `floor((p + 2^(s-1)) / 2^s)` because `|p| < 2^62` keeps the sum in `(0, 2^64)`.
+///
+/// # Safety
+/// AVX2 must be available and `at + 4 <= CHANNEL_BLOCK`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn round_shift(p: __m256i, lanes: &ChannelLanes, at: usize) -> __m256i {
+    debug_assert!(at + 4 <= CHANNEL_BLOCK);
+    // SAFETY: in bounds by the caller's contract; the loads are unaligned.
+    let (shift, round, offset) = unsafe {
+        (
+            _mm256_loadu_si256(lanes.shift.as_ptr().add(at).cast()),
+            _mm256_loadu_si256(lanes.round.as_ptr().add(at).cast()),
+            _mm256_loadu_si256(lanes.offset.as_ptr().add(at).cast()),
+        )
+    };
+    let shifted = _mm256_srlv_epi64(_mm256_add_epi64(p, round), shift);
+    _mm256_sub_epi64(shifted, offset)
+}
+
+/// Clamps four i64 lanes to `[lo, hi]`.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn clamp_i64(x: __m256i, (lo, hi): (__m256i, __m256i)) -> __m256i {
+    let x = _mm256_blendv_epi8(x, lo, _mm256_cmpgt_epi64(lo, x));
+    _mm256_blendv_epi8(x, hi, _mm256_cmpgt_epi64(x, hi))
+}
+
 /// `s[g .. g + 8]` as one vector.
 ///
 /// # Safety
@@ -241,44 +282,6 @@ unsafe fn load8(s: &[i32], g: usize) -> __m256i {
     debug_assert!(g + 8 <= s.len());
     // SAFETY: in bounds by the caller's contract; the load is unaligned.
     unsafe { _mm256_loadu_si256(s.as_ptr().add(g).cast()) }
-}
-
-/// `x.saturating_mul(1 << left)` per lane: the shift overflowed iff shifting back differs.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn saturating_shift_left(x: __m256i, left: __m256i) -> __m256i {
-    let shifted = _mm256_sllv_epi32(x, left);
-    let fits = _mm256_cmpeq_epi32(_mm256_srav_epi32(shifted, left), x);
-    let saturated = _mm256_xor_si256(_mm256_srai_epi32(x, 31), _mm256_set1_epi32(i32::MAX));
-    _mm256_blendv_epi8(saturated, shifted, fits)
-}
-
-/// `saturating_rounding_doubling_high_mul(x, m)` per lane for `m >= 0` (`odd`: the odd
-/// lanes' `m` moved to the even ones). The truncating `(x·m + nudge) / 2^31` with its
-/// sign-dependent nudge equals `floor((x·m + 2^30) / 2^31)` for both signs, and the low 32
-/// bits of a logical 64-bit shift by 31 are those of the arithmetic one. With `m >= 0`
-/// the saturating case `x = m = i32::MIN` cannot occur.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn doubling_high_mul(x: __m256i, mult: __m256i, odd: __m256i) -> __m256i {
-    let nudge = _mm256_set1_epi64x(1 << 30);
-    let even = _mm256_srli_epi64(_mm256_add_epi64(_mm256_mul_epi32(x, mult), nudge), 31);
-    let odd_product = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), odd);
-    let odd = _mm256_slli_epi64(_mm256_add_epi64(odd_product, nudge), 1);
-    _mm256_blend_epi32(even, odd, 0b1010_1010)
-}
-
-/// `rounding_divide_by_pot(x, right)` per lane: `(x >> right) + (remainder > threshold)`
-/// with `threshold = mask / 2 + (x < 0)`, ties away from zero.
-#[target_feature(enable = "avx2")]
-#[inline]
-fn rounding_shift_right(x: __m256i, right: __m256i, mask: __m256i, half: __m256i) -> __m256i {
-    let remainder = _mm256_and_si256(x, mask);
-    let threshold = _mm256_sub_epi32(half, _mm256_srai_epi32(x, 31));
-    _mm256_sub_epi32(
-        _mm256_srav_epi32(x, right),
-        _mm256_cmpgt_epi32(remainder, threshold),
-    )
 }
 
 const _: () = assert!(NR == 16, "tile_avx2 computes 16 columns");
