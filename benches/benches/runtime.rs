@@ -2,7 +2,8 @@
 //! random inputs), 2 threads, batch 1 and 64, side by side in one process on the same
 //! weights and inputs: burn's flex fp32 forward (the graph loaded with
 //! `ConvNet::from_float_graph`) vs cinder's int8 runtime, W8A8 static per-channel (the
-//! product configuration) and dynamic (per-batch ranges).
+//! product configuration), dynamic (per-batch ranges) and partial (conv1 and fc2 left in
+//! float, the rest static: the runtime's f32 path between int8 layers).
 //!
 //! After the criterion groups: an alternating run (each round times one forward of every
 //! contender in turn, so load on the machine hits all alike) prints medians and the
@@ -11,7 +12,9 @@
 use burn::tensor::{Tensor as BurnTensor, TensorData};
 use cinder_model::{BackendKind, ConvNet};
 use cinder_runtime::synthetic::{minmax_table, random_input, reference_convnet};
-use cinder_runtime::{LayerConfig, Mode, QuantConfig, QuantizedModel, SessionOptions, convert};
+use cinder_runtime::{
+    LayerConfig, LayerOverride, Mode, QuantConfig, QuantizedModel, SessionOptions, convert,
+};
 use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::{Tensor, TensorBuf};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -27,9 +30,17 @@ fn models(graph: &FloatGraph) -> Vec<(&'static str, QuantizedModel)> {
         mode: Mode::Dynamic,
         ..LayerConfig::default()
     });
+    let float = LayerOverride {
+        mode: Some(Mode::Float),
+        ..LayerOverride::default()
+    };
+    let partial = QuantConfig::default()
+        .with_layer("conv1", float)
+        .with_layer("fc2", float);
     [
         ("int8_static", QuantConfig::default()),
         ("int8_dynamic", dynamic),
+        ("partial", partial),
     ]
     .into_iter()
     .map(|(name, config)| (name, convert(graph, &table, &config).expect("conversion")))

@@ -2,8 +2,10 @@
 //! number type (f32 for float layers, i64 for the reference interpreter's exact integer
 //! sums), and the float reference forward of a [`FloatGraph`].
 //!
-//! Nothing here is fast: this is the definition the fast paths are checked against, and
-//! what float (unquantized) layers run in a partially quantized model.
+//! Nothing here is fast: this is the definition the fast paths are checked against. The
+//! session runs float (unquantized) layers of a partially quantized model as a GEMM with
+//! this arithmetic, summed in the same order ([`crate::plan`]), so that they equal it bit
+//! for bit.
 
 use std::ops::{Add, Mul};
 

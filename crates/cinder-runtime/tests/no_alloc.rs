@@ -64,6 +64,8 @@ fn runs_after_warm_up_do_not_allocate() {
         [Mode::Static; 4],
         [Mode::Dynamic, Mode::Static, Mode::Float, Mode::Dynamic],
         [Mode::Float, Mode::Dynamic, Mode::Static, Mode::Static],
+        // A float convolution after a static one, and a float last layer.
+        [Mode::Static, Mode::Float, Mode::Static, Mode::Float],
     ] {
         let spec = ModelSpec {
             input: [3, 12, 12],

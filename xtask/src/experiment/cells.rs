@@ -41,7 +41,9 @@ impl Context<'_> {
     pub fn cell_key(&self, cell: &CellConfig) -> anyhow::Result<String> {
         let c = self.config;
         let mut key = Key::new("cell");
-        key.json(cell)?
+        // A new model format means new runtime arithmetic: cached cells are stale.
+        key.json(&cinder_runtime::MODEL_FORMAT_VERSION)?
+            .json(cell)?
             .bytes(self.graph_key.as_bytes())
             .bytes(self.data.key.as_bytes())
             .json(&c.calibration)?

@@ -1,8 +1,9 @@
-//! Integer compute kernels of the runtime: int8 GEMM, output stage, im2col, max-pool (of
+//! Compute kernels of the runtime: int8 GEMM, output stage, im2col, max-pool (of
 //! codes, or of a convolution's sums, fused before its output stage),
 //! and exact integer Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions ([`winograd`]:
 //! input transform, 16 i16 GEMMs, output transform; its exactness and overflow bounds are
-//! argued there).
+//! argued there); and the f32 GEMM of float layers (`sgemm`), which sums in the
+//! reference interpreter's order.
 //!
 //! Kernels only accumulate; bias, zero points, requantization and clamping are the output
 //! stage ([`requantize_s8`]), applied once per output row or block of rows. (Winograd's
@@ -37,6 +38,7 @@ mod gemm;
 mod output;
 mod pack;
 pub mod reference;
+pub(crate) mod sgemm;
 #[cfg(test)]
 mod tests;
 pub mod winograd;

@@ -1,6 +1,6 @@
 //! The fast execution plan of a validated model: one stage per step (flatten is free, and
-//! a 2×2 stride-2 max-pool right after a static convolution runs inside it), weights
-//! pre-packed in the order the kernels read them.
+//! a 2×2 stride-2 max-pool right after a static or dynamic convolution runs inside it, on
+//! its sums), weights pre-packed in the order the kernels read them.
 //!
 //! Layouts: int8 tensors are NHWC, float tensors canonical NCHW. So the quantizer
 //! transposes NCHW -> NHWC and the dequantizer back; a convolution's weights are
@@ -183,7 +183,11 @@ impl Plan {
                     );
                     let stage =
                         layer_stage(&field, &step.name, layer, geometry, int, layout, pool_next)?;
-                    pool_fused = matches!(&stage, Stage::IntConv(c) if c.pool);
+                    pool_fused = match &stage {
+                        Stage::IntConv(c) => c.pool,
+                        Stage::DynConv(c) => c.pool,
+                        _ => false,
+                    };
                     if let LayerExec::Static(s) = &layer.exec {
                         int = Some(s.output);
                     }
@@ -207,8 +211,8 @@ impl Plan {
     }
 }
 
-/// The stage of a convolution or linear layer reading a tensor of `layout`; a static
-/// convolution fuses the 2×2 stride-2 max-pool that follows it when `pool_next`.
+/// The stage of a convolution or linear layer reading a tensor of `layout`; a static or
+/// dynamic convolution fuses the 2×2 stride-2 max-pool that follows it when `pool_next`.
 fn layer_stage(
     field: &str,
     name: &str,
@@ -286,15 +290,16 @@ fn layer_stage(
                     shape,
                     mm,
                     winograd,
+                    pool: pool_next,
                 }),
                 None => Stage::DynLinear(DynLinear { mm }),
             }
         }
-        LayerExec::Float(f) => Stage::Float(FloatLayer {
+        LayerExec::Float(f) => Stage::Float(FloatLayer::new(
             geometry,
-            weight: f.weight.data().to_vec(),
-            bias: f.bias.clone(),
-            relu: layer.relu,
-        }),
+            f.weight.data(),
+            &f.bias,
+            layer.relu,
+        )),
     })
 }

@@ -41,6 +41,8 @@ pub(crate) struct Scratch {
     pub accum: Accum,
     /// A convolution's sums after a fused 2×2 max-pool.
     pub pooled: Vec<i32>,
+    /// A float convolution's im2col matrix of one image.
+    pub im2col: Vec<f32>,
     /// The value range of what this thread wrote in the current stage.
     pub range: Tracked,
 }
