@@ -257,17 +257,19 @@ impl Lanes for Avx2Lanes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
     use crate::synthetic::Rng;
 
-    fn values(rng: &mut Rng, len: usize) -> Vec<f32> {
+    /// `len` values in `[-1, 1)`.
+    pub(crate) fn values(rng: &mut Rng, len: usize) -> Vec<f32> {
         (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
     }
 
-    fn bits(values: &[f32]) -> Vec<u32> {
+    /// Bit patterns, so that equality is exact (and -0.0 differs from 0.0).
+    pub(crate) fn bits(values: &[f32]) -> Vec<u32> {
         values.iter().map(|v| v.to_bits()).collect()
     }
 

@@ -634,17 +634,8 @@ mod tests {
 
     use super::*;
     use crate::float::weighted_forward;
+    use crate::kernels::sgemm::tests::{bits, values};
     use crate::synthetic::Rng;
-
-    /// `len` values in `[-1, 1)`.
-    fn values(rng: &mut Rng, len: usize) -> Vec<f32> {
-        (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
-    }
-
-    /// Bit patterns, so that equality is exact (and -0.0 differs from 0.0).
-    fn bits(values: &[f32]) -> Vec<u32> {
-        values.iter().map(|v| v.to_bits()).collect()
-    }
 
     /// Runs `layer` on `threads` threads over a batch; returns the output and its range.
     fn run(
