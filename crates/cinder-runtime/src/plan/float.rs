@@ -91,7 +91,6 @@ impl OutputDequantizer {
 #[derive(Debug)]
 pub(crate) struct DynMatmul {
     pub(super) name: String,
-    pub(super) weights: PackedMatrix,
     pub(super) zp_w: Option<Vec<i32>>,
     /// Every column's weight zero point (also the zero ones), for the per-batch offset.
     pub(super) zp_w_all: Vec<i32>,
@@ -101,15 +100,20 @@ pub(crate) struct DynMatmul {
 }
 
 impl DynMatmul {
+    /// Output columns.
+    fn columns(&self) -> usize {
+        self.scale_w.len()
+    }
+
     /// The input parameters of this batch, and the per-column terms in `shared`:
-    /// `off[j] = -zp_in * colsum[j] + depth * zp_in * zp_w[j]` (0 for `centered` sums,
-    /// which Winograd's transforms take of operands minus their zero points),
-    /// `scale[j] = s_in * s_w[j]`.
+    /// `off[j] = -zp_in * colsum[j] + depth * zp_in * zp_w[j]` for sums over the `packed`
+    /// weights (0 for Winograd's, whose transforms take operands minus their zero
+    /// points), `scale[j] = s_in * s_w[j]`.
     fn prepare(
         &self,
         x: &[f32],
         range: Option<(f32, f32)>,
-        centered: bool,
+        packed: Option<&PackedMatrix>,
         shared: &mut Shared,
     ) -> Result<QuantParams, RunError> {
         let range = match range {
@@ -117,18 +121,16 @@ impl DynMatmul {
             None => scan_range(&self.name, x)?,
         };
         let p = dynamic_params(&self.name, range)?;
-        let (n, k, zp) = (
-            self.weights.rows(),
-            self.weights.depth() as i32,
-            p.zero_point,
-        );
+        let (n, zp) = (self.columns(), p.zero_point);
         let off = grow(&mut shared.col_off, n);
-        for ((o, &s), &z) in off
-            .iter_mut()
-            .zip(self.weights.col_sums())
-            .zip(&self.zp_w_all)
-        {
-            *o = if centered { 0 } else { -zp * s + k * zp * z };
+        match packed {
+            Some(w) => {
+                let k = w.depth() as i32;
+                for ((o, &s), &z) in off.iter_mut().zip(w.col_sums()).zip(&self.zp_w_all) {
+                    *o = -zp * s + k * zp * z;
+                }
+            }
+            None => off.fill(0),
         }
         for (o, &s) in grow(&mut shared.col_scale, n).iter_mut().zip(&self.scale_w) {
             *o = acc_scale(p.scale, s);
@@ -136,10 +138,15 @@ impl DynMatmul {
         Ok(p)
     }
 
-    /// `m` rows of `a` against `cols` into `out`, row-major (`m x cols.len()`). Returns
-    /// the range written (see [`Self::finish`]).
+    /// `m` rows of `a` against the columns `cols` of `weights` into `out`, row-major
+    /// (`m x cols.len()`). Returns the range written (see [`Self::finish`]).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the GEMM operands plus the per-batch terms"
+    )]
     fn run(
         &self,
+        weights: &PackedMatrix,
         a: &[i8],
         m: usize,
         cols: Range<usize>,
@@ -147,14 +154,7 @@ impl DynMatmul {
         terms: (&[i32], &[f32]),
         out: &mut [f32],
     ) -> Tracked {
-        accumulate(
-            &self.weights,
-            self.zp_w.as_deref(),
-            a,
-            m,
-            cols.clone(),
-            accum,
-        );
+        accumulate(weights, self.zp_w.as_deref(), a, m, cols.clone(), accum);
         self.finish(m, cols, accum, terms, out, None)
     }
 
@@ -234,8 +234,16 @@ impl DynMatmul {
 pub(crate) struct DynConv {
     pub(super) shape: ConvShape,
     pub(super) mm: DynMatmul,
-    pub(super) winograd: Option<WinogradSums>,
+    pub(super) kernel: DynConvKernel,
     pub(super) pool: bool,
+}
+
+/// How a dynamic convolution sums.
+#[derive(Debug)]
+pub(crate) enum DynConvKernel {
+    /// im2col rows against the packed weights.
+    Im2col(PackedMatrix),
+    Winograd(WinogradSums),
 }
 
 impl DynConv {
@@ -247,8 +255,12 @@ impl DynConv {
         slots: &mut [Scratch],
         shared: &mut Shared,
     ) -> Result<Tracked, RunError> {
-        let p = self.mm.prepare(x, range, self.winograd.is_some(), shared)?;
-        let (n, pixels, in_len) = (self.weights_rows(), self.shape.pixels, self.shape.in_len());
+        let packed = match &self.kernel {
+            DynConvKernel::Im2col(w) => Some(w),
+            DynConvKernel::Winograd(_) => None,
+        };
+        let p = self.mm.prepare(x, range, packed, shared)?;
+        let (n, pixels, in_len) = (self.mm.columns(), self.shape.pixels, self.shape.in_len());
         let ((oh, ow), out_pixels) = (self.shape.out_hw(), self.out_pixels());
         let terms = (&shared.col_off[..n], &shared.col_scale[..n]);
         par_images(x, in_len, y, out_pixels * n, slots, |image, out, slot| {
@@ -262,14 +274,14 @@ impl DynConv {
             } = slot;
             let (q, zp) = (grow(q, in_len), p.zero_point as i8);
             quantize_into(image, Some(self.shape.input), &p, q);
-            match &self.winograd {
-                Some(w) => {
+            match &self.kernel {
+                DynConvKernel::Winograd(w) => {
                     w.accumulate(q, zp, 0..w.geometry.tile_rows(), accum);
                 }
-                None => {
+                DynConvKernel::Im2col(weights) => {
                     let a = self.shape.lhs(q, zp, cols);
                     let zp_w = self.mm.zp_w.as_deref();
-                    accumulate(&self.mm.weights, zp_w, a, pixels, 0..n, accum);
+                    accumulate(weights, zp_w, a, pixels, 0..n, accum);
                 }
             }
             if self.pool {
@@ -298,16 +310,12 @@ impl DynConv {
 
     /// How the stage is listed in a profile.
     pub fn kind(&self) -> &'static str {
-        match (&self.winograd, self.pool) {
-            (Some(_), false) => "dyn. winograd",
-            (Some(_), true) => "dyn. wino+pool",
-            (None, false) => "dynamic conv",
-            (None, true) => "dyn. conv+pool",
+        match (&self.kernel, self.pool) {
+            (DynConvKernel::Winograd(_), false) => "dyn. winograd",
+            (DynConvKernel::Winograd(_), true) => "dyn. wino+pool",
+            (DynConvKernel::Im2col(_), false) => "dynamic conv",
+            (DynConvKernel::Im2col(_), true) => "dyn. conv+pool",
         }
-    }
-
-    fn weights_rows(&self) -> usize {
-        self.mm.weights.rows()
     }
 }
 
@@ -315,6 +323,7 @@ impl DynConv {
 #[derive(Debug)]
 pub(crate) struct DynLinear {
     pub(super) mm: DynMatmul,
+    pub(super) weights: PackedMatrix,
 }
 
 impl DynLinear {
@@ -326,8 +335,8 @@ impl DynLinear {
         slots: &mut [Scratch],
         shared: &mut Shared,
     ) -> Result<Tracked, RunError> {
-        let p = self.mm.prepare(x, range, false, shared)?;
-        let (n, k) = (self.mm.weights.rows(), self.mm.weights.depth());
+        let p = self.mm.prepare(x, range, Some(&self.weights), shared)?;
+        let (n, k) = (self.weights.rows(), self.weights.depth());
         let Shared {
             q,
             col_off,
@@ -340,7 +349,9 @@ impl DynLinear {
         });
         let terms = (&col_off[..n], &col_scale[..n]);
         split_linear(q, k, n, y, slots, |a, m, cols, slot, out| {
-            let r = self.mm.run(a, m, cols, &mut slot.accum, terms, out);
+            let r = self
+                .mm
+                .run(&self.weights, a, m, cols, &mut slot.accum, terms, out);
             slot.range = slot.range.merge(r);
         });
         Ok(take_range(slots))

@@ -17,10 +17,10 @@ use cinder_tensor::{QuantParams, Tensor};
 use crate::error::Invalid;
 use crate::float::{Geometry, Window, chw};
 use crate::model::{Layer, LayerExec, QuantWeights, Step, StepOp, clamp_bounds};
-use float::DynMatmul;
 pub(crate) use float::{
     DynConv, DynLinear, FloatLayer, FloatPool, InputQuantizer, OutputDequantizer, float_relu,
 };
+use float::{DynConvKernel, DynMatmul};
 use int::{ConvKernel, IntMatmul, IntParams, WinogradConv, WinogradSums, pack, winograd_geometry};
 pub(crate) use int::{ConvShape, IntConv, IntLinear, IntPool, int_relu};
 
@@ -271,28 +271,33 @@ fn layer_stage(
             let codes = engine_codes(&d.weights, row_chw);
             let zp_w_all = per_column(&d.weights, |p| p.zero_point);
             let shape = conv.map(conv_shape);
-            let winograd = shape
-                .as_ref()
-                .and_then(winograd_geometry)
-                .map(|g| WinogradSums::new(g, &codes, &zp_w_all, field))
-                .transpose()?;
             let mm = DynMatmul {
                 name: name.to_owned(),
-                weights: pack(&codes, n, k, field)?,
                 zp_w: int::nonzero(zp_w_all.clone()),
-                zp_w_all,
+                zp_w_all: zp_w_all.clone(),
                 scale_w: per_column(&d.weights, |p| p.scale),
                 bias: d.bias.clone(),
                 relu: layer.relu,
             };
             match shape {
-                Some(shape) => Stage::DynConv(DynConv {
-                    shape,
+                Some(shape) => {
+                    let kernel = match winograd_geometry(&shape) {
+                        Some(g) => {
+                            DynConvKernel::Winograd(WinogradSums::new(g, &codes, &zp_w_all, field)?)
+                        }
+                        None => DynConvKernel::Im2col(pack(&codes, n, k, field)?),
+                    };
+                    Stage::DynConv(DynConv {
+                        shape,
+                        mm,
+                        kernel,
+                        pool: pool_next,
+                    })
+                }
+                None => Stage::DynLinear(DynLinear {
                     mm,
-                    winograd,
-                    pool: pool_next,
+                    weights: pack(&codes, n, k, field)?,
                 }),
-                None => Stage::DynLinear(DynLinear { mm }),
             }
         }
         LayerExec::Float(f) => Stage::Float(FloatLayer::new(
