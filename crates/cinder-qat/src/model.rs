@@ -563,6 +563,13 @@ impl Pass<'_> {
         let name = LAYERS[index];
         let (layer, relu) = static_layer(deployed, name)?;
         let (dims, device) = (sums.acc.dims(), sums.acc.device());
+        if layer.bias.len() != dims[1] {
+            return Err(QatError::State(format!(
+                "{name}: the deployed layer has {} output channels, this model {}",
+                layer.bias.len(),
+                dims[1]
+            )));
+        }
         let inner: usize = dims[2..].iter().product();
         let zp = layer.output.zero_point;
         let codes = host(sums.acc)?
@@ -571,7 +578,7 @@ impl Pass<'_> {
             .map(|(i, &v)| {
                 let c = (i / inner) % dims[1];
                 let acc = exact_i32(v)
-                    .and_then(|a| a.checked_add(*layer.bias.get(c)?))
+                    .and_then(|a| a.checked_add(layer.bias[c]))
                     .ok_or_else(|| {
                         QatError::State(format!("{name}: sum {v} is not an exact int32 sum"))
                     })?;

@@ -192,7 +192,7 @@ fn runtime_reproduces_the_fake_quant_model() {
 }
 
 #[test]
-fn deployed_forward_needs_a_fake_quant_model_and_static_layers() {
+fn deployed_forward_needs_a_fake_quant_model_and_matching_static_layers() {
     let net = trained();
     let train = images(64, 2);
     let config = qat_config(8, true, false);
@@ -220,6 +220,21 @@ fn deployed_forward_needs_a_fake_quant_model_and_static_layers() {
         &mut |_| {},
     )
     .unwrap();
+    let wider = ConvNetConfig {
+        hidden: 24,
+        ..model_config()
+    }
+    .init(&device, 5)
+    .unwrap();
+    let other = ptq(&wider, &train, &config.quant);
+    let err = model
+        .forward_deployed(to_burn(&x, &device), &other)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("fc1: the deployed layer has 24 output channels, this model 16"),
+        "{err}"
+    );
     let int8 = model.export().unwrap().convert().unwrap();
     let err = control
         .forward_deployed(to_burn(&x, &device), &int8)
