@@ -51,6 +51,7 @@ pub fn convert_with_weights(
     weights: &BTreeMap<String, TensorQuantParams>,
 ) -> Result<QuantizedModel, ConvertError> {
     check_config(graph, config)?;
+    check_supported(graph)?;
     if let Some(name) = weights
         .keys()
         .find(|n| graph.node(n).and_then(|n| n.op.weight_and_bias()).is_none())
@@ -68,7 +69,10 @@ pub fn convert_with_weights(
         let Some((weight, bias)) = node.op.weight_and_bias() else {
             let op = match node.op {
                 Op::Relu => StepOp::Relu,
-                Op::MaxPool2d { kernel, stride } => StepOp::MaxPool2d { kernel, stride },
+                Op::MaxPool2d(p) => StepOp::MaxPool2d {
+                    kernel: p.kernel[0],
+                    stride: p.stride[0],
+                },
                 _ => StepOp::Flatten,
             };
             steps.push(Step {
@@ -79,6 +83,8 @@ pub fn convert_with_weights(
             i += 1;
             continue;
         };
+        let bias = bias.cloned().unwrap_or_else(|| zeros_like_rows(weight));
+        let bias = &bias;
         let relu = matches!(nodes.get(i + 1).map(|n| &n.op), Some(Op::Relu));
         let output = if relu { &nodes[i + 1].name } else { &node.name };
         let cfg = config.layer(&node.name);
@@ -111,8 +117,8 @@ pub fn convert_with_weights(
         let layer = Layer { relu, exec };
         let op = match &node.op {
             Op::Conv2d(c) => StepOp::Conv2d {
-                stride: c.stride,
-                padding: c.padding,
+                stride: c.stride[0],
+                padding: c.padding[0],
                 layer,
             },
             _ => StepOp::Linear(layer),
@@ -131,6 +137,69 @@ pub fn convert_with_weights(
         });
     }
     Ok(QuantizedModel::new(graph.input_shape().to_vec(), steps)?)
+}
+
+/// A zero bias for a layer without one: one per output row of `weight`.
+fn zeros_like_rows(weight: &TensorBuf<f32>) -> TensorBuf<f32> {
+    TensorBuf::from_vec(vec![0.0; weight.shape()[0]])
+}
+
+/// The graph is a chain of the operators the int8 runtime executes: convolutions with
+/// square kernels, equal strides and padding and one group, ReLU, square max-pools
+/// without padding, flatten and linear layers.
+fn check_supported(graph: &FloatGraph) -> Result<(), ConvertError> {
+    let unsupported = |node: &str, what: String| ConvertError::Unsupported {
+        node: node.to_owned(),
+        what,
+    };
+    if !graph.is_chain() {
+        let node = graph.nodes().iter().find(|n| n.inputs.len() != 1);
+        let name = node.map_or_else(|| graph.output().name.clone(), |n| n.name.clone());
+        return Err(unsupported(&name, "graphs other than a chain".into()));
+    }
+    for node in graph.nodes() {
+        let ok = match &node.op {
+            Op::Conv2d(c) => {
+                let [kh, kw] = c.kernel();
+                kh == kw
+                    && c.stride[0] == c.stride[1]
+                    && c.padding[0] == c.padding[1]
+                    && c.groups == 1
+            }
+            Op::MaxPool2d(p) => {
+                p.kernel[0] == p.kernel[1] && p.stride[0] == p.stride[1] && p.padding == [0, 0]
+            }
+            Op::Relu | Op::Flatten | Op::Linear(_) => true,
+            _ => false,
+        };
+        if !ok {
+            return Err(unsupported(
+                &node.name,
+                format!("this {} node ({:?})", node.op.kind(), OpSummary(&node.op)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An operator's hyper-parameters without its weights, for messages.
+struct OpSummary<'a>(&'a Op);
+
+impl std::fmt::Debug for OpSummary<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Op::Conv2d(c) => write!(
+                f,
+                "kernel {:?}, stride {:?}, padding {:?}, groups {}",
+                c.kernel(),
+                c.stride,
+                c.padding,
+                c.groups
+            ),
+            Op::MaxPool2d(p) => write!(f, "{p:?}"),
+            other => f.write_str(other.kind()),
+        }
+    }
 }
 
 /// Every configured layer exists and is weighted; quantized layers have 8 or 4 bits.
@@ -373,7 +442,7 @@ mod tests {
 
     fn small() -> (FloatGraph, CalibrationTable) {
         let mut rng = Rng::new(3);
-        let graph = FloatGraph::new(
+        let graph = FloatGraph::chain(
             vec![6],
             vec![
                 linear_node(&mut rng, "fc1", 6, 5),

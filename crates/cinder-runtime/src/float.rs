@@ -219,7 +219,13 @@ pub fn float_forward_with(
     mut hook: impl FnMut(&str, &TensorBuf<f32>),
 ) -> Result<TensorBuf<f32>, RunError> {
     let batch = batch_size(input.shape(), graph.input_shape())?;
-    let shapes = graph.output_shapes().expect("a FloatGraph's shapes chain");
+    if !graph.is_chain() {
+        return Err(RunError::Unsupported {
+            node: graph.output().name.clone(),
+            what: "graphs other than a chain".into(),
+        });
+    }
+    let shapes = graph.output_shapes().to_vec();
     let mut x = TensorBuf::new(input.shape().to_vec(), input.data().to_vec()).expect("same shape");
     hook(cinder_observers::GRAPH_INPUT, &x);
     let mut in_shape = graph.input_shape().to_vec();
@@ -230,9 +236,9 @@ pub fn float_forward_with(
                 let geometry = Geometry::Conv {
                     input: chw(&in_shape),
                     window: Window {
-                        kernel: conv.kernel(),
-                        stride: conv.stride,
-                        padding: conv.padding,
+                        kernel: conv.kernel()[0],
+                        stride: conv.stride[0],
+                        padding: conv.padding[0],
                     },
                 };
                 weighted_forward(
@@ -241,7 +247,7 @@ pub fn float_forward_with(
                     batch,
                     out_len,
                     conv.weight.data(),
-                    conv.bias.data(),
+                    &conv.bias_or_zeros(),
                 )
             }
             Op::Linear(l) => weighted_forward(
@@ -250,13 +256,24 @@ pub fn float_forward_with(
                 batch,
                 out_len,
                 l.weight.data(),
-                l.bias.data(),
+                &l.bias_or_zeros(),
             ),
-            Op::MaxPool2d { kernel, stride } => {
-                pool_forward(x.data(), batch, &in_shape, out_len, *kernel, *stride)
-            }
+            Op::MaxPool2d(p) => pool_forward(
+                x.data(),
+                batch,
+                &in_shape,
+                out_len,
+                p.kernel[0],
+                p.stride[0],
+            ),
             Op::Relu => x.data().iter().map(|&v| relu(v)).collect(),
             Op::Flatten => x.data().to_vec(),
+            other => {
+                return Err(RunError::Unsupported {
+                    node: node.name.clone(),
+                    what: format!("{} nodes", other.kind()),
+                });
+            }
         };
         let mut shape = vec![batch];
         shape.extend_from_slice(&out_shape);
@@ -270,7 +287,7 @@ pub fn float_forward_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cinder_tensor::graph::{Conv2d, Linear, Node};
+    use cinder_tensor::graph::{Conv2d, Linear};
 
     fn buf(shape: Vec<usize>, data: Vec<f32>) -> TensorBuf<f32> {
         TensorBuf::new(shape, data).unwrap()
@@ -327,21 +344,18 @@ mod tests {
 
     #[test]
     fn forward_of_a_tiny_graph_and_its_hook() {
-        let node = |name: &str, op| Node {
-            name: name.into(),
-            op,
-        };
-        let graph = FloatGraph::new(
+        let node = |name: &str, op| (name.to_owned(), op);
+        let graph = FloatGraph::chain(
             vec![1, 2, 2],
             vec![
                 node(
                     "conv",
-                    Op::Conv2d(Conv2d {
-                        weight: buf(vec![1, 1, 1, 1], vec![-2.0]),
-                        bias: buf(vec![1], vec![1.0]),
-                        stride: 1,
-                        padding: 0,
-                    }),
+                    Op::Conv2d(Conv2d::dense(
+                        buf(vec![1, 1, 1, 1], vec![-2.0]),
+                        Some(buf(vec![1], vec![1.0])),
+                        1,
+                        0,
+                    )),
                 ),
                 node("relu", Op::Relu),
                 node("flat", Op::Flatten),
@@ -349,7 +363,7 @@ mod tests {
                     "fc",
                     Op::Linear(Linear {
                         weight: buf(vec![1, 4], vec![1.0, 2.0, 3.0, 4.0]),
-                        bias: buf(vec![1], vec![0.0]),
+                        bias: Some(buf(vec![1], vec![0.0])),
                     }),
                 ),
             ],
