@@ -12,7 +12,7 @@ use anyhow::Context;
 use cinder_datasets::Normalization;
 use cinder_model::calibrate::{CalibrationTiming, activation_errors, calibrate};
 use cinder_model::data::epoch_order;
-use cinder_model::{BackendKind, ConvNet};
+use cinder_model::{BackendKind, GraphNet};
 use cinder_observers::{Calibrator, ErrorReport, ObserverSpec, weight_errors};
 use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::io::read_json;
@@ -87,7 +87,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     let dir = &args.checkpoint;
     let summary: TrainSummary = read_json(&dir.join("summary.json"))?;
     let graph = FloatGraph::load(&dir.join("graph.json"), &dir.join("graph.safetensors"))?;
-    let model = ConvNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
+    let model = GraphNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
     let source = dataset_source(&summary.dataset, args.data_dir.as_deref())?;
     let train = cinder_datasets::load(&source)?
         .train

@@ -19,7 +19,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use cinder_datasets::{Dataset, Normalization};
 use cinder_model::calibrate::calibrate;
 use cinder_model::train::write_metrics_log;
-use cinder_model::{BackendKind, ConvNet};
+use cinder_model::{BackendKind, ConvNet, GraphNet};
 use cinder_observers::{Calibrator, ObserverSpec};
 use cinder_qat::train::read_qat_manifest;
 use cinder_qat::{QatConfig, QatModel, QatTrainer};
@@ -151,6 +151,7 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
     let graph = FloatGraph::load(&dir.join("graph.json"), &dir.join("graph.safetensors"))?;
     let device = BackendKind::Flex.device()?;
     let start = ConvNet::from_float_graph(&graph, &device)?;
+    let start_net = GraphNet::from_float_graph(&graph, &device)?;
     let source = dataset_source(&summary.dataset, args.data_dir.as_deref())?;
     let splits = cinder_datasets::load(&source)?;
     let train = splits
@@ -177,8 +178,9 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
     let calib = calibration_indices(train.len(), args.calibration_images, args.seed);
     let quant = &model.config().quant;
     eprintln!("PTQ of the starting model ...");
-    let ptq_accuracy = runtime_accuracy(&ptq(&start, &train_src, &calib, quant)?, &test, &norm)?;
-    let float_accuracy = cinder_model::evaluate(&start, &test_src, 256)?.accuracy;
+    let ptq_accuracy =
+        runtime_accuracy(&ptq(&start_net, &train_src, &calib, quant)?, &test, &norm)?;
+    let float_accuracy = cinder_model::evaluate(&start_net, &test_src, 256)?.accuracy;
     eprintln!("evaluating the fine-tuned model ...");
     let (int8, comparison) = if model.config().fake_quant {
         let export = model.export()?;
@@ -193,7 +195,7 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
         )?;
         (int8, c)
     } else {
-        let tuned = model.net().valid();
+        let tuned = GraphNet::from_float_graph(&model.net().valid().to_float_graph()?, &device)?;
         let int8 = ptq(&tuned, &train_src, &calib, quant)?;
         tuned.to_float_graph()?.save(
             &args.out.join("graph.json"),
@@ -295,7 +297,7 @@ fn epoch_bar(trainer: &QatTrainer, images: usize) -> ProgressBar {
 
 /// Min/max PTQ (u8 asymmetric activations) of `net` under `quant`.
 fn ptq(
-    net: &ConvNet,
+    net: &GraphNet,
     train: &DatasetImages<'_>,
     indices: &[usize],
     quant: &QuantConfig,

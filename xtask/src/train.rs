@@ -1,26 +1,35 @@
-//! `cargo xtask train`: trains the reference ConvNet and writes, under `--out`,
+//! `cargo xtask train`: trains a zoo model (`--model`, the reference ConvNet by default)
+//! and writes, under `--out`,
 //!
 //! - `checkpoint/`: the per-epoch checkpoint (`checkpoint.json` + burnpack model and
 //!   optimizer state; see `cinder_model::checkpoint`), which `--resume` continues from,
 //! - `metrics.jsonl`: one JSON line per epoch (loss, accuracy, test metrics with the
 //!   confusion matrix, images/s),
-//! - `graph.json` + `graph.safetensors`: the trained float graph (BatchNorm folded),
+//! - `graph.json` + `graph.safetensors`: the trained float graph (BatchNorm folded): its
+//!   architecture and weights, from which every later command rebuilds the model,
 //! - `summary.json`: data set, normalization, configs and the final figures.
 //!
 //! Example (the peers' Fashion-MNIST recipe):
 //! `cargo xtask train --dataset fashion-mnist --limit 20000 --epochs 2 --batch 64 --lr 0.01 --out runs/fmnist`
+//!
+//! ResNet-20 (He et al.'s CIFAR recipe):
+//! `cargo xtask train --model resnet20 --dataset fashion-mnist --epochs 30 --batch 128 --lr 0.1
+//! --weight-decay 5e-4 --schedule cosine --augment --out runs/resnet20`
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use burn::module::Module;
 use cinder_datasets::{Dataset, DatasetSource, Normalization, SyntheticSpec};
 use cinder_model::checkpoint::read_manifest;
 use cinder_model::train::write_metrics_log;
+use cinder_model::zoo;
 use cinder_model::{
-    BackendKind, Batch, ConvNetConfig, EpochMetrics, ImageSource, LrSchedule, ModelError,
+    Augmentation, BackendKind, Batch, EpochMetrics, ImageSource, LrSchedule, ModelError,
     OptimizerConfig, StepProgress, TrainConfig, Trainer,
 };
+use cinder_tensor::graph::GraphSpec;
 use cinder_tensor::io::write_json_atomic;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -84,9 +93,16 @@ pub struct TrainArgs {
     /// flex (default), ndarray, or wgpu (needs `--features wgpu`).
     #[arg(long, default_value = "flex")]
     pub backend: String,
-    /// Add a BatchNorm after each convolution (folded into the exported graph).
+    /// The architecture: convnet, resnet20 or mobilenetv2-tiny.
+    #[arg(long, default_value = "convnet")]
+    pub model: String,
+    /// Add a BatchNorm after each convolution of the convnet (folded into the exported
+    /// graph; the other models have theirs).
     #[arg(long)]
     pub batch_norm: bool,
+    /// Random crop (4-pixel padding) and horizontal flip of the training images.
+    #[arg(long)]
+    pub augment: bool,
     #[arg(long)]
     pub out: PathBuf,
     /// Continue the run checkpointed in `--out` (same settings) instead of starting anew.
@@ -183,6 +199,7 @@ impl TrainArgs {
             weight_decay: self.weight_decay,
             schedule,
             seed: self.seed,
+            augment: self.augment.then(Augmentation::crop_flip),
         }
     }
 
@@ -210,7 +227,9 @@ struct Summary<'a> {
     test_images: usize,
     normalization: Normalization,
     backend: BackendKind,
-    model: &'a ConvNetConfig,
+    model_name: &'a str,
+    model: &'a GraphSpec,
+    parameters: usize,
     training: &'a TrainConfig,
     epochs_done: usize,
     test_accuracy: Option<f64>,
@@ -237,15 +256,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         DatasetImages { data: &train, norm },
         DatasetImages { data: &test, norm },
     );
-    let model_config = ConvNetConfig {
-        classes: train.classes(),
-        ..ConvNetConfig::reference().with_batch_norm(args.batch_norm)
-    };
+    let image_shape = train_src.image_shape();
+    let spec = zoo::by_name(&args.model, image_shape, train.classes(), args.batch_norm)?;
     let config = args.train_config();
     let ckpt_dir = args.out.join("checkpoint");
-    let mut trainer = start_or_resume(&args, &ckpt_dir, model_config, config, backend)?;
+    let mut trainer = start_or_resume(&args, &ckpt_dir, &spec, config, backend)?;
     eprintln!(
-        "{} train / {} test images, backend {backend}, {} of {} epochs done",
+        "{}: {} parameters; {} train / {} test images, backend {backend}, {} of {} epochs done",
+        args.model,
+        trainer.model().num_params(),
         train.len(),
         test.len(),
         trainer.epochs_done(),
@@ -260,7 +279,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         write_metrics_log(&args.out.join("metrics.jsonl"), trainer.history())?;
     }
     let (graph_json, graph_weights) = ("graph.json", "graph.safetensors");
-    let graph = trainer.model().to_float_graph()?;
+    let graph = trainer.model().to_inference_graph()?;
     graph.save(&args.out.join(graph_json), &args.out.join(graph_weights))?;
     let history = trainer.history();
     let last = history.last().and_then(|m| m.test.as_ref());
@@ -270,7 +289,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         test_images: test.len(),
         normalization: norm,
         backend,
-        model: trainer.model_config(),
+        model_name: &args.model,
+        model: trainer.spec(),
+        parameters: trainer.model().num_params(),
         training: trainer.config(),
         epochs_done: trainer.epochs_done(),
         test_accuracy: last.map(|e| e.accuracy),
@@ -295,23 +316,27 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 fn start_or_resume(
     args: &TrainArgs,
     ckpt_dir: &Path,
-    model_config: ConvNetConfig,
+    spec: &GraphSpec,
     config: TrainConfig,
     backend: BackendKind,
 ) -> anyhow::Result<Trainer> {
     match (read_manifest(ckpt_dir)?, args.resume) {
-        (None, _) => Ok(Trainer::new(model_config, config, backend)?),
+        (None, _) => Ok(Trainer::new(spec, config, backend)?),
         (Some(_), false) => bail!(
             "{} already holds a checkpoint: pass --resume to continue it or choose another --out",
             ckpt_dir.display()
         ),
         (Some(m), true) => {
-            if m.model != model_config || m.training != config {
+            if m.model != *spec {
                 bail!(
-                    "--resume with other settings than the checkpoint's: it has {:?} / {:?}, the command line {:?} / {:?}",
-                    m.model,
+                    "--resume with another model than the checkpoint's ({})",
+                    args.model
+                );
+            }
+            if m.training != config {
+                bail!(
+                    "--resume with other settings than the checkpoint's: it has {:?}, the command line {:?}",
                     m.training,
-                    model_config,
                     config
                 );
             }

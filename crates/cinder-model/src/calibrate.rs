@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use cinder_tensor::Tensor;
 
-use crate::ConvNet;
+use crate::GraphNet;
 use crate::data::{ImageSource, prefetch};
 use crate::error::ModelError;
 
@@ -33,7 +33,7 @@ pub struct CalibrationTiming {
 /// Feeds `calibrator` the quantization points of `model` on the images `indices` of
 /// `data`, `batch_size` at a time, in order. The table is `calibrator.table()`.
 pub fn calibrate(
-    model: &ConvNet,
+    model: &GraphNet,
     data: &dyn ImageSource,
     indices: &[usize],
     batch_size: usize,
@@ -62,7 +62,7 @@ pub fn calibrate(
 /// The quantization error of every tensor `table` calibrated, fake-quantized with its
 /// table parameters, over the images `indices` of `data`.
 pub fn activation_errors(
-    model: &ConvNet,
+    model: &GraphNet,
     data: &dyn ImageSource,
     indices: &[usize],
     batch_size: usize,
@@ -81,7 +81,7 @@ pub fn activation_errors(
 /// Runs the batches of `indices` through `model` in inference mode and hands `visit`
 /// each quantization point's activation by name. Returns the time spent outside `visit`.
 fn for_each_point(
-    model: &ConvNet,
+    model: &GraphNet,
     data: &dyn ImageSource,
     indices: &[usize],
     batch_size: usize,
@@ -89,7 +89,7 @@ fn for_each_point(
 ) -> Result<Duration, ModelError> {
     let model = model.valid();
     let device = model.device().without_autodiff();
-    let points = quantization_points(&model.to_float_graph()?);
+    let points = quantization_points(&model.to_inference_graph()?);
     let plan: Vec<Vec<usize>> = indices
         .chunks(batch_size.max(1))
         .map(<[usize]>::to_vec)

@@ -5,7 +5,7 @@
 //!   epoch NNNN (burn's burnpack module record, parameter ids included),
 //! - `optim-eNNNN.bpk`: the optimizer state (momentum / Adam moments, keyed by those ids),
 //! - `checkpoint.json`: the manifest — format version, completed epochs, model and
-//!   training config (seed included), backend, the two file names and the metrics history.
+//!   architecture ([`GraphSpec`]), training config (seed included), backend, the two file names and the metrics history.
 //!
 //! Each file is written atomically and the manifest last, so it is the commit point: a
 //! run killed at any moment leaves the previous complete checkpoint. Files of older epochs
@@ -17,16 +17,17 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
+use cinder_tensor::graph::GraphSpec;
 use cinder_tensor::io::{read_json, write_atomic, write_json_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
-use crate::convnet::ConvNetConfig;
 use crate::error::ModelError;
+use crate::net::GraphNet;
 use crate::train::{EpochMetrics, TrainConfig, Trainer, build_optimizer};
 
 /// Version of the checkpoint manifest; bumped on incompatible changes.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
 /// The manifest's file name inside a checkpoint directory.
 pub const MANIFEST: &str = "checkpoint.json";
 
@@ -34,7 +35,8 @@ pub const MANIFEST: &str = "checkpoint.json";
 pub struct Manifest {
     pub format_version: u32,
     pub epochs_done: usize,
-    pub model: ConvNetConfig,
+    /// The architecture.
+    pub model: GraphSpec,
     pub training: TrainConfig,
     pub backend: BackendKind,
     pub model_file: String,
@@ -56,7 +58,7 @@ impl Trainer {
         let manifest = Manifest {
             format_version: CHECKPOINT_FORMAT_VERSION,
             epochs_done: epoch,
-            model: self.model_config.clone(),
+            model: self.spec.clone(),
             training: self.config.clone(),
             backend: self.backend,
             model_file: format!("model-e{epoch:04}.bpk"),
@@ -106,9 +108,7 @@ impl Trainer {
         let model_path = dir.join(&manifest.model_file);
         let record = ModuleRecord::from_bytes(read_bytes(&model_path)?)
             .map_err(|e| checkpoint_error(&model_path, e))?;
-        let model = manifest
-            .model
-            .init(&device, manifest.training.seed)?
+        let model = GraphNet::init(&manifest.model, &device, manifest.training.seed)?
             .try_load_record(record)
             .map_err(|e| checkpoint_error(&model_path, e))?;
         let optim_path = dir.join(&manifest.optimizer_file);

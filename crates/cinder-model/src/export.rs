@@ -4,25 +4,17 @@
 //!   trait, so observers and the runtime read burn outputs without copying or knowing burn.
 //! - [`Activations`]: the graph input and every node's output of one forward pass, keyed
 //!   by node name, for calibration.
-//! - [`ConvNet::to_float_graph`] / [`ConvNet::from_float_graph`]: the trained model as a
-//!   backend-neutral [`FloatGraph`] (conv `[out, in, k, k]`, linear `[out, in]`; burn keeps
-//!   linear weights `[in, out]`, so they are transposed on the way out and back).
+//!
+//! The trained model itself leaves as a [`cinder_tensor::graph::FloatGraph`]
+//! ([`crate::GraphNet::to_float_graph`]).
 
-use burn::nn::PaddingConfig2d;
-use burn::tensor::{Device, Tensor, TensorData};
-use cinder_tensor::graph::{self, FloatGraph, Op, Pool2d};
+use burn::tensor::{Tensor, TensorData};
 use cinder_tensor::{Tensor as _, TensorBuf};
 
-use crate::convnet::{ConvNet, ConvNetConfig, HostLayer, HostWeights, bias_of, host};
 use crate::error::ModelError;
 
 /// Name of the graph input in [`Activations`].
-pub const INPUT_NAME: &str = "input";
-
-/// The ConvNet's float graph nodes, in order.
-pub const NODE_NAMES: [&str; 10] = [
-    "conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "flatten", "fc1", "relu3", "fc2",
-];
+pub const INPUT_NAME: &str = cinder_tensor::graph::INPUT;
 
 /// burn tensor data holding f32, readable through the common tensor trait.
 #[derive(Debug, Clone)]
@@ -113,7 +105,7 @@ impl Activations {
 }
 
 /// `[rows, cols]` row-major to `[cols, rows]`.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; data.len()];
     for r in 0..rows {
         for c in 0..cols {
@@ -123,152 +115,11 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-fn graph_conv(conv: &burn::nn::conv::Conv2d) -> Result<graph::Conv2d, ModelError> {
-    let dims = conv.weight.dims();
-    Ok(graph::Conv2d {
-        weight: TensorBuf::new(dims.to_vec(), host(conv.weight.val())?)?,
-        bias: Some(TensorBuf::from_vec(bias_of(&conv.bias, dims[0])?)),
-        stride: conv.stride,
-        padding: [symmetric_padding(&conv.padding)?; 2],
-        groups: conv.groups,
-    })
-}
-
-fn symmetric_padding(padding: &PaddingConfig2d) -> Result<usize, ModelError> {
-    match *padding {
-        PaddingConfig2d::Valid => Ok(0),
-        PaddingConfig2d::Explicit(t, l, b, r) if t == l && l == b && b == r => Ok(t),
-        ref other => Err(ModelError::GraphLayout(format!(
-            "padding {other:?} is not one symmetric amount"
-        ))),
-    }
-}
-
-fn graph_linear(linear: &burn::nn::Linear) -> Result<graph::Linear, ModelError> {
-    let [d_in, d_out] = linear.weight.dims();
-    let weight = transpose(&host(linear.weight.val())?, d_in, d_out);
-    Ok(graph::Linear {
-        weight: TensorBuf::new(vec![d_out, d_in], weight)?,
-        bias: Some(TensorBuf::from_vec(bias_of(&linear.bias, d_out)?)),
-    })
-}
-
-impl ConvNet {
-    /// The model as a float graph named [`NODE_NAMES`], BatchNorm folded in (eval mode).
-    pub fn to_float_graph(&self) -> Result<FloatGraph, ModelError> {
-        let model = self.fold_batchnorm()?;
-        let pool = || Op::MaxPool2d(Pool2d::square(2, 2));
-        let ops = [
-            Op::Conv2d(graph_conv(&model.conv1)?),
-            Op::Relu,
-            pool(),
-            Op::Conv2d(graph_conv(&model.conv2)?),
-            Op::Relu,
-            pool(),
-            Op::Flatten,
-            Op::Linear(graph_linear(&model.fc1)?),
-            Op::Relu,
-            Op::Linear(graph_linear(&model.fc2)?),
-        ];
-        let nodes = NODE_NAMES
-            .iter()
-            .zip(ops)
-            .map(|(name, op)| ((*name).to_owned(), op))
-            .collect();
-        Ok(FloatGraph::chain(
-            self.config.input_shape().to_vec(),
-            nodes,
-        )?)
-    }
-
-    /// Rebuilds a (BatchNorm-free) ConvNet from a float graph with the layout that
-    /// [`ConvNet::to_float_graph`] writes, on `device`.
-    pub fn from_float_graph(graph: &FloatGraph, device: &Device) -> Result<ConvNet, ModelError> {
-        let nodes = graph.nodes();
-        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        if names != NODE_NAMES || !graph.is_chain() {
-            return Err(ModelError::GraphLayout(format!(
-                "nodes {names:?}, expected {NODE_NAMES:?}"
-            )));
-        }
-        let kind_error = |i: usize, expected: &str| {
-            ModelError::GraphLayout(format!(
-                "node `{}` is {:?}, expected {expected}",
-                NODE_NAMES[i], nodes[i].op
-            ))
-        };
-        let conv = |i: usize| match &nodes[i].op {
-            Op::Conv2d(c)
-                if c.kernel() == [3, 3]
-                    && c.stride == [1, 1]
-                    && c.padding == [1, 1]
-                    && c.groups == 1 =>
-            {
-                Ok(c)
-            }
-            _ => Err(kind_error(i, "a 3x3 convolution, stride 1, padding 1")),
-        };
-        let linear = |i: usize| match &nodes[i].op {
-            Op::Linear(l) => Ok(l),
-            _ => Err(kind_error(i, "a linear layer")),
-        };
-        for (i, expected) in [
-            (1, Op::Relu),
-            (2, Op::MaxPool2d(Pool2d::square(2, 2))),
-            (4, Op::Relu),
-        ]
-        .into_iter()
-        .chain([
-            (5, Op::MaxPool2d(Pool2d::square(2, 2))),
-            (6, Op::Flatten),
-            (8, Op::Relu),
-        ]) {
-            if nodes[i].op != expected {
-                return Err(kind_error(i, &format!("{expected:?}")));
-            }
-        }
-        let (conv1, conv2, fc1, fc2) = (conv(0)?, conv(3)?, linear(7)?, linear(9)?);
-        let input = graph.input_shape();
-        if input.len() != 3 || input[1] != input[2] {
-            return Err(ModelError::GraphLayout(format!(
-                "input shape {input:?} is not [C, S, S]"
-            )));
-        }
-        let config = ConvNetConfig {
-            in_channels: input[0],
-            channels: [conv1.out_channels(), conv2.out_channels()],
-            hidden: fc1.out_features(),
-            classes: fc2.out_features(),
-            input_size: input[1],
-            batch_norm: false,
-        };
-        config.validate()?;
-        let weights = HostWeights {
-            conv1: host_conv(conv1),
-            conv2: host_conv(conv2),
-            fc1: host_linear(fc1),
-            fc2: host_linear(fc2),
-        };
-        Ok(ConvNet::assemble(&config, weights, device))
-    }
-}
-
-fn host_conv(c: &graph::Conv2d) -> HostLayer<4> {
-    let s = c.weight.shape();
-    HostLayer {
-        weight: c.weight.data().to_vec(),
-        weight_shape: [s[0], s[1], s[2], s[3]],
-        bias: c.bias_or_zeros(),
-    }
-}
-
-fn host_linear(l: &graph::Linear) -> HostLayer<2> {
-    let (d_out, d_in) = (l.out_features(), l.in_features());
-    HostLayer {
-        weight: transpose(l.weight.data(), d_out, d_in),
-        weight_shape: [d_in, d_out],
-        bias: l.bias_or_zeros(),
-    }
+/// Reads a tensor back to the host as f32.
+pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ModelError> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| ModelError::Data(format!("{e:?}")))
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! The float side of cinder: CNNs written in burn, their training and evaluation,
 //! BatchNorm folding, and the export of trained weights as a backend-neutral float graph.
 //!
-//! - [`convnet`]: the reference ConvNet (and its BatchNorm variant, and folding).
+//! - [`net`]: [`GraphNet`], the burn module that trains and runs any graph architecture.
+//! - [`zoo`]: the architectures by name (`convnet`, `resnet20`, `mobilenetv2-tiny`).
+//! - [`convnet`]: the reference ConvNet as named layers, for hand-written forwards (QAT).
 //! - [`train`]: SGD/Adam training with schedules, evaluation, metrics.
+//! - [`augment`]: random crop and flip of training images.
 //! - [`checkpoint`]: atomic per-epoch checkpoints and exact resume.
 //! - [`data`]: the batch interface training reads ([`data::ImageSource`]).
 //! - [`export`]: the float graph hand-off, activations for calibration, and the common
@@ -10,6 +13,7 @@
 //! - [`calibrate`]: the calibration driver (observers fed from the burn forward).
 //! - [`backend`]: `flex` / `ndarray` / `wgpu` chosen at run time.
 
+pub mod augment;
 pub mod backend;
 pub mod calibrate;
 pub mod checkpoint;
@@ -17,15 +21,20 @@ pub mod convnet;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod net;
 pub mod rng;
 pub mod train;
+pub mod zoo;
 
+pub use augment::Augmentation;
 pub use backend::BackendKind;
-pub use convnet::{ConvNet, ConvNetConfig};
+pub use convnet::ConvNet;
 pub use data::{Batch, ImageSource, InMemoryImages};
 pub use error::ModelError;
-pub use export::{Activations, BurnData, INPUT_NAME, NODE_NAMES};
+pub use export::{Activations, BurnData, INPUT_NAME};
+pub use net::GraphNet;
 pub use train::{
     EpochMetrics, Evaluation, LrSchedule, OptimizerConfig, StepProgress, TrainConfig, Trainer,
     evaluate,
 };
+pub use zoo::ConvNetConfig;

@@ -1,9 +1,10 @@
-//! Training and evaluation of the ConvNet. The epoch loop ([`train_epoch`]) and the
+//! Training and evaluation of a [`GraphNet`]. The epoch loop ([`train_epoch`]) and the
 //! evaluation ([`evaluate_with`]) also serve any other classifier (cinder-qat's).
 //!
 //! The default [`TrainConfig`] is the article's recipe: SGD, lr 0.001, momentum 0.9,
 //! dampening 0 (PyTorch's; burn's `MomentumConfig` defaults to 0.1), batch 32, 10 epochs.
-//! Adam, L2 weight decay and a learning-rate schedule (constant, cosine, step) are options.
+//! Adam, L2 weight decay, a learning-rate schedule (constant, cosine, step) and data
+//! augmentation (random crop and flip, [`Augmentation`]) are options.
 //!
 //! A [`Trainer`] runs whole epochs. The sample order of an epoch is a function of the
 //! seed and the epoch number only ([`crate::data::epoch_batches`]) and the initial weights
@@ -19,12 +20,14 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor};
+use cinder_tensor::graph::GraphSpec;
 use serde::{Deserialize, Serialize};
 
+use crate::augment::Augmentation;
 use crate::backend::BackendKind;
-use crate::convnet::{ConvNet, ConvNetConfig};
 use crate::data::{Batch, ImageSource, epoch_batches, prefetch};
 use crate::error::ModelError;
+use crate::net::GraphNet;
 
 /// The update rule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -150,6 +153,9 @@ pub struct TrainConfig {
     pub schedule: LrSchedule,
     /// Fixes the initial weights and the sample order of every epoch.
     pub seed: u64,
+    /// Random crop and flip of the training images, if any.
+    #[serde(default)]
+    pub augment: Option<Augmentation>,
 }
 
 impl Default for TrainConfig {
@@ -163,6 +169,7 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             schedule: LrSchedule::Constant,
             seed: 0,
+            augment: None,
         }
     }
 }
@@ -242,9 +249,9 @@ pub fn cross_entropy(logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
 /// A model with its optimizer, the run's configuration and its history.
 pub struct Trainer {
     /// Always `Some` between calls; taken while the optimizer consumes it.
-    model: Option<ConvNet>,
+    model: Option<GraphNet>,
     optimizer: ModuleOptimizer,
-    pub(crate) model_config: ConvNetConfig,
+    pub(crate) spec: GraphSpec,
     pub(crate) config: TrainConfig,
     pub(crate) backend: BackendKind,
     device: Device,
@@ -252,15 +259,16 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A fresh run: the model initialised from `config.seed` on `backend`'s autodiff device.
+    /// A fresh run: the network of architecture `spec` initialised from `config.seed` on
+    /// `backend`'s autodiff device.
     pub fn new(
-        model_config: ConvNetConfig,
+        spec: &GraphSpec,
         config: TrainConfig,
         backend: BackendKind,
     ) -> Result<Self, ModelError> {
         config.validate()?;
         let device = backend.device()?.autodiff();
-        let model = model_config.init(&device, config.seed)?;
+        let model = GraphNet::init(spec, &device, config.seed)?;
         let optimizer = build_optimizer(&config);
         Ok(Self::from_parts(
             model,
@@ -274,14 +282,14 @@ impl Trainer {
     /// Reassembles a run from its parts (checkpoint restore); `model` is on the autodiff
     /// device of `backend`.
     pub(crate) fn from_parts(
-        model: ConvNet,
+        model: GraphNet,
         optimizer: ModuleOptimizer,
         config: TrainConfig,
         backend: BackendKind,
         history: Vec<EpochMetrics>,
     ) -> Self {
         Self {
-            model_config: model.config.clone(),
+            spec: model.spec().clone(),
             device: model.device().autodiff(),
             optimizer,
             model: Some(model),
@@ -296,11 +304,11 @@ impl Trainer {
     }
 
     /// The model being trained (on the autodiff device; use `.valid()` for inference).
-    pub fn model(&self) -> &ConvNet {
+    pub fn model(&self) -> &GraphNet {
         self.model.as_ref().expect("model is present between steps")
     }
 
-    pub fn into_model(self) -> ConvNet {
+    pub fn into_model(self) -> GraphNet {
         self.model.expect("model is present between steps")
     }
 
@@ -308,8 +316,9 @@ impl Trainer {
         &self.config
     }
 
-    pub fn model_config(&self) -> &ConvNetConfig {
-        &self.model_config
+    /// The architecture being trained.
+    pub fn spec(&self) -> &GraphSpec {
+        &self.spec
     }
 
     pub fn backend(&self) -> BackendKind {
@@ -343,7 +352,7 @@ impl Trainer {
                 self.config.epochs
             )));
         }
-        check_source(&self.model_config, train)?;
+        check_source(self.model().input_shape(), self.model().classes(), train)?;
         let config = self.config.clone();
         let mut metrics =
             train_epoch(&config, self.epochs_done(), train, progress, |batch, lr| {
@@ -358,7 +367,7 @@ impl Trainer {
 
     /// One SGD/Adam step; returns the batch's mean loss and its number of correct guesses.
     fn step(&mut self, batch: &Batch, lr: f64) -> Result<(f64, u64), ModelError> {
-        batch.validate(self.model_config.classes)?;
+        batch.validate(self.model().classes())?;
         let (images, targets) = batch.to_tensors(&self.device);
         let model = self.model.take().expect("model is present between steps");
         let logits = model.forward(images);
@@ -371,19 +380,19 @@ impl Trainer {
     }
 }
 
-/// Checks that `source` fits a model of `model_config`: the image shape, and no more
-/// classes than the model predicts.
+/// Checks that `source` fits a model of input shape `want` predicting `classes` classes:
+/// the image shape, and no more classes than the model predicts.
 pub fn check_source(
-    model_config: &ConvNetConfig,
+    want: [usize; 3],
+    classes: usize,
     source: &dyn ImageSource,
 ) -> Result<(), ModelError> {
-    let want = model_config.input_shape();
-    if source.image_shape() != want || source.classes() > model_config.classes {
+    if source.image_shape() != want || source.classes() > classes {
         return Err(ModelError::Batch(format!(
             "data has images {:?} and {} classes, the model takes {want:?} and {} classes",
             source.image_shape(),
             source.classes(),
-            model_config.classes
+            classes
         )));
     }
     Ok(())
@@ -408,6 +417,10 @@ pub fn train_epoch(
         lr = config
             .schedule
             .lr(config.lr, epoch, i, steps, config.epochs);
+        let batch = match config.augment {
+            Some(a) => a.apply(batch, config.seed, epoch, i),
+            None => batch,
+        };
         let (loss, right) = step(&batch, lr)?;
         loss_sum += loss * batch.len() as f64;
         correct += right;
@@ -446,13 +459,13 @@ pub fn count_correct(logits: Tensor<2>, targets: Tensor<1, Int>) -> u64 {
 
 /// Evaluates `model` (switched to inference mode) on all of `data`, in order.
 pub fn evaluate(
-    model: &ConvNet,
+    model: &GraphNet,
     data: &dyn ImageSource,
     batch_size: usize,
 ) -> Result<Evaluation, ModelError> {
     let model = model.valid();
     let device = model.device().without_autodiff();
-    evaluate_with(data, batch_size, model.config.classes, &device, |images| {
+    evaluate_with(data, batch_size, model.classes(), &device, |images| {
         Ok(model.forward(images))
     })
 }

@@ -5,13 +5,13 @@ mod common;
 
 use burn::tensor::Device;
 use cinder_model::calibrate::{activation_errors, calibrate};
-use cinder_model::{ConvNet, ImageSource, InMemoryImages, ModelError};
+use cinder_model::{GraphNet, ImageSource, InMemoryImages, ModelError};
 use cinder_observers::{Calibrator, ObserverSpec};
 use cinder_tensor::{QuantScheme, Tensor as _};
-use common::{quadrant_images, tiny_config};
+use common::{quadrant_images, tiny_net, tiny_spec};
 
-fn setup() -> (ConvNet, InMemoryImages) {
-    let model = tiny_config().init(&Device::flex(), 3).unwrap();
+fn setup() -> (GraphNet, InMemoryImages) {
+    let model = tiny_net(&tiny_spec(), 3, &Device::flex());
     (model, quadrant_images(20, 5))
 }
 

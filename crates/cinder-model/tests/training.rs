@@ -4,14 +4,16 @@ mod common;
 
 use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use cinder_model::checkpoint::{MANIFEST, read_manifest};
 use cinder_model::train::write_metrics_log;
 use cinder_model::{
-    BackendKind, ConvNet, ImageSource, LrSchedule, ModelError, OptimizerConfig, TrainConfig,
+    BackendKind, GraphNet, ImageSource, LrSchedule, ModelError, OptimizerConfig, TrainConfig,
     Trainer, evaluate,
 };
-use common::{host, quadrant_images, tiny_config};
+use cinder_tensor::Tensor as _;
+use cinder_tensor::graph::Op;
+use common::{host, quadrant_images, tiny_config, tiny_spec};
 
 fn quick_config(optimizer: OptimizerConfig, epochs: usize) -> TrainConfig {
     TrainConfig {
@@ -25,17 +27,18 @@ fn quick_config(optimizer: OptimizerConfig, epochs: usize) -> TrainConfig {
         weight_decay: 1e-4,
         schedule: LrSchedule::Cosine { min_lr: 1e-4 },
         seed: 42,
+        augment: None,
     }
 }
 
-fn all_weights(model: &ConvNet) -> Vec<Vec<f32>> {
-    vec![
-        host(model.conv1.weight.val()),
-        host(model.conv2.weight.val()),
-        host(model.fc1.weight.val()),
-        host(model.fc2.weight.val()),
-        host(model.fc2.bias.as_ref().unwrap().val()),
-    ]
+fn all_weights(model: &GraphNet) -> Vec<Vec<f32>> {
+    let graph = model.to_float_graph().unwrap();
+    graph
+        .nodes()
+        .iter()
+        .filter_map(|n| n.op.weight_and_bias())
+        .flat_map(|(w, b)| std::iter::once(w.data().to_vec()).chain(b.map(|b| b.data().to_vec())))
+        .collect()
 }
 
 fn train(trainer: &mut Trainer, data: &dyn ImageSource, epochs: usize) {
@@ -100,7 +103,7 @@ fn training_learns_the_quadrant_task_with_sgd_and_adam() {
     let (train_set, test_set) = (quadrant_images(256, 1), quadrant_images(128, 2));
     for optimizer in [OptimizerConfig::sgd(), OptimizerConfig::adam()] {
         let mut trainer =
-            Trainer::new(tiny_config(), quick_config(optimizer, 4), BackendKind::Flex).unwrap();
+            Trainer::new(&tiny_spec(), quick_config(optimizer, 4), BackendKind::Flex).unwrap();
         let before = evaluate(trainer.model(), &test_set, 64).unwrap();
         let mut steps = 0;
         for _ in 0..4 {
@@ -130,15 +133,20 @@ fn batchnorm_variant_trains_and_updates_running_statistics() {
     let data = quadrant_images(64, 3);
     let config = tiny_config().with_batch_norm(true);
     let mut trainer = Trainer::new(
-        config,
+        &config.spec().unwrap(),
         quick_config(OptimizerConfig::sgd(), 1),
         BackendKind::Flex,
     )
     .unwrap();
     train(&mut trainer, &data, 1);
-    let bn = trainer.model().bn1.as_ref().unwrap();
-    assert!(host(bn.running_mean.value()).iter().any(|&m| m != 0.0));
-    let folded = trainer.model().valid().fold_batchnorm().unwrap();
+    let graph = trainer.model().to_float_graph().unwrap();
+    let Op::BatchNorm(bn) = &graph.node("bn1").unwrap().op else {
+        panic!("bn1 is a BatchNorm")
+    };
+    assert!(bn.mean.data().iter().any(|&m| m != 0.0));
+    let folded = trainer.model().valid().to_inference_graph().unwrap();
+    assert!(!folded.has_batch_norm());
+    let folded = GraphNet::from_float_graph(&folded, &Device::flex()).unwrap();
     let (a, b) = (
         evaluate(trainer.model(), &data, 64).unwrap(),
         evaluate(&folded, &data, 64).unwrap(),
@@ -151,7 +159,7 @@ fn ndarray_runs_are_deterministic_for_a_seed() {
     let data = quadrant_images(64, 4);
     let run = || {
         let mut t = Trainer::new(
-            tiny_config(),
+            &tiny_spec(),
             quick_config(OptimizerConfig::sgd(), 2),
             BackendKind::Ndarray,
         )
@@ -168,11 +176,11 @@ fn resume_after_an_interruption_reproduces_the_uninterrupted_run() {
     for optimizer in [OptimizerConfig::sgd(), OptimizerConfig::adam()] {
         let config = quick_config(optimizer, 3);
         let mut straight =
-            Trainer::new(tiny_config(), config.clone(), BackendKind::Ndarray).unwrap();
+            Trainer::new(&tiny_spec(), config.clone(), BackendKind::Ndarray).unwrap();
         train(&mut straight, &data, 3);
 
         let dir = tempfile::tempdir().unwrap();
-        let mut first = Trainer::new(tiny_config(), config.clone(), BackendKind::Ndarray).unwrap();
+        let mut first = Trainer::new(&tiny_spec(), config.clone(), BackendKind::Ndarray).unwrap();
         train(&mut first, &data, 1);
         first.save_checkpoint(dir.path()).unwrap();
         train(&mut first, &data, 1); // progress after the checkpoint, lost in the "kill"
@@ -210,7 +218,7 @@ fn corrupt_or_missing_checkpoints_are_typed_errors() {
     assert!(Trainer::resume(dir.path(), BackendKind::Flex).is_err());
     let data = quadrant_images(16, 6);
     let mut t = Trainer::new(
-        tiny_config(),
+        &tiny_spec(),
         quick_config(OptimizerConfig::sgd(), 2),
         BackendKind::Flex,
     )
@@ -237,7 +245,7 @@ fn corrupt_or_missing_checkpoints_are_typed_errors() {
     let text = std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap();
     std::fs::write(
         dir.path().join(MANIFEST),
-        text.replace("\"format_version\": 1", "\"format_version\": 7"),
+        text.replacen("\"format_version\": 2", "\"format_version\": 7", 1),
     )
     .unwrap();
     let err = Trainer::resume(dir.path(), BackendKind::Flex)
@@ -254,7 +262,7 @@ fn mismatched_data_is_rejected() {
         ..tiny_config()
     };
     let mut t = Trainer::new(
-        config,
+        &config.spec().unwrap(),
         quick_config(OptimizerConfig::sgd(), 1),
         BackendKind::Flex,
     )
@@ -268,7 +276,7 @@ fn mismatched_data_is_rejected() {
         ..TrainConfig::default()
     };
     assert!(matches!(
-        Trainer::new(tiny_config(), bad, BackendKind::Flex),
+        Trainer::new(&tiny_spec(), bad, BackendKind::Flex),
         Err(ModelError::Training(_))
     ));
 }

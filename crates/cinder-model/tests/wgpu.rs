@@ -9,7 +9,7 @@ mod common;
 use std::sync::Mutex;
 
 use burn::tensor::{Device, DeviceType, Tensor};
-use cinder_model::{BackendKind, ConvNetConfig, OptimizerConfig, TrainConfig, Trainer};
+use cinder_model::{BackendKind, ConvNetConfig, GraphNet, OptimizerConfig, TrainConfig, Trainer};
 use common::{host, max_abs_diff, quadrant_images, random_images, tiny_config};
 
 /// wgpu's GLES fallback (taken when no Vulkan driver is found) panics when two threads
@@ -33,10 +33,10 @@ fn wgpu_forward_matches_flex() {
     let Some(device) = wgpu_device() else { return };
     let config = ConvNetConfig::reference();
     let (flex, gpu) = (
-        config.init(&Device::flex(), 0).unwrap(),
-        config.init(&device, 0).unwrap(),
+        GraphNet::init(&config.spec().unwrap(), &Device::flex(), 0).unwrap(),
+        GraphNet::init(&config.spec().unwrap(), &device, 0).unwrap(),
     );
-    let x = random_images(&config, 2, 1, &Device::flex());
+    let x = random_images(config.input_shape(), 2, 1, &Device::flex());
     let x_gpu = Tensor::from_data(x.to_data(), &device);
     let diff = max_abs_diff(&host(flex.forward(x)), &host(gpu.forward(x_gpu)));
     eprintln!("wgpu vs flex, reference ConvNet b2 logits: max abs diff {diff:.3e}");
@@ -58,7 +58,7 @@ fn wgpu_trains_a_tiny_model_like_flex() {
         ..TrainConfig::default()
     };
     let weights = |backend| {
-        let mut t = Trainer::new(tiny_config(), config.clone(), backend).unwrap();
+        let mut t = Trainer::new(&tiny_config().spec().unwrap(), config.clone(), backend).unwrap();
         t.run_epoch(&data, None, &mut |_| {}).unwrap();
         host(t.model().fc1.weight.val())
     };

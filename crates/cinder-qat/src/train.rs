@@ -108,7 +108,8 @@ impl QatTrainer {
                 config.epochs
             )));
         }
-        check_source(&self.model().net().config, train)?;
+        let net_config = &self.model().net().config;
+        check_source(net_config.input_shape(), net_config.classes, train)?;
         // The step's own error is kept typed; train_epoch only sees that it failed.
         let mut failure = None;
         let result = train_epoch(&config, self.epochs_done(), train, progress, |batch, lr| {

@@ -6,7 +6,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use cinder_model::calibrate::calibrate;
 use cinder_model::rng::SplitMix64;
 use cinder_model::{
-    BackendKind, ConvNet, ConvNetConfig, ImageSource, InMemoryImages, TrainConfig, Trainer,
+    BackendKind, ConvNet, ConvNetConfig, GraphNet, ImageSource, InMemoryImages, TrainConfig,
+    Trainer,
 };
 use cinder_observers::{Calibrator, ObserverSpec};
 use cinder_qat::{QatConfig, QatModel, QatTrainer, fine_tune};
@@ -56,12 +57,14 @@ fn trained() -> ConvNet {
         lr: 0.02,
         ..TrainConfig::default()
     };
-    let mut trainer = Trainer::new(model_config(), config, BackendKind::Flex).unwrap();
+    let mut trainer =
+        Trainer::new(&model_config().spec().unwrap(), config, BackendKind::Flex).unwrap();
     let train = images(384, 1);
     while !trainer.is_finished() {
         trainer.run_epoch(&train, None, &mut |_| {}).unwrap();
     }
-    trainer.into_model()
+    let graph = trainer.into_model().to_float_graph().unwrap();
+    ConvNet::from_float_graph(&graph, &Device::flex()).unwrap()
 }
 
 fn qat_config(bits: u8, per_channel: bool, lsq: bool) -> QatConfig {
@@ -123,13 +126,10 @@ fn ptq(net: &ConvNet, calib: &InMemoryImages, quant: &QuantConfig) -> QuantizedM
     let mut calibrator =
         Calibrator::new(ObserverSpec::MinMax, QuantScheme::activations_uint8()).unwrap();
     let indices: Vec<usize> = (0..calib.len()).collect();
-    calibrate(net, calib, &indices, 32, &mut calibrator).unwrap();
-    convert(
-        &net.to_float_graph().unwrap(),
-        &calibrator.table().unwrap(),
-        quant,
-    )
-    .unwrap()
+    let graph = net.to_float_graph().unwrap();
+    let float = GraphNet::from_float_graph(&graph, &net.device()).unwrap();
+    calibrate(&float, calib, &indices, 32, &mut calibrator).unwrap();
+    convert(&graph, &calibrator.table().unwrap(), quant).unwrap()
 }
 
 /// The fake-quant forward with the deployed requantization gives the runtime's logits

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use cinder_model::ConvNet;
+use cinder_model::GraphNet;
 use cinder_model::calibrate::{activation_errors, calibrate};
 use cinder_observers::{CalibrationTable, Calibrator, ObserverSpec};
 use cinder_tensor::{ErrorMetrics, QuantScheme};
@@ -28,7 +28,7 @@ pub struct Calibrated {
 
 /// The calibrations of one model, by observer.
 pub struct Calibrations<'a> {
-    model: &'a ConvNet,
+    model: &'a GraphNet,
     data: &'a ExperimentData,
     config: &'a CalibrationConfig,
     dir: PathBuf,
@@ -39,7 +39,7 @@ pub struct Calibrations<'a> {
 
 impl<'a> Calibrations<'a> {
     pub fn new(
-        model: &'a ConvNet,
+        model: &'a GraphNet,
         graph_key: &str,
         data: &'a ExperimentData,
         config: &'a CalibrationConfig,

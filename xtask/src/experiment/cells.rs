@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use cinder_model::ConvNet;
+use cinder_model::GraphNet;
 use cinder_model::{Batch, ImageSource};
 use cinder_runtime::{Mode, QuantConfig, QuantizedModel, convert};
 use cinder_tensor::graph::{FloatGraph, Op};
@@ -28,7 +28,7 @@ use crate::train::DatasetImages;
 pub struct Context<'a> {
     pub config: &'a ExperimentConfig,
     /// The trained float model (inference mode).
-    pub model: &'a ConvNet,
+    pub model: &'a GraphNet,
     pub data: &'a ExperimentData,
     pub graph: &'a FloatGraph,
     pub graph_key: &'a str,
@@ -227,7 +227,7 @@ fn sensitivity(
         .chunks(eval.batch)
         .map(|chunk| images.gather(chunk))
         .collect::<Result<_, _>>()?;
-    let logits_of = |net: &ConvNet| -> anyhow::Result<Vec<f32>> {
+    let logits_of = |net: &GraphNet| -> anyhow::Result<Vec<f32>> {
         let per_batch = batches.iter().map(|b| measure::float_logits(net, b));
         Ok(per_batch.collect::<anyhow::Result<Vec<_>>>()?.concat())
     };
@@ -240,7 +240,7 @@ fn sensitivity(
         .filter_map(|s| Some((&s.name, s.op.layer()?.quant_weights()?.dequantized())))
         .map(|(layer, weight)| {
             let graph = with_weight(ctx.graph, layer, weight)?;
-            let got = logits_of(&ConvNet::from_float_graph(&graph, &ctx.model.device())?)?;
+            let got = logits_of(&GraphNet::from_float_graph(&graph, &ctx.model.device())?)?;
             let mut noise = ErrorAccumulator::default();
             reference
                 .iter()

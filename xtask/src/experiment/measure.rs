@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cinder_model::{Batch, ConvNet, ImageSource};
+use cinder_model::{Batch, GraphNet, ImageSource};
 use cinder_runtime::{QuantizedModel, SessionOptions};
 
 use super::config::EvaluationConfig;
@@ -65,7 +65,7 @@ pub fn int8(
 }
 
 /// The logits of burn's forward of `model` on `batch`, row-major.
-pub fn float_logits(model: &ConvNet, batch: &Batch) -> anyhow::Result<Vec<f32>> {
+pub fn float_logits(model: &GraphNet, batch: &Batch) -> anyhow::Result<Vec<f32>> {
     let (x, _) = batch.to_tensors(&model.device());
     model
         .forward(x)
@@ -76,7 +76,7 @@ pub fn float_logits(model: &ConvNet, batch: &Batch) -> anyhow::Result<Vec<f32>> 
 
 /// The float model on burn (flex); `graph_json` is its saved graph (size and memory).
 pub fn fp32(
-    model: &ConvNet,
+    model: &GraphNet,
     graph_json: &Path,
     data: &ExperimentData,
     eval: &EvaluationConfig,

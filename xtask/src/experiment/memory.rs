@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use cinder_model::{BackendKind, Batch, ConvNet};
+use cinder_model::{BackendKind, Batch, GraphNet};
 use cinder_runtime::{QuantizedModel, SessionOptions};
 use cinder_tensor::TensorBuf;
 use cinder_tensor::graph::FloatGraph;
@@ -89,7 +89,7 @@ fn run_int8(path: &Path, batch: usize, threads: usize) -> anyhow::Result<()> {
 fn run_float(json: &Path, batch: usize) -> anyhow::Result<()> {
     let graph = FloatGraph::load(json, &json.with_file_name("graph.safetensors"))?;
     let device = BackendKind::Flex.device()?;
-    let model = ConvNet::from_float_graph(&graph, &device)?;
+    let model = GraphNet::from_float_graph(&graph, &device)?;
     let input = Batch {
         images: zeros(batch, graph.input_shape())?,
         labels: vec![0; batch],

@@ -6,7 +6,7 @@
 //! training.
 
 use burn::module::Module;
-use cinder_model::{BackendKind, TrainConfig};
+use cinder_model::{BackendKind, ConvNet, GraphNet, TrainConfig};
 use cinder_qat::QatConfig;
 use cinder_runtime::{QuantizedModel, convert};
 use cinder_tensor::graph::FloatGraph;
@@ -64,7 +64,8 @@ pub fn fine_tuned(
         "control fine-tuning"
     });
     let mut step = 0;
-    let tuned = cinder_qat::fine_tune(ctx.model, &images, &config, BackendKind::Flex, &mut |p| {
+    let start = ConvNet::from_float_graph(ctx.graph, &ctx.model.device())?;
+    let tuned = cinder_qat::fine_tune(&start, &images, &config, BackendKind::Flex, &mut |p| {
         step += 1;
         show(bar, p);
         bar.set_position(step);
@@ -78,8 +79,8 @@ pub fn fine_tuned(
         });
     }
     bar.set_message(format!("calibrating the control ({})", cell.observer));
-    let net = tuned.net().valid();
-    let graph = net.to_float_graph()?;
+    let graph = tuned.net().valid().to_float_graph()?;
+    let net = GraphNet::from_float_graph(&graph, &ctx.model.device())?;
     let graph_key = graph_key(&graph)?;
     let dir = ctx.out.join("calibration").join(&cell.name);
     let mut calibrations =

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use cinder_model::{INPUT_NAME, NODE_NAMES};
+use cinder_model::{ConvNetConfig, INPUT_NAME};
 use cinder_runtime::{LayerConfig, LayerOverride, Mode, QuantConfig, WeightGranularity};
 use cinder_tensor::io::write_atomic;
 use cinder_tensor::{ErrorMetrics, Mapping};
@@ -275,11 +275,16 @@ fn sqnr(m: Option<&ErrorMetrics>) -> String {
     }
 }
 
-/// The union of the keys of `maps`, in graph order (input, then the model's nodes).
+/// The union of the keys of `maps`, in graph order (input, then the reference ConvNet's
+/// nodes, which the experiment measures).
 pub fn columns<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, ErrorMetrics>>) -> Vec<String> {
+    let nodes = ConvNetConfig::reference()
+        .spec()
+        .map(|s| s.nodes.into_iter().map(|n| n.name).collect::<Vec<_>>())
+        .unwrap_or_default();
     let rank = |name: &String| {
         std::iter::once(INPUT_NAME)
-            .chain(NODE_NAMES)
+            .chain(nodes.iter().map(String::as_str))
             .position(|n| n == name)
             .unwrap_or(usize::MAX)
     };

@@ -8,7 +8,7 @@ use std::path::Path;
 use burn::module::Module;
 use cinder_model::checkpoint::read_manifest;
 use cinder_model::train::write_metrics_log;
-use cinder_model::{BackendKind, ConvNet, ConvNetConfig, TrainConfig, Trainer};
+use cinder_model::{BackendKind, ConvNetConfig, GraphNet, TrainConfig, Trainer};
 use cinder_tensor::Tensor;
 use cinder_tensor::graph::FloatGraph;
 use indicatif::MultiProgress;
@@ -38,7 +38,7 @@ pub struct TrainingSummary {
 
 /// The trained model, in inference mode, and its float graph (BatchNorm folded).
 pub struct Trained {
-    pub model: ConvNet,
+    pub model: GraphNet,
     pub graph: FloatGraph,
     pub summary: TrainingSummary,
 }
@@ -72,7 +72,11 @@ pub fn train_or_reuse(
     write_cached(&marker, &key, &(&model_config, &config.training))?;
     let mut trainer = match read_manifest(&ckpt)? {
         Some(_) => Trainer::resume(&ckpt, BackendKind::Flex)?,
-        None => Trainer::new(model_config, config.training.clone(), BackendKind::Flex)?,
+        None => Trainer::new(
+            &model_config.spec()?,
+            config.training.clone(),
+            BackendKind::Flex,
+        )?,
     };
     let reused = trainer.is_finished();
     let train = data.train_images();
@@ -92,9 +96,9 @@ pub fn train_or_reuse(
         trainer.save_checkpoint(&ckpt)?;
         write_metrics_log(&out.join("metrics.jsonl"), trainer.history())?;
     }
-    let summary = summarize(&trainer, data.train.len(), reused);
-    let graph = trainer.model().valid().to_float_graph()?;
-    let model = ConvNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
+    let summary = summarize(&trainer, &model_config, data.train.len(), reused);
+    let graph = trainer.model().valid().to_inference_graph()?;
+    let model = GraphNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
     Ok(Trained {
         model,
         graph,
@@ -102,13 +106,18 @@ pub fn train_or_reuse(
     })
 }
 
-fn summarize(trainer: &Trainer, train_images: usize, reused: bool) -> TrainingSummary {
+fn summarize(
+    trainer: &Trainer,
+    model: &ConvNetConfig,
+    train_images: usize,
+    reused: bool,
+) -> TrainingSummary {
     let history = trainer.history();
     let mut rates: Vec<f64> = history.iter().map(|m| m.images_per_sec).collect();
     rates.sort_by(f64::total_cmp);
     let last = history.last();
     TrainingSummary {
-        model: trainer.model_config().clone(),
+        model: model.clone(),
         training: trainer.config().clone(),
         train_images,
         epochs: history.len(),

@@ -2,9 +2,12 @@
 
 #![allow(dead_code)]
 
+pub mod reference;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use cinder_model::rng::SplitMix64;
-use cinder_model::{ConvNetConfig, InMemoryImages};
+use cinder_model::{ConvNetConfig, GraphNet, InMemoryImages};
+use cinder_tensor::graph::GraphSpec;
 
 /// 3×8×8 input, 4 and 8 channels, 16 hidden, 4 classes: fast on any backend.
 pub fn tiny_config() -> ConvNetConfig {
@@ -18,9 +21,19 @@ pub fn tiny_config() -> ConvNetConfig {
     }
 }
 
-/// Random images `[n, C, S, S]` in [-1, 1).
-pub fn random_images(config: &ConvNetConfig, n: usize, seed: u64, device: &Device) -> Tensor<4> {
-    let [c, h, w] = config.input_shape();
+/// The tiny ConvNet's architecture.
+pub fn tiny_spec() -> GraphSpec {
+    tiny_config().spec().unwrap()
+}
+
+/// A freshly initialised network of architecture `spec`.
+pub fn tiny_net(spec: &GraphSpec, seed: u64, device: &Device) -> GraphNet {
+    GraphNet::init(spec, device, seed).unwrap()
+}
+
+/// Random images `[n, C, H, W]` in [-1, 1).
+pub fn random_images(shape: [usize; 3], n: usize, seed: u64, device: &Device) -> Tensor<4> {
+    let [c, h, w] = shape;
     let mut rng = SplitMix64::new(seed);
     let values: Vec<f32> = (0..n * c * h * w).map(|_| rng.symmetric(1.0)).collect();
     Tensor::from_data(TensorData::new(values, [n, c, h, w]), device)
