@@ -34,26 +34,34 @@ impl YmmPanel for PairRow {
 }
 
 impl YmmPanel for WidePairRow {
-    /// Two aligned loads: the weights are i16 already.
+    /// The i16 weights as they are.
     #[inline(always)]
     unsafe fn halves(&self) -> (__m256i, __m256i) {
-        // SAFETY: a `WidePairRow` is 64 bytes aligned to 64: two aligned 32-byte loads.
-        unsafe {
-            let ptr = self.0.as_ptr().cast::<__m256i>();
-            (_mm256_load_si256(ptr), _mm256_load_si256(ptr.add(1)))
-        }
+        // SAFETY: AVX2 by the caller's contract.
+        unsafe { aligned_halves(self) }
     }
 }
 
 impl YmmPanel for QuadRow {
-    /// Two aligned loads of i8 quads.
+    /// The i8 quads as they are.
     #[inline(always)]
     unsafe fn halves(&self) -> (__m256i, __m256i) {
-        // SAFETY: a `QuadRow` is 64 bytes aligned to 64: two aligned 32-byte loads.
-        unsafe {
-            let ptr = self.0.as_ptr().cast::<__m256i>();
-            (_mm256_load_si256(ptr), _mm256_load_si256(ptr.add(1)))
-        }
+        // SAFETY: AVX2 by the caller's contract.
+        unsafe { aligned_halves(self) }
+    }
+}
+
+/// A 64-byte row aligned to 64 as two aligned 32-byte loads.
+///
+/// # Safety
+/// AVX2 must be available.
+#[inline(always)]
+unsafe fn aligned_halves<P>(row: &P) -> (__m256i, __m256i) {
+    const { assert!(size_of::<P>() == 64 && align_of::<P>() == 64) };
+    // SAFETY: 64 bytes aligned to 64 (checked above); AVX2 by the contract.
+    unsafe {
+        let ptr = std::ptr::from_ref(row).cast::<__m256i>();
+        (_mm256_load_si256(ptr), _mm256_load_si256(ptr.add(1)))
     }
 }
 

@@ -11,11 +11,19 @@ use super::Avx512Vnni;
 use crate::kernels::pack::{NR, PanelRow, QuadRow, WidePairRow};
 use crate::kernels::tile::{MicroKernel, Rows, TileOut, check_tile};
 
-/// A 64-byte panel row and its multiply-add.
+/// A 64-byte panel row, aligned to 64, and its multiply-add.
 pub(super) trait ZmmPanel: PanelRow {
+    /// The row as one vector.
+    ///
     /// # Safety
     /// AVX-512 F must be available.
-    unsafe fn load(&self) -> __m512i;
+    #[inline(always)]
+    unsafe fn load(&self) -> __m512i {
+        const { assert!(size_of::<Self>() == 64 && align_of::<Self>() == 64) };
+        // SAFETY: 64 bytes aligned to 64 (checked above); AVX-512 F by the contract.
+        unsafe { _mm512_load_si512(std::ptr::from_ref(self).cast()) }
+    }
+
     /// `acc + Σ a·b` over each i32 lane's group.
     ///
     /// # Safety
@@ -25,12 +33,6 @@ pub(super) trait ZmmPanel: PanelRow {
 
 impl ZmmPanel for QuadRow {
     #[inline(always)]
-    unsafe fn load(&self) -> __m512i {
-        // SAFETY: 64 bytes aligned to 64; AVX-512 F by the caller's contract.
-        unsafe { _mm512_load_si512(self.0.as_ptr().cast()) }
-    }
-
-    #[inline(always)]
     unsafe fn dot(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
         // SAFETY: AVX-512 VNNI by the caller's contract.
         unsafe { _mm512_dpbusd_epi32(acc, a, b) }
@@ -38,12 +40,6 @@ impl ZmmPanel for QuadRow {
 }
 
 impl ZmmPanel for WidePairRow {
-    #[inline(always)]
-    unsafe fn load(&self) -> __m512i {
-        // SAFETY: 64 bytes aligned to 64; AVX-512 F by the caller's contract.
-        unsafe { _mm512_load_si512(self.0.as_ptr().cast()) }
-    }
-
     #[inline(always)]
     unsafe fn dot(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
         // SAFETY: AVX-512 VNNI by the caller's contract.
