@@ -25,10 +25,13 @@ use cinder_tensor::{
 
 use crate::config::{LayerConfig, Mode, QuantConfig, WeightGranularity};
 use crate::error::ConvertError;
+use crate::model::rules::{acc_scale, bias_bound, requant_multiplier};
 use crate::model::{
-    DynamicLayer, FloatLayer, Layer, LayerExec, QuantWeights, QuantizedModel, StaticLayer, Step,
-    StepOp, WEIGHT_BITS, acc_scale, bias_bound, requant_multiplier, weight_scheme,
+    DynamicLayer, FloatLayer, Layer, LayerExec, QuantWeights, StaticLayer, Step, StepOp,
+    WEIGHT_BITS, weight_scheme,
 };
+use crate::quantized::QuantizedModel;
+use crate::walk::{Domain, Walk};
 
 /// Converts `graph` under `config`, with activation ranges from `table`.
 pub fn convert(
@@ -58,9 +61,8 @@ pub fn convert_with_weights(
         return Err(ConvertError::UnknownLayer(name.clone()));
     }
     let nodes = graph.nodes();
-    let mut steps = Vec::with_capacity(nodes.len() + 2);
-    // The current int8 parameters while in the int8 domain.
-    let mut int_params: Option<QuantParams> = None;
+    let mut out = Emitter::new(graph.input_shape())?;
+    // The name of the float graph's tensor the next node reads.
     let mut tensor = GRAPH_INPUT.to_owned();
     let mut i = 0;
     while i < nodes.len() {
@@ -71,10 +73,7 @@ pub fn convert_with_weights(
                 Op::MaxPool2d { kernel, stride } => StepOp::MaxPool2d { kernel, stride },
                 _ => StepOp::Flatten,
             };
-            steps.push(Step {
-                name: node.name.clone(),
-                op,
-            });
+            out.emit(&node.name, op)?;
             tensor.clone_from(&node.name);
             i += 1;
             continue;
@@ -82,31 +81,15 @@ pub fn convert_with_weights(
         let relu = matches!(nodes.get(i + 1).map(|n| &n.op), Some(Op::Relu));
         let output = if relu { &nodes[i + 1].name } else { &node.name };
         let cfg = config.layer(&node.name);
+        let given = weights.get(&node.name);
         let exec = if cfg.mode == Mode::Static {
-            let input = match int_params {
-                Some(p) => p,
-                None => {
-                    let p = activation(table, &tensor, &node.name)?;
-                    steps.push(Step {
-                        name: tensor.clone(),
-                        op: StepOp::Quantize(p),
-                    });
-                    p
-                }
-            };
+            let input = out.int_input(table, &tensor, &node.name)?;
             let output = activation(table, output, &node.name)?;
-            let w = quant_weights(&node.name, weight, &cfg, weights.get(&node.name))?;
-            let layer = static_layer(&node.name, w, bias, input, output)?;
-            int_params = Some(output);
-            LayerExec::Static(layer)
+            let w = quant_weights(&node.name, weight, &cfg, given)?;
+            LayerExec::Static(static_layer(&node.name, w, bias, input, output)?)
         } else {
-            if int_params.take().is_some() {
-                steps.push(Step {
-                    name: tensor.clone(),
-                    op: StepOp::Dequantize,
-                });
-            }
-            float_side_layer(&node.name, weight, bias, &cfg, weights.get(&node.name))?
+            out.float_input(&tensor)?;
+            float_side_layer(&node.name, weight, bias, &cfg, given)?
         };
         let layer = Layer { relu, exec };
         let op = match &node.op {
@@ -117,20 +100,66 @@ pub fn convert_with_weights(
             },
             _ => StepOp::Linear(layer),
         };
-        steps.push(Step {
-            name: node.name.clone(),
-            op,
-        });
+        out.emit(&node.name, op)?;
         tensor.clone_from(output);
         i += 1 + usize::from(relu);
     }
-    if int_params.is_some() {
-        steps.push(Step {
-            name: tensor,
-            op: StepOp::Dequantize,
-        });
+    out.float_input(&tensor)?;
+    Ok(QuantizedModel::new(
+        graph.input_shape().to_vec(),
+        out.steps,
+    )?)
+}
+
+/// The steps of a model as they are emitted, walked as they come (so the domain of the
+/// current tensor is known).
+struct Emitter {
+    walk: Walk,
+    steps: Vec<Step>,
+}
+
+impl Emitter {
+    fn new(input_shape: &[usize]) -> Result<Self, ConvertError> {
+        Ok(Self {
+            walk: Walk::new(input_shape)?,
+            steps: Vec::new(),
+        })
     }
-    Ok(QuantizedModel::new(graph.input_shape().to_vec(), steps)?)
+
+    fn emit(&mut self, name: &str, op: StepOp) -> Result<(), ConvertError> {
+        let field = format!("steps[{}] ({name})", self.steps.len());
+        self.walk.push(&field, &op)?;
+        self.steps.push(Step {
+            name: name.to_owned(),
+            op,
+        });
+        Ok(())
+    }
+
+    /// The parameters of the current tensor (the float graph's `tensor`) in int8: its
+    /// own, or the table's after a quantize step emitted for `layer`.
+    fn int_input(
+        &mut self,
+        table: &CalibrationTable,
+        tensor: &str,
+        layer: &str,
+    ) -> Result<QuantParams, ConvertError> {
+        if let Some(p) = self.walk.current().int() {
+            return Ok(p);
+        }
+        let p = activation(table, tensor, layer)?;
+        self.emit(tensor, StepOp::Quantize(p))?;
+        Ok(p)
+    }
+
+    /// Makes the current tensor (the float graph's `tensor`) float: a dequantize step
+    /// when it is int8.
+    fn float_input(&mut self, tensor: &str) -> Result<(), ConvertError> {
+        match self.walk.current().domain {
+            Domain::Int(_) => self.emit(tensor, StepOp::Dequantize),
+            Domain::Float => Ok(()),
+        }
+    }
 }
 
 /// Every configured layer exists and is weighted; quantized layers have 8 or 4 bits.

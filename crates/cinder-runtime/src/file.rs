@@ -38,9 +38,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 use crate::model::{
-    DynamicLayer, FloatLayer, Layer, LayerExec, QuantWeights, QuantizedModel, StaticLayer, Step,
-    StepOp, WEIGHT_BITS, codes_per_byte, weight_grid,
+    DynamicLayer, FloatLayer, Layer, LayerExec, QuantWeights, StaticLayer, Step, StepOp,
+    WEIGHT_BITS, codes_per_byte, weight_grid,
 };
+use crate::quantized::QuantizedModel;
 
 /// The `format` field of the metadata.
 pub const MODEL_FORMAT: &str = "cinder-int8";

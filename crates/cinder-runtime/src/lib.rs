@@ -4,25 +4,29 @@
 //!
 //! - [`convert()`]: float graph + calibration table + [`QuantConfig`] -> [`QuantizedModel`]
 //!   (offline, float arithmetic allowed).
-//! - [`QuantizedModel::save`] / [`QuantizedModel::load`]: the model file (see [`file`]).
+//! - [`QuantizedModel::save`] / [`QuantizedModel::load`]: the model file (see [`mod@file`]).
 //! - [`QuantizedModel::session`] and [`Session::run`]: the fast path (packed weights,
 //!   exact AVX2 kernels, threads across the batch, no allocation after warm-up).
 //! - [`reference_forward`]: the plain interpreter the fast path equals bit for bit;
-//!   [`simulate`]: the fake-quant float simulation; [`float_forward`]: the float graph's
+//!   [`simulate()`]: the fake-quant float simulation; [`float_forward`]: the float graph's
 //!   reference forward.
 
+mod arith;
 pub mod config;
 pub mod convert;
 pub mod error;
 pub mod file;
 mod float;
+mod geometry;
 pub mod kernels;
 pub mod model;
 mod plan;
+mod quantized;
 pub mod reference;
 pub mod session;
 pub mod simulate;
 pub mod synthetic;
+mod walk;
 
 pub use config::{LayerConfig, LayerOverride, Mode, QuantConfig, WeightGranularity};
 pub use convert::{convert, convert_with_weights};
@@ -30,9 +34,9 @@ pub use error::{ConvertError, Invalid, ModelError, RunError};
 pub use file::{MODEL_FORMAT, MODEL_FORMAT_VERSION};
 pub use float::{float_forward, float_forward_with};
 pub use model::{
-    DynamicLayer, FloatLayer, Layer, LayerExec, QuantWeights, QuantizedModel, StaticLayer, Step,
-    StepOp,
+    DynamicLayer, FloatLayer, Layer, LayerExec, QuantWeights, StaticLayer, Step, StepOp,
 };
+pub use quantized::QuantizedModel;
 pub use reference::reference_forward;
 pub use session::{Session, SessionOptions, StageTime};
 pub use simulate::simulate;

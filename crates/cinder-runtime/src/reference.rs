@@ -9,19 +9,21 @@
 //! Dynamic layer: the input is quantized with parameters from the min/max of the whole
 //! batch, `y = acc * (s_in * s_w[c]) + bias[c]`.
 
-use cinder_tensor::{QuantParams, Tensor, TensorBuf};
+use cinder_tensor::{Tensor, TensorBuf};
 
+use crate::arith::{pool_forward, relu, weighted_forward};
 use crate::error::RunError;
-use crate::float::{batch_size, pool_forward, relu, weighted_forward};
-use crate::model::{
-    LayerExec, QuantWeights, QuantizedModel, StepOp, clamp_bounds, dynamic_output, dynamic_params,
-    scan_range,
-};
+use crate::geometry::batch_size;
+use crate::model::rules::{acc_scale, clamp_bounds, dynamic_output, dynamic_params, scan_range};
+use crate::model::{LayerExec, QuantWeights, StepOp};
+use crate::quantized::QuantizedModel;
+use crate::walk::TensorInfo;
 
-/// A batch in flight: floats, or int8 codes (held as i32) with their parameters.
+/// A batch in flight: floats, or int8 codes (held as i32; their parameters are the
+/// walk's).
 enum Value {
     Float(Vec<f32>),
-    Int(Vec<i32>, QuantParams),
+    Int(Vec<i32>),
 }
 
 /// How a static layer turns its int32 accumulator into an output code offset.
@@ -49,31 +51,32 @@ pub(crate) fn interpret(
 ) -> Result<TensorBuf<f32>, RunError> {
     let batch = batch_size(input.shape(), model.input_shape())?;
     cinder_observers::min_max(input.data()).map_err(RunError::Input)?;
-    let shapes = model.shapes();
+    let walk = model.walk();
     let mut value = Value::Float(input.data().to_vec());
     for (i, step) in model.steps().iter().enumerate() {
-        let in_shape = &shapes[i];
-        let out_len: usize = shapes[i + 1].iter().product();
+        let (info, in_shape) = (walk.input(i), &walk.input(i).shape);
+        let out_len = walk.output(i).len();
+        let zero_point = || info.int().expect("validated: int8 here").zero_point;
         value = match (&step.op, value) {
             (StepOp::Quantize(p), Value::Float(x)) => {
-                Value::Int(x.iter().map(|&v| p.quantize(v)).collect(), *p)
+                Value::Int(x.iter().map(|&v| p.quantize(v)).collect())
             }
-            (StepOp::Dequantize, Value::Int(q, p)) => {
+            (StepOp::Dequantize, Value::Int(q)) => {
+                let p = info.int().expect("validated: dequantize reads int8");
                 Value::Float(q.iter().map(|&c| p.dequantize(c)).collect())
             }
             (StepOp::Relu, Value::Float(x)) => Value::Float(x.into_iter().map(relu).collect()),
-            (StepOp::Relu, Value::Int(q, p)) => {
-                Value::Int(q.into_iter().map(|c| c.max(p.zero_point)).collect(), p)
+            (StepOp::Relu, Value::Int(q)) => {
+                Value::Int(q.into_iter().map(|c| c.max(zero_point())).collect())
             }
             (StepOp::MaxPool2d { kernel, stride }, Value::Float(x)) => {
                 Value::Float(pool_forward(&x, batch, in_shape, out_len, *kernel, *stride))
             }
-            (StepOp::MaxPool2d { kernel, stride }, Value::Int(q, p)) => Value::Int(
-                pool_forward(&q, batch, in_shape, out_len, *kernel, *stride),
-                p,
-            ),
+            (StepOp::MaxPool2d { kernel, stride }, Value::Int(q)) => {
+                Value::Int(pool_forward(&q, batch, in_shape, out_len, *kernel, *stride))
+            }
             (StepOp::Flatten, v) => v,
-            (op, v) => layer_forward(&step.name, op, in_shape, batch, out_len, v, rescale)?,
+            (op, v) => layer_forward(&step.name, op, info, batch, out_len, v, rescale)?,
         };
     }
     let Value::Float(x) = value else {
@@ -104,20 +107,21 @@ fn centered(w: &QuantWeights) -> Vec<i64> {
 fn layer_forward(
     name: &str,
     op: &StepOp,
-    in_shape: &[usize],
+    info: &TensorInfo,
     batch: usize,
     out_len: usize,
     value: Value,
     rescale: Rescale,
 ) -> Result<Value, RunError> {
     let layer = op.layer().expect("every other step is matched before");
-    let geometry = op.geometry(in_shape);
+    let geometry = op.geometry(&info.shape);
     let outputs = layer.out_features();
     let inner = out_len / outputs;
     // The output channel of flat index `i` of the batch's output.
     let channel = |i: usize| (i / inner) % outputs;
     Ok(match (&layer.exec, value) {
-        (LayerExec::Static(s), Value::Int(q, input)) => {
+        (LayerExec::Static(s), Value::Int(q)) => {
+            let input = info.int().expect("validated: static layers read int8");
             let x: Vec<i64> = q.iter().map(|&c| i64::from(c - input.zero_point)).collect();
             let bias: Vec<i64> = s.bias.iter().map(|&b| i64::from(b)).collect();
             let acc = weighted_forward(geometry, &x, batch, out_len, &centered(&s.weights), &bias);
@@ -140,7 +144,7 @@ fn layer_forward(
                     }
                 })
                 .collect();
-            Value::Int(codes, s.output)
+            Value::Int(codes)
         }
         (LayerExec::Dynamic(d), Value::Float(x)) => {
             let p = dynamic_params(name, scan_range(name, &x)?)?;
@@ -159,7 +163,7 @@ fn layer_forward(
                     let a = i32::try_from(a).expect("validation bounds every accumulator to int32");
                     dynamic_output(
                         a,
-                        crate::model::acc_scale(p.scale, d.weights.scale(c)),
+                        acc_scale(p.scale, d.weights.scale(c)),
                         d.bias[c],
                         layer.relu,
                     )
@@ -183,7 +187,7 @@ fn layer_forward(
 mod tests {
     use super::*;
     use crate::model::{Layer, QuantWeights, StaticLayer, Step};
-    use cinder_tensor::{Mapping, RequantMultiplier, TensorQuantParams};
+    use cinder_tensor::{Mapping, QuantParams, RequantMultiplier, TensorQuantParams};
 
     /// A 1x1 convolution worked by hand: input scale 0.5, weight code 2 at scale 0.25,
     /// bias code 3 (scale 0.125), output scale 1 with zero point -10.

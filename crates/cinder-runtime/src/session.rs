@@ -19,10 +19,10 @@ use cinder_observers::min_max;
 use cinder_tensor::{Tensor, TensorRef};
 
 use crate::error::RunError;
-use crate::float::batch_size;
-use crate::model::QuantizedModel;
+use crate::geometry::batch_size;
 use crate::plan::par::{Scratch, Shared, Tracked, grow};
 use crate::plan::{Plan, Stage, float_relu, int_relu};
+use crate::quantized::QuantizedModel;
 
 /// How a session runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

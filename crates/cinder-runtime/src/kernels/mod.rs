@@ -34,6 +34,7 @@
 //! for bit.
 
 mod conv;
+mod float;
 mod gemm;
 mod output;
 mod pack;
@@ -46,6 +47,7 @@ pub mod winograd;
 mod x86;
 
 pub use conv::{im2col_nhwc_s8, max_pool2d_nhwc_s8, max_pool2x2_s32, out_dim};
+pub(crate) use float::{im2col_f32, max_pool2x2_f32, quantize_f32_s8};
 pub use gemm::{MR, gemm_s8, gemm_s8_cols, par_gemm_s8};
 pub use output::{OutputStage, requantize_s8, requantize_s8_rows, row_sums_s8};
 pub use pack::{MAX_DEPTH, NR, PackedMatrix};

@@ -25,7 +25,7 @@ use cinder_tensor::RequantMultiplier;
 
 use super::par::{Accum, BLOCKS_PER_SLOT, Scratch, grow, par_blocks, par_images};
 use crate::error::Invalid;
-use crate::float::Window;
+use crate::geometry::Window;
 use crate::kernels::{
     MAX_WINOGRAD_CHANNELS, NR, OutputStage, PackedMatrix, WINOGRAD_POSITIONS, WinogradFilter,
     WinogradGeometry, gemm_s8_cols, im2col_nhwc_s8, max_pool2d_nhwc_s8, max_pool2x2_s32,
