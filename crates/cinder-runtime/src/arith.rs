@@ -1,6 +1,7 @@
 //! The runtime's arithmetic written out plainly over one NCHW sample, generic over the
 //! number type (f32 for float layers and the float forward, i64 for the reference
-//! interpreter's exact integer sums): convolution, linear, max-pooling.
+//! interpreter's exact integer sums): convolution (any window, groups), linear, and the
+//! reduction of each pooling window.
 //!
 //! Nothing here is fast: this is the definition the fast paths are checked against. The
 //! session runs float (unquantized) layers of a partially quantized model as a GEMM with
@@ -9,43 +10,53 @@
 
 use std::ops::{Add, Mul};
 
-use crate::geometry::{Geometry, Window, chw};
+use crate::geometry::{Geometry, Window};
+use crate::kernels::div_round_even;
 
 /// What a multiply-accumulate needs.
 pub(crate) trait Mac: Copy + Default + Add<Output = Self> + Mul<Output = Self> {}
 impl<T: Copy + Default + Add<Output = T> + Mul<Output = T>> Mac for T {}
 
-/// Direct convolution of one `[c, h, w]` sample with `weight [o, c, k, k]`:
-/// `out[o, y, x] = bias[o] + sum_{ci, ky, kx} in[ci, y*s + ky - p, x*s + kx - p] * w[o, ci, ky, kx]`,
-/// taps outside the input contributing nothing, summed in that order.
+/// The input position along axis `i` of `window`'s tap `t` at output position `o`, if
+/// it is inside `0..size`.
+fn tap(window: &Window, i: usize, o: usize, t: usize, size: usize) -> Option<usize> {
+    (o * window.stride[i] + t)
+        .checked_sub(window.padding[i])
+        .filter(|&p| p < size)
+}
+
+/// Direct convolution of one `[c, h, w]` sample with `weight [o, c / groups, kh, kw]`:
+/// `out[o, y, x] = bias[o] + Σ_{ci, ky, kx} in[g·c/groups + ci, y·s + ky - p, x·s + kx - p]
+/// · w[o, ci, ky, kx]` (`g` the group of `o`), taps outside the input contributing
+/// nothing, summed in that order.
 pub(crate) fn conv2d<T: Mac>(
     input: &[T],
     [c, h, w]: [usize; 3],
     weight: &[T],
     bias: &[T],
-    window: Window,
+    (window, groups): (Window, usize),
     out: &mut [T],
 ) {
-    let k = window.kernel;
+    let [kh, kw] = window.kernel;
     let (oh, ow) = window.output(h, w);
-    let tap =
-        |pos: usize, offset: usize| (pos * window.stride + offset).checked_sub(window.padding);
+    let (cg, og) = (c / groups, bias.len() / groups);
     for (o, &b) in bias.iter().enumerate() {
+        let first = o / og * cg;
         for oy in 0..oh {
             for ox in 0..ow {
                 let mut acc = b;
-                for ci in 0..c {
-                    for ky in 0..k {
-                        let Some(iy) = tap(oy, ky).filter(|&iy| iy < h) else {
+                for ci in 0..cg {
+                    let plane = &input[(first + ci) * h * w..][..h * w];
+                    let filter = &weight[(o * cg + ci) * kh * kw..][..kh * kw];
+                    for ky in 0..kh {
+                        let Some(iy) = tap(&window, 0, oy, ky, h) else {
                             continue;
                         };
-                        for kx in 0..k {
-                            let Some(ix) = tap(ox, kx).filter(|&ix| ix < w) else {
+                        for kx in 0..kw {
+                            let Some(ix) = tap(&window, 1, ox, kx, w) else {
                                 continue;
                             };
-                            acc = acc
-                                + input[(ci * h + iy) * w + ix]
-                                    * weight[((o * c + ci) * k + ky) * k + kx];
+                            acc = acc + plane[iy * w + ix] * filter[ky * kw + kx];
                         }
                     }
                 }
@@ -66,46 +77,122 @@ pub(crate) fn linear<T: Mac>(input: &[T], weight: &[T], bias: &[T], out: &mut [T
     }
 }
 
-/// Max over each `kernel x kernel` window (no padding) of one `[c, h, w]` sample.
-pub(crate) fn max_pool2d<T: Copy + PartialOrd>(
+/// `reduce(taps)` of every window over one `[c, h, w]` sample, the taps inside the input
+/// in `(ky, kx)` order (padding taps are left out; every window holds one inside).
+pub(crate) fn pool2d<T: Copy>(
     input: &[T],
     [c, h, w]: [usize; 3],
-    kernel: usize,
-    stride: usize,
+    window: Window,
     out: &mut [T],
+    mut reduce: impl FnMut(&[T]) -> T,
 ) {
-    let window = Window {
-        kernel,
-        stride,
-        padding: 0,
-    };
+    let [kh, kw] = window.kernel;
     let (oh, ow) = window.output(h, w);
+    let mut taps = Vec::with_capacity(kh * kw);
     for (plane, out_plane) in input
         .chunks_exact(h * w)
         .zip(out.chunks_exact_mut(oh * ow))
         .take(c)
     {
-        for (oy, out_row) in out_plane.chunks_exact_mut(ow).enumerate() {
-            // The window's rows, each from its first column; windows step by `stride`.
-            let rows = &plane[oy * stride * w..][..(kernel - 1) * w + (ow - 1) * stride + kernel];
-            for (ox, o) in out_row.iter_mut().enumerate() {
-                let mut m = rows[ox * stride];
-                for ky in 0..kernel {
-                    for &v in &rows[ky * w + ox * stride..][..kernel] {
-                        if v > m {
-                            m = v;
-                        }
-                    }
-                }
-                *o = m;
+        for (i, o) in out_plane.iter_mut().enumerate() {
+            let (oy, ox) = (i / ow, i % ow);
+            taps.clear();
+            for iy in (0..kh).filter_map(|ky| tap(&window, 0, oy, ky, h)) {
+                let row = (0..kw).filter_map(|kx| tap(&window, 1, ox, kx, w));
+                taps.extend(row.map(|ix| plane[iy * w + ix]));
             }
+            *o = reduce(&taps);
         }
     }
 }
 
-/// `max(x, 0)`.
-pub(crate) fn relu(x: f32) -> f32 {
-    x.max(0.0)
+/// The maximum of `values`: the first, replaced by each later one that is greater (so
+/// the first of equal values, and a NaN where the window starts with one).
+pub(crate) fn first_max<T: Copy + PartialOrd>(values: &[T]) -> T {
+    let mut m = values[0];
+    for &v in &values[1..] {
+        if v > m {
+            m = v;
+        }
+    }
+    m
+}
+
+/// Max-pooling of one `[c, h, w]` sample (the tests' definition).
+#[cfg(test)]
+pub(crate) fn max_pool2d<T: Copy + PartialOrd>(
+    input: &[T],
+    chw: [usize; 3],
+    window: Window,
+    out: &mut [T],
+) {
+    pool2d(input, chw, window, out, first_max);
+}
+
+/// Which reduction a pooling window applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PoolKind {
+    Max,
+    /// The mean; the divisor is the window's size when `include_pad`, else the taps
+    /// inside the input.
+    Avg {
+        include_pad: bool,
+    },
+}
+
+/// A value that can be pooled: the mean of float values, or of int8 codes around their
+/// zero point.
+pub(crate) trait Poolable: Copy + PartialOrd + Default {
+    /// The mean of `taps` over `count`; `zero_point` is real 0 for codes.
+    fn mean(taps: &[Self], count: usize, zero_point: Self) -> Self;
+}
+
+impl Poolable for f32 {
+    /// `Σ taps / count`, summed in order from 0.
+    fn mean(taps: &[f32], count: usize, _: f32) -> f32 {
+        taps.iter().fold(0.0, |a, &v| a + v) / count as f32
+    }
+}
+
+impl Poolable for i32 {
+    /// `zp + round(Σ (q - zp) / count)`, ties to even (see [`crate::kernels`] `pool`).
+    fn mean(taps: &[i32], count: usize, zero_point: i32) -> i32 {
+        let sum = taps.iter().map(|&q| q - zero_point).sum();
+        zero_point + div_round_even(sum, count as i32)
+    }
+}
+
+/// The pool of one `[c, h, w]` sample (`zero_point`: see [`Poolable`]).
+pub(crate) fn pool_sample<T: Poolable>(
+    input: &[T],
+    out: &mut [T],
+    (shape, window, kind): ([usize; 3], Window, PoolKind),
+    zero_point: T,
+) {
+    pool2d(input, shape, window, out, |taps| match kind {
+        PoolKind::Max => first_max(taps),
+        PoolKind::Avg { include_pad } => {
+            let count = if include_pad {
+                window.taps()
+            } else {
+                taps.len()
+            };
+            T::mean(taps, count, zero_point)
+        }
+    })
+}
+
+/// [`pool_sample`] over a whole batch.
+pub(crate) fn pool_forward<T: Poolable>(
+    x: &[T],
+    batch: usize,
+    pool: ([usize; 3], Window, PoolKind),
+    out_len: usize,
+    zero_point: T,
+) -> Vec<T> {
+    map_samples(x, batch, out_len, |s, o| {
+        pool_sample(s, o, pool, zero_point)
+    })
 }
 
 /// Applies `f(sample_in, sample_out)` to every sample of a batch.
@@ -137,23 +224,27 @@ pub(crate) fn weighted_forward<T: Mac>(
     bias: &[T],
 ) -> Vec<T> {
     map_samples(x, batch, out_len, |s, o| match geometry {
-        Geometry::Conv { input, window } => conv2d(s, input, weight, bias, window, o),
+        Geometry::Conv {
+            input,
+            window,
+            groups,
+        } => conv2d(s, input, weight, bias, (window, groups), o),
         Geometry::Linear => linear(s, weight, bias, o),
     })
 }
 
-/// Max-pooling over a whole batch.
-pub(crate) fn pool_forward<T: Copy + PartialOrd + Default>(
-    x: &[T],
-    batch: usize,
-    in_shape: &[usize],
-    out_len: usize,
-    kernel: usize,
-    stride: usize,
-) -> Vec<T> {
-    map_samples(x, batch, out_len, |s, o| {
-        max_pool2d(s, chw(in_shape), kernel, stride, o)
-    })
+/// The samples of several batches joined along dimension 0 (channels): each output
+/// sample is the inputs' samples one after the other.
+pub(crate) fn concat_samples<T: Copy + Default>(inputs: &[&[T]], batch: usize) -> Vec<T> {
+    let total: usize = inputs.iter().map(|x| x.len()).sum();
+    let mut out = Vec::with_capacity(total);
+    for b in 0..batch {
+        for x in inputs {
+            let per = x.len() / batch;
+            out.extend_from_slice(&x[b * per..][..per]);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -172,19 +263,26 @@ mod tests {
         // filter 0: [[1, 0], [0, -1]], bias 0.5; filter 1: all 1, bias 0.
         let weight = [1.0, 0.0, 0.0, -1.0, 1.0, 1.0, 1.0, 1.0f32];
         let bias = [0.5, 0.0f32];
-        let window = Window {
-            kernel: 2,
-            stride: 2,
-            padding: 1,
-        };
+        let window = Window::square(2, 2, 1);
         assert_eq!(window.output(3, 3), (2, 2));
         let mut out = [0f32; 8];
-        conv2d(&input, [1, 3, 3], &weight, &bias, window, &mut out);
+        conv2d(&input, [1, 3, 3], &weight, &bias, (window, 1), &mut out);
         // Padded input rows/cols -1..=3; outputs at (-1,-1), (-1,1), (1,-1), (1,1).
         // filter 0 at (y0, x0) = x[y0][x0] - x[y0+1][x0+1] + 0.5:
         //   (-1,-1): 0 - 1 + .5; (-1,1): 0 - 3 + .5; (1,-1): 0 - 7 + .5; (1,1): 5 - 9 + .5
         // filter 1 sums the window: 1; 2+3; 4+7; 5+6+8+9.
         assert_eq!(out, [-0.5, -2.5, -6.5, -3.5, 1.0, 5.0, 11.0, 28.0]);
+    }
+
+    /// Two channels, two groups (depthwise): each output reads its own channel.
+    #[test]
+    fn depthwise_conv_by_hand() {
+        let input = [1, 2, 3, 4, 10, 20, 30, 40i64];
+        let weight = [1, 0, 0, 1, 0, 1, 1, 0i64];
+        let mut out = [0i64; 2];
+        let window = Window::square(2, 1, 0);
+        conv2d(&input, [2, 2, 2], &weight, &[0, 1], (window, 2), &mut out);
+        assert_eq!(out, [1 + 4, 1 + 20 + 30]);
     }
 
     #[test]
@@ -198,15 +296,24 @@ mod tests {
         );
         assert_eq!(out, [8.0, 3.0]);
         let mut pooled = [0i64; 2];
+        let window = Window::square(2, 2, 0);
         max_pool2d(
             &[1, 5, 2, 0, 3, 4, -1, -2, 7, 8, 9, 6],
             [1, 3, 4],
-            2,
-            2,
+            window,
             &mut pooled,
         );
         // Rows 0-1 only (the third row is left over by the window): [1 5 | 2 0] / [3 4 | -1 -2].
         assert_eq!(pooled, [5, 2]);
+        // Padded by 1 with stride 2 over 1x3: windows [-1, 0] and [1, 2] along x.
+        let mut padded = [0i64; 2];
+        let window = Window {
+            kernel: [1, 2],
+            stride: [1, 2],
+            padding: [0, 1],
+        };
+        max_pool2d(&[-7, -3, -5], [1, 1, 3], window, &mut padded);
+        assert_eq!(padded, [-7, -3]);
     }
 
     proptest::proptest! {
@@ -221,7 +328,7 @@ mod tests {
             let input: Vec<i32> = (0..c * h * w).map(|_| (rng.next_u64() % 7) as i32).collect();
             let (oh, ow) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
             let mut out = vec![0; c * oh * ow];
-            max_pool2d(&input, [c, h, w], kernel, stride, &mut out);
+            max_pool2d(&input, [c, h, w], Window::square(kernel, stride, 0), &mut out);
             for (i, &got) in out.iter().enumerate() {
                 let (ci, oy, ox) = (i / (oh * ow), i / ow % oh, i % ow);
                 let at = |ky: usize, kx: usize| input[(ci * h + oy * stride + ky) * w + ox * stride + kx];

@@ -34,7 +34,8 @@ pub use error::{ConvertError, Invalid, ModelError, RunError};
 pub use file::{MODEL_FORMAT, MODEL_FORMAT_VERSION};
 pub use float::{float_forward, float_forward_with};
 pub use model::{
-    DynamicLayer, FloatLayer, Layer, LayerExec, QuantWeights, StaticLayer, Step, StepOp,
+    Activation, DynamicLayer, FloatLayer, IntMerge, Layer, LayerExec, Merge, QuantWeights,
+    StaticLayer, Step, StepOp, Window,
 };
 pub use quantized::QuantizedModel;
 pub use reference::reference_forward;

@@ -8,7 +8,7 @@ use cinder_runtime::synthetic::{Rng, conv_node, linear_node, minmax_table, node}
 use cinder_runtime::{
     LayerExec, Mode, QuantConfig, QuantizedModel, SessionOptions, convert, simulate,
 };
-use cinder_tensor::graph::{FloatGraph, Op};
+use cinder_tensor::graph::{FloatGraph, Op, Pool2d};
 use cinder_tensor::{Tensor, TensorBuf};
 use common::{input, model_spec};
 use proptest::strategy::{Strategy, ValueTree};
@@ -79,11 +79,8 @@ fn compare(model: &QuantizedModel, x: &TensorBuf<f32>, agreement: &mut Agreement
 /// A small CIFAR-like ConvNet: conv 3->8, pool, conv 8->16, pool, fc 256->32, fc 32->10.
 fn small_convnet() -> FloatGraph {
     let mut rng = Rng::new(7);
-    let pool = || Op::MaxPool2d {
-        kernel: 2,
-        stride: 2,
-    };
-    FloatGraph::new(
+    let pool = || Op::MaxPool2d(Pool2d::square(2, 2));
+    FloatGraph::chain(
         vec![3, 16, 16],
         vec![
             conv_node(&mut rng, "conv1", 3, 8, 3, 1, 1),

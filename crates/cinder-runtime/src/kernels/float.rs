@@ -34,30 +34,23 @@ pub(crate) fn im2col_f32(
     out: &mut [f32],
 ) {
     let (oh, ow) = window.output(h, w);
-    let Window {
-        kernel,
-        stride,
-        padding,
-    } = window;
-    let taps = (0..c)
-        .flat_map(|ci| (0..kernel).flat_map(move |ky| (0..kernel).map(move |kx| (ci, ky, kx))));
+    let ([kh, kw], [sh, sw], [ph, pw]) = (window.kernel, window.stride, window.padding);
+    let taps =
+        (0..c).flat_map(|ci| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (ci, ky, kx))));
     for ((ci, ky, kx), row) in taps.zip(out.chunks_exact_mut(row_stride)) {
-        let (ys, xs) = (
-            inside(oh, h, ky, stride, padding),
-            inside(ow, w, kx, stride, padding),
-        );
+        let (ys, xs) = (inside(oh, h, ky, sh, ph), inside(ow, w, kx, sw, pw));
         for (oy, pixels) in row[..oh * ow].chunks_exact_mut(ow).enumerate() {
             if !ys.contains(&oy) || xs.is_empty() {
                 pixels.fill(0.0);
                 continue;
             }
-            let input = &image[(ci * h + oy * stride + ky - padding) * w..][..w];
+            let input = &image[(ci * h + oy * sh + ky - ph) * w..][..w];
             pixels[..xs.start].fill(0.0);
             pixels[xs.end..].fill(0.0);
-            let first = xs.start * stride + kx - padding;
+            let first = xs.start * sw + kx - pw;
             for (o, &v) in pixels[xs.clone()]
                 .iter_mut()
-                .zip(input[first..].iter().step_by(stride))
+                .zip(input[first..].iter().step_by(sw))
             {
                 *o = v;
             }
@@ -122,7 +115,7 @@ mod tests {
             let len = c * (h / 2) * (w / 2);
             let (mut fast, mut plain) = (vec![0.0; len], vec![0.0; len]);
             max_pool2x2_f32(&input, [c, h, w], &mut fast);
-            max_pool2d(&input, [c, h, w], 2, 2, &mut plain);
+            max_pool2d(&input, [c, h, w], Window::square(2, 2, 0), &mut plain);
             prop_assert_eq!(bits(&fast), bits(&plain));
         }
 

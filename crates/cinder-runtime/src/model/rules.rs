@@ -8,6 +8,7 @@ use cinder_tensor::{
     Granularity, Mapping, QuantError, QuantParams, QuantScheme, RequantMultiplier, Signedness,
 };
 
+use super::types::Activation;
 use crate::error::RunError;
 
 /// The int8 activation grid: every activation code fits an `i8`.
@@ -89,11 +90,10 @@ pub(crate) fn acc_scale(s_in: f32, s_w: f32) -> f32 {
     s_in * s_w
 }
 
-/// A dynamic layer's output: `acc * (s_in * s_w) + bias`, with a fused ReLU.
+/// A dynamic layer's output: `acc * (s_in * s_w) + bias`, with a fused activation.
 #[inline]
-pub(crate) fn dynamic_output(acc: i32, scale: f32, bias: f32, relu: bool) -> f32 {
-    let y = acc as f32 * scale + bias;
-    if relu { crate::arith::relu(y) } else { y }
+pub(crate) fn dynamic_output(acc: i32, scale: f32, bias: f32, activation: Activation) -> f32 {
+    activation.apply(acc as f32 * scale + bias)
 }
 
 /// The requantization multiplier `s_in * s_w / s_out`, computed in f64.
@@ -114,16 +114,6 @@ pub(crate) fn bias_bound(depth: usize) -> Option<i32> {
         .filter(|b| *b >= 0)
 }
 
-/// The output clamp of a static layer: the grid, floored at real 0 with a fused ReLU.
-pub(crate) fn clamp_bounds(output: &QuantParams, relu: bool) -> (i32, i32) {
-    let lo = if relu {
-        output.zero_point.max(output.qmin)
-    } else {
-        output.qmin
-    };
-    (lo, output.qmax)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,8 +128,10 @@ mod tests {
         assert_eq!(bias_bound(1), Some(i32::MAX - 65024));
         assert!(bias_bound(40_000).is_none());
         let p = QuantParams::new(0.1, -100, -128, 127).unwrap();
-        assert_eq!(clamp_bounds(&p, true), (-100, 127));
-        assert_eq!(clamp_bounds(&p, false), (-128, 127));
+        assert_eq!(Activation::Relu.bounds(&p), (-100, 127));
+        assert_eq!(Activation::None.bounds(&p), (-128, 127));
+        let six = Activation::Clip { min: 0.0, max: 6.0 };
+        assert_eq!(six.bounds(&p), (-100, -40));
     }
 
     #[test]

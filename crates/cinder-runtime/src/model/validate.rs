@@ -7,35 +7,91 @@ use std::collections::HashSet;
 use cinder_tensor::{Mapping, QuantParams, Tensor, TensorQuantParams};
 
 use super::rules::{ACTIVATION_GRID, WEIGHT_BITS, bias_bound, requant_multiplier, weight_grid};
-use super::types::{Layer, LayerExec, QuantWeights, StaticLayer, Step, StepOp};
+use super::types::{Activation, Layer, LayerExec, Merge, QuantWeights, StaticLayer, Step, StepOp};
 use crate::error::Invalid;
 use crate::walk::{TensorInfo, Walk};
 
-/// Validates a model: walks it (shapes and domains), then checks every step's contents.
+/// Validates a model: walks it (names, inputs, shapes and domains), then checks every
+/// step's contents.
 pub(crate) fn validate(input_shape: &[usize], steps: &[Step]) -> Result<Walk, Invalid> {
     let mut walk = Walk::new(input_shape)?;
-    let mut names = HashSet::new();
+    let mut layers = HashSet::new();
     for (i, step) in steps.iter().enumerate() {
         let field = format!("steps[{i}] ({})", step.name);
-        if step.op.layer().is_some() && !names.insert(&step.name) {
+        if step.op.layer().is_some() && !layers.insert(&step.name) {
             return Err(Invalid::new(field, "a layer of this name comes earlier"));
         }
-        walk.push(&field, &step.op)?;
-        check_step(&field, &step.op, walk.input(i))?;
+        walk.push(&field, step)?;
+        let inputs: Vec<&TensorInfo> = walk.reads(i).iter().map(|&t| walk.info(t)).collect();
+        check_step(&field, &step.op, &inputs)?;
     }
-    walk.finish()?;
+    walk.finish(steps)?;
     Ok(walk)
 }
 
-/// The contents of one step that reads `input`.
-fn check_step(field: &str, op: &StepOp, input: &TensorInfo) -> Result<(), Invalid> {
+/// The contents of one step that reads `inputs` (checked by the walk to fit it).
+fn check_step(field: &str, op: &StepOp, inputs: &[&TensorInfo]) -> Result<(), Invalid> {
     match op {
         StepOp::Quantize(p) => check_activation(field, p),
+        StepOp::Activation(a) => check_clip(field, a),
+        StepOp::Add(merge) | StepOp::Concat(merge) => check_merge(field, merge, inputs),
         _ => match op.layer() {
-            Some(layer) => check_layer(field, layer, input),
+            Some(layer) => {
+                check_clip(field, &layer.activation)?;
+                check_layer(field, layer, inputs[0])
+            }
             None => Ok(()),
         },
     }
+}
+
+/// A clip's bounds are finite and ordered.
+fn check_clip(field: &str, activation: &Activation) -> Result<(), Invalid> {
+    match *activation {
+        Activation::Clip { min, max } if !(min.is_finite() && max.is_finite() && min <= max) => {
+            Err(Invalid::new(
+                format!("{field}.activation"),
+                format!("clip [{min}, {max}]: expected finite bounds, min <= max"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An int8 merge has valid output parameters and one multiplier per input, each
+/// `s_in / s_out`.
+fn check_merge(field: &str, merge: &Merge, inputs: &[&TensorInfo]) -> Result<(), Invalid> {
+    check_clip(field, &merge.activation)?;
+    let Some(int) = &merge.int else {
+        return Ok(());
+    };
+    check_activation(&format!("{field}.output"), &int.output)?;
+    if int.multipliers.len() != inputs.len() {
+        return Err(Invalid::new(
+            format!("{field}.multiplier"),
+            format!(
+                "{} multipliers for {} inputs",
+                int.multipliers.len(),
+                inputs.len()
+            ),
+        ));
+    }
+    for (i, (m, input)) in int.multipliers.iter().zip(inputs).enumerate() {
+        let s_in = input.int().expect("the walk checked: int8 inputs").scale;
+        let mfield = format!("{field}.multiplier[{i}]");
+        let expected = requant_multiplier(s_in, 1.0, int.output.scale)
+            .map_err(|e| Invalid::new(&mfield, e.to_string()))?;
+        if *m != expected {
+            return Err(Invalid::new(
+                mfield,
+                format!(
+                    "{m:?} does not match the scales (input {s_in} / output {} gives {expected:?})",
+                    int.output.scale
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_activation(field: &str, p: &QuantParams) -> Result<(), Invalid> {

@@ -12,6 +12,7 @@ use super::par::{
 };
 use crate::error::RunError;
 use crate::kernels::{PackedMatrix, max_pool2x2_s32, quantize_f32_s8};
+use crate::model::Activation;
 use crate::model::rules::{acc_scale, dynamic_output, dynamic_params, scan_range};
 
 /// A dynamic layer's GEMM and float output stage.
@@ -23,7 +24,7 @@ pub(crate) struct DynMatmul {
     pub(super) zp_w_all: Vec<i32>,
     pub(super) scale_w: Vec<f32>,
     pub(super) bias: Vec<f32>,
-    pub(super) relu: bool,
+    pub(super) activation: Activation,
 }
 
 impl DynMatmul {
@@ -115,7 +116,7 @@ impl DynMatmul {
             for j in 0..width {
                 let v = acc_row[j] + off[j];
                 (col_lo[j], col_hi[j]) = (col_lo[j].min(v), col_hi[j].max(v));
-                y[j] = dynamic_output(v, scale[j], bias[j], self.relu);
+                y[j] = dynamic_output(v, scale[j], bias[j], self.activation);
             }
         };
         match channel_major {
@@ -144,7 +145,7 @@ impl DynMatmul {
                 }
             }
         }
-        let y = |c: &[i32], j: usize| dynamic_output(c[j], scale[j], bias[j], self.relu);
+        let y = |c: &[i32], j: usize| dynamic_output(c[j], scale[j], bias[j], self.activation);
         (0..width).fold(Tracked::Empty, |t, j| {
             t.merge(Tracked::Known(y(col_lo, j), y(col_hi, j)))
         })

@@ -10,10 +10,11 @@ use cinder_observers::min_max;
 
 use super::int::ConvShape;
 use super::par::{BLOCKS_PER_SLOT, Scratch, Tracked, grow, par_blocks, par_images, take_range};
-use crate::arith::{max_pool2d, relu};
-use crate::geometry::Geometry;
+use crate::arith::{PoolKind, conv2d, pool_sample};
+use crate::geometry::{Geometry, Window};
 use crate::kernels::sgemm::{Bias, Gemm, PANEL, Right, TILE_ROWS, gemm, pack_panels, panels};
 use crate::kernels::{im2col_f32, max_pool2x2_f32};
+use crate::model::Activation;
 
 /// A float layer of a partially quantized model, as a GEMM with the reference
 /// interpreter's arithmetic (see [`gemm`]): a convolution multiplies its weights by each
@@ -22,7 +23,7 @@ use crate::kernels::{im2col_f32, max_pool2x2_f32};
 pub(crate) struct FloatGemm {
     kernel: FloatKernel,
     bias: Vec<f32>,
-    relu: bool,
+    activation: Activation,
 }
 
 /// What a float layer multiplies.
@@ -37,9 +38,15 @@ enum FloatKernel {
 
 impl FloatGemm {
     /// The layer of `weight` (`[n][depth]`, canonical) and `bias` of `geometry`.
-    pub(super) fn new(geometry: Geometry, weight: &[f32], bias: &[f32], relu: bool) -> Self {
+    /// Grouped convolutions take [`FloatDirect`].
+    pub(super) fn new(
+        geometry: Geometry,
+        weight: &[f32],
+        bias: &[f32],
+        activation: Activation,
+    ) -> Self {
         let kernel = match geometry {
-            Geometry::Conv { input, window } => FloatKernel::Conv {
+            Geometry::Conv { input, window, .. } => FloatKernel::Conv {
                 shape: ConvShape::new(input, window),
                 weight: weight.to_vec(),
             },
@@ -58,7 +65,7 @@ impl FloatGemm {
         Self {
             kernel,
             bias: bias.to_vec(),
-            relu,
+            activation,
         }
     }
 
@@ -197,28 +204,30 @@ impl FloatGemm {
     /// Computes `product` into `out` (row stride `ldc`), then the ReLU and the range.
     fn finish(&self, product: Gemm<'_>, out: &mut [f32], ldc: usize, slot: &mut Scratch) {
         gemm(&product, out, ldc);
-        if self.relu {
-            out.iter_mut().for_each(|v| *v = relu(*v));
+        if self.activation != Activation::None {
+            out.iter_mut().for_each(|v| *v = self.activation.apply(*v));
         }
         slot.range = slot.range.merge(Tracked::of(min_max(out)));
     }
 }
 
-/// Max-pooling of NCHW floats.
+/// Pooling of NCHW floats: the 2×2 stride-2 max-pool on its own kernel, any other on
+/// the reference arithmetic.
 #[derive(Debug)]
 pub(crate) struct FloatPool {
     pub(super) input: [usize; 3],
-    pub(super) kernel: usize,
-    pub(super) stride: usize,
+    pub(super) window: Window,
+    pub(super) kind: PoolKind,
 }
 
 impl FloatPool {
     pub fn run(&self, x: &[f32], y: &mut [f32], out_len: usize, slots: &mut [Scratch]) -> Tracked {
         let in_len = self.input.iter().product();
+        let two_by_two = self.kind == PoolKind::Max && self.window == Window::square(2, 2, 0);
         par_images(x, in_len, y, out_len, slots, |image, out, slot| {
-            match (self.kernel, self.stride) {
-                (2, 2) => max_pool2x2_f32(image, self.input, out),
-                (kernel, stride) => max_pool2d(image, self.input, kernel, stride, out),
+            match two_by_two {
+                true => max_pool2x2_f32(image, self.input, out),
+                false => pool_sample(image, out, (self.input, self.window, self.kind), 0.0),
             }
             slot.range = slot.range.merge(Tracked::of(min_max(out)));
         });
@@ -226,11 +235,81 @@ impl FloatPool {
     }
 }
 
-/// ReLU of floats; the range follows exactly.
-pub(crate) fn float_relu(x: &[f32], y: &mut [f32], range: Tracked) -> Tracked {
-    y.iter_mut().zip(x).for_each(|(o, &v)| *o = relu(v));
+/// A float convolution on the reference arithmetic, for grouped and depthwise ones.
+#[derive(Debug)]
+pub(crate) struct FloatDirect {
+    pub(super) geometry: Geometry,
+    pub(super) weight: Vec<f32>,
+    pub(super) bias: Vec<f32>,
+    pub(super) activation: Activation,
+}
+
+impl FloatDirect {
+    pub fn run(&self, x: &[f32], y: &mut [f32], out_len: usize, slots: &mut [Scratch]) -> Tracked {
+        let Geometry::Conv {
+            input,
+            window,
+            groups,
+        } = self.geometry
+        else {
+            unreachable!("built for convolutions only")
+        };
+        let in_len = input.iter().product();
+        par_images(x, in_len, y, out_len, slots, |image, out, slot| {
+            conv2d(
+                image,
+                input,
+                &self.weight,
+                &self.bias,
+                (window, groups),
+                out,
+            );
+            out.iter_mut().for_each(|v| *v = self.activation.apply(*v));
+            slot.range = slot.range.merge(Tracked::of(min_max(out)));
+        });
+        take_range(slots)
+    }
+}
+
+/// The elementwise sum of two float batches, then the activation.
+pub(crate) fn float_add(a: &[f32], b: &[f32], activation: Activation, y: &mut [f32]) -> Tracked {
+    for ((o, &p), &q) in y.iter_mut().zip(a).zip(b) {
+        *o = activation.apply(p + q);
+    }
+    Tracked::of(min_max(y))
+}
+
+/// Float batches (`input(i)`, `count` of them) joined per sample along dimension 0.
+pub(crate) fn float_concat<'a>(
+    input: impl Fn(usize) -> &'a [f32],
+    count: usize,
+    batch: usize,
+    y: &mut [f32],
+) -> Tracked {
+    let mut at = 0;
+    for b in 0..batch {
+        for i in 0..count {
+            let x = input(i);
+            let per = x.len() / batch;
+            y[at..at + per].copy_from_slice(&x[b * per..][..per]);
+            at += per;
+        }
+    }
+    Tracked::of(min_max(y))
+}
+
+/// An activation of floats; the range follows exactly (activations are monotone).
+pub(crate) fn float_activation(
+    x: &[f32],
+    activation: Activation,
+    y: &mut [f32],
+    range: Tracked,
+) -> Tracked {
+    y.iter_mut()
+        .zip(x)
+        .for_each(|(o, &v)| *o = activation.apply(v));
     match range {
-        Tracked::Known(lo, hi) => Tracked::Known(relu(lo), relu(hi)),
+        Tracked::Known(lo, hi) => Tracked::Known(activation.apply(lo), activation.apply(hi)),
         t => t,
     }
 }
@@ -241,7 +320,6 @@ mod tests {
 
     use super::*;
     use crate::arith::weighted_forward;
-    use crate::geometry::Window;
     use crate::kernels::sgemm::tests::{bits, values};
     use crate::synthetic::Rng;
 
@@ -278,16 +356,19 @@ mod tests {
     ) -> Result<(), TestCaseError> {
         let mut rng = Rng::new(seed);
         let depth = match geometry {
-            Geometry::Conv { input, window } => input[0] * window.kernel * window.kernel,
+            Geometry::Conv { input, window, .. } => input[0] * window.taps(),
             Geometry::Linear => in_len,
         };
         let (weight, bias) = (values(&mut rng, n * depth), values(&mut rng, n));
         let x = values(&mut rng, batch * in_len);
-        let layer = FloatGemm::new(geometry, &weight, &bias, relu_on);
+        let activation = if relu_on {
+            Activation::Relu
+        } else {
+            Activation::None
+        };
+        let layer = FloatGemm::new(geometry, &weight, &bias, activation);
         let mut want = weighted_forward(geometry, &x, batch, out_len, &weight, &bias);
-        if relu_on {
-            want.iter_mut().for_each(|v| *v = relu(*v));
-        }
+        want.iter_mut().for_each(|v| *v = activation.apply(*v));
         for threads in 1..=3 {
             let (got, range) = run(&layer, &x, in_len, out_len, threads);
             prop_assert_eq!(bits(&got), bits(&want), "{} threads", threads);
@@ -300,13 +381,14 @@ mod tests {
         #[test]
         fn conv_equals_the_reference(
             c in 1usize..4, h in 1usize..12, w in 1usize..12, n in 1usize..15,
-            kernel in 1usize..4, stride in 1usize..4, padding in 0usize..3,
-            relu_on in any::<bool>(), batch in 1usize..5, seed in any::<u64>(),
+            kernel in [1usize..4, 1usize..4], stride in [1usize..4, 1usize..4],
+            padding in [0usize..3, 0usize..3], relu_on in any::<bool>(), batch in 1usize..5,
+            seed in any::<u64>(),
         ) {
-            prop_assume!(h + 2 * padding >= kernel && w + 2 * padding >= kernel);
+            prop_assume!(h + 2 * padding[0] >= kernel[0] && w + 2 * padding[1] >= kernel[1]);
             let window = Window { kernel, stride, padding };
             let (oh, ow) = window.output(h, w);
-            let geometry = Geometry::Conv { input: [c, h, w], window };
+            let geometry = Geometry::Conv { input: [c, h, w], window, groups: 1 };
             check(geometry, c * h * w, n, n * oh * ow, relu_on, batch, seed)?;
         }
 

@@ -1,6 +1,7 @@
 //! The fast execution plan of a validated model: one stage per step (flatten is free, and
-//! a 2×2 stride-2 max-pool right after a static or dynamic convolution runs inside it, on
-//! its sums), weights pre-packed in the order the kernels read them.
+//! a 2×2 stride-2 max-pool whose only input is a static or dynamic convolution runs inside
+//! it, on its sums), weights pre-packed in the order the kernels read them, and each
+//! tensor in a buffer reused once its last reader has run.
 //!
 //! Layouts: int8 tensors are NHWC, float tensors canonical NCHW. So the quantizer
 //! transposes NCHW -> NHWC and the dequantizer back; a convolution's weights are
@@ -10,15 +11,25 @@
 
 mod border;
 mod build;
+mod depthwise;
 mod dynamic;
 mod float_layer;
 mod int;
+mod merge;
 pub(crate) mod par;
+mod pool;
 
 pub(crate) use border::{InputQuantizer, OutputDequantizer};
+pub(crate) use depthwise::{DynDepthwise, IntDepthwise};
 pub(crate) use dynamic::{DynConv, DynLinear};
-pub(crate) use float_layer::{FloatGemm, FloatPool, float_relu};
-pub(crate) use int::{IntConv, IntLinear, IntPool, int_relu};
+pub(crate) use float_layer::{
+    FloatDirect, FloatGemm, FloatPool, float_activation, float_add, float_concat,
+};
+pub(crate) use int::{IntConv, IntLinear, IntPool, int_clamp};
+pub(crate) use merge::{IntAdd, IntConcat};
+pub(crate) use pool::IntWindowPool;
+
+use crate::model::Activation;
 
 /// One stage of the plan.
 #[derive(Debug)]
@@ -26,26 +37,62 @@ pub(crate) enum Stage {
     Quantize(InputQuantizer),
     Dequantize(OutputDequantizer),
     IntConv(IntConv),
+    IntDepthwise(IntDepthwise),
     IntLinear(IntLinear),
+    /// Unpadded square max-pool.
     IntPool(IntPool),
-    IntRelu { zero_point: i8 },
+    /// Any other pool.
+    IntWindowPool(IntWindowPool),
+    /// An activation: the codes clamped to `[lo, hi]`.
+    IntClamp(i8, i8),
+    IntAdd(IntAdd),
+    IntConcat(IntConcat),
     DynConv(DynConv),
+    DynDepthwise(DynDepthwise),
     DynLinear(DynLinear),
     Float(FloatGemm),
+    FloatDirect(FloatDirect),
     FloatPool(FloatPool),
-    FloatRelu,
+    FloatActivation(Activation),
+    FloatAdd(Activation),
+    FloatConcat,
 }
 
-/// A stage with its name and per-sample sizes.
+/// Where a tensor lives during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Buffer {
+    /// The run's input.
+    Input,
+    /// One of the session's int8 buffers.
+    Int(usize),
+    /// One of the session's float buffers.
+    Float(usize),
+}
+
+/// A stage with its name, what it reads and writes, and per-sample sizes.
 #[derive(Debug)]
 pub(crate) struct PlannedStage {
     pub name: String,
     pub stage: Stage,
-    pub in_len: usize,
+    /// The buffers read, with their elements per sample.
+    pub inputs: Vec<(Buffer, usize)>,
+    pub output: Buffer,
     pub out_len: usize,
+}
+
+impl PlannedStage {
+    /// Elements per sample of the first input.
+    pub fn in_len(&self) -> usize {
+        self.inputs[0].1
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub stages: Vec<PlannedStage>,
+    /// How many int8 and float buffers a session needs.
+    pub int_buffers: usize,
+    pub float_buffers: usize,
+    /// Where the model's output is.
+    pub output: Buffer,
 }

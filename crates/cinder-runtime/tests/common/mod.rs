@@ -7,7 +7,7 @@ use cinder_runtime::synthetic::{Rng, conv_node, linear_node, minmax_table, node}
 use cinder_runtime::{
     LayerOverride, Mode, QuantConfig, QuantizedModel, WeightGranularity, convert,
 };
-use cinder_tensor::graph::{FloatGraph, Op};
+use cinder_tensor::graph::{FloatGraph, Op, Pool2d};
 use cinder_tensor::{Mapping, TensorBuf};
 use proptest::prelude::*;
 use std::ops::RangeInclusive;
@@ -129,10 +129,7 @@ impl ModelSpec {
             if s.pool && h >= 2 && w >= 2 {
                 nodes.push(node(
                     &format!("pool{i}"),
-                    Op::MaxPool2d {
-                        kernel: 2,
-                        stride: 2,
-                    },
+                    Op::MaxPool2d(Pool2d::square(2, 2)),
                 ));
                 (h, w) = (h / 2, w / 2);
             }
@@ -146,7 +143,7 @@ impl ModelSpec {
                 nodes.push(node(&format!("fc_relu{i}"), Op::Relu));
             }
         }
-        FloatGraph::new(self.input.to_vec(), nodes).expect("spec shapes chain")
+        FloatGraph::chain(self.input.to_vec(), nodes).expect("spec shapes chain")
     }
 
     /// The per-layer config: the i-th weighted layer takes the i-th choice.
