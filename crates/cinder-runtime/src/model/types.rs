@@ -85,6 +85,17 @@ impl Activation {
         }
     }
 
+    /// [`Self::apply`] to every value, the variant chosen once (so each loop vectorizes).
+    pub fn apply_all(self, values: &mut [f32]) {
+        match self {
+            Activation::None => {}
+            Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Clip { min, max } => {
+                values.iter_mut().for_each(|v| *v = v.max(min).min(max))
+            }
+        }
+    }
+
     /// The clamp of codes with parameters `p`: the grid, narrowed to the codes of the
     /// activation's bounds (`quantize(0)` is the zero point for ReLU).
     pub fn bounds(self, p: &QuantParams) -> (i32, i32) {

@@ -204,9 +204,7 @@ impl FloatGemm {
     /// Computes `product` into `out` (row stride `ldc`), then the ReLU and the range.
     fn finish(&self, product: Gemm<'_>, out: &mut [f32], ldc: usize, slot: &mut Scratch) {
         gemm(&product, out, ldc);
-        if self.activation != Activation::None {
-            out.iter_mut().for_each(|v| *v = self.activation.apply(*v));
-        }
+        self.activation.apply_all(out);
         slot.range = slot.range.merge(Tracked::of(min_max(out)));
     }
 }
@@ -264,7 +262,7 @@ impl FloatDirect {
                 (window, groups),
                 out,
             );
-            out.iter_mut().for_each(|v| *v = self.activation.apply(*v));
+            self.activation.apply_all(out);
             slot.range = slot.range.merge(Tracked::of(min_max(out)));
         });
         take_range(slots)
