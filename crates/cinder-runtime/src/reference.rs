@@ -14,7 +14,7 @@ use cinder_tensor::{Tensor, TensorBuf};
 use crate::arith::{PoolKind, concat_samples, pool_forward, weighted_forward};
 use crate::error::RunError;
 use crate::geometry::{Window, batch_size, chw};
-use crate::model::rules::{acc_scale, dynamic_output, dynamic_params, scan_range};
+use crate::model::rules::{acc_scale, dynamic_output, dynamic_params};
 use crate::model::{Activation, IntMerge, LayerExec, QuantWeights, Step, StepOp};
 use crate::quantized::QuantizedModel;
 use crate::walk::TensorInfo;
@@ -264,7 +264,7 @@ impl Context<'_> {
                 Value::Int(codes)
             }
             (LayerExec::Dynamic(d), Value::Float(x)) => {
-                let p = dynamic_params(name, scan_range(name, x)?)?;
+                let p = dynamic_params(name, x, None)?;
                 let xq: Vec<i64> = x
                     .iter()
                     .map(|&v| i64::from(p.quantize(v) - p.zero_point))

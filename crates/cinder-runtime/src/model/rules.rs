@@ -66,8 +66,17 @@ fn dynamic_scheme() -> QuantScheme {
     .expect("8 bits are supported")
 }
 
-/// A dynamic layer's input parameters for a batch whose values span `range`.
-pub(crate) fn dynamic_params(layer: &str, range: (f32, f32)) -> Result<QuantParams, RunError> {
+/// A dynamic layer's input parameters for the batch `data`, from its range: `known` (as
+/// its producer tracked it) or else scanned.
+pub(crate) fn dynamic_params(
+    layer: &str,
+    data: &[f32],
+    known: Option<(f32, f32)>,
+) -> Result<QuantParams, RunError> {
+    let range = match known {
+        Some(r) => r,
+        None => scan_range(layer, data)?,
+    };
     QuantParams::from_range(range.0, range.1, &dynamic_scheme()).map_err(|e| {
         RunError::DynamicRange {
             layer: layer.to_owned(),
@@ -77,7 +86,7 @@ pub(crate) fn dynamic_params(layer: &str, range: (f32, f32)) -> Result<QuantPara
 }
 
 /// The range of a dynamic layer's whole input batch, by the observers' min/max scan.
-pub(crate) fn scan_range(layer: &str, data: &[f32]) -> Result<(f32, f32), RunError> {
+fn scan_range(layer: &str, data: &[f32]) -> Result<(f32, f32), RunError> {
     cinder_observers::min_max(data).map_err(|e| RunError::DynamicRange {
         layer: layer.to_owned(),
         message: e.to_string(),
@@ -136,7 +145,7 @@ mod tests {
 
     #[test]
     fn dynamic_params_cover_the_range() {
-        let p = dynamic_params("fc", (-1.0, 3.0)).unwrap();
+        let p = dynamic_params("fc", &[-1.0, 3.0, 0.5], None).unwrap();
         assert_eq!((p.qmin, p.qmax), ACTIVATION_GRID);
         assert_eq!(p.quantize(0.0), p.zero_point);
         assert_eq!(p.quantize(3.0), 127);

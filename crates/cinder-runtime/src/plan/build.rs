@@ -21,7 +21,7 @@ use crate::arith::PoolKind;
 use crate::error::Invalid;
 use crate::geometry::{Geometry, Window, chw};
 use crate::kernels::{Clamp, Rescale};
-use crate::model::{Layer, LayerExec, Merge, QuantWeights, Step, StepOp};
+use crate::model::{Activation, Layer, LayerExec, Merge, QuantWeights, StaticLayer, Step, StepOp};
 use crate::walk::{Domain, Walk};
 
 /// Where a tensor's elements sit.
@@ -69,6 +69,18 @@ fn engine_codes(w: &QuantWeights, row_chw: Option<[usize; 3]>) -> Vec<i8> {
             }
             out
         }
+    }
+}
+
+/// The integer parameters of static layer `s` reading `input`.
+fn int_params(s: &StaticLayer, input: QuantParams, activation: Activation) -> IntParams<'_> {
+    IntParams {
+        bias: &s.bias,
+        multipliers: &s.multipliers,
+        zp_in: input.zero_point,
+        zp_w: per_column(&s.weights, |p| p.zero_point),
+        zp_out: s.output.zero_point,
+        clamp: activation.bounds(&s.output),
     }
 }
 
@@ -415,14 +427,7 @@ fn layer_stage(
         LayerExec::Static(s) => {
             let input = int.expect("validated: static layers read int8");
             let codes = engine_codes(&s.weights, row_chw);
-            let params = IntParams {
-                bias: &s.bias,
-                multipliers: &s.multipliers,
-                zp_in: input.zero_point,
-                zp_w: per_column(&s.weights, |p| p.zero_point),
-                zp_out: s.output.zero_point,
-                clamp: layer.activation.bounds(&s.output),
-            };
+            let params = int_params(s, input, layer.activation);
             let im2col = |params| IntMatmul::new(pack(&codes, n, k, field)?, params, field);
             match conv {
                 Some(shape) => {
@@ -516,14 +521,7 @@ fn grouped_stage(
         }
         LayerExec::Static(s) => {
             let input = int.expect("validated: static layers read int8");
-            let params = IntParams {
-                bias: &s.bias,
-                multipliers: &s.multipliers,
-                zp_in: input.zero_point,
-                zp_w: per_column(&s.weights, |p| p.zero_point),
-                zp_out: s.output.zero_point,
-                clamp: layer.activation.bounds(&s.output),
-            };
+            let params = int_params(s, input, layer.activation);
             Stage::IntDepthwise(IntDepthwise {
                 window: nhwc,
                 zp_in: input.zero_point as i8,

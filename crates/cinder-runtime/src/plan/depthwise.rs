@@ -7,7 +7,7 @@ use super::int::Requant;
 use super::par::{BLOCKS_PER_SLOT, Scratch, Tracked, grow, par_blocks, par_images, take_range};
 use crate::error::RunError;
 use crate::kernels::{NhwcWindow, depthwise_nhwc_s8, quantize_f32_s8, requantize_s8_rows};
-use crate::model::rules::{acc_scale, dynamic_output, dynamic_params, scan_range};
+use crate::model::rules::{acc_scale, dynamic_output, dynamic_params};
 use crate::model::{Activation, QuantWeights};
 use cinder_observers::min_max;
 use cinder_tensor::Tensor;
@@ -94,11 +94,7 @@ impl DynDepthwise {
         y: &mut [f32],
         slots: &mut [Scratch],
     ) -> Result<Tracked, RunError> {
-        let range = match range {
-            Some(r) => r,
-            None => scan_range(&self.name, x)?,
-        };
-        let p = dynamic_params(&self.name, range)?;
+        let p = dynamic_params(&self.name, x, range)?;
         let [h, w, c] = self.window.input;
         let [oh, ow] = self.window.output();
         let (in_len, pixels) = (h * w * c, oh * ow);

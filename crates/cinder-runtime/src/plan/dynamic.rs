@@ -13,7 +13,7 @@ use super::par::{
 use crate::error::RunError;
 use crate::kernels::{PackedMatrix, max_pool2x2_s32, quantize_f32_s8};
 use crate::model::Activation;
-use crate::model::rules::{acc_scale, dynamic_output, dynamic_params, scan_range};
+use crate::model::rules::{acc_scale, dynamic_output, dynamic_params};
 
 /// A dynamic layer's GEMM and float output stage.
 #[derive(Debug)]
@@ -44,11 +44,7 @@ impl DynMatmul {
         packed: Option<&PackedMatrix>,
         shared: &mut Shared,
     ) -> Result<QuantParams, RunError> {
-        let range = match range {
-            Some(r) => r,
-            None => scan_range(&self.name, x)?,
-        };
-        let p = dynamic_params(&self.name, range)?;
+        let p = dynamic_params(&self.name, x, range)?;
         let (n, zp) = (self.columns(), p.zero_point);
         let off = grow(&mut shared.col_off, n);
         match packed {
