@@ -78,17 +78,17 @@ pub(crate) fn linear<T: Mac>(input: &[T], weight: &[T], bias: &[T], out: &mut [T
 }
 
 /// `reduce(taps)` of every window over one `[c, h, w]` sample, the taps inside the input
-/// in `(ky, kx)` order (padding taps are left out; every window holds one inside).
+/// in `(ky, kx)` order (padding taps are left out; every window holds one inside);
+/// `taps` is scratch.
 pub(crate) fn pool2d<T: Copy>(
     input: &[T],
     [c, h, w]: [usize; 3],
     window: Window,
     out: &mut [T],
-    mut reduce: impl FnMut(&[T]) -> T,
+    (taps, mut reduce): (&mut Vec<T>, impl FnMut(&[T]) -> T),
 ) {
     let [kh, kw] = window.kernel;
     let (oh, ow) = window.output(h, w);
-    let mut taps = Vec::with_capacity(kh * kw);
     for (plane, out_plane) in input
         .chunks_exact(h * w)
         .zip(out.chunks_exact_mut(oh * ow))
@@ -101,7 +101,7 @@ pub(crate) fn pool2d<T: Copy>(
                 let row = (0..kw).filter_map(|kx| tap(&window, 1, ox, kx, w));
                 taps.extend(row.map(|ix| plane[iy * w + ix]));
             }
-            *o = reduce(&taps);
+            *o = reduce(taps);
         }
     }
 }
@@ -126,7 +126,7 @@ pub(crate) fn max_pool2d<T: Copy + PartialOrd>(
     window: Window,
     out: &mut [T],
 ) {
-    pool2d(input, chw, window, out, first_max);
+    pool2d(input, chw, window, out, (&mut Vec::new(), first_max));
 }
 
 /// Which reduction a pooling window applies.
@@ -162,14 +162,14 @@ impl Poolable for i32 {
     }
 }
 
-/// The pool of one `[c, h, w]` sample (`zero_point`: see [`Poolable`]).
+/// The pool of one `[c, h, w]` sample (`zero_point`: see [`Poolable`]; `taps`: scratch).
 pub(crate) fn pool_sample<T: Poolable>(
     input: &[T],
     out: &mut [T],
     (shape, window, kind): ([usize; 3], Window, PoolKind),
-    zero_point: T,
+    (zero_point, taps): (T, &mut Vec<T>),
 ) {
-    pool2d(input, shape, window, out, |taps| match kind {
+    let reduce = |taps: &[T]| match kind {
         PoolKind::Max => first_max(taps),
         PoolKind::Avg { include_pad } => {
             let count = if include_pad {
@@ -179,7 +179,8 @@ pub(crate) fn pool_sample<T: Poolable>(
             };
             T::mean(taps, count, zero_point)
         }
-    })
+    };
+    pool2d(input, shape, window, out, (taps, reduce))
 }
 
 /// [`pool_sample`] over a whole batch.
@@ -190,8 +191,9 @@ pub(crate) fn pool_forward<T: Poolable>(
     out_len: usize,
     zero_point: T,
 ) -> Vec<T> {
+    let mut taps = Vec::new();
     map_samples(x, batch, out_len, |s, o| {
-        pool_sample(s, o, pool, zero_point)
+        pool_sample(s, o, pool, (zero_point, &mut taps))
     })
 }
 

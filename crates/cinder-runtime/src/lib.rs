@@ -1,6 +1,13 @@
-//! cinder's int8 runtime: converts a float graph into a quantized model, stores it, and
-//! runs it with integer-only arithmetic (static mode), per-batch ranges (dynamic mode) or
-//! float layers left in place (partial quantization). No burn.
+//! cinder's int8 runtime: converts a float graph (any DAG of convolutions — dense,
+//! strided, depthwise —, linear layers, ReLU / clip, pools, residual adds, concatenations)
+//! into a quantized model, stores it, and runs it with integer-only arithmetic (static
+//! mode), per-batch ranges (dynamic mode) or float layers left in place (partial
+//! quantization). No burn.
+//!
+//! Modules, top down: [`mod@convert`] and [`mod@file`] produce a [`QuantizedModel`] (its steps
+//! and their rules in [`model`], checked by one walk over the graph that tracks every
+//! tensor's shape and domain); the session runs its plan (stages on [`kernels`]); the
+//! reference interpreter and the simulation read the model directly.
 //!
 //! - [`convert()`]: float graph + calibration table + [`QuantConfig`] -> [`QuantizedModel`]
 //!   (offline, float arithmetic allowed).

@@ -225,7 +225,10 @@ impl FloatPool {
         par_images(x, in_len, y, out_len, slots, |image, out, slot| {
             match two_by_two {
                 true => max_pool2x2_f32(image, self.input, out),
-                false => pool_sample(image, out, (self.input, self.window, self.kind), 0.0),
+                false => {
+                    let pool = (self.input, self.window, self.kind);
+                    pool_sample(image, out, pool, (0.0, &mut slot.taps))
+                }
             }
             slot.range = slot.range.merge(Tracked::of(min_max(out)));
         });
