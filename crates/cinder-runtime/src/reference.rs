@@ -406,4 +406,13 @@ mod tests {
         let x = TensorBuf::new(vec![1, 1, 1, 4], vec![1.0, 2.5, -1.0, 3.0]).unwrap();
         assert_eq!(reference_forward(&model, &x).unwrap().data(), &[4.0]);
     }
+
+    /// A model without steps is the identity, in both paths.
+    #[test]
+    fn a_model_without_steps_returns_its_input() {
+        let model = QuantizedModel::new(vec![3], vec![]).unwrap();
+        let x = TensorBuf::new(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 4.0, -1.0]).unwrap();
+        assert_eq!(reference_forward(&model, &x).unwrap().data(), x.data());
+        assert_eq!(model.session().unwrap().run(&x).unwrap().data(), x.data());
+    }
 }

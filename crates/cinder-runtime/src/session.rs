@@ -89,7 +89,8 @@ impl QuantizedModel {
         let plan = self.plan();
         let ws = Workspace {
             ints: vec![Vec::new(); plan.int_buffers],
-            floats: vec![Vec::new(); plan.float_buffers],
+            // One at least: a model without steps copies its input there.
+            floats: vec![Vec::new(); plan.float_buffers.max(1)],
             ranges: vec![Tracked::Empty; plan.float_buffers],
             slots: (0..threads).map(|_| Scratch::default()).collect(),
             shared: Shared::default(),

@@ -151,7 +151,7 @@ impl DynMatmul {
 /// A dynamic convolution: each image is quantized (NHWC), im2col'd and multiplied (or,
 /// where `winograd` is set, summed by Winograd), and written back as NCHW floats; with the
 /// 2×2, stride-2 max-pool that follows it fused when `pool`: the sums are pooled before
-/// the float output stage, which is exact (`acc · s + bias`, `s > 0`, then the ReLU is
+/// the float output stage, which is exact (`acc · s + bias`, `s > 0`, then the activation is
 /// non-decreasing in the sum, rounding included, so it commutes with the maximum) and
 /// runs on a quarter of the values.
 #[derive(Debug)]
