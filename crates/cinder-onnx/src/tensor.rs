@@ -13,42 +13,40 @@ use crate::proto::tensor_proto::{DataLocation, DataType};
 
 /// A float32 tensor's values and shape.
 pub fn to_f32(t: &TensorProto) -> Result<TensorBuf<f32>, OnnxError> {
-    let shape = dims(t)?;
-    let len = element_count(t, &shape)?;
-    expect_type(t, DataType::Float)?;
-    let data = if t.raw_data.is_empty() {
-        check_len(t, t.float_data.len(), len)?;
-        t.float_data.clone()
-    } else {
-        check_len(t, t.raw_data.len() / 4, len)?;
-        if t.raw_data.len() % 4 != 0 {
-            return Err(bad(t, format!("raw_data of {} bytes", t.raw_data.len())));
-        }
-        t.raw_data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    };
+    let (shape, data) = values(t, DataType::Float, &t.float_data, f32::from_le_bytes)?;
     TensorBuf::new(shape, data).map_err(|e| bad(t, e.to_string()))
 }
 
 /// An int64 tensor's values (a shape operand), whatever its shape.
 pub fn to_i64(t: &TensorProto) -> Result<Vec<i64>, OnnxError> {
+    Ok(values(t, DataType::Int64, &t.int64_data, i64::from_le_bytes)?.1)
+}
+
+/// Shape and values of a tensor of type `expected`, stored either in its typed field
+/// (`typed`) or as little-endian `raw_data` of `N` bytes per value.
+fn values<T: Copy, const N: usize>(
+    t: &TensorProto,
+    expected: DataType,
+    typed: &[T],
+    from_le: fn([u8; N]) -> T,
+) -> Result<(Vec<usize>, Vec<T>), OnnxError> {
     let shape = dims(t)?;
     let len = element_count(t, &shape)?;
-    expect_type(t, DataType::Int64)?;
+    expect_type(t, expected)?;
     if t.raw_data.is_empty() {
-        check_len(t, t.int64_data.len(), len)?;
-        return Ok(t.int64_data.clone());
+        check_len(t, typed.len(), len)?;
+        return Ok((shape, typed.to_vec()));
     }
-    check_len(t, t.raw_data.len() / 8, len)?;
-    if t.raw_data.len() % 8 != 0 {
+    if !t.raw_data.len().is_multiple_of(N) {
         return Err(bad(t, format!("raw_data of {} bytes", t.raw_data.len())));
     }
-    Ok(t.raw_data
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-        .collect())
+    check_len(t, t.raw_data.len() / N, len)?;
+    let data = t
+        .raw_data
+        .chunks_exact(N)
+        .map(|b| from_le(b.try_into().expect("chunks of N bytes")))
+        .collect();
+    Ok((shape, data))
 }
 
 /// The one value of a float32 scalar (shape `[]` or `[1]`).
