@@ -7,6 +7,7 @@ mod calibrate;
 mod data;
 mod experiment;
 mod infer;
+mod onnx;
 mod qat;
 mod quantize;
 mod train;
@@ -34,6 +35,8 @@ enum Command {
     Experiment(experiment::ExperimentArgs),
     /// Quantization-aware fine-tuning (or its control), conversion, comparison with PTQ.
     Qat(qat::QatArgs),
+    /// ONNX interop: import a float ONNX model as a float graph, export a graph as ONNX.
+    Onnx(onnx::OnnxArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Infer(args) => infer::run(args),
         Command::Experiment(args) => experiment::run(args),
         Command::Qat(args) => qat::run(args),
+        Command::Onnx(args) => onnx::run(args),
     }
 }
