@@ -10,6 +10,7 @@ mod checks;
 mod data;
 mod experiment;
 mod infer;
+mod onnx;
 mod qat;
 mod quantize;
 mod train;
@@ -37,6 +38,8 @@ enum Command {
     Experiment(experiment::ExperimentArgs),
     /// Quantization-aware fine-tuning (or its control), conversion, comparison with PTQ.
     Qat(qat::QatArgs),
+    /// ONNX interop: import a float ONNX model as a float graph, export a graph as ONNX.
+    Onnx(onnx::OnnxArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Infer(args) => infer::run(args),
         Command::Experiment(args) => experiment::run(args),
         Command::Qat(args) => qat::run(args),
+        Command::Onnx(args) => onnx::run(args),
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use cinder_observers::CalibrationTable;
-use cinder_runtime::{QuantConfig, QuantizedModel, StepOp, convert};
+use cinder_runtime::{Activation, QuantConfig, QuantizedModel, StepOp, convert};
 use cinder_tensor::TensorQuantParams;
 use cinder_tensor::graph::FloatGraph;
 
@@ -79,7 +79,7 @@ fn describe(model: &QuantizedModel) {
             if let StepOp::Quantize(p) = step.op {
                 println!(
                     "  quantize {:<10} scale {:.6} zero point {}",
-                    step.name, p.scale, p.zero_point
+                    step.inputs[0], p.scale, p.zero_point
                 );
             }
             continue;
@@ -94,7 +94,10 @@ fn describe(model: &QuantizedModel) {
                 format!("{}-bit {:?} {granularity}", w.bits, w.mapping).to_lowercase()
             },
         );
-        let relu = if layer.relu { " + relu" } else { "" };
+        let relu = match layer.activation {
+            Activation::None => String::new(),
+            a => format!(" + {a:?}").to_lowercase(),
+        };
         println!(
             "  {:<8} {:<7} {:?} {detail}{relu}",
             step.name,

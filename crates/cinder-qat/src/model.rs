@@ -20,7 +20,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use cinder_model::ConvNet;
 use cinder_observers::{MovingAverageMinMaxObserver, Observer, weight_params};
-use cinder_runtime::{Layer, LayerExec, QuantizedModel, StaticLayer, StepOp};
+use cinder_runtime::{Activation, Layer, LayerExec, QuantizedModel, StaticLayer, StepOp};
 use cinder_tensor::params::MIN_SCALE;
 use cinder_tensor::{QuantParams, TensorBuf, TensorQuantParams};
 use serde::{Deserialize, Serialize};
@@ -575,7 +575,7 @@ fn exact_i32(v: f32) -> Option<i32> {
 fn static_layer<'m>(
     deployed: &'m QuantizedModel,
     name: &str,
-) -> Result<(&'m StaticLayer, bool), QatError> {
+) -> Result<(&'m StaticLayer, Activation), QatError> {
     let layer = deployed
         .steps()
         .iter()
@@ -584,8 +584,8 @@ fn static_layer<'m>(
     match layer {
         Some(Layer {
             exec: LayerExec::Static(s),
-            relu,
-        }) => Ok((s, *relu)),
+            activation,
+        }) => Ok((s, *activation)),
         _ => Err(QatError::State(format!(
             "the deployed model has no static layer `{name}`"
         ))),
@@ -631,7 +631,7 @@ impl Pass<'_> {
             return self.activation(index + 1, x);
         };
         let name = LAYERS[index];
-        let (layer, relu) = static_layer(deployed, name)?;
+        let (layer, activation) = static_layer(deployed, name)?;
         let (dims, device) = (sums.acc.dims(), sums.acc.device());
         if layer.bias.len() != dims[1] {
             return Err(QatError::State(format!(
@@ -652,7 +652,7 @@ impl Pass<'_> {
                     .ok_or_else(|| {
                         QatError::State(format!("{name}: sum {v} is not an exact int32 sum"))
                     })?;
-                Ok((layer.requantize(c, acc, relu) - zp) as f32)
+                Ok((layer.requantize(c, acc, activation) - zp) as f32)
             })
             .collect::<Result<Vec<f32>, QatError>>()?;
         Ok((

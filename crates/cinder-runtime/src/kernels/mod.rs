@@ -34,21 +34,33 @@
 //! for bit.
 
 mod conv;
+mod depthwise;
+mod float;
 mod gemm;
+mod im2col;
 mod output;
 mod pack;
+mod pool;
 pub mod reference;
+mod rescale;
 pub(crate) mod sgemm;
 #[cfg(test)]
 mod tests;
+mod window;
 pub mod winograd;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use conv::{im2col_nhwc_s8, max_pool2d_nhwc_s8, max_pool2x2_s32, out_dim};
+pub use depthwise::{depthwise_nhwc_s8, depthwise_reference};
+pub(crate) use float::{im2col_f32, max_pool2x2_f32, quantize_f32_s8};
 pub use gemm::{MR, gemm_s8, gemm_s8_cols, par_gemm_s8};
+pub use im2col::im2col_window_s8;
 pub use output::{OutputStage, requantize_s8, requantize_s8_rows, row_sums_s8};
 pub use pack::{MAX_DEPTH, NR, PackedMatrix};
+pub use pool::{avg_pool_nhwc_s8, div_round_even, max_pool_nhwc_s8, pool_reference};
+pub use rescale::{Clamp, Rescale, add_s8, rescale_s8};
+pub use window::NhwcWindow;
 pub use winograd::{
     MAX_WINOGRAD_CHANNELS, WINOGRAD_POSITIONS, WinogradFilter, WinogradGeometry,
     winograd_input_tiles, winograd_multiply, winograd_output_tiles, winograd_products_stride,
