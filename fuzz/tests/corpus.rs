@@ -187,7 +187,7 @@ fn every_target_survives_its_corpus_and_a_mutation_pass() {
         });
         let inputs: Vec<Vec<u8>> = seeds.iter().cloned().chain(mutated).collect();
         for input in inputs {
-            if let Err(e) = run_one(target, &input) {
+            if let Err(e) = run_one(*target, &input) {
                 failures.push(format!(
                     "{e} (input saved to {})",
                     save_failure(name, &input).display()

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use cinder_runtime::synthetic::{Rng, conv_node, linear_node, minmax_table, node, random_input};
 use cinder_runtime::{QuantConfig, convert};
-use cinder_tensor::graph::{FloatGraph, Op};
+use cinder_tensor::graph::{FloatGraph, Op, Pool2d};
 
 fn corpus(target: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -42,17 +42,14 @@ fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
 /// A tiny graph: conv(1->2, k3) relu pool flatten linear(8->3).
 fn tiny_graph() -> FloatGraph {
     let mut rng = Rng::new(3);
-    FloatGraph::new(
+    FloatGraph::chain(
         vec![1, 4, 4],
         vec![
             conv_node(&mut rng, "conv1", 1, 2, 3, 1, 1),
             node("relu1", Op::Relu),
             node(
                 "pool1",
-                Op::MaxPool2d {
-                    kernel: 2,
-                    stride: 2,
-                },
+                Op::MaxPool2d(Pool2d::square(2, 2)),
             ),
             node("flatten", Op::Flatten),
             linear_node(&mut rng, "fc1", 8, 3),
