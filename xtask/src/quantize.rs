@@ -12,6 +12,8 @@ use cinder_runtime::{Activation, QuantConfig, QuantizedModel, StepOp, convert};
 use cinder_tensor::TensorQuantParams;
 use cinder_tensor::graph::FloatGraph;
 
+use crate::checks;
+
 #[derive(clap::Args, Debug)]
 pub struct QuantizeArgs {
     /// The float graph's JSON description.
@@ -40,6 +42,13 @@ pub fn read_config(path: &Path) -> anyhow::Result<QuantConfig> {
 }
 
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
+    let mut inputs = vec![
+        ("--graph", args.graph.as_path()),
+        ("--weights", args.weights.as_path()),
+        ("--calibration", args.calibration.as_path()),
+    ];
+    inputs.extend(args.config.as_deref().map(|c| ("--config", c)));
+    checks::output_apart("--out", &args.out, &inputs)?;
     let graph = FloatGraph::load(&args.graph, &args.weights)?;
     let table = CalibrationTable::load(&args.calibration)?;
     let config = match &args.config {

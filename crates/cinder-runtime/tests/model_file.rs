@@ -322,3 +322,30 @@ fn missing_tensors_and_metadata_are_errors() {
         Err(ModelError::File(FileError::Io { .. }))
     ));
 }
+
+#[test]
+fn reads_stop_where_the_header_stops_justifying_them() {
+    // An endless device: refused after its 8-byte header length, not read to the end.
+    if Path::new("/dev/zero").exists() {
+        assert!(matches!(
+            QuantizedModel::load(Path::new("/dev/zero")),
+            Err(ModelError::File(FileError::SafeTensors { .. }))
+        ));
+    }
+    // A header declaring a 2^40-element tensor in a small file: refused before reading.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.cinder");
+    let header = format!(
+        r#"{{"__metadata__":{{"{METADATA_KEY}":"{{}}"}},"w":{{"dtype":"I8","shape":[{n}],"data_offsets":[0,{n}]}}}}"#,
+        n = 1u64 << 40
+    );
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 64]);
+    std::fs::write(&path, bytes).unwrap();
+    let err = QuantizedModel::load(&path).err().unwrap().to_string();
+    assert!(
+        err.contains("declares") && err.contains("huge.cinder"),
+        "{err}"
+    );
+}
