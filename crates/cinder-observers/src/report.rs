@@ -64,7 +64,7 @@ impl ErrorReport {
     pub fn load(path: &Path) -> Result<Self, FileError> {
         let report: Self = read_json(path)?;
         if report.format_version != REPORT_FORMAT_VERSION {
-            return Err(FileError::Json {
+            return Err(FileError::Content {
                 path: path.to_path_buf(),
                 message: format!(
                     "format_version {} is not supported (expected {REPORT_FORMAT_VERSION})",

@@ -64,7 +64,7 @@ impl CalibrationTable {
     /// Loads a table, rejecting other format versions and invalid parameters.
     pub fn load(path: &Path) -> Result<Self, FileError> {
         let table: Self = read_json(path)?;
-        let invalid = |message: String| FileError::Json {
+        let invalid = |message: String| FileError::Content {
             path: path.to_path_buf(),
             message,
         };

@@ -104,6 +104,4 @@ pub enum RunError {
     DynamicRange { layer: String, message: String },
     #[error("cannot start {threads} worker threads: {message}")]
     ThreadPool { threads: usize, message: String },
-    #[error("node `{node}`: the float reference forward does not support {what}")]
-    Unsupported { node: String, what: String },
 }

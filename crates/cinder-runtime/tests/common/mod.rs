@@ -12,6 +12,8 @@ use cinder_tensor::{Mapping, TensorBuf};
 use proptest::prelude::*;
 use std::ops::RangeInclusive;
 
+pub mod dag;
+
 #[derive(Debug, Clone)]
 pub struct ConvSpec {
     pub out: usize,
@@ -148,41 +150,52 @@ impl ModelSpec {
 
     /// The per-layer config: the i-th weighted layer takes the i-th choice.
     pub fn config(&self, graph: &FloatGraph) -> QuantConfig {
-        let weighted = graph
-            .nodes()
-            .iter()
-            .filter(|n| n.op.weight_and_bias().is_some());
-        weighted
-            .zip(&self.choices)
-            .fold(QuantConfig::default(), |cfg, (n, ch)| {
-                cfg.with_layer(
-                    n.name.clone(),
-                    LayerOverride {
-                        mode: Some(ch.mode),
-                        weight_bits: Some(ch.bits),
-                        granularity: Some(if ch.per_channel {
-                            WeightGranularity::PerChannel
-                        } else {
-                            WeightGranularity::PerTensor
-                        }),
-                        mapping: Some(if ch.symmetric {
-                            Mapping::Symmetric
-                        } else {
-                            Mapping::Asymmetric
-                        }),
-                    },
-                )
-            })
+        config(graph, &self.choices)
     }
 
     /// Graph, calibrated (on other inputs than `input`) and converted.
     pub fn model(&self) -> (FloatGraph, QuantizedModel) {
         let graph = self.graph();
-        let table = minmax_table(&graph, &input(&graph, 8, self.seed ^ 0x5eed))
-            .expect("finite calibration");
-        let model = convert(&graph, &table, &self.config(&graph)).expect("conversion");
+        let model = calibrate_and_convert(&graph, &self.config(&graph), self.seed);
         (graph, model)
     }
+}
+
+/// The per-layer config of `graph`: its i-th weighted layer takes the i-th choice (the
+/// rest the default).
+pub fn config(graph: &FloatGraph, choices: &[LayerChoice]) -> QuantConfig {
+    let weighted = graph.nodes().iter().filter(|n| n.op.is_weighted());
+    weighted
+        .zip(choices)
+        .fold(QuantConfig::default(), |cfg, (n, ch)| {
+            cfg.with_layer(
+                n.name.clone(),
+                LayerOverride {
+                    mode: Some(ch.mode),
+                    weight_bits: Some(ch.bits),
+                    granularity: Some(if ch.per_channel {
+                        WeightGranularity::PerChannel
+                    } else {
+                        WeightGranularity::PerTensor
+                    }),
+                    mapping: Some(if ch.symmetric {
+                        Mapping::Symmetric
+                    } else {
+                        Mapping::Asymmetric
+                    }),
+                },
+            )
+        })
+}
+
+/// Calibrated on seeded inputs other than the tests' and converted under `config`.
+pub fn calibrate_and_convert(
+    graph: &FloatGraph,
+    config: &QuantConfig,
+    seed: u64,
+) -> QuantizedModel {
+    let table = minmax_table(graph, &input(graph, 8, seed ^ 0x5eed)).expect("finite calibration");
+    convert(graph, &table, config).expect("conversion")
 }
 
 /// `batch` inputs in `[-1.2, 1.2)` (a little beyond the calibration range of `[-1, 1)`).
