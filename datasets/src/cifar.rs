@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use cinder_tensor::io::read_bounded;
+
 use crate::dataset::{Dataset, IMAGE_LEN, Splits};
 use crate::error::DatasetError;
 
@@ -106,7 +108,13 @@ fn class_names(path: &Path, classes: usize) -> Result<Vec<String>, DatasetError>
     if !path.exists() {
         return Ok((0..classes).map(|c| format!("class_{c}")).collect());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| DatasetError::io(path, e))?;
+    let bytes = read_existing(path, "class name list")?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        DatasetError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
     let names: Vec<String> = text
         .lines()
         .map(str::trim)
@@ -138,14 +146,19 @@ fn read_files(
     Dataset::new(images, labels, names.to_vec())
 }
 
-pub(crate) fn read_existing(path: &Path, what: &'static str) -> Result<Vec<u8>, DatasetError> {
-    std::fs::read(path).map_err(|e| match e.kind() {
+/// The largest CIFAR file (or class-name list) read: 1 GiB, far above CIFAR-100's
+/// 154 MB training file; a device or a runaway file is refused there.
+pub const MAX_CIFAR_FILE_BYTES: u64 = 1 << 30;
+
+fn read_existing(path: &Path, what: &'static str) -> Result<Vec<u8>, DatasetError> {
+    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => DatasetError::MissingFile {
             path: path.to_path_buf(),
             what,
         },
         _ => DatasetError::io(path, e),
-    })
+    })?;
+    Ok(read_bounded(path, file, MAX_CIFAR_FILE_BYTES, what)?)
 }
 
 fn parse_records(

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
-use crate::cifar::read_existing;
 use crate::dataset::{CHANNELS, Dataset, HEIGHT, IMAGE_LEN, PLANE, Splits, WIDTH};
 use crate::error::DatasetError;
 
@@ -43,27 +42,101 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
+/// The most data bytes an IDX file may declare (1 GiB; Fashion-MNIST's training images
+/// are 47 MB): a larger header is refused before anything is read or allocated.
+pub const MAX_IDX_DATA_BYTES: u64 = 1 << 30;
+
 /// Reads an unsigned-byte IDX file of the given rank, raw or gzip-compressed.
+///
+/// Reads no more than the header justifies: the header first, then at most the data it
+/// declares (and one byte to detect a longer file). A gzip stream is decompressed only
+/// that far, so a small file that expands to gigabytes costs no more than its header
+/// declares, and a header declaring more than [`MAX_IDX_DATA_BYTES`] is refused.
 pub fn read_idx(path: &Path, rank: u8) -> Result<IdxArray, DatasetError> {
-    let bytes = decompressed(path, read_existing(path, "IDX file")?)?;
+    let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => DatasetError::MissingFile {
+            path: path.to_path_buf(),
+            what: "IDX file",
+        },
+        _ => DatasetError::io(path, e),
+    })?;
+    let mut magic = [0u8; 2];
+    let n = read_full(&mut file, &mut magic).map_err(|e| DatasetError::io(path, e))?;
+    let prefix = std::io::Cursor::new(magic[..n].to_vec());
+    if magic[..n] == GZIP_MAGIC {
+        let gzip = |source| DatasetError::Gzip {
+            path: path.to_path_buf(),
+            source,
+        };
+        read_stream(path, MultiGzDecoder::new(prefix.chain(file)), rank, gzip)
+    } else {
+        read_stream(path, prefix.chain(file), rank, |e| {
+            DatasetError::io(path, e)
+        })
+    }
+}
+
+/// Fills `buf` as far as `reader` allows; the number of bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The IDX array of a (decompressed) byte stream: header, then the declared data.
+fn read_stream(
+    path: &Path,
+    mut reader: impl Read,
+    rank: u8,
+    error: impl Fn(std::io::Error) -> DatasetError,
+) -> Result<IdxArray, DatasetError> {
+    let header_len = 4 + 4 * usize::from(rank);
+    let mut header = vec![0u8; header_len];
+    let n = read_full(&mut reader, &mut header).map_err(&error)?;
+    header.truncate(n);
+    let expected = declared_len(path, &header, rank)?;
+    let data_len = expected - header_len as u64;
+    let mut bytes = header;
+    reader
+        .take(data_len + 1)
+        .read_to_end(&mut bytes)
+        .map_err(&error)?;
     parse_idx(path, &bytes, rank)
 }
 
-fn decompressed(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>, DatasetError> {
-    if !bytes.starts_with(&GZIP_MAGIC) {
-        return Ok(bytes);
+/// The total length (header and data) an IDX header declares, checked against the
+/// magic and [`MAX_IDX_DATA_BYTES`]; a short header is left to [`parse_idx`].
+fn declared_len(path: &Path, header: &[u8], rank: u8) -> Result<u64, DatasetError> {
+    let header_len = 4 + 4 * u64::from(rank);
+    if header.len() as u64 != header_len {
+        return Ok(header_len);
     }
-    let mut out = Vec::with_capacity(bytes.len() * 4);
-    MultiGzDecoder::new(bytes.as_slice())
-        .read_to_end(&mut out)
-        .map_err(|source| DatasetError::Gzip {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    Ok(out)
+    parse_magic(path, header, rank)?;
+    let mut data = 1u64;
+    for (dim, b) in header[4..].chunks_exact(4).enumerate() {
+        let size = u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        data = data.saturating_mul(size);
+        if data > MAX_IDX_DATA_BYTES {
+            return Err(DatasetError::IdxDimension {
+                path: path.to_path_buf(),
+                offset: 4 + 4 * dim as u64,
+                dim,
+                found: size,
+                expected: "dimensions whose product is at most 2^30 bytes of data",
+            });
+        }
+    }
+    Ok(header_len + data)
 }
 
-fn parse_idx(path: &Path, bytes: &[u8], rank: u8) -> Result<IdxArray, DatasetError> {
+fn parse_magic(path: &Path, bytes: &[u8], rank: u8) -> Result<(), DatasetError> {
     let magic = &bytes[..bytes.len().min(4)];
     if magic != [0, 0, UNSIGNED_BYTE, rank] {
         return Err(DatasetError::IdxMagic {
@@ -72,6 +145,11 @@ fn parse_idx(path: &Path, bytes: &[u8], rank: u8) -> Result<IdxArray, DatasetErr
             rank,
         });
     }
+    Ok(())
+}
+
+fn parse_idx(path: &Path, bytes: &[u8], rank: u8) -> Result<IdxArray, DatasetError> {
+    parse_magic(path, bytes, rank)?;
     let header = 4 + 4 * usize::from(rank);
     let length_error = |expected: u64| DatasetError::IdxLength {
         path: path.to_path_buf(),
@@ -319,6 +397,58 @@ mod tests {
         ));
         std::fs::write(&path, &full).unwrap();
         assert_eq!(read_idx(&path, 3).unwrap().dims, vec![2, 3, 3]);
+    }
+
+    #[test]
+    fn gzip_bomb_is_decompressed_only_as_far_as_the_header_declares() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bomb.gz");
+        // 10 images of 28x28 declared, 64 MiB of zeros behind the header.
+        let mut raw = idx_bytes(&[10, 28, 28], &[0; 10 * 784]);
+        raw.resize(64 << 20, 0);
+        std::fs::write(&path, gzip(&raw)).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() < 1 << 20);
+        match read_idx(&path, 3) {
+            Err(DatasetError::IdxLength {
+                expected, found, ..
+            }) => {
+                assert_eq!(expected, 16 + 7840);
+                assert_eq!(found, expected + 1, "read past the declared length");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn huge_headers_are_refused_before_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, compress) in [("raw", false), ("gz", true)] {
+            let path = dir.path().join(name);
+            let mut header = vec![0, 0, 8, 3];
+            for d in [u32::MAX, 28, 28] {
+                header.extend(d.to_be_bytes());
+            }
+            header.extend([0u8; 100]);
+            std::fs::write(&path, if compress { gzip(&header) } else { header }).unwrap();
+            let err = read_idx(&path, 3).unwrap_err();
+            assert!(
+                matches!(err, DatasetError::IdxDimension { dim: 0, .. }),
+                "{name}: {err}"
+            );
+            assert!(err.to_string().contains("2^30"), "{err}");
+        }
+    }
+
+    #[test]
+    fn endless_input_is_read_only_as_far_as_the_header_declares() {
+        let zero = Path::new("/dev/zero");
+        if zero.exists() {
+            // Magic 00 00 00 00: refused after the header, not read for ever.
+            assert!(matches!(
+                read_idx(zero, 1),
+                Err(DatasetError::IdxMagic { .. })
+            ));
+        }
     }
 
     #[test]

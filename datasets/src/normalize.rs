@@ -10,11 +10,29 @@ use serde::{Deserialize, Serialize};
 use crate::dataset::{CHANNELS, Dataset, HEIGHT, IMAGE_LEN, PLANE, WIDTH};
 use crate::error::DatasetError;
 
-/// Per-channel mean and standard deviation, in units of pixel / 255.
+/// Per-channel mean and standard deviation, in units of pixel / 255. Deserializing
+/// checks them as [`Normalization::new`] does.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Statistics")]
 pub struct Normalization {
     pub mean: [f32; CHANNELS],
     pub std: [f32; CHANNELS],
+}
+
+/// The serialized fields of a [`Normalization`], before they are checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Statistics {
+    mean: [f32; CHANNELS],
+    std: [f32; CHANNELS],
+}
+
+impl TryFrom<Statistics> for Normalization {
+    type Error = DatasetError;
+
+    fn try_from(s: Statistics) -> Result<Self, DatasetError> {
+        Self::new(s.mean, s.std)
+    }
 }
 
 /// The smallest standard deviation [`Normalization::fit`] reports: one grey level, so that
@@ -28,20 +46,21 @@ impl Normalization {
         std: [1.0; CHANNELS],
     };
 
-    /// Given statistics: means finite, standard deviations finite and positive.
+    /// Given statistics of pixels in `[0, 1]`: means in `[0, 1]`, standard deviations in
+    /// `[MIN_STD, 1]` (what [`Normalization::fit`] can report, and the usual 0.5).
     pub fn new(mean: [f32; CHANNELS], std: [f32; CHANNELS]) -> Result<Self, DatasetError> {
-        if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
+        if let Some(m) = mean.iter().find(|m| !(0.0..=1.0).contains(*m)) {
             return Err(DatasetError::invalid(
                 "normalization mean",
                 m,
-                "a finite number",
+                "a number in [0, 1]",
             ));
         }
-        if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        if let Some(s) = std.iter().find(|s| !(MIN_STD..=1.0).contains(*s)) {
             return Err(DatasetError::invalid(
                 "normalization std",
                 s,
-                "a finite positive number",
+                "a number in [1/255, 1]",
             ));
         }
         Ok(Self { mean, std })
@@ -180,6 +199,14 @@ mod tests {
         assert!(Normalization::fit(&empty).is_err());
         assert!(Normalization::new([0.0; 3], [1.0, 0.0, 1.0]).is_err());
         assert!(Normalization::new([f32::NAN, 0.0, 0.0], [1.0; 3]).is_err());
+        assert!(Normalization::new([1e38, 0.0, 0.0], [1.0; 3]).is_err());
+        assert!(Normalization::new([0.5; 3], [-0.5, 0.5, 0.5]).is_err());
+        assert!(Normalization::new([0.5; 3], [0.5, f32::INFINITY, 0.5]).is_err());
+        let json = r#"{"mean": [0.5, 0.5, 0.5], "std": [0.5, -1.0, 0.5]}"#;
+        let err = serde_json::from_str::<Normalization>(json).unwrap_err();
+        assert!(err.to_string().contains("normalization std"), "{err}");
+        let json = r#"{"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}"#;
+        assert!(serde_json::from_str::<Normalization>(json).is_ok());
         assert!(Normalization::UNIT.normalize(&[0; 100]).is_err());
     }
 }

@@ -75,12 +75,41 @@ pub struct RgbImage {
 const GAP_COLOR: u8 = 128;
 const GAP: usize = 2;
 
+/// The widest and tallest grid [`class_grid`] draws, in pixels (PNG viewers handle it).
+pub const MAX_GRID_SIDE: usize = 16_384;
+
 /// A grid with row `c` holding the first `per_class` samples of class `c`, each image
-/// magnified `scale` times, cells separated by a 2-pixel grey gap.
-pub fn class_grid(dataset: &Dataset, per_class: usize, scale: usize) -> RgbImage {
+/// magnified `scale` times, cells separated by a 2-pixel grey gap. A grid wider or
+/// taller than [`MAX_GRID_SIDE`] pixels is refused before anything is allocated.
+pub fn class_grid(
+    dataset: &Dataset,
+    per_class: usize,
+    scale: usize,
+) -> Result<RgbImage, DatasetError> {
     let scale = scale.max(1);
+    let side = |count: usize| {
+        WIDTH
+            .checked_mul(scale)
+            .and_then(|w| w.checked_add(GAP))
+            .and_then(|cell| cell.checked_mul(count))
+            .and_then(|s| s.checked_add(GAP))
+            .filter(|&s| s <= MAX_GRID_SIDE)
+    };
+    let Some(width) = side(per_class) else {
+        return Err(DatasetError::invalid(
+            "grid width (per class x scale)",
+            format!("{per_class} x {scale}"),
+            "at most 16384 pixels: (32 * scale + 2) * per_class + 2",
+        ));
+    };
+    let Some(height) = side(dataset.classes()) else {
+        return Err(DatasetError::invalid(
+            "grid height (classes x scale)",
+            format!("{} x {scale}", dataset.classes()),
+            "at most 16384 pixels: (32 * scale + 2) * classes + 2",
+        ));
+    };
     let cell = WIDTH * scale + GAP;
-    let (width, height) = (per_class * cell + GAP, dataset.classes() * cell + GAP);
     let mut grid = RgbImage {
         width,
         height,
@@ -95,7 +124,7 @@ pub fn class_grid(dataset: &Dataset, per_class: usize, scale: usize) -> RgbImage
             filled[row] += 1;
         }
     }
-    grid
+    Ok(grid)
 }
 
 impl RgbImage {
@@ -143,7 +172,7 @@ mod tests {
     #[test]
     fn grid_places_samples_by_class() {
         let d = numbered(7, 3); // labels 0 1 2 0 1 2 0, image i filled with i
-        let g = class_grid(&d, 2, 1);
+        let g = class_grid(&d, 2, 1).unwrap();
         assert_eq!((g.width, g.height), (2 * 34 + 2, 3 * 34 + 2));
         let at = |x: usize, y: usize| g.pixels[(y * g.width + x) * 3];
         assert_eq!(at(0, 0), GAP_COLOR);
@@ -153,11 +182,26 @@ mod tests {
     }
 
     #[test]
+    fn oversized_grids_are_refused_before_allocation() {
+        let d = numbered(7, 3);
+        for (per_class, scale) in [(100_000, 3), (10, 100_000), (usize::MAX, usize::MAX)] {
+            let err = class_grid(&d, per_class, scale).unwrap_err();
+            assert!(
+                matches!(err, DatasetError::InvalidOption { .. }),
+                "{per_class} x {scale}: {err}"
+            );
+            assert!(err.to_string().contains("16384"), "{err}");
+        }
+        let widest = class_grid(&d, (MAX_GRID_SIDE - 2) / 34, 1).unwrap();
+        assert!(widest.width <= MAX_GRID_SIDE);
+    }
+
+    #[test]
     fn png_round_trip_and_summary() {
         let d = numbered(6, 2);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grid.png");
-        let grid = class_grid(&d, 3, 2);
+        let grid = class_grid(&d, 3, 2).unwrap();
         grid.write_png(&path).unwrap();
         let decoder =
             png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));

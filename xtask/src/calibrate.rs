@@ -43,9 +43,9 @@ pub struct CalibrateArgs {
     #[arg(long, default_value_t = 8)]
     pub bits: u8,
     /// Number of calibration batches.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::checks::positive)]
     pub batches: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::checks::positive)]
     pub batch_size: usize,
     /// Seed of the random choice of calibration images from the training split.
     #[arg(long, default_value_t = 0)]

@@ -78,7 +78,7 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
     if let Some(dir) = png.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let grid = class_grid(&splits.train, args.per_class, args.scale);
+    let grid = class_grid(&splits.train, args.per_class, args.scale)?;
     grid.write_png(&png)?;
     println!(
         "wrote {} ({}x{}: one row per class, {} training samples each)",

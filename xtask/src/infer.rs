@@ -15,6 +15,7 @@ use cinder_tensor::io::{read_json, write_json_atomic};
 use cinder_tensor::{Tensor, TensorBuf};
 use serde::{Deserialize, Serialize};
 
+use crate::checks;
 use crate::train::{NormArg, dataset_source, normalization_for};
 
 #[derive(clap::Args, Debug)]
@@ -35,10 +36,11 @@ pub struct InferArgs {
     #[arg(long, value_enum)]
     pub norm: Option<NormArg>,
     /// Use only the first N test images.
-    #[arg(long)]
+    #[arg(long, value_parser = checks::positive)]
     pub limit: Option<usize>,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = checks::positive)]
     pub batch: usize,
+    /// Runtime worker threads: at most four per hardware thread.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Single images timed for the batch-1 latency.
@@ -83,6 +85,18 @@ fn normalization(args: &InferArgs, train: &Dataset) -> anyhow::Result<Normalizat
         .norm
         .map_or(args.dataset == "fashion-mnist", |n| n == NormArg::Half);
     normalization_for(half, train)
+}
+
+/// Refuses a model whose output width is not the data set's class count.
+pub fn check_classes(path: &Path, model: &QuantizedModel, classes: usize) -> anyhow::Result<()> {
+    let width = model.output_shape().last().copied().unwrap_or(0);
+    if width != classes {
+        bail!(
+            "{}: the model outputs {width} scores per image: expected one per class of the data set ({classes})",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn argmax(row: &[f32]) -> usize {
@@ -176,18 +190,15 @@ fn agreement(
 }
 
 pub fn run(args: InferArgs) -> anyhow::Result<()> {
-    if args.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
+    let threads = checks::threads("--threads", args.threads)?;
     let model = QuantizedModel::load(&args.model)?;
     let source = dataset_source(&args.dataset, args.data_dir.as_deref())?;
     let splits =
         cinder_datasets::load(&source).with_context(|| format!("loading {}", source.name()))?;
     let norm = normalization(&args, &splits.train)?;
     let test = splits.test.limit(args.limit.unwrap_or(usize::MAX));
-    let mut session = model.session_with(SessionOptions {
-        threads: args.threads,
-    })?;
+    check_classes(&args.model, &model, test.classes())?;
+    let mut session = model.session_with(SessionOptions { threads })?;
     // Warm-up at both batch sizes, so that no timed run allocates.
     for n in [args.batch.min(test.len()), 1] {
         session.run(&images(&test, &norm, 0..n)?.0)?;

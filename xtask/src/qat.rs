@@ -28,11 +28,13 @@ use cinder_runtime::{
 };
 use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::io::{read_json, write_json_atomic};
+use cinder_tensor::lock::DirLock;
 use cinder_tensor::{QuantScheme, Tensor as _, TensorBuf};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
 use crate::calibrate::{TrainSummary, calibration_indices};
+use crate::checks;
 use crate::infer::{argmax, correct, images, predict};
 use crate::train::{DatasetImages, dataset_source, epoch_line, show, step_bar};
 
@@ -41,11 +43,11 @@ pub struct QatArgs {
     /// A `cargo xtask train --out` directory (graph.json, graph.safetensors, summary.json).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = checks::positive)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, value_parser = checks::finite_positive)]
     pub lr: f64,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = checks::positive)]
     pub batch: usize,
     /// Weight bits (2..=8; the runtime runs 8 and narrower).
     #[arg(long, default_value_t = 8)]
@@ -64,13 +66,13 @@ pub struct QatArgs {
     #[arg(long)]
     pub control: bool,
     /// Fine-tune on the first N training images (default: as many as the training run).
-    #[arg(long)]
+    #[arg(long, value_parser = checks::positive)]
     pub train_images: Option<usize>,
     /// Use only the first N test images.
-    #[arg(long)]
+    #[arg(long, value_parser = checks::positive)]
     pub test_limit: Option<usize>,
     /// Training images of the min/max calibration of the PTQ models.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = checks::positive)]
     pub calibration_images: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -147,6 +149,8 @@ struct Summary {
 
 pub fn run(args: QatArgs) -> anyhow::Result<()> {
     let dir = &args.checkpoint;
+    checks::output_apart("--out", &args.out, &[("--checkpoint", dir)])?;
+    let _lock = DirLock::acquire(&args.out)?;
     let summary: TrainSummary = read_json(&dir.join("summary.json"))?;
     let graph = FloatGraph::load(&dir.join("graph.json"), &dir.join("graph.safetensors"))?;
     let device = BackendKind::Flex.device()?;
@@ -259,18 +263,17 @@ fn start_or_resume(args: &QatArgs, start: &ConvNet) -> anyhow::Result<QatTrainer
     let ckpt = args.out.join("checkpoint");
     let config = args.config();
     match (read_qat_manifest(&ckpt)?, args.resume) {
-        (None, _) => Ok(QatTrainer::new(start, config, BackendKind::Flex)?),
+        (None, false) => Ok(QatTrainer::new(start, config, BackendKind::Flex)?),
+        (None, true) => bail!(
+            "--resume: {} holds no QAT checkpoint (the run finished no epoch): run without --resume to start it",
+            ckpt.display()
+        ),
         (Some(_), false) => bail!(
             "{} already holds a QAT checkpoint: pass --resume or choose another --out",
             ckpt.display()
         ),
         (Some(m), true) => {
-            if m.config != config {
-                bail!(
-                    "--resume with other settings than the checkpoint's: {:?} vs {config:?}",
-                    m.config
-                );
-            }
+            checks::same_run("config", &m.config, &config)?;
             Ok(QatTrainer::resume(&ckpt, BackendKind::Flex)?)
         }
     }

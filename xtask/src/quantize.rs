@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use cinder_observers::CalibrationTable;
-use cinder_runtime::{QuantConfig, QuantizedModel, StepOp, convert};
+use cinder_runtime::{Activation, QuantConfig, QuantizedModel, StepOp, convert};
 use cinder_tensor::TensorQuantParams;
 use cinder_tensor::graph::FloatGraph;
+
+use crate::checks;
 
 #[derive(clap::Args, Debug)]
 pub struct QuantizeArgs {
@@ -40,6 +42,13 @@ pub fn read_config(path: &Path) -> anyhow::Result<QuantConfig> {
 }
 
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
+    let mut inputs = vec![
+        ("--graph", args.graph.as_path()),
+        ("--weights", args.weights.as_path()),
+        ("--calibration", args.calibration.as_path()),
+    ];
+    inputs.extend(args.config.as_deref().map(|c| ("--config", c)));
+    checks::output_apart("--out", &args.out, &inputs)?;
     let graph = FloatGraph::load(&args.graph, &args.weights)?;
     let table = CalibrationTable::load(&args.calibration)?;
     let config = match &args.config {
@@ -70,7 +79,7 @@ fn describe(model: &QuantizedModel) {
             if let StepOp::Quantize(p) = step.op {
                 println!(
                     "  quantize {:<10} scale {:.6} zero point {}",
-                    step.name, p.scale, p.zero_point
+                    step.inputs[0], p.scale, p.zero_point
                 );
             }
             continue;
@@ -85,7 +94,10 @@ fn describe(model: &QuantizedModel) {
                 format!("{}-bit {:?} {granularity}", w.bits, w.mapping).to_lowercase()
             },
         );
-        let relu = if layer.relu { " + relu" } else { "" };
+        let relu = match layer.activation {
+            Activation::None => String::new(),
+            a => format!(" + {a:?}").to_lowercase(),
+        };
         println!(
             "  {:<8} {:<7} {:?} {detail}{relu}",
             step.name,

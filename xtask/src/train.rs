@@ -21,9 +21,12 @@ use cinder_model::{
     BackendKind, Batch, ConvNetConfig, EpochMetrics, ImageSource, LrSchedule, ModelError,
     OptimizerConfig, StepProgress, TrainConfig, Trainer,
 };
-use cinder_tensor::io::write_json_atomic;
+use cinder_tensor::io::{read_json, write_json_atomic};
+use cinder_tensor::lock::DirLock;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::checks;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptimizerArg {
@@ -55,28 +58,28 @@ pub struct TrainArgs {
     /// Directory of the data set files (Fashion-MNIST: Debian's location by default).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = checks::positive)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = checks::positive)]
     pub batch: usize,
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, value_parser = checks::finite_positive)]
     pub lr: f64,
     #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
     pub optimizer: OptimizerArg,
     /// SGD momentum (dampening is 0, as in PyTorch).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = checks::unit_fraction)]
     pub momentum: f64,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = checks::finite_non_negative)]
     pub weight_decay: f64,
     #[arg(long, value_enum, default_value_t = ScheduleArg::Constant)]
     pub schedule: ScheduleArg,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Use only the first N training images.
-    #[arg(long)]
+    #[arg(long, value_parser = checks::positive)]
     pub limit: Option<usize>,
     /// Use only the first N test images.
-    #[arg(long)]
+    #[arg(long, value_parser = checks::positive)]
     pub test_limit: Option<usize>,
     /// Input normalization; default: `half` for fashion-mnist, `fit` otherwise.
     #[arg(long, value_enum)]
@@ -224,8 +227,22 @@ struct Summary<'a> {
     graph_weights: &'a str,
 }
 
+/// What a run trains on, saved beside its checkpoint (`run.json`) so that `--resume`
+/// refuses other data.
+#[derive(Debug, Serialize, Deserialize)]
+struct RunData {
+    dataset: String,
+    train_images: usize,
+    test_images: usize,
+    normalization: Normalization,
+}
+
+/// The file name of [`RunData`] in `--out`.
+const RUN_DATA: &str = "run.json";
+
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let wall = Instant::now();
+    let _lock = DirLock::acquire(&args.out)?;
     let backend: BackendKind = args.backend.parse()?;
     let source = dataset_source(&args.dataset, args.data_dir.as_deref())?;
     eprintln!("loading {} ...", source.name());
@@ -243,7 +260,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     let config = args.train_config();
     let ckpt_dir = args.out.join("checkpoint");
-    let mut trainer = start_or_resume(&args, &ckpt_dir, model_config, config, backend)?;
+    let data = RunData {
+        dataset: source.name().to_owned(),
+        train_images: train.len(),
+        test_images: test.len(),
+        normalization: norm,
+    };
+    let mut trainer = start_or_resume(&args, &data, model_config, config, backend)?;
     eprintln!(
         "{} train / {} test images, backend {backend}, {} of {} epochs done",
         train.len(),
@@ -292,30 +315,36 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A fresh run (its data written to `run.json` first), or the checkpointed one when
+/// `--resume` is given and the model, training and data settings all match.
 fn start_or_resume(
     args: &TrainArgs,
-    ckpt_dir: &Path,
+    data: &RunData,
     model_config: ConvNetConfig,
     config: TrainConfig,
     backend: BackendKind,
 ) -> anyhow::Result<Trainer> {
-    match (read_manifest(ckpt_dir)?, args.resume) {
-        (None, _) => Ok(Trainer::new(model_config, config, backend)?),
+    let ckpt_dir = args.out.join("checkpoint");
+    let data_path = args.out.join(RUN_DATA);
+    match (read_manifest(&ckpt_dir)?, args.resume) {
+        (None, false) => {
+            let trainer = Trainer::new(model_config, config, backend)?;
+            write_json_atomic(&data_path, data)?;
+            Ok(trainer)
+        }
+        (None, true) => bail!(
+            "--resume: {} holds no checkpoint (the run finished no epoch): run without --resume to start it",
+            ckpt_dir.display()
+        ),
         (Some(_), false) => bail!(
             "{} already holds a checkpoint: pass --resume to continue it or choose another --out",
             ckpt_dir.display()
         ),
         (Some(m), true) => {
-            if m.model != model_config || m.training != config {
-                bail!(
-                    "--resume with other settings than the checkpoint's: it has {:?} / {:?}, the command line {:?} / {:?}",
-                    m.model,
-                    m.training,
-                    model_config,
-                    config
-                );
-            }
-            Ok(Trainer::resume(ckpt_dir, backend)?)
+            checks::same_run("model", &m.model, &model_config)?;
+            checks::same_run("training", &m.training, &config)?;
+            checks::same_run("data", &read_json::<RunData>(&data_path)?, data)?;
+            Ok(Trainer::resume(&ckpt_dir, backend)?)
         }
     }
 }

@@ -5,7 +5,11 @@
 //!   epoch NNNN (burn's burnpack module record, parameter ids included),
 //! - `optim-eNNNN.bpk`: the optimizer state (momentum / Adam moments, keyed by those ids),
 //! - `checkpoint.json`: the manifest — format version, completed epochs, model and
-//!   training config (seed included), backend, the two file names and the metrics history.
+//!   training config (seed included), backend, the two file names with the SHA-256 of
+//!   their bytes, and the metrics history.
+//!
+//! A resume refuses a manifest whose figures disagree, file names that leave the
+//! directory, and files whose bytes do not hash to the recorded SHA-256.
 //!
 //! Each file is written atomically and the manifest last, so it is the commit point: a
 //! run killed at any moment leaves the previous complete checkpoint. Files of older epochs
@@ -19,6 +23,7 @@ use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use cinder_tensor::io::{read_json, write_atomic, write_json_atomic};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::backend::BackendKind;
 use crate::convnet::ConvNetConfig;
@@ -26,7 +31,7 @@ use crate::error::ModelError;
 use crate::train::{EpochMetrics, TrainConfig, Trainer, build_optimizer};
 
 /// Version of the checkpoint manifest; bumped on incompatible changes.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
 /// The manifest's file name inside a checkpoint directory.
 pub const MANIFEST: &str = "checkpoint.json";
 
@@ -38,7 +43,11 @@ pub struct Manifest {
     pub training: TrainConfig,
     pub backend: BackendKind,
     pub model_file: String,
+    /// SHA-256 of `model_file`'s bytes, hex.
+    pub model_sha256: String,
     pub optimizer_file: String,
+    /// SHA-256 of `optimizer_file`'s bytes, hex.
+    pub optimizer_sha256: String,
     pub history: Vec<EpochMetrics>,
 }
 
@@ -53,30 +62,31 @@ impl Trainer {
     /// Writes the current state to `dir` (created if needed).
     pub fn save_checkpoint(&self, dir: &Path) -> Result<(), ModelError> {
         let epoch = self.epochs_done();
-        let manifest = Manifest {
-            format_version: CHECKPOINT_FORMAT_VERSION,
-            epochs_done: epoch,
-            model: self.model_config.clone(),
-            training: self.config.clone(),
-            backend: self.backend,
-            model_file: format!("model-e{epoch:04}.bpk"),
-            optimizer_file: format!("optim-e{epoch:04}.bpk"),
-            history: self.history.clone(),
-        };
-        let model_path = dir.join(&manifest.model_file);
+        let (model_file, optimizer_file) = part_names(epoch);
+        let model_path = dir.join(&model_file);
         let model_bytes = self
             .model()
             .clone()
             .into_record()
             .into_bytes()
             .map_err(|e| checkpoint_error(&model_path, e))?;
-        write_atomic(&model_path, &model_bytes)?;
-        let optim_path = dir.join(&manifest.optimizer_file);
+        let optim_path = dir.join(&optimizer_file);
         let optim_bytes = self
             .optimizer()
             .into_bytes()
             .map_err(|e| checkpoint_error(&optim_path, e))?;
-        write_atomic(&optim_path, &optim_bytes)?;
+        let manifest = Manifest {
+            format_version: CHECKPOINT_FORMAT_VERSION,
+            epochs_done: epoch,
+            model: self.model_config.clone(),
+            training: self.config.clone(),
+            backend: self.backend,
+            model_sha256: write_part(&model_path, &model_bytes)?,
+            model_file,
+            optimizer_sha256: write_part(&optim_path, &optim_bytes)?,
+            optimizer_file,
+            history: self.history.clone(),
+        };
         write_json_atomic(&dir.join(MANIFEST), &manifest)?;
         remove_stale(dir, &manifest)
     }
@@ -95,25 +105,35 @@ impl Trainer {
                 ),
             ));
         }
-        if manifest.history.len() != manifest.epochs_done {
+        if manifest.history.len() != manifest.epochs_done
+            || manifest.epochs_done > manifest.training.epochs
+        {
             return Err(checkpoint_error(
                 &manifest_path,
-                "history length differs from epochs_done",
+                format!(
+                    "epochs_done = {} and {} history entries: expected equal and at most training.epochs = {}",
+                    manifest.epochs_done,
+                    manifest.history.len(),
+                    manifest.training.epochs
+                ),
             ));
         }
-        manifest.training.validate()?;
+        manifest
+            .training
+            .validate()
+            .map_err(|e| checkpoint_error(&manifest_path, e))?;
         let device = backend.device()?.autodiff();
-        let model_path = dir.join(&manifest.model_file);
-        let record = ModuleRecord::from_bytes(read_bytes(&model_path)?)
+        let model_path = part_path(dir, &manifest_path, &manifest.model_file)?;
+        let record = ModuleRecord::from_bytes(read_part(&model_path, &manifest.model_sha256)?)
             .map_err(|e| checkpoint_error(&model_path, e))?;
         let model = manifest
             .model
             .init(&device, manifest.training.seed)?
             .try_load_record(record)
             .map_err(|e| checkpoint_error(&model_path, e))?;
-        let optim_path = dir.join(&manifest.optimizer_file);
+        let optim_path = part_path(dir, &manifest_path, &manifest.optimizer_file)?;
         let optimizer = build_optimizer(&manifest.training)
-            .from_bytes(read_bytes(&optim_path)?)
+            .from_bytes(read_part(&optim_path, &manifest.optimizer_sha256)?)
             .map_err(|e| checkpoint_error(&optim_path, e))?;
         Ok(Trainer::from_parts(
             model,
@@ -134,8 +154,52 @@ pub fn read_manifest(dir: &Path) -> Result<Option<Manifest>, ModelError> {
     Ok(Some(read_json(&path)?))
 }
 
-fn read_bytes(path: &Path) -> Result<Bytes, ModelError> {
+/// The model and optimizer file names of the checkpoint after `epoch` epochs.
+pub fn part_names(epoch: usize) -> (String, String) {
+    (
+        format!("model-e{epoch:04}.bpk"),
+        format!("optim-e{epoch:04}.bpk"),
+    )
+}
+
+/// The path of part `name` that `manifest` records: a plain file name inside `dir`.
+pub fn part_path(dir: &Path, manifest: &Path, name: &str) -> Result<PathBuf, ModelError> {
+    let plain = Path::new(name).file_name().is_some_and(|n| n == name);
+    if !plain || name == ".." {
+        return Err(checkpoint_error(
+            manifest,
+            format!("file name `{name}`: expected a plain file name inside the directory"),
+        ));
+    }
+    Ok(dir.join(name))
+}
+
+/// The SHA-256 of `bytes` in lower-case hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes a checkpoint part atomically; returns the SHA-256 of its bytes (hex) for the
+/// manifest.
+pub fn write_part(path: &Path, bytes: &[u8]) -> Result<String, ModelError> {
+    write_atomic(path, bytes)?;
+    Ok(sha256_hex(bytes))
+}
+
+/// Reads a checkpoint part and checks its bytes against the SHA-256 the manifest
+/// recorded, so that a corrupted or edited file is refused rather than resumed.
+pub fn read_part(path: &Path, sha256: &str) -> Result<Bytes, ModelError> {
     let bytes = std::fs::read(path).map_err(|e| cinder_tensor::io::FileError::io(path, e))?;
+    let actual = sha256_hex(&bytes);
+    if actual != sha256 {
+        return Err(checkpoint_error(
+            path,
+            format!("SHA-256 {actual}: the manifest records {sha256} (the file is corrupt)"),
+        ));
+    }
     Ok(Bytes::from_bytes_vec(bytes))
 }
 

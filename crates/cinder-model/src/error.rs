@@ -12,6 +12,15 @@ pub enum ModelError {
     Config(String),
     #[error("training config: {0}")]
     Training(String),
+    #[error(
+        "training diverged: the loss of epoch {epoch}, step {step} is {loss} (expected a finite \
+         number; lower the learning rate); nothing of this epoch was saved"
+    )]
+    Diverged {
+        epoch: usize,
+        step: usize,
+        loss: f64,
+    },
     #[error("unknown backend `{0}` (expected flex, ndarray or wgpu)")]
     UnknownBackend(String),
     #[error("backend `{0}` is not compiled in (rebuild with `--features wgpu`)")]

@@ -10,7 +10,7 @@
 
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{Device, Tensor, TensorData};
-use cinder_tensor::graph::{self, FloatGraph, Node, Op};
+use cinder_tensor::graph::{self, FloatGraph, Op, Pool2d};
 use cinder_tensor::{Tensor as _, TensorBuf};
 
 use crate::convnet::{ConvNet, ConvNetConfig, HostLayer, HostWeights, bias_of, host};
@@ -127,9 +127,10 @@ fn graph_conv(conv: &burn::nn::conv::Conv2d) -> Result<graph::Conv2d, ModelError
     let dims = conv.weight.dims();
     Ok(graph::Conv2d {
         weight: TensorBuf::new(dims.to_vec(), host(conv.weight.val())?)?,
-        bias: TensorBuf::from_vec(bias_of(&conv.bias, dims[0])?),
-        stride: conv.stride[0],
-        padding: symmetric_padding(&conv.padding)?,
+        bias: Some(TensorBuf::from_vec(bias_of(&conv.bias, dims[0])?)),
+        stride: conv.stride,
+        padding: [symmetric_padding(&conv.padding)?; 2],
+        groups: conv.groups,
     })
 }
 
@@ -148,7 +149,7 @@ fn graph_linear(linear: &burn::nn::Linear) -> Result<graph::Linear, ModelError> 
     let weight = transpose(&host(linear.weight.val())?, d_in, d_out);
     Ok(graph::Linear {
         weight: TensorBuf::new(vec![d_out, d_in], weight)?,
-        bias: TensorBuf::from_vec(bias_of(&linear.bias, d_out)?),
+        bias: Some(TensorBuf::from_vec(bias_of(&linear.bias, d_out)?)),
     })
 }
 
@@ -156,10 +157,7 @@ impl ConvNet {
     /// The model as a float graph named [`NODE_NAMES`], BatchNorm folded in (eval mode).
     pub fn to_float_graph(&self) -> Result<FloatGraph, ModelError> {
         let model = self.fold_batchnorm()?;
-        let pool = || Op::MaxPool2d {
-            kernel: 2,
-            stride: 2,
-        };
+        let pool = || Op::MaxPool2d(Pool2d::square(2, 2));
         let ops = [
             Op::Conv2d(graph_conv(&model.conv1)?),
             Op::Relu,
@@ -175,12 +173,12 @@ impl ConvNet {
         let nodes = NODE_NAMES
             .iter()
             .zip(ops)
-            .map(|(name, op)| Node {
-                name: (*name).to_owned(),
-                op,
-            })
+            .map(|(name, op)| ((*name).to_owned(), op))
             .collect();
-        Ok(FloatGraph::new(self.config.input_shape().to_vec(), nodes)?)
+        Ok(FloatGraph::chain(
+            self.config.input_shape().to_vec(),
+            nodes,
+        )?)
     }
 
     /// Rebuilds a (BatchNorm-free) ConvNet from a float graph with the layout that
@@ -188,7 +186,7 @@ impl ConvNet {
     pub fn from_float_graph(graph: &FloatGraph, device: &Device) -> Result<ConvNet, ModelError> {
         let nodes = graph.nodes();
         let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        if names != NODE_NAMES {
+        if names != NODE_NAMES || !graph.is_chain() {
             return Err(ModelError::GraphLayout(format!(
                 "nodes {names:?}, expected {NODE_NAMES:?}"
             )));
@@ -200,7 +198,14 @@ impl ConvNet {
             ))
         };
         let conv = |i: usize| match &nodes[i].op {
-            Op::Conv2d(c) if c.kernel() == 3 && c.stride == 1 && c.padding == 1 => Ok(c),
+            Op::Conv2d(c)
+                if c.kernel() == [3, 3]
+                    && c.stride == [1, 1]
+                    && c.padding == [1, 1]
+                    && c.groups == 1 =>
+            {
+                Ok(c)
+            }
             _ => Err(kind_error(i, "a 3x3 convolution, stride 1, padding 1")),
         };
         let linear = |i: usize| match &nodes[i].op {
@@ -209,24 +214,12 @@ impl ConvNet {
         };
         for (i, expected) in [
             (1, Op::Relu),
-            (
-                2,
-                Op::MaxPool2d {
-                    kernel: 2,
-                    stride: 2,
-                },
-            ),
+            (2, Op::MaxPool2d(Pool2d::square(2, 2))),
             (4, Op::Relu),
         ]
         .into_iter()
         .chain([
-            (
-                5,
-                Op::MaxPool2d {
-                    kernel: 2,
-                    stride: 2,
-                },
-            ),
+            (5, Op::MaxPool2d(Pool2d::square(2, 2))),
             (6, Op::Flatten),
             (8, Op::Relu),
         ]) {
@@ -265,7 +258,7 @@ fn host_conv(c: &graph::Conv2d) -> HostLayer<4> {
     HostLayer {
         weight: c.weight.data().to_vec(),
         weight_shape: [s[0], s[1], s[2], s[3]],
-        bias: c.bias.data().to_vec(),
+        bias: c.bias_or_zeros(),
     }
 }
 
@@ -274,7 +267,7 @@ fn host_linear(l: &graph::Linear) -> HostLayer<2> {
     HostLayer {
         weight: transpose(l.weight.data(), d_out, d_in),
         weight_shape: [d_in, d_out],
-        bias: l.bias.data().to_vec(),
+        bias: l.bias_or_zeros(),
     }
 }
 

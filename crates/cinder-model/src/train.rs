@@ -179,7 +179,90 @@ impl TrainConfig {
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return bad("weight decay must be finite and non-negative");
         }
+        self.optimizer.validate()?;
+        self.schedule.validate()
+    }
+}
+
+/// `Err` naming `field`, its `value` and the `expected` range unless `ok`.
+fn check_field(ok: bool, field: &str, value: f64, expected: &str) -> Result<(), ModelError> {
+    if ok {
         Ok(())
+    } else {
+        Err(ModelError::Training(format!(
+            "{field} = {value}: expected {expected}"
+        )))
+    }
+}
+
+impl OptimizerConfig {
+    /// SGD: momentum and dampening in [0, 1); Adam: betas in [0, 1), epsilon finite and
+    /// positive.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let unit = |x: f64| (0.0..1.0).contains(&x);
+        match *self {
+            Self::Sgd {
+                momentum,
+                dampening,
+                ..
+            } => {
+                check_field(unit(momentum), "momentum", momentum, "a number in [0, 1)")?;
+                check_field(
+                    unit(dampening),
+                    "dampening",
+                    dampening,
+                    "a number in [0, 1)",
+                )
+            }
+            Self::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } => {
+                let (b1, b2, eps) = (f64::from(beta1), f64::from(beta2), f64::from(epsilon));
+                check_field(unit(b1), "beta1", b1, "a number in [0, 1)")?;
+                check_field(unit(b2), "beta2", b2, "a number in [0, 1)")?;
+                check_field(
+                    eps.is_finite() && eps > 0.0,
+                    "epsilon",
+                    eps,
+                    "a finite positive number",
+                )
+            }
+        }
+    }
+}
+
+impl LrSchedule {
+    /// Cosine: `min_lr` finite and non-negative; step: `every_epochs` at least 1 and
+    /// `gamma` finite and positive.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        match *self {
+            Self::Constant => Ok(()),
+            Self::Cosine { min_lr } => check_field(
+                min_lr.is_finite() && min_lr >= 0.0,
+                "min_lr",
+                min_lr,
+                "a finite non-negative number",
+            ),
+            Self::Step {
+                every_epochs,
+                gamma,
+            } => {
+                check_field(
+                    every_epochs >= 1,
+                    "every_epochs",
+                    every_epochs as f64,
+                    "at least 1",
+                )?;
+                check_field(
+                    gamma.is_finite() && gamma > 0.0,
+                    "gamma",
+                    gamma,
+                    "a finite positive number",
+                )
+            }
+        }
     }
 }
 
@@ -409,6 +492,13 @@ pub fn train_epoch(
             .schedule
             .lr(config.lr, epoch, i, steps, config.epochs);
         let (loss, right) = step(&batch, lr)?;
+        if !loss.is_finite() {
+            return Err(ModelError::Diverged {
+                epoch: epoch + 1,
+                step: i + 1,
+                loss,
+            });
+        }
         loss_sum += loss * batch.len() as f64;
         correct += right;
         images += batch.len();

@@ -111,11 +111,11 @@ fn reference_forward(graph: &FloatGraph, sample: &[f32]) -> Vec<f32> {
                 let (o_n, i_n, k, p) = (
                     c.out_channels(),
                     c.in_channels(),
-                    c.kernel(),
-                    c.padding as isize,
+                    c.kernel()[0],
+                    c.padding[0] as isize,
                 );
                 let (h, w) = (shape[1], shape[2]);
-                let (wt, b) = (c.weight.data(), c.bias.data());
+                let (wt, b) = (c.weight.data(), c.bias_or_zeros());
                 let mut out = vec![0.0f32; o_n * h * w];
                 for o in 0..o_n {
                     for y in 0..h {
@@ -145,7 +145,8 @@ fn reference_forward(graph: &FloatGraph, sample: &[f32]) -> Vec<f32> {
                 out
             }
             Op::Relu => x.iter().map(|v| v.max(0.0)).collect(),
-            Op::MaxPool2d { kernel, stride } => {
+            Op::MaxPool2d(pool) => {
+                let (kernel, stride) = (&pool.kernel[0], pool.stride[0]);
                 let (c, h, w) = (shape[0], shape[1], shape[2]);
                 let (oh, ow) = ((h - kernel) / stride + 1, (w - kernel) / stride + 1);
                 let mut out = Vec::with_capacity(c * oh * ow);
@@ -169,12 +170,13 @@ fn reference_forward(graph: &FloatGraph, sample: &[f32]) -> Vec<f32> {
             }
             Op::Linear(l) => {
                 let (o_n, i_n) = (l.out_features(), l.in_features());
-                let (wt, b) = (l.weight.data(), l.bias.data());
+                let (wt, b) = (l.weight.data(), l.bias_or_zeros());
                 shape = vec![o_n];
                 (0..o_n)
                     .map(|o| b[o] + (0..i_n).map(|i| wt[o * i_n + i] * x[i]).sum::<f32>())
                     .collect()
             }
+            other => panic!("the reference ConvNet has no {} node", other.kind()),
         };
     }
     x
@@ -242,11 +244,14 @@ fn graph_files_round_trip_into_an_equivalent_model() {
     let diff = max_abs_diff(&host(model.forward(x)), &host(rebuilt.forward(x_nd)));
     assert!(diff <= 1e-5, "{diff}");
 
-    let mut nodes = graph.nodes().to_vec();
-    nodes.swap(1, 2);
-    nodes[1].name = "relu1".into();
-    nodes[2].name = "pool1".into();
-    let shuffled = FloatGraph::new(graph.input_shape().to_vec(), nodes).unwrap();
+    let mut ops: Vec<(String, Op)> = graph
+        .nodes()
+        .iter()
+        .map(|n| (n.name.clone(), n.op.clone()))
+        .collect();
+    let relu = std::mem::replace(&mut ops[1].1, Op::Flatten);
+    ops[1].1 = std::mem::replace(&mut ops[2].1, relu);
+    let shuffled = FloatGraph::chain(graph.input_shape().to_vec(), ops).unwrap();
     assert!(matches!(
         ConvNet::from_float_graph(&shuffled, &device),
         Err(ModelError::GraphLayout(_))
@@ -263,7 +268,8 @@ fn activations_cover_every_quantization_point() {
     let mut expected = vec![INPUT_NAME];
     expected.extend(NODE_NAMES);
     assert_eq!(acts.names(), expected);
-    let shapes = model.to_float_graph().unwrap().output_shapes().unwrap();
+    let graph = model.to_float_graph().unwrap();
+    let shapes = graph.output_shapes();
     for (name, shape) in NODE_NAMES.iter().zip(shapes) {
         let a = acts.get(name).unwrap();
         assert_eq!(a.shape()[0], 2);

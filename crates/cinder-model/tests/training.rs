@@ -225,6 +225,19 @@ fn corrupt_or_missing_checkpoints_are_typed_errors() {
     let manifest = read_manifest(dir.path()).unwrap().unwrap();
     let model_file = dir.path().join(&manifest.model_file);
     let bytes = std::fs::read(&model_file).unwrap();
+    // Any changed byte (NaN written into a weight, say) is refused by the SHA-256.
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x7f;
+    std::fs::write(&model_file, &flipped).unwrap();
+    let err = Trainer::resume(dir.path(), BackendKind::Flex)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("SHA-256") && err.contains("model-e0001.bpk"),
+        "{err}"
+    );
     std::fs::write(&model_file, &bytes[..bytes.len() / 2]).unwrap();
     let err = Trainer::resume(dir.path(), BackendKind::Flex)
         .err()
@@ -235,15 +248,97 @@ fn corrupt_or_missing_checkpoints_are_typed_errors() {
     );
 
     let text = std::fs::read_to_string(dir.path().join(MANIFEST)).unwrap();
+    for (from, to, want) in [
+        (
+            "\"epochs_done\": 1",
+            "\"epochs_done\": 9",
+            "epochs_done = 9",
+        ),
+        (
+            "\"model-e0001.bpk\"",
+            "\"../model-e0001.bpk\"",
+            "plain file name",
+        ),
+    ] {
+        std::fs::write(dir.path().join(MANIFEST), text.replace(from, to)).unwrap();
+        let err = Trainer::resume(dir.path(), BackendKind::Flex)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(want), "{want}: {err}");
+    }
     std::fs::write(
         dir.path().join(MANIFEST),
-        text.replace("\"format_version\": 1", "\"format_version\": 7"),
+        text.replace("\"format_version\": 2", "\"format_version\": 7"),
     )
     .unwrap();
     let err = Trainer::resume(dir.path(), BackendKind::Flex)
         .err()
         .unwrap();
     assert!(err.to_string().contains("format version 7"), "{err}");
+}
+
+#[test]
+fn out_of_range_optimizer_settings_are_rejected() {
+    let sgd = |momentum, dampening| OptimizerConfig::Sgd {
+        momentum,
+        dampening,
+        nesterov: false,
+    };
+    let adam = |beta1, epsilon| OptimizerConfig::Adam {
+        beta1,
+        beta2: 0.999,
+        epsilon,
+    };
+    let cases = [
+        (sgd(f64::NAN, 0.0), LrSchedule::Constant, "momentum = NaN"),
+        (sgd(-5.0, 0.0), LrSchedule::Constant, "momentum = -5"),
+        (sgd(1e30, 0.0), LrSchedule::Constant, "momentum"),
+        (sgd(0.9, 2.0), LrSchedule::Constant, "dampening"),
+        (adam(1.5, 1e-8), LrSchedule::Constant, "beta1"),
+        (adam(0.9, 0.0), LrSchedule::Constant, "epsilon"),
+        (
+            OptimizerConfig::sgd(),
+            LrSchedule::Step {
+                every_epochs: 1,
+                gamma: f64::INFINITY,
+            },
+            "gamma",
+        ),
+        (
+            OptimizerConfig::sgd(),
+            LrSchedule::Cosine { min_lr: -1.0 },
+            "min_lr",
+        ),
+    ];
+    for (optimizer, schedule, want) in cases {
+        let config = TrainConfig {
+            optimizer,
+            schedule,
+            ..TrainConfig::default()
+        };
+        let err = Trainer::new(tiny_config(), config, BackendKind::Flex)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(want), "{want}: {err}");
+    }
+}
+
+#[test]
+fn a_diverged_run_stops_with_a_typed_error_and_saves_nothing() {
+    let data = quadrant_images(32, 3);
+    let config = TrainConfig {
+        lr: 1e30,
+        ..quick_config(OptimizerConfig::sgd(), 2)
+    };
+    let mut t = Trainer::new(tiny_config(), config, BackendKind::Flex).unwrap();
+    let err = t.run_epoch(&data, None, &mut |_| {}).err().unwrap();
+    assert!(
+        matches!(err, ModelError::Diverged { epoch: 1, .. }),
+        "{err}"
+    );
+    assert!(t.history().is_empty());
 }
 
 #[test]

@@ -64,7 +64,7 @@ impl ErrorReport {
     pub fn load(path: &Path) -> Result<Self, FileError> {
         let report: Self = read_json(path)?;
         if report.format_version != REPORT_FORMAT_VERSION {
-            return Err(FileError::Json {
+            return Err(FileError::Content {
                 path: path.to_path_buf(),
                 message: format!(
                     "format_version {} is not supported (expected {REPORT_FORMAT_VERSION})",
@@ -167,7 +167,7 @@ fn batch_errors(data: &[f32], params: &QuantParams) -> Result<ErrorAccumulator, 
 mod tests {
     use super::*;
     use crate::testutil::Rng;
-    use cinder_tensor::graph::{Linear, Node, Op};
+    use cinder_tensor::graph::{Linear, Op};
     use cinder_tensor::{Granularity, TensorBuf};
 
     #[test]
@@ -233,13 +233,9 @@ mod tests {
         w[32..].iter_mut().for_each(|x| *x *= 0.01);
         let fc = Linear {
             weight: TensorBuf::new(vec![2, 32], w).unwrap(),
-            bias: TensorBuf::from_vec(vec![0.0, 0.0]),
+            bias: None,
         };
-        let node = Node {
-            name: "fc1".into(),
-            op: Op::Linear(fc),
-        };
-        let graph = FloatGraph::new(vec![32], vec![node]).unwrap();
+        let graph = FloatGraph::chain(vec![32], vec![("fc1".into(), Op::Linear(fc))]).unwrap();
         let per_channel = QuantScheme::weights_int8(Granularity::PerChannel { axis: 0 });
         let pc = weight_errors(&graph, &per_channel).unwrap();
         let pt = weight_errors(

@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cinder_tensor::graph::{FloatGraph, Op};
+use cinder_tensor::graph::{FloatGraph, Node, Op};
 use cinder_tensor::io::{FileError, read_json, write_json_atomic};
 use cinder_tensor::{QuantParams, QuantScheme};
 use serde::{Deserialize, Serialize};
 
 /// Name of the graph's input tensor in a calibration table.
-pub const GRAPH_INPUT: &str = "input";
+pub const GRAPH_INPUT: &str = cinder_tensor::graph::INPUT;
 
 /// Version of the table's JSON layout.
 pub const TABLE_FORMAT_VERSION: u32 = 1;
@@ -64,7 +64,7 @@ impl CalibrationTable {
     /// Loads a table, rejecting other format versions and invalid parameters.
     pub fn load(path: &Path) -> Result<Self, FileError> {
         let table: Self = read_json(path)?;
-        let invalid = |message: String| FileError::Json {
+        let invalid = |message: String| FileError::Content {
             path: path.to_path_buf(),
             message,
         };
@@ -90,19 +90,22 @@ impl CalibrationTable {
 }
 
 /// The tensors of `graph` that an int8 runtime may quantize, in graph order: the input
-/// and every node's output, except a weighted node's output that a ReLU consumes (the
-/// ReLU is fused into the layer, so only the tensor after it is ever quantized).
+/// and every node's output, except a weighted node's output that only a ReLU or clip
+/// reads (the activation is fused into the layer's output stage, so only the tensor after
+/// it is ever quantized).
 pub fn quantization_points(graph: &FloatGraph) -> Vec<String> {
-    let nodes = graph.nodes();
-    let fused = |i: usize| {
-        nodes[i].op.weight_and_bias().is_some()
-            && matches!(nodes.get(i + 1).map(|n| &n.op), Some(Op::Relu))
+    let fused = |node: &Node| {
+        let readers = graph.consumers(&node.name);
+        node.op.is_weighted()
+            && matches!(readers.as_slice(), [r] if matches!(r.op, Op::Relu | Op::Clip { .. }))
     };
     std::iter::once(GRAPH_INPUT.to_owned())
         .chain(
-            (0..nodes.len())
-                .filter(|&i| !fused(i))
-                .map(|i| nodes[i].name.clone()),
+            graph
+                .nodes()
+                .iter()
+                .filter(|n| !fused(n))
+                .map(|n| n.name.clone()),
         )
         .collect()
 }
@@ -162,23 +165,39 @@ mod tests {
     #[test]
     fn quantization_points_skip_outputs_consumed_by_a_fused_relu() {
         use cinder_tensor::TensorBuf;
-        use cinder_tensor::graph::{Linear, Node};
-        let linear = |name: &str, i: usize, o: usize| Node {
-            name: name.into(),
-            op: Op::Linear(Linear {
+        use cinder_tensor::graph::Linear;
+        let linear = |i: usize, o: usize| {
+            Op::Linear(Linear {
                 weight: TensorBuf::new(vec![o, i], vec![0.5; o * i]).unwrap(),
-                bias: TensorBuf::from_vec(vec![0.0; o]),
-            }),
-        };
-        let relu = Node {
-            name: "relu1".into(),
-            op: Op::Relu,
+                bias: None,
+            })
         };
         let graph = FloatGraph::new(
             vec![4],
-            vec![linear("fc1", 4, 3), relu, linear("fc2", 3, 2)],
+            vec![
+                Node::new("fc1", &["input"], linear(4, 3)),
+                Node::new("relu1", &["fc1"], Op::Relu),
+                Node::new("fc2", &["relu1"], linear(3, 3)),
+                Node::new("add", &["fc2", "relu1"], Op::Add),
+                Node::new("relu2", &["fc2"], Op::Relu),
+                Node::new("sum", &["add", "relu2"], Op::Add),
+            ],
         )
         .unwrap();
-        assert_eq!(quantization_points(&graph), ["input", "relu1", "fc2"]);
+        // fc2 is read by the add too, so its ReLU cannot be fused.
+        assert_eq!(
+            quantization_points(&graph),
+            ["input", "relu1", "fc2", "add", "relu2", "sum"]
+        );
+        let chain = FloatGraph::chain(
+            vec![4],
+            vec![
+                ("fc1".into(), linear(4, 3)),
+                ("relu1".into(), Op::RELU6),
+                ("fc2".into(), linear(3, 2)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(quantization_points(&chain), ["input", "relu1", "fc2"]);
     }
 }

@@ -11,6 +11,8 @@ pub enum QatError {
     Config(String),
     #[error("QAT state: {0}")]
     State(String),
+    #[error("QAT state: {field} has no entry `{key}`")]
+    MissingEntry { field: &'static str, key: String },
     #[error("QAT checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
     #[error(transparent)]

@@ -20,7 +20,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use cinder_model::ConvNet;
 use cinder_observers::{MovingAverageMinMaxObserver, Observer, weight_params};
-use cinder_runtime::{Layer, LayerExec, QuantizedModel, StaticLayer, StepOp};
+use cinder_runtime::{Activation, Layer, LayerExec, QuantizedModel, StaticLayer, StepOp};
 use cinder_tensor::params::MIN_SCALE;
 use cinder_tensor::{QuantParams, TensorBuf, TensorQuantParams};
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,40 @@ pub struct QuantState {
 }
 
 impl QuantState {
+    /// Checks a state read from a checkpoint against the model it drives: an observer
+    /// with an averaging constant in (0, 1] for every activation point and for no other
+    /// name, and, once frozen, params for every point and weighted layer, per-channel
+    /// ones with one entry per output channel of `net`.
+    pub(crate) fn check(&self, net: &ConvNet) -> Result<(), QatError> {
+        check_keys("state.observers", self.observers.keys(), &ACTIVATION_POINTS)?;
+        for (point, observer) in &self.observers {
+            let c = observer.averaging_constant();
+            if !(c > 0.0 && c <= 1.0) {
+                return Err(QatError::State(format!(
+                    "state.observers.{point}.averaging_constant = {c}: expected a value in (0, 1]"
+                )));
+            }
+        }
+        let Some(frozen) = &self.frozen else {
+            return Ok(());
+        };
+        check_keys(
+            "state.frozen.activations",
+            frozen.activations.keys(),
+            &ACTIVATION_POINTS,
+        )?;
+        check_keys("state.frozen.weights", frozen.weights.keys(), &LAYERS)?;
+        for (layer, params) in &frozen.weights {
+            let (found, expected) = (params.as_slice().len(), out_channels(net, layer));
+            if matches!(params, TensorQuantParams::PerChannel { .. }) && found != expected {
+                return Err(QatError::State(format!(
+                    "state.frozen.weights.{layer} holds {found} channels: expected {expected}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn new(averaging_constant: f32) -> Result<Self, QatError> {
         let observers = ACTIVATION_POINTS
             .iter()
@@ -89,6 +123,24 @@ impl QuantState {
             observers,
             frozen: None,
         })
+    }
+}
+
+/// Every name of `expected` is a key of `field`, and no other is.
+fn check_keys<'a>(
+    field: &'static str,
+    keys: impl Iterator<Item = &'a String>,
+    expected: &[&str],
+) -> Result<(), QatError> {
+    let keys: Vec<&String> = keys.collect();
+    if let Some(key) = expected.iter().find(|k| !keys.iter().any(|n| n == *k)) {
+        return Err(missing(field, key));
+    }
+    match keys.iter().find(|k| !expected.contains(&k.as_str())) {
+        Some(key) => Err(QatError::State(format!(
+            "{field} has an entry `{key}`: expected only {expected:?}"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -351,6 +403,13 @@ fn out_channels(net: &ConvNet, layer: &str) -> usize {
     }
 }
 
+fn missing(field: &'static str, key: &str) -> QatError {
+    QatError::MissingEntry {
+        field,
+        key: key.to_owned(),
+    }
+}
+
 /// Reads a tensor back to the host as f32.
 fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, QatError> {
     t.into_data()
@@ -364,7 +423,10 @@ fn observed_params(
     config: &QatConfig,
     point: &str,
 ) -> Result<QuantParams, QatError> {
-    let observer = &state.observers[point];
+    let observer = state
+        .observers
+        .get(point)
+        .ok_or_else(|| missing("state.observers", point))?;
     let params = observer.params(&config.activations).map_err(|e| {
         QatError::State(format!(
             "activation `{point}`: {e} (run at least one training step before using the model)"
@@ -380,7 +442,11 @@ fn current_params(
     point: &str,
 ) -> Result<QuantParams, QatError> {
     match &state.frozen {
-        Some(f) => Ok(f.activations[point]),
+        Some(f) => f
+            .activations
+            .get(point)
+            .copied()
+            .ok_or_else(|| missing("state.frozen.activations", point)),
         None => observed_params(state, config, point),
     }
 }
@@ -393,7 +459,11 @@ fn current_weight_params(
     layer: &str,
 ) -> Result<TensorQuantParams, QatError> {
     match &state.frozen {
-        Some(f) => Ok(f.weights[layer].clone()),
+        Some(f) => f
+            .weights
+            .get(layer)
+            .cloned()
+            .ok_or_else(|| missing("state.frozen.weights", layer)),
         None => min_max_params(net, config, layer),
     }
 }
@@ -505,7 +575,7 @@ fn exact_i32(v: f32) -> Option<i32> {
 fn static_layer<'m>(
     deployed: &'m QuantizedModel,
     name: &str,
-) -> Result<(&'m StaticLayer, bool), QatError> {
+) -> Result<(&'m StaticLayer, Activation), QatError> {
     let layer = deployed
         .steps()
         .iter()
@@ -514,8 +584,8 @@ fn static_layer<'m>(
     match layer {
         Some(Layer {
             exec: LayerExec::Static(s),
-            relu,
-        }) => Ok((s, *relu)),
+            activation,
+        }) => Ok((s, *activation)),
         _ => Err(QatError::State(format!(
             "the deployed model has no static layer `{name}`"
         ))),
@@ -561,7 +631,7 @@ impl Pass<'_> {
             return self.activation(index + 1, x);
         };
         let name = LAYERS[index];
-        let (layer, relu) = static_layer(deployed, name)?;
+        let (layer, activation) = static_layer(deployed, name)?;
         let (dims, device) = (sums.acc.dims(), sums.acc.device());
         if layer.bias.len() != dims[1] {
             return Err(QatError::State(format!(
@@ -582,7 +652,7 @@ impl Pass<'_> {
                     .ok_or_else(|| {
                         QatError::State(format!("{name}: sum {v} is not an exact int32 sum"))
                     })?;
-                Ok((layer.requantize(c, acc, relu) - zp) as f32)
+                Ok((layer.requantize(c, acc, activation) - zp) as f32)
             })
             .collect::<Result<Vec<f32>, QatError>>()?;
         Ok((
@@ -607,7 +677,7 @@ impl Pass<'_> {
                 .state
                 .observers
                 .get_mut(point)
-                .expect("every point has one");
+                .ok_or_else(|| missing("state.observers", point))?;
             observer.observe(&TensorBuf::from_vec(vec![lo, hi]))?;
         }
         let p = current_params(self.state, self.config, point)?;

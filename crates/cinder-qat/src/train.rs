@@ -5,14 +5,17 @@
 //! A checkpoint directory holds `model-eNNNN.bpk` (the QAT module: weights and learned
 //! scales), `optim-eNNNN.bpk` (the optimizer state) and `qat.json`, the manifest written
 //! last (the commit point): format version, configs, backend, the observer state and
-//! frozen params, and the metrics history.
+//! frozen params, the two file names with the SHA-256 of their bytes, and the metrics
+//! history. A resume refuses corrupt files, a state that misses an observer or frozen
+//! params, and figures that disagree, naming the file and the field.
 
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;
-use burn::tensor::{Bytes, Device};
+use burn::tensor::Device;
+use cinder_model::checkpoint::{part_names, part_path, read_part, write_part};
 use cinder_model::train::{
     build_optimizer, check_source, count_correct, cross_entropy, evaluate_with, train_epoch,
 };
@@ -20,7 +23,7 @@ use cinder_model::{
     BackendKind, Batch, ConvNet, ConvNetConfig, EpochMetrics, Evaluation, ImageSource, ModelError,
     StepProgress,
 };
-use cinder_tensor::io::{read_json, write_atomic, write_json_atomic};
+use cinder_tensor::io::{read_json, write_json_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::config::QatConfig;
@@ -28,7 +31,7 @@ use crate::error::QatError;
 use crate::model::{QatModel, QatNet, QuantState};
 
 /// Version of the QAT checkpoint manifest.
-pub const QAT_CHECKPOINT_VERSION: u32 = 1;
+pub const QAT_CHECKPOINT_VERSION: u32 = 2;
 /// The manifest's file name inside a QAT checkpoint directory.
 pub const QAT_MANIFEST: &str = "qat.json";
 
@@ -41,7 +44,11 @@ pub struct QatManifest {
     pub backend: BackendKind,
     pub state: QuantState,
     pub model_file: String,
+    /// SHA-256 of `model_file`'s bytes, hex.
+    pub model_sha256: String,
     pub optimizer_file: String,
+    /// SHA-256 of `optimizer_file`'s bytes, hex.
+    pub optimizer_sha256: String,
     pub history: Vec<EpochMetrics>,
 }
 
@@ -160,6 +167,20 @@ impl QatTrainer {
     pub fn save_checkpoint(&self, dir: &Path) -> Result<(), QatError> {
         let epoch = self.epochs_done();
         let model = self.model();
+        let previous = read_qat_manifest(dir)?;
+        let (model_file, optimizer_file) = part_names(epoch);
+        let model_path = dir.join(&model_file);
+        let model_bytes = model
+            .net
+            .clone()
+            .into_record()
+            .into_bytes()
+            .map_err(|e| checkpoint_error(&model_path, e))?;
+        let optim_path = dir.join(&optimizer_file);
+        let optim_bytes = self
+            .optimizer
+            .into_bytes()
+            .map_err(|e| checkpoint_error(&optim_path, e))?;
         let manifest = QatManifest {
             format_version: QAT_CHECKPOINT_VERSION,
             epochs_done: epoch,
@@ -167,32 +188,19 @@ impl QatTrainer {
             config: model.config().clone(),
             backend: self.backend,
             state: model.state().clone(),
-            model_file: format!("model-e{epoch:04}.bpk"),
-            optimizer_file: format!("optim-e{epoch:04}.bpk"),
+            model_sha256: write_part(&model_path, &model_bytes)?,
+            model_file,
+            optimizer_sha256: write_part(&optim_path, &optim_bytes)?,
+            optimizer_file,
             history: self.history.clone(),
         };
-        let previous = read_qat_manifest(dir)?;
-        let model_path = dir.join(&manifest.model_file);
-        let bytes = model
-            .net
-            .clone()
-            .into_record()
-            .into_bytes()
-            .map_err(|e| checkpoint_error(&model_path, e))?;
-        write_atomic(&model_path, &bytes)?;
-        let optim_path = dir.join(&manifest.optimizer_file);
-        let bytes = self
-            .optimizer
-            .into_bytes()
-            .map_err(|e| checkpoint_error(&optim_path, e))?;
-        write_atomic(&optim_path, &bytes)?;
         write_json_atomic(&dir.join(QAT_MANIFEST), &manifest)?;
         for old in previous
             .iter()
             .flat_map(|p| [&p.model_file, &p.optimizer_file])
         {
             if *old != manifest.model_file && *old != manifest.optimizer_file {
-                let path = dir.join(old);
+                let path = part_path(dir, &dir.join(QAT_MANIFEST), old)?;
                 std::fs::remove_file(&path)
                     .map_err(|e| cinder_tensor::io::FileError::io(&path, e))?;
             }
@@ -204,28 +212,37 @@ impl QatTrainer {
     pub fn resume(dir: &Path, backend: BackendKind) -> Result<Self, QatError> {
         let manifest_path = dir.join(QAT_MANIFEST);
         let m: QatManifest = read_json(&manifest_path)?;
-        if m.format_version != QAT_CHECKPOINT_VERSION || m.history.len() != m.epochs_done {
+        if m.format_version != QAT_CHECKPOINT_VERSION
+            || m.history.len() != m.epochs_done
+            || m.epochs_done > m.config.training.epochs
+        {
             return Err(checkpoint_error(
                 &manifest_path,
                 format!(
-                    "format version {} (expected {QAT_CHECKPOINT_VERSION}) or history length {} != epochs_done {}",
+                    "format version {} (expected {QAT_CHECKPOINT_VERSION}), history length {} and epochs_done {} (expected equal and at most config.training.epochs = {})",
                     m.format_version,
                     m.history.len(),
-                    m.epochs_done
+                    m.epochs_done,
+                    m.config.training.epochs
                 ),
             ));
         }
-        m.config.validate()?;
+        m.config
+            .validate()
+            .map_err(|e| checkpoint_error(&manifest_path, e))?;
         let device: Device = backend.device()?.autodiff();
-        let model_path = dir.join(&m.model_file);
-        let record = ModuleRecord::from_bytes(read_bytes(&model_path)?)
+        let model_path = part_path(dir, &manifest_path, &m.model_file)?;
+        let record = ModuleRecord::from_bytes(read_part(&model_path, &m.model_sha256)?)
             .map_err(|e| checkpoint_error(&model_path, e))?;
         let net = QatNet::new(m.model.init(&device, 0)?, &m.config)
             .try_load_record(record)
             .map_err(|e| checkpoint_error(&model_path, e))?;
-        let optim_path = dir.join(&m.optimizer_file);
+        m.state
+            .check(&net.net)
+            .map_err(|e| checkpoint_error(&manifest_path, e))?;
+        let optim_path = part_path(dir, &manifest_path, &m.optimizer_file)?;
         let optimizer = build_optimizer(&m.config.training)
-            .from_bytes(read_bytes(&optim_path)?)
+            .from_bytes(read_part(&optim_path, &m.optimizer_sha256)?)
             .map_err(|e| checkpoint_error(&optim_path, e))?;
         Ok(Self {
             model: Some(QatModel::from_parts(net, m.state, m.config)),
@@ -271,9 +288,4 @@ fn checkpoint_error(path: &Path, message: impl std::fmt::Display) -> QatError {
         path: PathBuf::from(path),
         message: message.to_string(),
     }
-}
-
-fn read_bytes(path: &Path) -> Result<Bytes, QatError> {
-    let bytes = std::fs::read(path).map_err(|e| cinder_tensor::io::FileError::io(path, e))?;
-    Ok(Bytes::from_bytes_vec(bytes))
 }

@@ -287,6 +287,91 @@ fn resumed_run_equals_the_uninterrupted_one() {
     assert_eq!(a.graph, b.graph);
 }
 
+/// Applies `edit` to the `qat.json` of `dir` (a JSON value).
+fn edit_manifest(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("qat.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+}
+
+#[test]
+fn corrupt_checkpoints_are_refused_naming_the_file_and_key() {
+    let net = trained();
+    let train = images(48, 7);
+    let mut config = qat_config(8, true, false);
+    config.training.epochs = 2;
+    config.freeze_observers_after = Some(1);
+    let mut trainer = QatTrainer::new(&net, config, BackendKind::Flex).unwrap();
+    trainer.run_epoch(&train, None, &mut |_| {}).unwrap();
+    let good = tempfile::tempdir().unwrap();
+    trainer.save_checkpoint(good.path()).unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit); 8] = [
+        ("`fc2`", |j| {
+            j["state"]["observers"]
+                .as_object_mut()
+                .unwrap()
+                .remove("fc2");
+        }),
+        ("`input`", |j| {
+            j["state"]["observers"] = serde_json::json!({})
+        }),
+        ("state.frozen.activations has no entry `relu2`", |j| {
+            j["state"]["frozen"]["activations"]
+                .as_object_mut()
+                .unwrap()
+                .remove("relu2");
+        }),
+        ("state.frozen.weights has no entry `conv2`", |j| {
+            j["state"]["frozen"]["weights"]
+                .as_object_mut()
+                .unwrap()
+                .remove("conv2");
+        }),
+        ("averaging_constant", |j| {
+            j["state"]["observers"]["relu1"]["averaging_constant"] = serde_json::json!(2.0);
+        }),
+        ("averaging constant", |j| {
+            j["config"]["averaging_constant"] = serde_json::json!(-1.0);
+        }),
+        ("epochs_done", |j| j["epochs_done"] = serde_json::json!(5)),
+        ("bit width 99", |j| {
+            j["config"]["activations"]["bits"] = serde_json::json!(99)
+        }),
+    ];
+    for (want, edit) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(good.path()).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        edit_manifest(dir.path(), edit);
+        let err = QatTrainer::resume(dir.path(), BackendKind::Flex)
+            .err()
+            .expect("a corrupt checkpoint resumes")
+            .to_string();
+        assert!(err.contains(want), "{want}: {err}");
+        assert!(err.contains("qat.json"), "{want}: {err}");
+    }
+    // A flipped byte in the model file is caught by its SHA-256.
+    let model = std::fs::read_dir(good.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("model-e"))
+        .unwrap();
+    let mut bytes = std::fs::read(&model).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&model, bytes).unwrap();
+    let err = QatTrainer::resume(good.path(), BackendKind::Flex)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("SHA-256"), "{err}");
+}
+
 #[test]
 fn bad_configs_are_rejected() {
     let net = trained();

@@ -1,23 +1,33 @@
 //! Offline conversion (float arithmetic allowed here): a float graph, its calibration
 //! table and a per-layer config become a [`QuantizedModel`].
 //!
-//! - Activation parameters come from the table: a layer's input from the tensor before
-//!   it, its output from the tensor after it (after a fused ReLU). Unsigned 8-bit table
-//!   parameters are shifted by -128 (the same reals on a signed grid, `u8 ^ 0x80`).
+//! - Nodes are converted in the graph's topological order; each model step names the
+//!   steps it reads. A ReLU or clip that is the only reader of a layer, `Add` or
+//!   `Concat` is fused into it (its output clamp).
+//! - Activation parameters come from the table: a layer's input from the tensor it
+//!   reads, its output from the tensor it writes (after a fused activation). Unsigned
+//!   8-bit table parameters are shifted by -128 (the same reals on a signed grid,
+//!   `u8 ^ 0x80`).
+//! - Activations, pools and flatten run in the domain their input is in (int8 when it
+//!   has codes, keeping its parameters). `Add` and `Concat` are int8 when any input is
+//!   (each input rescaled to the calibrated output parameters by a multiplier
+//!   `s_in / s_out`), else float. `BatchNorm` must be folded first.
 //! - Weights: signed narrow-range codes (`[-127, 127]` at 8 bits, `[-7, 7]` at 4 bits),
 //!   per tensor or per output channel, symmetric or asymmetric (observers' min/max).
 //! - Static layers: int32 bias with scale `s_in * s_w[c]` and zero point 0 (rounded
 //!   through `QuantParams::quantize`), one Q0.31 multiplier `s_in * s_w[c] / s_out` per
 //!   weight channel, and a ReLU that directly follows fused into the output clamp.
-//! - Quantize / dequantize steps are placed where the int8 domain starts and ends.
+//! - Quantize / dequantize steps (`quantize:T`, `dequantize:T` for the graph's tensor
+//!   `T`) are emitted where a reader needs the other domain, once per tensor; the model
+//!   ends in float.
 //! - [`convert_with_weights`] takes given weight parameters for some layers (learned
 //!   step sizes from QAT) instead of recomputing them from the weights' min/max; the
 //!   codes are then `QuantParams::quantize` of the float weights with those parameters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use cinder_observers::{CalibrationTable, GRAPH_INPUT, quantize_weight};
-use cinder_tensor::graph::{FloatGraph, Op};
+use cinder_observers::{CalibrationTable, quantize_weight};
+use cinder_tensor::graph::{FloatGraph, INPUT, Node, Op};
 use cinder_tensor::{
     Granularity, Mapping, QuantError, QuantParams, QuantScheme, Tensor, TensorBuf,
     TensorQuantParams,
@@ -25,10 +35,14 @@ use cinder_tensor::{
 
 use crate::config::{LayerConfig, Mode, QuantConfig, WeightGranularity};
 use crate::error::ConvertError;
+use crate::float::window;
+use crate::model::rules::{acc_scale, bias_bound, requant_multiplier};
 use crate::model::{
-    DynamicLayer, FloatLayer, Layer, LayerExec, QuantWeights, QuantizedModel, StaticLayer, Step,
-    StepOp, WEIGHT_BITS, acc_scale, bias_bound, requant_multiplier, weight_scheme,
+    Activation, DynamicLayer, FloatLayer, IntMerge, Layer, LayerExec, Merge, QuantWeights,
+    StaticLayer, Step, StepOp, WEIGHT_BITS, weight_scheme,
 };
+use crate::quantized::QuantizedModel;
+use crate::walk::Walk;
 
 /// Converts `graph` under `config`, with activation ranges from `table`.
 pub fn convert(
@@ -57,80 +71,273 @@ pub fn convert_with_weights(
     {
         return Err(ConvertError::UnknownLayer(name.clone()));
     }
-    let nodes = graph.nodes();
-    let mut steps = Vec::with_capacity(nodes.len() + 2);
-    // The current int8 parameters while in the int8 domain.
-    let mut int_params: Option<QuantParams> = None;
-    let mut tensor = GRAPH_INPUT.to_owned();
-    let mut i = 0;
-    while i < nodes.len() {
-        let node = &nodes[i];
-        let Some((weight, bias)) = node.op.weight_and_bias() else {
-            let op = match node.op {
-                Op::Relu => StepOp::Relu,
-                Op::MaxPool2d { kernel, stride } => StepOp::MaxPool2d { kernel, stride },
-                _ => StepOp::Flatten,
+    let mut c = Converter {
+        graph,
+        table,
+        out: Emitter::new(graph.input_shape())?,
+        tensors: HashMap::from([(INPUT.to_owned(), Repr::float(INPUT))]),
+        fused: HashSet::new(),
+    };
+    for node in graph.nodes() {
+        if !c.fused.contains(&node.name) {
+            let layer = Choice {
+                config: config.layer(&node.name),
+                given: weights.get(&node.name),
             };
-            steps.push(Step {
-                name: node.name.clone(),
-                op,
-            });
-            tensor.clone_from(&node.name);
-            i += 1;
-            continue;
-        };
-        let relu = matches!(nodes.get(i + 1).map(|n| &n.op), Some(Op::Relu));
-        let output = if relu { &nodes[i + 1].name } else { &node.name };
-        let cfg = config.layer(&node.name);
-        let exec = if cfg.mode == Mode::Static {
-            let input = match int_params {
-                Some(p) => p,
-                None => {
-                    let p = activation(table, &tensor, &node.name)?;
-                    steps.push(Step {
-                        name: tensor.clone(),
-                        op: StepOp::Quantize(p),
-                    });
-                    p
-                }
-            };
-            let output = activation(table, output, &node.name)?;
-            let w = quant_weights(&node.name, weight, &cfg, weights.get(&node.name))?;
-            let layer = static_layer(&node.name, w, bias, input, output)?;
-            int_params = Some(output);
-            LayerExec::Static(layer)
-        } else {
-            if int_params.take().is_some() {
-                steps.push(Step {
-                    name: tensor.clone(),
-                    op: StepOp::Dequantize,
-                });
+            c.node(node, layer)?;
+        }
+    }
+    let output = c.float(&graph.output().name)?;
+    debug_assert_eq!(c.out.steps.last().map(|s| &s.name), Some(&output));
+    Ok(QuantizedModel::new(
+        graph.input_shape().to_vec(),
+        c.out.steps,
+    )?)
+}
+
+/// A weighted layer's config and its given weight parameters, if any.
+struct Choice<'a> {
+    config: LayerConfig,
+    given: Option<&'a TensorQuantParams>,
+}
+
+/// Where a float graph's tensor is in the model: the step holding it in float, and the
+/// step holding it in int8 with its parameters (one or both).
+#[derive(Debug, Clone)]
+struct Repr {
+    float: Option<String>,
+    int: Option<(String, QuantParams)>,
+}
+
+impl Repr {
+    fn float(step: &str) -> Self {
+        Self {
+            float: Some(step.to_owned()),
+            int: None,
+        }
+    }
+
+    fn int(step: &str, params: QuantParams) -> Self {
+        Self {
+            float: None,
+            int: Some((step.to_owned(), params)),
+        }
+    }
+}
+
+/// The conversion in progress.
+struct Converter<'a> {
+    graph: &'a FloatGraph,
+    table: &'a CalibrationTable,
+    out: Emitter,
+    /// Every float graph tensor converted so far.
+    tensors: HashMap<String, Repr>,
+    /// Activation nodes fused into the layer or merge before them.
+    fused: HashSet<String>,
+}
+
+impl Converter<'_> {
+    fn node(&mut self, node: &Node, choice: Choice<'_>) -> Result<(), ConvertError> {
+        let input = &node.inputs[0];
+        match &node.op {
+            Op::Conv2d(_) | Op::Linear(_) => self.layer(node, choice),
+            Op::Add | Op::Concat => self.merge(node),
+            Op::BatchNorm(_) => Err(ConvertError::Unsupported {
+                node: node.name.clone(),
+                what: "BatchNorm nodes: fold them into their layers first (FloatGraph::fold_batch_norms)".into(),
+            }),
+            op => {
+                let op = match op {
+                    Op::Relu => StepOp::Activation(Activation::Relu),
+                    Op::Clip { min, max } => StepOp::Activation(Activation::Clip {
+                        min: *min,
+                        max: *max,
+                    }),
+                    Op::MaxPool2d(p) => StepOp::MaxPool2d(window(p)),
+                    Op::AvgPool2d(p) => StepOp::AvgPool2d {
+                        window: window(&p.window),
+                        count_include_pad: p.count_include_pad,
+                    },
+                    Op::GlobalAvgPool => StepOp::GlobalAvgPool,
+                    _ => StepOp::Flatten,
+                };
+                // In the domain the input is in (int8 when it has codes): parameters kept.
+                let repr = self.tensors[input].clone();
+                let (read, params) = match repr.int {
+                    Some((step, p)) => (step, Some(p)),
+                    None => (repr.float.expect("a tensor is float or int8"), None),
+                };
+                self.out.emit(&node.name, &[&read], op)?;
+                let repr = match params {
+                    Some(p) => Repr::int(&node.name, p),
+                    None => Repr::float(&node.name),
+                };
+                self.tensors.insert(node.name.clone(), repr);
+                Ok(())
             }
-            float_side_layer(&node.name, weight, bias, &cfg, weights.get(&node.name))?
+        }
+    }
+
+    /// The ReLU or clip that is the only reader of `node`, fused into it: its activation
+    /// and the name of the tensor it writes.
+    fn fused_activation(&mut self, node: &Node) -> (Activation, String) {
+        let readers = self.graph.consumers(&node.name);
+        let activation = match readers[..] {
+            [r] => match r.op {
+                Op::Relu => Some((Activation::Relu, r)),
+                Op::Clip { min, max } => Some((Activation::Clip { min, max }, r)),
+                _ => None,
+            },
+            _ => None,
         };
-        let layer = Layer { relu, exec };
+        match activation {
+            Some((a, r)) => {
+                self.fused.insert(r.name.clone());
+                (a, r.name.clone())
+            }
+            None => (Activation::None, node.name.clone()),
+        }
+    }
+
+    /// A convolution or linear layer, with the activation that follows it fused.
+    fn layer(&mut self, node: &Node, choice: Choice<'_>) -> Result<(), ConvertError> {
+        let name = &node.name;
+        let (weight, bias) = node.op.weight_and_bias().expect("a weighted node");
+        let bias = bias.cloned().unwrap_or_else(|| zeros_like_rows(weight));
+        let (activation, output) = self.fused_activation(node);
+        let cfg = choice.config;
+        let (read, exec) = if cfg.mode == Mode::Static {
+            let (read, input) = self.int(&node.inputs[0], name)?;
+            let out = calibrated(self.table, &output, name)?;
+            let w = quant_weights(name, weight, &cfg, choice.given)?;
+            let layer = static_layer(name, w, &bias, input, out)?;
+            self.tensors.insert(output, Repr::int(name, out));
+            (read, LayerExec::Static(layer))
+        } else {
+            let read = self.float(&node.inputs[0])?;
+            let exec = float_side_layer(name, weight, &bias, &cfg, choice.given)?;
+            self.tensors.insert(output, Repr::float(name));
+            (read, exec)
+        };
+        let layer = Layer { activation, exec };
         let op = match &node.op {
             Op::Conv2d(c) => StepOp::Conv2d {
                 stride: c.stride,
                 padding: c.padding,
+                groups: c.groups,
                 layer,
             },
             _ => StepOp::Linear(layer),
         };
-        steps.push(Step {
-            name: node.name.clone(),
+        self.out.emit(name, &[&read], op)
+    }
+
+    /// An `Add` or `Concat`, with the activation that follows it fused: int8 when any
+    /// input is int8 (every input then rescaled to the calibrated output parameters),
+    /// else float.
+    fn merge(&mut self, node: &Node) -> Result<(), ConvertError> {
+        let (activation, output) = self.fused_activation(node);
+        let int = node.inputs.iter().any(|t| self.tensors[t].int.is_some());
+        let (reads, int, repr) = if int {
+            let out = calibrated(self.table, &output, &node.name)?;
+            let mut reads = Vec::new();
+            let mut multipliers = Vec::new();
+            for t in &node.inputs {
+                let (read, p) = self.int(t, &node.name)?;
+                let m = requant_multiplier(p.scale, 1.0, out.scale).map_err(|source| {
+                    ConvertError::Quant {
+                        layer: node.name.clone(),
+                        source,
+                    }
+                })?;
+                reads.push(read);
+                multipliers.push(m);
+            }
+            let int = IntMerge {
+                multipliers,
+                output: out,
+            };
+            (reads, Some(int), Repr::int(&node.name, out))
+        } else {
+            let reads = node
+                .inputs
+                .iter()
+                .map(|t| self.float(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            (reads, None, Repr::float(&node.name))
+        };
+        let merge = Merge { int, activation };
+        let op = match node.op {
+            Op::Add => StepOp::Add(merge),
+            _ => StepOp::Concat(merge),
+        };
+        self.tensors.insert(output, repr);
+        let reads: Vec<&str> = reads.iter().map(String::as_str).collect();
+        self.out.emit(&node.name, &reads, op)
+    }
+
+    /// The step holding `tensor` in int8 and its parameters: its own, or the table's
+    /// after a quantize step emitted for `layer`.
+    fn int(&mut self, tensor: &str, layer: &str) -> Result<(String, QuantParams), ConvertError> {
+        let repr = self.tensors[tensor].clone();
+        if let Some(int) = repr.int {
+            return Ok(int);
+        }
+        let p = calibrated(self.table, tensor, layer)?;
+        let step = format!("quantize:{tensor}");
+        self.out.emit(
+            &step,
+            &[repr.float.as_deref().expect("float")],
+            StepOp::Quantize(p),
+        )?;
+        self.tensors.get_mut(tensor).expect("known").int = Some((step.clone(), p));
+        Ok((step, p))
+    }
+
+    /// The step holding `tensor` in float: its own, or a dequantize step.
+    fn float(&mut self, tensor: &str) -> Result<String, ConvertError> {
+        let repr = self.tensors[tensor].clone();
+        if let Some(step) = repr.float {
+            return Ok(step);
+        }
+        let (read, _) = repr.int.expect("a tensor is float or int8");
+        let step = format!("dequantize:{tensor}");
+        self.out.emit(&step, &[&read], StepOp::Dequantize)?;
+        self.tensors.get_mut(tensor).expect("known").float = Some(step.clone());
+        Ok(step)
+    }
+}
+
+/// The steps of a model as they are emitted, walked as they come.
+struct Emitter {
+    walk: Walk,
+    steps: Vec<Step>,
+}
+
+impl Emitter {
+    fn new(input_shape: &[usize]) -> Result<Self, ConvertError> {
+        Ok(Self {
+            walk: Walk::new(input_shape)?,
+            steps: Vec::new(),
+        })
+    }
+
+    fn emit(&mut self, name: &str, inputs: &[&str], op: StepOp) -> Result<(), ConvertError> {
+        let step = Step {
+            name: name.to_owned(),
+            inputs: inputs.iter().map(|&s| s.to_owned()).collect(),
             op,
-        });
-        tensor.clone_from(output);
-        i += 1 + usize::from(relu);
+        };
+        let field = format!("steps[{}] ({name})", self.steps.len());
+        self.walk.push(&field, &step)?;
+        self.steps.push(step);
+        Ok(())
     }
-    if int_params.is_some() {
-        steps.push(Step {
-            name: tensor,
-            op: StepOp::Dequantize,
-        });
-    }
-    Ok(QuantizedModel::new(graph.input_shape().to_vec(), steps)?)
+}
+
+/// A zero bias for a layer without one: one per output row of `weight`.
+fn zeros_like_rows(weight: &TensorBuf<f32>) -> TensorBuf<f32> {
+    TensorBuf::from_vec(vec![0.0; weight.shape()[0]])
 }
 
 /// Every configured layer exists and is weighted; quantized layers have 8 or 4 bits.
@@ -161,7 +368,7 @@ fn check_config(graph: &FloatGraph, config: &QuantConfig) -> Result<(), ConvertE
 }
 
 /// The table's parameters of `tensor` on a signed grid.
-fn activation(
+fn calibrated(
     table: &CalibrationTable,
     tensor: &str,
     layer: &str,
@@ -373,7 +580,7 @@ mod tests {
 
     fn small() -> (FloatGraph, CalibrationTable) {
         let mut rng = Rng::new(3);
-        let graph = FloatGraph::new(
+        let graph = FloatGraph::chain(
             vec![6],
             vec![
                 linear_node(&mut rng, "fc1", 6, 5),

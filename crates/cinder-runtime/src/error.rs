@@ -31,6 +31,8 @@ impl Invalid {
 pub enum ConvertError {
     #[error("config: layer `{0}` is not a convolution or linear node of the graph")]
     UnknownLayer(String),
+    #[error("node `{node}`: the int8 runtime does not support {what}")]
+    Unsupported { node: String, what: String },
     #[error("config: layer `{layer}`: {bits}-bit weights are not supported (expected 2 to 8)")]
     UnsupportedBits { layer: String, bits: u8 },
     #[error("calibration table has no entry for tensor `{tensor}`, which layer `{layer}` needs")]

@@ -2,13 +2,18 @@
 //! JSON description, written atomically.
 //!
 //! JSON (`ModelMeta`): `format` (`"cinder-int8"`), `format_version`, `input_shape`,
-//! `checksum` (of the tensor data, see below) and `steps` in execution order, each
-//! tagged by `op`: `quantize` (with its activation `params`: scale, zero point, grid),
-//! `dequantize`, `conv2d` / `linear` (shapes, fused `relu`, and `exec`: `mode` `static`
-//! with `weights` {bits, mapping, per_channel} and `output` params, `dynamic` with
-//! `weights`, or `float`), `relu`, `max_pool2d`, `flatten`.
+//! `checksum` (of the tensor data, see below) and `steps` in execution order, each with
+//! its `name`, its `inputs` (tensor names) and its `op`, tagged by `type`: `quantize`
+//! (with its activation `params`: scale, zero point, grid), `dequantize`, `conv2d`
+//! (shapes, `stride`, `padding`, `groups`) / `linear` (shapes), each with its fused
+//! `activation` and `exec`: `mode` `static` with `weights` {bits, mapping, per_channel}
+//! and `output` params, `dynamic` with `weights`, or `float`; `activation`,
+//! `max_pool2d` and `avg_pool2d` (a `window`), `global_avg_pool`, `add` / `concat`
+//! (fused `activation`, and `output` params when int8), `flatten`.
 //!
-//! Tensors of layer `L` (weights in the float graph's canonical layout):
+//! Tensors of an int8 `add` or `concat` `A`: `A.multiplier`, I32 `[inputs, 2]` (Q0.31
+//! mantissa, exponent). Tensors of layer `L` (weights in the float graph's canonical
+//! layout):
 //!
 //! | tensor | static | dynamic | float |
 //! |---|---|---|---|
@@ -38,15 +43,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 use crate::model::{
-    DynamicLayer, FloatLayer, Layer, LayerExec, QuantWeights, QuantizedModel, StaticLayer, Step,
-    StepOp, WEIGHT_BITS, codes_per_byte, weight_grid,
+    Activation, DynamicLayer, FloatLayer, IntMerge, Layer, LayerExec, Merge, QuantWeights,
+    StaticLayer, Step, StepOp, WEIGHT_BITS, Window, codes_per_byte, weight_grid,
 };
+use crate::quantized::QuantizedModel;
 
 /// The `format` field of the metadata.
 pub const MODEL_FORMAT: &str = "cinder-int8";
-/// Bumped on incompatible changes. Version 2: the multipliers are applied with a single
-/// rounding (`cinder_tensor::fixed_point`); version 1 files meant gemmlowp's two.
-pub const MODEL_FORMAT_VERSION: u32 = 2;
+/// Bumped on incompatible changes. Version 3: the model is a graph (each step names the
+/// tensors it reads) with depthwise and strided convolutions, pools, `Add` and `Concat`.
+/// Version 2 (a chain) and version 1 (gemmlowp's two roundings) are refused by name.
+pub const MODEL_FORMAT_VERSION: u32 = 3;
 /// The safetensors metadata key holding the JSON description.
 pub const METADATA_KEY: &str = "cinder";
 
@@ -68,43 +75,57 @@ struct Header {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-enum StepMeta {
+#[serde(deny_unknown_fields)]
+struct StepMeta {
+    name: String,
+    inputs: Vec<String>,
+    op: OpMeta,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum OpMeta {
     Quantize {
-        name: String,
         params: QuantParams,
     },
-    Dequantize {
-        name: String,
-    },
+    Dequantize,
     Conv2d {
-        name: String,
-        in_channels: usize,
         out_channels: usize,
-        kernel: usize,
-        stride: usize,
-        padding: usize,
-        relu: bool,
+        /// Input channels per group.
+        group_channels: usize,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        groups: usize,
+        activation: Activation,
         exec: ExecMeta,
     },
     Linear {
-        name: String,
         in_features: usize,
         out_features: usize,
-        relu: bool,
+        activation: Activation,
         exec: ExecMeta,
     },
-    Relu {
-        name: String,
+    Activation {
+        activation: Activation,
     },
     MaxPool2d {
-        name: String,
-        kernel: usize,
-        stride: usize,
+        window: Window,
     },
-    Flatten {
-        name: String,
+    AvgPool2d {
+        window: Window,
+        count_include_pad: bool,
     },
+    GlobalAvgPool,
+    Add {
+        activation: Activation,
+        output: Option<QuantParams>,
+    },
+    Concat {
+        activation: Activation,
+        output: Option<QuantParams>,
+    },
+    Flatten,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -325,50 +346,87 @@ fn description(input_shape: &[usize], steps: &[StepMeta]) -> String {
 }
 
 fn step_meta(step: &Step, tensors: &mut Vec<(String, Payload)>) -> StepMeta {
-    let name = step.name.clone();
-    match &step.op {
-        StepOp::Quantize(params) => StepMeta::Quantize {
-            name,
-            params: *params,
+    let name = &step.name;
+    let op = match &step.op {
+        StepOp::Quantize(params) => OpMeta::Quantize { params: *params },
+        StepOp::Dequantize => OpMeta::Dequantize,
+        StepOp::Activation(activation) => OpMeta::Activation {
+            activation: *activation,
         },
-        StepOp::Dequantize => StepMeta::Dequantize { name },
-        StepOp::Relu => StepMeta::Relu { name },
-        StepOp::Flatten => StepMeta::Flatten { name },
-        StepOp::MaxPool2d { kernel, stride } => StepMeta::MaxPool2d {
-            name,
-            kernel: *kernel,
-            stride: *stride,
+        StepOp::Flatten => OpMeta::Flatten,
+        StepOp::MaxPool2d(window) => OpMeta::MaxPool2d { window: *window },
+        StepOp::AvgPool2d {
+            window,
+            count_include_pad,
+        } => OpMeta::AvgPool2d {
+            window: *window,
+            count_include_pad: *count_include_pad,
+        },
+        StepOp::GlobalAvgPool => OpMeta::GlobalAvgPool,
+        StepOp::Add(merge) => OpMeta::Add {
+            activation: merge.activation,
+            output: merge_tensors(name, merge, tensors),
+        },
+        StepOp::Concat(merge) => OpMeta::Concat {
+            activation: merge.activation,
+            output: merge_tensors(name, merge, tensors),
         },
         StepOp::Conv2d {
             stride,
             padding,
+            groups,
             layer,
         } => {
             let w = layer.weight_shape();
-            let (out_channels, in_channels, kernel) = (w[0], w[1], w[2]);
-            StepMeta::Conv2d {
-                exec: layer_tensors(&name, layer, tensors),
-                name,
-                in_channels,
-                out_channels,
-                kernel,
+            OpMeta::Conv2d {
+                exec: layer_tensors(name, layer, tensors),
+                out_channels: w[0],
+                group_channels: w[1],
+                kernel: [w[2], w[3]],
                 stride: *stride,
                 padding: *padding,
-                relu: layer.relu,
+                groups: *groups,
+                activation: layer.activation,
             }
         }
         StepOp::Linear(layer) => {
             let w = layer.weight_shape();
-            let (out_features, in_features) = (w[0], w[1]);
-            StepMeta::Linear {
-                exec: layer_tensors(&name, layer, tensors),
-                name,
-                in_features,
-                out_features,
-                relu: layer.relu,
+            OpMeta::Linear {
+                exec: layer_tensors(name, layer, tensors),
+                in_features: w[1],
+                out_features: w[0],
+                activation: layer.activation,
             }
         }
+    };
+    StepMeta {
+        name: name.clone(),
+        inputs: step.inputs.clone(),
+        op,
     }
+}
+
+/// Multipliers as I32 `[n, 2]` (mantissa, exponent).
+fn multiplier_payload(multipliers: &[RequantMultiplier]) -> Payload {
+    let m = multipliers
+        .iter()
+        .flat_map(|m| [m.multiplier, m.exponent])
+        .collect();
+    Payload::I32(TensorBuf::new(vec![multipliers.len(), 2], m).expect("two per multiplier"))
+}
+
+/// The tensors of an int8 merge; its output parameters.
+fn merge_tensors(
+    name: &str,
+    merge: &Merge,
+    out: &mut Vec<(String, Payload)>,
+) -> Option<QuantParams> {
+    let int = merge.int.as_ref()?;
+    out.push((
+        format!("{name}.multiplier"),
+        multiplier_payload(&int.multipliers),
+    ));
+    Some(int.output)
 }
 
 fn layer_tensors(name: &str, layer: &Layer, out: &mut Vec<(String, Payload)>) -> ExecMeta {
@@ -377,17 +435,7 @@ fn layer_tensors(name: &str, layer: &Layer, out: &mut Vec<(String, Payload)>) ->
         LayerExec::Static(s) => {
             let weights = weight_tensors(&s.weights, &mut push);
             push("bias", Payload::I32(TensorBuf::from_vec(s.bias.clone())));
-            let m = s
-                .multipliers
-                .iter()
-                .flat_map(|m| [m.multiplier, m.exponent])
-                .collect();
-            push(
-                "multiplier",
-                Payload::I32(
-                    TensorBuf::new(vec![s.multipliers.len(), 2], m).expect("two per channel"),
-                ),
-            );
+            push("multiplier", multiplier_payload(&s.multipliers));
             ExecMeta::Static {
                 weights,
                 output: s.output,
@@ -455,49 +503,77 @@ impl Reader<'_> {
     }
 
     fn step(&mut self, meta: StepMeta) -> Result<Step, ModelError> {
-        let (name, op) = match meta {
-            StepMeta::Quantize { name, params } => (name, StepOp::Quantize(params)),
-            StepMeta::Dequantize { name } => (name, StepOp::Dequantize),
-            StepMeta::Relu { name } => (name, StepOp::Relu),
-            StepMeta::Flatten { name } => (name, StepOp::Flatten),
-            StepMeta::MaxPool2d {
-                name,
-                kernel,
-                stride,
-            } => (name, StepOp::MaxPool2d { kernel, stride }),
-            StepMeta::Conv2d {
-                name,
-                in_channels,
+        let StepMeta { name, inputs, op } = meta;
+        let merge = |reader: &mut Self, activation, output: Option<QuantParams>| {
+            let int = match output {
+                Some(output) => Some(IntMerge {
+                    multipliers: reader.multipliers(&name, inputs.len())?,
+                    output,
+                }),
+                None => None,
+            };
+            Ok::<_, ModelError>(Merge { int, activation })
+        };
+        let op = match op {
+            OpMeta::Quantize { params } => StepOp::Quantize(params),
+            OpMeta::Dequantize => StepOp::Dequantize,
+            OpMeta::Activation { activation } => StepOp::Activation(activation),
+            OpMeta::Flatten => StepOp::Flatten,
+            OpMeta::MaxPool2d { window } => StepOp::MaxPool2d(window),
+            OpMeta::AvgPool2d {
+                window,
+                count_include_pad,
+            } => StepOp::AvgPool2d {
+                window,
+                count_include_pad,
+            },
+            OpMeta::GlobalAvgPool => StepOp::GlobalAvgPool,
+            OpMeta::Add { activation, output } => StepOp::Add(merge(self, activation, output)?),
+            OpMeta::Concat { activation, output } => {
+                StepOp::Concat(merge(self, activation, output)?)
+            }
+            OpMeta::Conv2d {
                 out_channels,
-                kernel,
+                group_channels,
+                kernel: [kh, kw],
                 stride,
                 padding,
-                relu,
+                groups,
+                activation,
                 exec,
             } => {
-                let exec = self.layer(&name, &[out_channels, in_channels, kernel, kernel], exec)?;
-                let layer = Layer { relu, exec };
-                (
-                    name,
-                    StepOp::Conv2d {
-                        stride,
-                        padding,
-                        layer,
-                    },
-                )
+                let shape = [out_channels, group_channels, kh, kw];
+                let exec = self.layer(&name, &shape, exec)?;
+                StepOp::Conv2d {
+                    stride,
+                    padding,
+                    groups,
+                    layer: Layer { activation, exec },
+                }
             }
-            StepMeta::Linear {
-                name,
+            OpMeta::Linear {
                 in_features,
                 out_features,
-                relu,
+                activation,
                 exec,
             } => {
                 let exec = self.layer(&name, &[out_features, in_features], exec)?;
-                (name, StepOp::Linear(Layer { relu, exec }))
+                StepOp::Linear(Layer { activation, exec })
             }
         };
-        Ok(Step { name, op })
+        Ok(Step { name, inputs, op })
+    }
+
+    /// `n` multipliers stored as I32 `[n, 2]` in `{name}.multiplier`.
+    fn multipliers(&mut self, name: &str, n: usize) -> Result<Vec<RequantMultiplier>, ModelError> {
+        let m = self.get::<i32>(&format!("{name}.multiplier"), &[n, 2])?;
+        Ok(m.data()
+            .chunks_exact(2)
+            .map(|p| RequantMultiplier {
+                multiplier: p[0],
+                exponent: p[1],
+            })
+            .collect())
     }
 
     fn layer(
@@ -514,15 +590,7 @@ impl Reader<'_> {
                     .get::<i32>(&format!("{name}.bias"), &[out])?
                     .into_data();
                 let channels = weights.params.as_slice().len();
-                let m = self.get::<i32>(&format!("{name}.multiplier"), &[channels, 2])?;
-                let multipliers = m
-                    .data()
-                    .chunks_exact(2)
-                    .map(|p| RequantMultiplier {
-                        multiplier: p[0],
-                        exponent: p[1],
-                    })
-                    .collect();
+                let multipliers = self.multipliers(name, channels)?;
                 LayerExec::Static(StaticLayer {
                     weights,
                     bias,

@@ -9,27 +9,30 @@
 //! Dynamic layer: the input is quantized with parameters from the min/max of the whole
 //! batch, `y = acc * (s_in * s_w[c]) + bias[c]`.
 
-use cinder_tensor::{QuantParams, Tensor, TensorBuf};
+use cinder_tensor::{Tensor, TensorBuf};
 
+use crate::arith::{PoolKind, concat_samples, pool_forward, weighted_forward};
 use crate::error::RunError;
-use crate::float::{batch_size, pool_forward, relu, weighted_forward};
-use crate::model::{
-    LayerExec, QuantWeights, QuantizedModel, StepOp, clamp_bounds, dynamic_output, dynamic_params,
-    scan_range,
-};
+use crate::geometry::{Window, batch_size, chw};
+use crate::model::rules::{acc_scale, dynamic_output, dynamic_params};
+use crate::model::{Activation, IntMerge, LayerExec, QuantWeights, Step, StepOp};
+use crate::quantized::QuantizedModel;
+use crate::walk::TensorInfo;
 
-/// A batch in flight: floats, or int8 codes (held as i32) with their parameters.
+/// A batch in flight: floats, or int8 codes (held as i32; their parameters are the
+/// walk's).
+#[derive(Debug, Clone)]
 enum Value {
     Float(Vec<f32>),
-    Int(Vec<i32>, QuantParams),
+    Int(Vec<i32>),
 }
 
-/// How a static layer turns its int32 accumulator into an output code offset.
+/// How a static layer or an int8 merge turns its integer sum into an output code offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rescale {
-    /// The integer path: the layer's Q0.31 multiplier and rounding shift.
+    /// The integer path: Q0.31 multipliers and rounding shifts.
     FixedPoint,
-    /// Real arithmetic: `acc * s_in * s_w / s_out` in f64, rounded half to even.
+    /// Real arithmetic in f64, rounded half to even.
     Exact,
 }
 
@@ -41,7 +44,8 @@ pub fn reference_forward(
     interpret(model, input, Rescale::FixedPoint)
 }
 
-/// The interpreter behind [`reference_forward`] and [`crate::simulate`].
+/// The interpreter behind [`reference_forward`] and [`crate::simulate`]: every tensor
+/// kept until the end, each step computed from the tensors it reads.
 pub(crate) fn interpret(
     model: &QuantizedModel,
     input: &impl Tensor<f32>,
@@ -49,39 +53,148 @@ pub(crate) fn interpret(
 ) -> Result<TensorBuf<f32>, RunError> {
     let batch = batch_size(input.shape(), model.input_shape())?;
     cinder_observers::min_max(input.data()).map_err(RunError::Input)?;
-    let shapes = model.shapes();
-    let mut value = Value::Float(input.data().to_vec());
+    let walk = model.walk();
+    let mut values = vec![Value::Float(input.data().to_vec())];
     for (i, step) in model.steps().iter().enumerate() {
-        let in_shape = &shapes[i];
-        let out_len: usize = shapes[i + 1].iter().product();
-        value = match (&step.op, value) {
-            (StepOp::Quantize(p), Value::Float(x)) => {
-                Value::Int(x.iter().map(|&v| p.quantize(v)).collect(), *p)
-            }
-            (StepOp::Dequantize, Value::Int(q, p)) => {
-                Value::Float(q.iter().map(|&c| p.dequantize(c)).collect())
-            }
-            (StepOp::Relu, Value::Float(x)) => Value::Float(x.into_iter().map(relu).collect()),
-            (StepOp::Relu, Value::Int(q, p)) => {
-                Value::Int(q.into_iter().map(|c| c.max(p.zero_point)).collect(), p)
-            }
-            (StepOp::MaxPool2d { kernel, stride }, Value::Float(x)) => {
-                Value::Float(pool_forward(&x, batch, in_shape, out_len, *kernel, *stride))
-            }
-            (StepOp::MaxPool2d { kernel, stride }, Value::Int(q, p)) => Value::Int(
-                pool_forward(&q, batch, in_shape, out_len, *kernel, *stride),
-                p,
-            ),
-            (StepOp::Flatten, v) => v,
-            (op, v) => layer_forward(&step.name, op, in_shape, batch, out_len, v, rescale)?,
+        let inputs: Vec<(&Value, &TensorInfo)> = walk
+            .reads(i)
+            .iter()
+            .map(|&t| (&values[t], walk.info(t)))
+            .collect();
+        let ctx = Context {
+            batch,
+            output: walk.output(i),
+            rescale,
         };
+        let value = ctx.step(step, &inputs)?;
+        values.push(value);
     }
-    let Value::Float(x) = value else {
+    let Some(Value::Float(x)) = values.pop() else {
         unreachable!("a validated model ends in float")
     };
     let mut shape = vec![batch];
     shape.extend_from_slice(model.output_shape());
-    Ok(TensorBuf::new(shape, x).expect("shapes chain"))
+    Ok(TensorBuf::new(shape, x).expect("the walk's shapes"))
+}
+
+/// What every step of a run needs besides its inputs.
+struct Context<'a> {
+    batch: usize,
+    output: &'a TensorInfo,
+    rescale: Rescale,
+}
+
+impl Context<'_> {
+    fn step(&self, step: &Step, inputs: &[(&Value, &TensorInfo)]) -> Result<Value, RunError> {
+        let (value, info) = inputs[0];
+        let int = || info.int().expect("validated: int8 here");
+        Ok(match (&step.op, value) {
+            (StepOp::Quantize(p), Value::Float(x)) => {
+                Value::Int(x.iter().map(|&v| p.quantize(v)).collect())
+            }
+            (StepOp::Dequantize, Value::Int(q)) => {
+                Value::Float(q.iter().map(|&c| int().dequantize(c)).collect())
+            }
+            (StepOp::Activation(a), Value::Float(x)) => {
+                Value::Float(x.iter().map(|&v| a.apply(v)).collect())
+            }
+            (StepOp::Activation(a), Value::Int(q)) => {
+                let (lo, hi) = a.bounds(&int());
+                Value::Int(q.iter().map(|&c| c.clamp(lo, hi)).collect())
+            }
+            (StepOp::Flatten, v) => v.clone(),
+            (StepOp::MaxPool2d(_) | StepOp::AvgPool2d { .. } | StepOp::GlobalAvgPool, v) => {
+                let (window, kind) = step.op.pool(&info.shape).expect("a pool");
+                self.pool(v, info, window, kind)
+            }
+            (StepOp::Add(merge) | StepOp::Concat(merge), _) => {
+                let concat = matches!(step.op, StepOp::Concat(_));
+                match &merge.int {
+                    None => self.float_merge(inputs, concat, merge.activation),
+                    Some(int) => self.int_merge(inputs, concat, int, merge.activation),
+                }
+            }
+            (op, v) => self.layer(&step.name, op, info, v)?,
+        })
+    }
+
+    /// A pool of `value` (`info`) of `kind` over `window`.
+    fn pool(&self, value: &Value, info: &TensorInfo, window: Window, kind: PoolKind) -> Value {
+        let (geometry, out_len) = ((chw(&info.shape), window, kind), self.output.len());
+        match value {
+            Value::Float(x) => Value::Float(pool_forward(x, self.batch, geometry, out_len, 0.0)),
+            Value::Int(q) => {
+                let zp = info.int().expect("validated: int8").zero_point;
+                Value::Int(pool_forward(q, self.batch, geometry, out_len, zp))
+            }
+        }
+    }
+
+    /// A float `Add` (then its activation) or `Concat`.
+    fn float_merge(
+        &self,
+        inputs: &[(&Value, &TensorInfo)],
+        concat: bool,
+        activation: Activation,
+    ) -> Value {
+        let xs: Vec<&[f32]> = inputs
+            .iter()
+            .map(|(v, _)| match v {
+                Value::Float(x) => &x[..],
+                Value::Int(_) => unreachable!("validated: float inputs"),
+            })
+            .collect();
+        let y = match concat {
+            true => concat_samples(&xs, self.batch),
+            false => xs[0].iter().zip(xs[1]).map(|(&a, &b)| a + b).collect(),
+        };
+        Value::Float(y.into_iter().map(|v| activation.apply(v)).collect())
+    }
+
+    /// An int8 `Add` (one sum of rescaled codes) or `Concat` (each input rescaled),
+    /// clamped to the activation's bounds.
+    fn int_merge(
+        &self,
+        inputs: &[(&Value, &TensorInfo)],
+        concat: bool,
+        int: &IntMerge,
+        activation: Activation,
+    ) -> Value {
+        let (lo, hi) = activation.bounds(&int.output);
+        let out = &int.output;
+        // Input `i`'s code `q` on the output scale (no zero point).
+        let term = |i: usize, q: i32| -> f64 {
+            let p = inputs[i].1.int().expect("validated: int8 inputs");
+            match self.rescale {
+                Rescale::FixedPoint => f64::from(int.multipliers[i].apply(q - p.zero_point)),
+                Rescale::Exact => {
+                    f64::from(p.scale) * f64::from(q - p.zero_point) / f64::from(out.scale)
+                }
+            }
+        };
+        let code = |v: f64| {
+            (v.round_ties_even() as i64 + i64::from(out.zero_point))
+                .clamp(i64::from(lo), i64::from(hi)) as i32
+        };
+        let codes = |i: usize| match inputs[i].0 {
+            Value::Int(q) => q,
+            Value::Float(_) => unreachable!("validated: int8 inputs"),
+        };
+        Value::Int(match concat {
+            true => {
+                let each: Vec<Vec<i32>> = (0..inputs.len())
+                    .map(|i| codes(i).iter().map(|&q| code(term(i, q))).collect())
+                    .collect();
+                let each: Vec<&[i32]> = each.iter().map(|v| &v[..]).collect();
+                concat_samples(&each, self.batch)
+            }
+            false => codes(0)
+                .iter()
+                .zip(codes(1))
+                .map(|(&a, &b)| code(term(0, a) + term(1, b)))
+                .collect(),
+        })
+    }
 }
 
 /// `acc * s_in * s_w / s_out` rounded half to even, in f64 (error ~2^-51 relative).
@@ -101,93 +214,111 @@ fn centered(w: &QuantWeights) -> Vec<i64> {
         .collect()
 }
 
-fn layer_forward(
-    name: &str,
-    op: &StepOp,
-    in_shape: &[usize],
-    batch: usize,
-    out_len: usize,
-    value: Value,
-    rescale: Rescale,
-) -> Result<Value, RunError> {
-    let layer = op.layer().expect("every other step is matched before");
-    let geometry = op.geometry(in_shape);
-    let outputs = layer.out_features();
-    let inner = out_len / outputs;
-    // The output channel of flat index `i` of the batch's output.
-    let channel = |i: usize| (i / inner) % outputs;
-    Ok(match (&layer.exec, value) {
-        (LayerExec::Static(s), Value::Int(q, input)) => {
-            let x: Vec<i64> = q.iter().map(|&c| i64::from(c - input.zero_point)).collect();
-            let bias: Vec<i64> = s.bias.iter().map(|&b| i64::from(b)).collect();
-            let acc = weighted_forward(geometry, &x, batch, out_len, &centered(&s.weights), &bias);
-            let (lo, hi) = clamp_bounds(&s.output, layer.relu);
-            let codes = acc
-                .iter()
-                .enumerate()
-                .map(|(i, &a)| {
-                    let c = channel(i);
-                    let a = i32::try_from(a).expect("validation bounds every accumulator to int32");
-                    match rescale {
-                        Rescale::FixedPoint => s.requantize(c, a, layer.relu),
-                        Rescale::Exact => {
-                            let offset =
-                                exact_rescale(a, input.scale, s.weights.scale(c), s.output.scale);
-                            (offset + i64::from(s.output.zero_point))
-                                .clamp(i64::from(lo), i64::from(hi))
-                                as i32
+impl Context<'_> {
+    /// A convolution or linear layer.
+    fn layer(
+        &self,
+        name: &str,
+        op: &StepOp,
+        info: &TensorInfo,
+        value: &Value,
+    ) -> Result<Value, RunError> {
+        let (batch, out_len, rescale) = (self.batch, self.output.len(), self.rescale);
+        let layer = op.layer().expect("every other step is matched before");
+        let geometry = op.geometry(&info.shape);
+        let outputs = layer.out_features();
+        let inner = out_len / outputs;
+        // The output channel of flat index `i` of the batch's output.
+        let channel = |i: usize| (i / inner) % outputs;
+        Ok(match (&layer.exec, value) {
+            (LayerExec::Static(s), Value::Int(q)) => {
+                let input = info.int().expect("validated: static layers read int8");
+                let x: Vec<i64> = q.iter().map(|&c| i64::from(c - input.zero_point)).collect();
+                let bias: Vec<i64> = s.bias.iter().map(|&b| i64::from(b)).collect();
+                let acc =
+                    weighted_forward(geometry, &x, batch, out_len, &centered(&s.weights), &bias);
+                let (lo, hi) = layer.activation.bounds(&s.output);
+                let codes = acc
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &a)| {
+                        let c = channel(i);
+                        let a =
+                            i32::try_from(a).expect("validation bounds every accumulator to int32");
+                        match rescale {
+                            Rescale::FixedPoint => s.requantize(c, a, layer.activation),
+                            Rescale::Exact => {
+                                let offset = exact_rescale(
+                                    a,
+                                    input.scale,
+                                    s.weights.scale(c),
+                                    s.output.scale,
+                                );
+                                (offset + i64::from(s.output.zero_point))
+                                    .clamp(i64::from(lo), i64::from(hi))
+                                    as i32
+                            }
                         }
-                    }
-                })
-                .collect();
-            Value::Int(codes, s.output)
-        }
-        (LayerExec::Dynamic(d), Value::Float(x)) => {
-            let p = dynamic_params(name, scan_range(name, &x)?)?;
-            let xq: Vec<i64> = x
-                .iter()
-                .map(|&v| i64::from(p.quantize(v) - p.zero_point))
-                .collect();
-            let zeros = vec![0i64; outputs];
-            let acc =
-                weighted_forward(geometry, &xq, batch, out_len, &centered(&d.weights), &zeros);
-            let y = acc
-                .iter()
-                .enumerate()
-                .map(|(i, &a)| {
-                    let c = channel(i);
-                    let a = i32::try_from(a).expect("validation bounds every accumulator to int32");
-                    dynamic_output(
-                        a,
-                        crate::model::acc_scale(p.scale, d.weights.scale(c)),
-                        d.bias[c],
-                        layer.relu,
-                    )
-                })
-                .collect();
-            Value::Float(y)
-        }
-        (LayerExec::Float(f), Value::Float(x)) => {
-            let y = weighted_forward(geometry, &x, batch, out_len, f.weight.data(), &f.bias);
-            Value::Float(if layer.relu {
-                y.into_iter().map(relu).collect()
-            } else {
-                y
-            })
-        }
-        _ => unreachable!("validation matched every layer's domain"),
-    })
+                    })
+                    .collect();
+                Value::Int(codes)
+            }
+            (LayerExec::Dynamic(d), Value::Float(x)) => {
+                let p = dynamic_params(name, x, None)?;
+                let xq: Vec<i64> = x
+                    .iter()
+                    .map(|&v| i64::from(p.quantize(v) - p.zero_point))
+                    .collect();
+                let zeros = vec![0i64; outputs];
+                let acc =
+                    weighted_forward(geometry, &xq, batch, out_len, &centered(&d.weights), &zeros);
+                let y = acc
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &a)| {
+                        let c = channel(i);
+                        let a =
+                            i32::try_from(a).expect("validation bounds every accumulator to int32");
+                        dynamic_output(
+                            a,
+                            acc_scale(p.scale, d.weights.scale(c)),
+                            d.bias[c],
+                            layer.activation,
+                        )
+                    })
+                    .collect();
+                Value::Float(y)
+            }
+            (LayerExec::Float(f), Value::Float(x)) => {
+                let y = weighted_forward(geometry, x, batch, out_len, f.weight.data(), &f.bias);
+                Value::Float(y.into_iter().map(|v| layer.activation.apply(v)).collect())
+            }
+            _ => unreachable!("validation matched every layer's domain"),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Layer, QuantWeights, StaticLayer, Step};
-    use cinder_tensor::{Mapping, RequantMultiplier, TensorQuantParams};
+    use crate::model::{IntMerge, Layer, Merge, StaticLayer};
+    use cinder_tensor::{Mapping, QuantParams, RequantMultiplier, TensorQuantParams};
+
+    fn step(name: &str, inputs: &[&str], op: StepOp) -> Step {
+        Step {
+            name: name.into(),
+            inputs: inputs.iter().map(|&s| s.to_owned()).collect(),
+            op,
+        }
+    }
+
+    fn params(scale: f32, zero_point: i32) -> QuantParams {
+        QuantParams::new(scale, zero_point, -128, 127).unwrap()
+    }
 
     /// A 1x1 convolution worked by hand: input scale 0.5, weight code 2 at scale 0.25,
     /// bias code 3 (scale 0.125), output scale 1 with zero point -10.
-    fn one_by_one(relu: bool) -> QuantizedModel {
+    fn one_by_one(activation: Activation) -> QuantizedModel {
         let weights = QuantWeights {
             bits: 8,
             mapping: Mapping::Symmetric,
@@ -198,17 +329,14 @@ mod tests {
             weights,
             bias: vec![3],
             multipliers: vec![RequantMultiplier::from_real(0.125).unwrap()],
-            output: QuantParams::new(1.0, -10, -128, 127).unwrap(),
-        };
-        let step = |name: &str, op| Step {
-            name: name.into(),
-            op,
+            output: params(1.0, -10),
         };
         let conv = StepOp::Conv2d {
-            stride: 1,
-            padding: 0,
+            stride: [1, 1],
+            padding: [0, 0],
+            groups: 1,
             layer: Layer {
-                relu,
+                activation,
                 exec: LayerExec::Static(layer),
             },
         };
@@ -216,11 +344,12 @@ mod tests {
             vec![1, 1, 2],
             vec![
                 step(
-                    "input",
-                    StepOp::Quantize(QuantParams::new(0.5, 0, -128, 127).unwrap()),
+                    "quantize:input",
+                    &["input"],
+                    StepOp::Quantize(params(0.5, 0)),
                 ),
-                step("conv", conv),
-                step("conv", StepOp::Dequantize),
+                step("conv", &["quantize:input"], conv),
+                step("dequantize:conv", &["conv"], StepOp::Dequantize),
             ],
         )
         .unwrap()
@@ -232,15 +361,58 @@ mod tests {
         // -1.125] -> [1, -1]; + zp -10 = [-9, -11] -> reals [1, -1].
         let x = TensorBuf::new(vec![1, 1, 1, 2], vec![1.0, -3.0]).unwrap();
         assert_eq!(
-            reference_forward(&one_by_one(false), &x).unwrap().data(),
+            reference_forward(&one_by_one(Activation::None), &x)
+                .unwrap()
+                .data(),
             &[1.0, -1.0]
         );
         // A fused ReLU clamps at the zero point: real 0.
-        let model = one_by_one(true);
+        let model = one_by_one(Activation::Relu);
         assert_eq!(reference_forward(&model, &x).unwrap().data(), &[1.0, 0.0]);
         assert_eq!(
             model.session().unwrap().run(&x).unwrap().data(),
             &[1.0, 0.0]
         );
+    }
+
+    /// A residual add of two int8 tensors with different scales, worked by hand, and its
+    /// global average: `x` at scale 0.5 and `x` at scale 0.25, summed at scale 1.
+    #[test]
+    fn int_add_and_global_average_by_hand() {
+        let (a, b, out) = (params(0.5, 0), params(0.25, 4), params(1.0, -3));
+        let m = |s: f64| RequantMultiplier::from_real(s).unwrap();
+        let add = StepOp::Add(Merge {
+            int: Some(IntMerge {
+                multipliers: vec![m(0.5), m(0.25)],
+                output: out,
+            }),
+            activation: Activation::Relu,
+        });
+        let model = QuantizedModel::new(
+            vec![1, 1, 4],
+            vec![
+                step("qa", &["input"], StepOp::Quantize(a)),
+                step("qb", &["input"], StepOp::Quantize(b)),
+                step("add", &["qa", "qb"], add),
+                step("gap", &["add"], StepOp::GlobalAvgPool),
+                step("out", &["gap"], StepOp::Dequantize),
+            ],
+        )
+        .unwrap();
+        // x = [1, 2.5, -1, 3]: qa = [2, 5, -2, 6], qb = [8, 14, 0, 16];
+        // 0.5 * qa = [1, 2.5 -> 3, -1, 3] (ties up), 0.25 * (qb - 4) = [1, 2.5 -> 3, -1, 3];
+        // sums [2, 6, -2, 6] + zp -3 = [-1, 3, -5, 3], ReLU at -3: [-1, 3, -3, 3];
+        // mean of (q + 3) = [2, 6, 0, 6] is 3.5 -> 4 (ties to even) -> code 1 -> real 4.
+        let x = TensorBuf::new(vec![1, 1, 1, 4], vec![1.0, 2.5, -1.0, 3.0]).unwrap();
+        assert_eq!(reference_forward(&model, &x).unwrap().data(), &[4.0]);
+    }
+
+    /// A model without steps is the identity, in both paths.
+    #[test]
+    fn a_model_without_steps_returns_its_input() {
+        let model = QuantizedModel::new(vec![3], vec![]).unwrap();
+        let x = TensorBuf::new(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 4.0, -1.0]).unwrap();
+        assert_eq!(reference_forward(&model, &x).unwrap().data(), x.data());
+        assert_eq!(model.session().unwrap().run(&x).unwrap().data(), x.data());
     }
 }

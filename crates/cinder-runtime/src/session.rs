@@ -19,10 +19,12 @@ use cinder_observers::min_max;
 use cinder_tensor::{Tensor, TensorRef};
 
 use crate::error::RunError;
-use crate::float::batch_size;
-use crate::model::QuantizedModel;
+use crate::geometry::batch_size;
 use crate::plan::par::{Scratch, Shared, Tracked, grow};
-use crate::plan::{Plan, Stage, float_relu, int_relu};
+use crate::plan::{
+    Buffer, Plan, PlannedStage, Stage, float_activation, float_add, float_concat, int_clamp,
+};
+use crate::quantized::QuantizedModel;
 
 /// How a session runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,19 +42,13 @@ pub struct StageTime {
     pub mean: Duration,
 }
 
-/// Which buffer holds the current tensor.
-#[derive(Debug, Clone, Copy)]
-enum Cur {
-    Input,
-    Int(usize),
-    Float(usize),
-}
-
-/// Ping-pong activation buffers plus per-thread and shared scratch.
+/// The tensors of a run and per-thread and shared scratch.
 #[derive(Debug, Default)]
 struct Workspace {
-    ints: [Vec<i8>; 2],
-    floats: [Vec<f32>; 2],
+    ints: Vec<Vec<i8>>,
+    floats: Vec<Vec<f32>>,
+    /// The range of what each float buffer holds, as its producer tracked it.
+    ranges: Vec<Tracked>,
     slots: Vec<Scratch>,
     shared: Shared,
 }
@@ -90,9 +86,14 @@ impl QuantizedModel {
                 threads,
                 message: e.to_string(),
             })?;
+        let plan = self.plan();
         let ws = Workspace {
+            ints: vec![Vec::new(); plan.int_buffers],
+            // One at least: a model without steps copies its input there.
+            floats: vec![Vec::new(); plan.float_buffers.max(1)],
+            ranges: vec![Tracked::Empty; plan.float_buffers],
             slots: (0..threads).map(|_| Scratch::default()).collect(),
-            ..Workspace::default()
+            shared: Shared::default(),
         };
         Ok(Session {
             model: self,
@@ -121,21 +122,20 @@ impl Session<'_> {
         let Self {
             pool, ws, profile, ..
         } = self;
-        let cur = pool.install(|| {
+        pool.install(|| {
             execute(
                 model.plan(),
                 batch,
-                x,
-                Tracked::Known(lo, hi),
+                (x, Tracked::Known(lo, hi)),
                 ws,
                 profile.as_mut(),
             )
         })?;
         let len = batch * model.output_shape().iter().product::<usize>();
-        let data: &[f32] = match cur {
-            Cur::Float(i) => &self.ws.floats[i][..len],
+        let data: &[f32] = match model.plan().output {
+            Buffer::Float(i) => &self.ws.floats[i][..len],
             _ => {
-                // Only a model without layers ends on its input.
+                // Only a model without steps ends on its input.
                 let out = grow(&mut self.ws.floats[0], len);
                 out.copy_from_slice(x);
                 out
@@ -179,123 +179,72 @@ impl Stage {
             Stage::Quantize(_) => "quantize",
             Stage::Dequantize(_) => "dequantize",
             Stage::IntConv(c) => c.kind(),
+            Stage::IntDepthwise(_) => "int8 depthwise",
             Stage::IntLinear(_) => "int8 linear",
             Stage::IntPool(_) => "int8 max-pool",
-            Stage::IntRelu { .. } => "int8 relu",
+            Stage::IntWindowPool(_) => "int8 pool",
+            Stage::IntClamp(..) => "int8 activation",
+            Stage::IntAdd(_) => "int8 add",
+            Stage::IntConcat(_) => "int8 concat",
             Stage::DynConv(c) => c.kind(),
+            Stage::DynDepthwise(_) => "dyn. depthwise",
             Stage::DynLinear(_) => "dynamic linear",
             Stage::Float(_) => "float layer",
-            Stage::FloatPool(_) => "float max-pool",
-            Stage::FloatRelu => "float relu",
+            Stage::FloatDirect(_) => "float conv",
+            Stage::FloatPool(_) => "float pool",
+            Stage::FloatActivation(_) => "float activation",
+            Stage::FloatAdd(_) => "float add",
+            Stage::FloatConcat => "float concat",
         }
     }
 }
 
-/// The current float tensor and the other float buffer to write into.
-fn float_pair<'a>(
-    input: &'a [f32],
-    floats: &'a mut [Vec<f32>; 2],
-    cur: Cur,
-    n_in: usize,
-    n_out: usize,
-) -> (&'a [f32], &'a mut [f32], Cur) {
-    let [f0, f1] = floats;
-    match cur {
-        Cur::Float(0) => (&f0[..n_in], grow(f1, n_out), Cur::Float(1)),
-        Cur::Float(_) => (&f1[..n_in], grow(f0, n_out), Cur::Float(0)),
-        _ => (input, grow(f0, n_out), Cur::Float(0)),
+/// The int8 tensor in `buffer`, `len` values.
+fn int_in(ints: &[Vec<i8>], buffer: Buffer, len: usize) -> &[i8] {
+    match buffer {
+        Buffer::Int(i) => &ints[i][..len],
+        _ => unreachable!("the plan reads int8 here"),
     }
 }
 
-/// The current int8 tensor and the other int8 buffer to write into.
-fn int_pair(
-    ints: &mut [Vec<i8>; 2],
-    cur: Cur,
-    n_in: usize,
-    n_out: usize,
-) -> (&[i8], &mut [i8], Cur) {
-    let [i0, i1] = ints;
-    match cur {
-        Cur::Int(0) => (&i0[..n_in], grow(i1, n_out), Cur::Int(1)),
-        _ => (&i1[..n_in], grow(i0, n_out), Cur::Int(0)),
+/// The float tensor in `buffer` (or the run's input), `len` values, and its range.
+fn float_in<'a>(
+    (input, input_range): (&'a [f32], Tracked),
+    floats: &'a [Vec<f32>],
+    ranges: &[Tracked],
+    buffer: Buffer,
+    len: usize,
+) -> (&'a [f32], Tracked) {
+    match buffer {
+        Buffer::Input => (input, input_range),
+        Buffer::Float(i) => (&floats[i][..len], ranges[i]),
+        Buffer::Int(_) => unreachable!("the plan reads float here"),
     }
 }
 
 fn execute(
     plan: &Plan,
     batch: usize,
-    input: &[f32],
-    input_range: Tracked,
+    input: (&[f32], Tracked),
     ws: &mut Workspace,
     mut profile: Option<&mut Profile>,
-) -> Result<Cur, RunError> {
-    let Workspace {
-        ints,
-        floats,
-        slots,
-        shared,
-    } = ws;
-    let mut cur = Cur::Input;
-    let mut range = input_range;
+) -> Result<(), RunError> {
     for (i, ps) in plan.stages.iter().enumerate() {
         let start = profile.is_some().then(Instant::now);
-        let (n_in, n_out) = (batch * ps.in_len, batch * ps.out_len);
-        match &ps.stage {
-            Stage::Quantize(q) => {
-                let (x, ..) = float_pair(input, floats, cur, n_in, 0);
-                q.run(x, grow(&mut ints[0], n_out), ps.in_len, slots);
-                cur = Cur::Int(0);
+        let n_out = batch * ps.out_len;
+        match ps.output {
+            Buffer::Int(o) => {
+                let mut y = std::mem::take(&mut ws.ints[o]);
+                int_stage(ps, batch, input, ws, grow(&mut y, n_out));
+                ws.ints[o] = y;
             }
-            Stage::Dequantize(d) => {
-                let (x, ..) = int_pair(ints, cur, n_in, 0);
-                range = d.run(x, grow(&mut floats[0], n_out), ps.out_len, slots);
-                cur = Cur::Float(0);
+            Buffer::Float(o) => {
+                let mut y = std::mem::take(&mut ws.floats[o]);
+                let range = float_stage(ps, batch, input, ws, grow(&mut y, n_out));
+                ws.floats[o] = y;
+                ws.ranges[o] = range?;
             }
-            Stage::IntConv(c) => {
-                let (x, y, next) = int_pair(ints, cur, n_in, n_out);
-                c.run(x, batch, y, slots, &mut shared.cols);
-                cur = next;
-            }
-            Stage::IntLinear(l) => {
-                let (x, y, next) = int_pair(ints, cur, n_in, n_out);
-                l.run(x, y, slots);
-                cur = next;
-            }
-            Stage::IntPool(p) => {
-                let (x, y, next) = int_pair(ints, cur, n_in, n_out);
-                p.run(x, y, ps.out_len, slots);
-                cur = next;
-            }
-            Stage::IntRelu { zero_point } => {
-                let (x, y, next) = int_pair(ints, cur, n_in, n_out);
-                int_relu(x, *zero_point, y);
-                cur = next;
-            }
-            Stage::DynConv(d) => {
-                let (x, y, next) = float_pair(input, floats, cur, n_in, n_out);
-                range = d.run(x, range.range(), y, slots, shared)?;
-                cur = next;
-            }
-            Stage::DynLinear(d) => {
-                let (x, y, next) = float_pair(input, floats, cur, n_in, n_out);
-                range = d.run(x, range.range(), y, slots, shared)?;
-                cur = next;
-            }
-            Stage::Float(f) => {
-                let (x, y, next) = float_pair(input, floats, cur, n_in, n_out);
-                range = f.run(x, ps.in_len, y, ps.out_len, slots);
-                cur = next;
-            }
-            Stage::FloatPool(p) => {
-                let (x, y, next) = float_pair(input, floats, cur, n_in, n_out);
-                range = p.run(x, y, ps.out_len, slots);
-                cur = next;
-            }
-            Stage::FloatRelu => {
-                let (x, y, next) = float_pair(input, floats, cur, n_in, n_out);
-                range = float_relu(x, y, range);
-                cur = next;
-            }
+            Buffer::Input => unreachable!("nothing writes the input"),
         }
         if let (Some(p), Some(start)) = (profile.as_deref_mut(), start) {
             p.totals[i] += start.elapsed();
@@ -304,5 +253,92 @@ fn execute(
     if let Some(p) = profile {
         p.runs += 1;
     }
-    Ok(cur)
+    Ok(())
+}
+
+/// Runs a stage that writes int8 into `y`.
+fn int_stage(
+    ps: &PlannedStage,
+    batch: usize,
+    input: (&[f32], Tracked),
+    ws: &mut Workspace,
+    y: &mut [i8],
+) {
+    let Workspace {
+        ints,
+        floats,
+        ranges,
+        slots,
+        shared,
+    } = ws;
+    let x = |k: usize| {
+        let (b, len) = ps.inputs[k];
+        int_in(ints, b, batch * len)
+    };
+    match &ps.stage {
+        Stage::Quantize(q) => {
+            let (b, len) = ps.inputs[0];
+            let (x, _) = float_in(input, floats, ranges, b, batch * len);
+            q.run(x, y, len, slots);
+        }
+        Stage::IntConv(c) => c.run(x(0), batch, y, slots, &mut shared.cols),
+        Stage::IntDepthwise(d) => d.run(x(0), y, slots),
+        Stage::IntLinear(l) => l.run(x(0), y, slots),
+        Stage::IntPool(p) => p.run(x(0), y, ps.out_len, slots),
+        Stage::IntWindowPool(p) => p.run(x(0), y, ps.out_len, slots),
+        Stage::IntClamp(lo, hi) => int_clamp(x(0), (*lo, *hi), y),
+        Stage::IntAdd(a) => a.run(x(0), x(1), y, slots),
+        Stage::IntConcat(c) => c.run(x, y),
+        _ => unreachable!("the other stages write float"),
+    }
+}
+
+/// Runs a stage that writes float into `y`; returns the range it wrote.
+fn float_stage(
+    ps: &PlannedStage,
+    batch: usize,
+    input: (&[f32], Tracked),
+    ws: &mut Workspace,
+    y: &mut [f32],
+) -> Result<Tracked, RunError> {
+    let Workspace {
+        ints,
+        floats,
+        ranges,
+        slots,
+        shared,
+    } = ws;
+    let x = |k: usize| {
+        let (b, len) = ps.inputs[k];
+        float_in(input, floats, ranges, b, batch * len)
+    };
+    let (in_len, out_len) = (ps.in_len(), ps.out_len);
+    Ok(match &ps.stage {
+        Stage::Dequantize(d) => {
+            let (b, len) = ps.inputs[0];
+            d.run(int_in(ints, b, batch * len), y, out_len, slots)
+        }
+        Stage::DynConv(d) => {
+            let (x, range) = x(0);
+            d.run(x, range.range(), y, slots, shared)?
+        }
+        Stage::DynDepthwise(d) => {
+            let (x, range) = x(0);
+            d.run(x, range.range(), y, slots)?
+        }
+        Stage::DynLinear(d) => {
+            let (x, range) = x(0);
+            d.run(x, range.range(), y, slots, shared)?
+        }
+        Stage::Float(f) => f.run(x(0).0, in_len, y, out_len, slots),
+        Stage::FloatDirect(f) => f.run(x(0).0, y, out_len, slots),
+        Stage::FloatPool(p) => p.run(x(0).0, y, out_len, slots),
+        Stage::FloatActivation(a) => {
+            let (x, range) = x(0);
+            float_activation(x, *a, y, range)
+        }
+        Stage::FloatAdd(a) => float_add(x(0).0, x(1).0, *a, y),
+        Stage::FloatConcat => float_concat(|k| x(k).0, ps.inputs.len(), batch, y),
+        _ => unreachable!("the other stages write int8"),
+    })
 }

@@ -21,7 +21,7 @@
 use cinder_tensor::{Tensor, TensorBuf};
 
 use crate::error::RunError;
-use crate::model::QuantizedModel;
+use crate::quantized::QuantizedModel;
 use crate::reference::{Rescale, interpret};
 
 /// Runs the fake-quant simulation of `model` on `input` (`[B, ...input_shape]`, NCHW).

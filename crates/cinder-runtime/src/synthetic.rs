@@ -3,7 +3,7 @@
 //! computed through the float reference forward.
 
 use cinder_observers::{CalibrationTable, Calibrator, ObserverError, ObserverSpec};
-use cinder_tensor::graph::{Conv2d, FloatGraph, Linear, Node, Op};
+use cinder_tensor::graph::{Conv2d, FloatGraph, Linear, Op, Pool2d};
 use cinder_tensor::{QuantScheme, Tensor, TensorBuf};
 
 use crate::error::RunError;
@@ -48,37 +48,30 @@ pub fn conv_node(
     kernel: usize,
     stride: usize,
     padding: usize,
-) -> Node {
+) -> (String, Op) {
     let bound = 1.0 / ((in_c * kernel * kernel) as f32).sqrt();
-    Node {
-        name: name.to_owned(),
-        op: Op::Conv2d(Conv2d {
-            weight: rng.tensor(vec![out_c, in_c, kernel, kernel], bound),
-            bias: rng.tensor(vec![out_c], bound),
-            stride,
-            padding,
-        }),
-    }
+    let conv = Conv2d::dense(
+        rng.tensor(vec![out_c, in_c, kernel, kernel], bound),
+        Some(rng.tensor(vec![out_c], bound)),
+        stride,
+        padding,
+    );
+    (name.to_owned(), Op::Conv2d(conv))
 }
 
 /// A linear node with PyTorch's default init range.
-pub fn linear_node(rng: &mut Rng, name: &str, in_f: usize, out_f: usize) -> Node {
+pub fn linear_node(rng: &mut Rng, name: &str, in_f: usize, out_f: usize) -> (String, Op) {
     let bound = 1.0 / (in_f as f32).sqrt();
-    Node {
-        name: name.to_owned(),
-        op: Op::Linear(Linear {
-            weight: rng.tensor(vec![out_f, in_f], bound),
-            bias: rng.tensor(vec![out_f], bound),
-        }),
-    }
+    let linear = Linear {
+        weight: rng.tensor(vec![out_f, in_f], bound),
+        bias: Some(rng.tensor(vec![out_f], bound)),
+    };
+    (name.to_owned(), Op::Linear(linear))
 }
 
-/// A node without weights.
-pub fn node(name: &str, op: Op) -> Node {
-    Node {
-        name: name.to_owned(),
-        op,
-    }
+/// A node without weights, as a link of a chain.
+pub fn node(name: &str, op: Op) -> (String, Op) {
+    (name.to_owned(), op)
 }
 
 /// The reference ConvNet of ANCHORS.md with random weights of the real shapes:
@@ -86,11 +79,8 @@ pub fn node(name: &str, op: Op) -> Node {
 /// fc1(8192->1024) relu3 fc2(1024->10)` over `[3, 32, 32]`.
 pub fn reference_convnet(seed: u64) -> FloatGraph {
     let mut rng = Rng::new(seed);
-    let pool = Op::MaxPool2d {
-        kernel: 2,
-        stride: 2,
-    };
-    FloatGraph::new(
+    let pool = Op::MaxPool2d(Pool2d::square(2, 2));
+    FloatGraph::chain(
         vec![3, 32, 32],
         vec![
             conv_node(&mut rng, "conv1", 3, 64, 3, 1, 1),

@@ -2,12 +2,16 @@
 //! random convolution / linear sizes, strides and paddings, per-tensor and per-channel,
 //! symmetric and asymmetric, 2- to 8-bit weights, static, dynamic and float layers in
 //! any mix, batches smaller and larger than the thread count; Winograd convolutions
-//! among them, and on purpose in [`winograd_convolutions_equal_the_reference`].
+//! among them, and on purpose in [`winograd_convolutions_equal_the_reference`]; and on
+//! random graphs ([`common::dag`]): residual adds, depthwise-separable pairs with ReLU6,
+//! rectangular strided convolutions, padded max and average pools, concatenations and
+//! global average pooling, in every mode.
 
 mod common;
 
 use cinder_runtime::{Mode, SessionOptions, reference_forward};
 use cinder_tensor::Tensor;
+use common::dag::dag_spec;
 use common::{ConvSpec, LayerChoice, ModelSpec, bits, input, model_spec};
 use proptest::prelude::*;
 
@@ -99,6 +103,21 @@ proptest! {
             let one = cinder_tensor::TensorRef::new(&shape, &x.data()[b * x.len() / 3..][..x.len() / 3]).unwrap();
             let got = session.run(&one).unwrap();
             prop_assert_eq!(bits(got.data()), bits(&whole[b * per..][..per]));
+        }
+    }
+
+    #[test]
+    fn fast_path_equals_the_reference_on_graphs(spec in dag_spec(), batch in 1usize..=3, seed in any::<u64>()) {
+        let (graph, model) = spec.model();
+        let x = input(&graph, batch, seed);
+        let want = reference_forward(&model, &x).unwrap();
+        for threads in [1, 2] {
+            let mut session = model.session_with(SessionOptions { threads }).unwrap();
+            for _ in 0..2 {
+                let got = session.run(&x).unwrap();
+                prop_assert_eq!(got.shape(), want.shape());
+                prop_assert_eq!(bits(got.data()), bits(want.data()), "threads {}, spec {:?}", threads, spec);
+            }
         }
     }
 }

@@ -97,14 +97,20 @@ fn load_err(path: &Path) -> ModelError {
     err
 }
 
-/// The first step of `json` whose `exec.mode` is `mode`.
-fn layer_with_mode<'a>(json: &'a mut Value, mode: &str) -> &'a mut Value {
+/// The index of the first step of `json` whose `op.exec.mode` is `mode`.
+fn step_with_mode(json: &Value, mode: &str) -> usize {
     json["steps"]
-        .as_array_mut()
+        .as_array()
         .unwrap()
-        .iter_mut()
-        .find(|s| s["exec"]["mode"] == mode)
+        .iter()
+        .position(|s| s["op"]["exec"]["mode"] == mode)
         .unwrap()
+}
+
+/// The `op` of the first step of `json` whose `exec.mode` is `mode`.
+fn layer_with_mode<'a>(json: &'a mut Value, mode: &str) -> &'a mut Value {
+    let i = step_with_mode(json, mode);
+    &mut json["steps"][i]["op"]
 }
 
 proptest! {
@@ -189,6 +195,14 @@ fn hand_edited_metadata_gives_typed_errors() {
         "{err}"
     );
 
+    // The chain format of version 2 is refused by name.
+    let err = fresh(&|j| j["format_version"] = 2.into());
+    assert!(
+        matches!(err, ModelError::Version { version: 2, .. })
+            && err.to_string().contains("version 2"),
+        "{err}"
+    );
+
     let err = fresh(&|j| j["format"] = "onnx".into());
     assert!(matches!(err, ModelError::Version { .. }), "{err}");
 
@@ -206,7 +220,7 @@ fn hand_edited_metadata_gives_typed_errors() {
     );
 
     // A zero point off the grid.
-    let err = fresh(&|j| j["steps"][0]["params"]["zero_point"] = 300.into());
+    let err = fresh(&|j| j["steps"][0]["op"]["params"]["zero_point"] = 300.into());
     assert!(
         matches!(&err, ModelError::Invalid { source, .. } if source.message.contains("zero point 300")),
         "{err}"
@@ -214,7 +228,7 @@ fn hand_edited_metadata_gives_typed_errors() {
 
     // A consistent edit (a zero point moved within the grid) is caught by the checksum.
     let err = fresh(&|j| {
-        let zp = &mut j["steps"][0]["params"]["zero_point"];
+        let zp = &mut j["steps"][0]["op"]["params"]["zero_point"];
         *zp = (zp.as_i64().unwrap() + 1).into();
     });
     assert!(matches!(err, ModelError::Checksum { .. }), "{err}");
@@ -264,10 +278,20 @@ fn hand_edited_metadata_gives_typed_errors() {
         );
     }
 
-    // A static layer moved out of the int8 domain.
+    // A step reading a tensor that no step before it writes.
     let err = fresh(&|j| {
-        let steps = j["steps"].as_array_mut().unwrap();
-        steps.remove(0);
+        let i = step_with_mode(j, "static");
+        j["steps"][i]["inputs"] = serde_json::json!(["nowhere"]);
+    });
+    assert!(
+        matches!(&err, ModelError::Invalid { source, .. } if source.message.contains("`nowhere` is not the input or an earlier step")),
+        "{err}"
+    );
+
+    // A static layer moved out of the int8 domain (reading the float input).
+    let err = fresh(&|j| {
+        let i = step_with_mode(j, "static");
+        j["steps"][i]["inputs"] = serde_json::json!(["input"]);
     });
     assert!(
         matches!(&err, ModelError::Invalid { source, .. } if source.message.contains("needs an int8 input")),
@@ -297,4 +321,31 @@ fn missing_tensors_and_metadata_are_errors() {
         QuantizedModel::load(&dir.path().join("absent.cinder")),
         Err(ModelError::File(FileError::Io { .. }))
     ));
+}
+
+#[test]
+fn reads_stop_where_the_header_stops_justifying_them() {
+    // An endless device: refused after its 8-byte header length, not read to the end.
+    if Path::new("/dev/zero").exists() {
+        assert!(matches!(
+            QuantizedModel::load(Path::new("/dev/zero")),
+            Err(ModelError::File(FileError::SafeTensors { .. }))
+        ));
+    }
+    // A header declaring a 2^40-element tensor in a small file: refused before reading.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.cinder");
+    let header = format!(
+        r#"{{"__metadata__":{{"{METADATA_KEY}":"{{}}"}},"w":{{"dtype":"I8","shape":[{n}],"data_offsets":[0,{n}]}}}}"#,
+        n = 1u64 << 40
+    );
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 64]);
+    std::fs::write(&path, bytes).unwrap();
+    let err = QuantizedModel::load(&path).err().unwrap().to_string();
+    assert!(
+        err.contains("declares") && err.contains("huge.cinder"),
+        "{err}"
+    );
 }

@@ -1,6 +1,7 @@
 //! The fake-quant float simulation against the integer runtime: argmax agreement and
-//! logit distance in output quantization steps, on a W8A8 static per-channel model and on
-//! random static models (any weight width, granularity and mapping).
+//! logit distance in output quantization steps, on a W8A8 static per-channel model, on
+//! random static models (any weight width, granularity and mapping) and on random static
+//! graphs (residual adds, depthwise convolutions, pools, concatenations).
 
 mod common;
 
@@ -8,8 +9,9 @@ use cinder_runtime::synthetic::{Rng, conv_node, linear_node, minmax_table, node}
 use cinder_runtime::{
     LayerExec, Mode, QuantConfig, QuantizedModel, SessionOptions, convert, simulate,
 };
-use cinder_tensor::graph::{FloatGraph, Op};
+use cinder_tensor::graph::{FloatGraph, Op, Pool2d};
 use cinder_tensor::{Tensor, TensorBuf};
+use common::dag::dag_spec;
 use common::{input, model_spec};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
@@ -79,11 +81,8 @@ fn compare(model: &QuantizedModel, x: &TensorBuf<f32>, agreement: &mut Agreement
 /// A small CIFAR-like ConvNet: conv 3->8, pool, conv 8->16, pool, fc 256->32, fc 32->10.
 fn small_convnet() -> FloatGraph {
     let mut rng = Rng::new(7);
-    let pool = || Op::MaxPool2d {
-        kernel: 2,
-        stride: 2,
-    };
-    FloatGraph::new(
+    let pool = || Op::MaxPool2d(Pool2d::square(2, 2));
+    FloatGraph::chain(
         vec![3, 16, 16],
         vec![
             conv_node(&mut rng, "conv1", 3, 8, 3, 1, 1),
@@ -124,6 +123,22 @@ fn w8a8_static_per_channel_agrees_with_the_simulation() {
     assert!(within >= 0.99, "{agreement:?}");
 }
 
+/// Prints and checks the agreement over random models of `what`.
+fn check_random(what: &str, agreement: &Agreement) {
+    let (strict, tie_aware, within) = agreement.rates();
+    println!(
+        "{what}, {} samples: argmax agreement {:.2}% ({:.2}% counting ties), \
+         logits within one output step {:.2}%, largest distance {:.2} steps",
+        agreement.samples,
+        strict * 100.0,
+        tie_aware * 100.0,
+        within * 100.0,
+        agreement.max_steps
+    );
+    assert!(tie_aware >= 0.95, "{agreement:?}");
+    assert!(within >= 0.95, "{agreement:?}");
+}
+
 #[test]
 fn random_static_models_agree_with_the_simulation() {
     let mut runner = TestRunner::deterministic();
@@ -134,16 +149,18 @@ fn random_static_models_agree_with_the_simulation() {
         let (graph, model) = spec.model();
         compare(&model, &input(&graph, 16, case), &mut agreement);
     }
-    let (strict, tie_aware, within) = agreement.rates();
-    println!(
-        "random static models, {} samples: argmax agreement {:.2}% ({:.2}% counting ties), \
-         logits within one output step {:.2}%, largest distance {:.2} steps",
-        agreement.samples,
-        strict * 100.0,
-        tie_aware * 100.0,
-        within * 100.0,
-        agreement.max_steps
-    );
-    assert!(tie_aware >= 0.95, "{agreement:?}");
-    assert!(within >= 0.95, "{agreement:?}");
+    check_random("random static models", &agreement);
+}
+
+#[test]
+fn random_static_graphs_agree_with_the_simulation() {
+    let mut runner = TestRunner::deterministic();
+    let mut agreement = Agreement::default();
+    for case in 0..64 {
+        let mut spec = dag_spec().new_tree(&mut runner).unwrap().current();
+        spec.choices.iter_mut().for_each(|c| c.mode = Mode::Static);
+        let (graph, model) = spec.model();
+        compare(&model, &input(&graph, 16, case), &mut agreement);
+    }
+    check_random("random static graphs", &agreement);
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod fixed_point;
 pub mod graph;
 pub mod io;
+pub mod lock;
 pub mod metrics;
 pub mod params;
 pub mod quantize;

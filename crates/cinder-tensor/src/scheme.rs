@@ -31,8 +31,10 @@ pub enum Granularity {
     PerChannel { axis: usize },
 }
 
-/// A complete description of a quantizer.
+/// A complete description of a quantizer. Deserializing checks it as [`QuantScheme::new`]
+/// does, so a file cannot carry an unsupported bit width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "SchemeFields")]
 pub struct QuantScheme {
     bits: u8,
     pub signedness: Signedness,
@@ -41,6 +43,31 @@ pub struct QuantScheme {
     /// symmetric; the int8 kernels need this for exact `vpmaddubsw` sums.
     pub narrow_range: bool,
     pub granularity: Granularity,
+}
+
+/// The serialized fields of a [`QuantScheme`], before they are checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemeFields {
+    bits: u8,
+    signedness: Signedness,
+    mapping: Mapping,
+    narrow_range: bool,
+    granularity: Granularity,
+}
+
+impl TryFrom<SchemeFields> for QuantScheme {
+    type Error = QuantError;
+
+    fn try_from(f: SchemeFields) -> Result<Self, QuantError> {
+        Self::new(
+            f.bits,
+            f.signedness,
+            f.mapping,
+            f.narrow_range,
+            f.granularity,
+        )
+    }
 }
 
 impl QuantScheme {

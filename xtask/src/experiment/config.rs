@@ -172,6 +172,16 @@ fn minmax() -> ObserverSpec {
     ObserverSpec::MinMax
 }
 
+/// `name` (the config field `field`) is a plain file name: letters, digits, `-` and `_`
+/// (no path separator, no `..`).
+fn check_file_name(field: &str, name: &str) -> anyhow::Result<()> {
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if name.is_empty() || !name.chars().all(valid) {
+        bail!("{field} `{name}`: use letters, digits, `-` and `_` only");
+    }
+    Ok(())
+}
+
 /// The workspace's `experiments/` directory.
 pub fn experiments_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -193,10 +203,25 @@ pub fn load(path: &Path) -> anyhow::Result<ExperimentConfig> {
 }
 
 impl ExperimentConfig {
-    /// Positive sizes, unique cell names usable as file names.
+    /// Positive sizes, a bounded thread count, a name and unique cell names usable as
+    /// file names.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.training.validate()?;
+        check_file_name("name", &self.name)?;
+        crate::checks::threads("evaluation.threads", self.evaluation.threads)?;
+        let optional = [
+            ("data.train_images", self.data.train_images),
+            ("data.test_images", self.data.test_images),
+        ];
+        if let Some((name, _)) = optional.iter().find(|(_, v)| *v == Some(0)) {
+            bail!("{name} must be at least 1 (or absent: all images)");
+        }
+        if !(self.qat.lr.is_finite() && self.qat.lr > 0.0) {
+            bail!("qat.lr = {}: expected a finite number above 0", self.qat.lr);
+        }
         let sizes = [
+            ("qat.epochs", self.qat.epochs),
+            ("qat.train_images", self.qat.train_images),
             ("calibration.images", self.calibration.images),
             ("calibration.batch_size", self.calibration.batch_size),
             ("calibration.error_images", self.calibration.error_images),
@@ -212,13 +237,7 @@ impl ExperimentConfig {
         }
         let mut seen = BTreeMap::new();
         for (i, cell) in self.cells.iter().enumerate() {
-            let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-            if cell.name.is_empty() || !cell.name.chars().all(valid) {
-                bail!(
-                    "cells[{i}].name `{}`: use letters, digits, `-` and `_` only",
-                    cell.name
-                );
-            }
+            check_file_name(&format!("cells[{i}].name"), &cell.name)?;
             if let Some(j) = seen.insert(cell.name.as_str(), i) {
                 bail!("cells[{j}] and cells[{i}] are both named `{}`", cell.name);
             }
@@ -304,6 +323,30 @@ mod tests {
         c.cells[0].name = "a/b".into();
         assert!(c.validate().unwrap_err().to_string().contains("cells[0]"));
         c.cells[0].name = "ok".into();
+        c.name = "../../x".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("name `../../x`")
+        );
+        c.name = "ok".into();
+        c.data.test_images = Some(0);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("data.test_images"), "{err}");
+        c.data.test_images = None;
+        c.evaluation.threads = 100_000;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("evaluation.threads = 100000"), "{err}");
+        c.evaluation.threads = 1;
+        c.qat.train_images = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("qat.train_images")
+        );
+        c.qat.train_images = 10;
         c.evaluation.batch = 0;
         assert!(
             c.validate()

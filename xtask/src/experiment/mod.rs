@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use cinder_tensor::io::{write_atomic, write_json_atomic};
+use cinder_tensor::lock::DirLock;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use calibration::Calibrations;
@@ -88,6 +89,7 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| Path::new("results").join(&config.name));
+    let _lock = DirLock::acquire(&out)?;
     write_atomic(
         &out.join("config.toml"),
         toml::to_string(&config)?.as_bytes(),
@@ -148,6 +150,20 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         results.wall_seconds,
         out.join("report.md").display()
     );
+    let failed: Vec<&str> = results
+        .cells
+        .iter()
+        .filter(|c| c.metrics().is_none())
+        .map(|c| c.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} cells failed (see report.md): {}",
+            failed.len(),
+            results.cells.len(),
+            failed.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use cinder_model::checkpoint::read_manifest;
 use cinder_model::train::write_metrics_log;
 use cinder_model::{BackendKind, ConvNet, ConvNetConfig, TrainConfig, Trainer};
 use cinder_tensor::Tensor;
-use cinder_tensor::graph::{FloatGraph, Op};
+use cinder_tensor::graph::FloatGraph;
 use indicatif::MultiProgress;
 use serde::{Deserialize, Serialize};
 
@@ -123,21 +123,13 @@ fn summarize(trainer: &Trainer, train_images: usize, reused: bool) -> TrainingSu
 /// The key of a float model: its layout and every weight and bias value.
 pub fn graph_key(graph: &FloatGraph) -> anyhow::Result<String> {
     let mut key = Key::new("graph");
-    key.json(&graph.input_shape())?;
+    key.bytes(graph.description().as_bytes());
     for node in graph.nodes() {
-        key.bytes(node.name.as_bytes());
-        match &node.op {
-            Op::Conv2d(c) => key.json(&("conv2d", c.stride, c.padding))?,
-            Op::Linear(_) => key.json(&"linear")?,
-            Op::Relu => key.json(&"relu")?,
-            Op::MaxPool2d { kernel, stride } => key.json(&("max_pool2d", kernel, stride))?,
-            Op::Flatten => key.json(&"flatten")?,
-        };
         for t in node
             .op
             .weight_and_bias()
             .into_iter()
-            .flat_map(|(w, b)| [w, b])
+            .flat_map(|(w, b)| std::iter::once(w).chain(b))
         {
             key.json(&t.shape())?;
             let bytes: Vec<u8> = t.data().iter().flat_map(|x| x.to_le_bytes()).collect();

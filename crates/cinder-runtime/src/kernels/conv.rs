@@ -2,9 +2,10 @@
 //! 2×2 of a convolution's i32 sums before its output stage).
 //!
 //! Both are portable code that the compiler vectorizes; on x86_64 they are compiled a
-//! second time with AVX2 and picked at run time ([`super::dispatch`]).
+//! second time with AVX2 and picked by the process's path ([`super::isa::dispatch`]).
 
-use super::{Vectorizable, dispatch};
+use super::isa::dispatch;
+use super::work::Vectorizable;
 
 /// Output size of a window sliding over `input` positions: `(input + 2·padding − kernel)
 /// / stride + 1`, or `None` if the kernel or stride is 0 or the window does not fit once.

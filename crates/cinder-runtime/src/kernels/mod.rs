@@ -9,46 +9,91 @@
 //! stage ([`requantize_s8`]), applied once per output row or block of rows. (Winograd's
 //! transforms subtract the zero points of input and weights themselves.)
 //!
-//! # Exactness without VNNI
-//! The GEMM widens both operands to i16 (`vpmovsxbw`) and multiplies with `vpmaddwd`,
-//! which adds two i16 × i16 products into an i32 lane: every product and pair sum is
-//! exact, so the result equals the plain i32 sum bit for bit (no 16-bit saturation as with
-//! a bare `vpmaddubsw`). The sign trick (`vpmaddubsw(|a|, sign(b, a))`, then `vpmaddwd`
-//! by ones) is exact too but needs as many multiplies per product plus a `vpsignb` and an
-//! `vpabsb`. Measured side by side with the same blocking (6×16 and 4×16 tiles), the
-//! widening kernel was 7–15% faster on conv2 and fc1 at batch 64 (the bulk of the model's
-//! work) and within noise on conv1 and the fc1 GEMV, so it is the only one kept. Winograd's
-//! GEMMs run the same micro-kernel on operands that are i16 already.
+//! # Layout and dispatch
+//! The instruction-set-neutral parts sit here: packing (`pack`: panels of [`NR`] = 16
+//! output columns, the depth in 32-bit groups per column), the micro-kernel contract and
+//! blocked driver (`tile`), the output stage's contract ([`OutputStage`]). Each path has
+//! its own module beside [`generic`] (the scalar references, the ground truth, and the
+//! portable kernels): `x86::avx2`, `x86::avxvnni`, `x86::avx512vnni`. One capability
+//! token, [`Isa`], detected once per process ([`Isa::detect`]) and cached, chooses the
+//! path of every kernel: the int8 GEMM (when its weights are packed), the output stage,
+//! Winograd's GEMMs and transforms, im2col, pooling and the f32 GEMM. The environment
+//! variable `CINDER_ISA` ([`ISA_VARIABLE`]: `generic`, `avx2`, `avxvnni`,
+//! `avx512vnni-ymm`, `avx512vnni`) caps it, so that tests and benchmarks compare paths on
+//! one machine; the kernels take the best path the CPU supports at or below the cap.
+//!
+//! | path | int8 GEMM | Winograd GEMMs | output stage, transforms, f32 GEMM |
+//! |---|---|---|---|
+//! | generic | portable | portable | portable |
+//! | avx2 | `vpmaddwd` ymm, 6×16 | `vpmaddwd` ymm | AVX2 |
+//! | avxvnni | `vpdpbusd` ymm (VEX), 6×16 | `vpmaddwd` ymm | AVX2 |
+//! | avx512vnni-ymm | `vpdpbusd` ymm (EVEX), 8×16 | `vpmaddwd` ymm | AVX2 |
+//! | avx512vnni | `vpdpbusd` zmm, 8×16 | `vpdpwssd` zmm | AVX2 |
+//!
+//! # Exactness of the AVX2 GEMM
+//! It widens both operands to i16 (`vpmovsxbw`) and multiplies with `vpmaddwd`, which
+//! adds two i16 × i16 products into an i32 lane: every product and pair sum is exact, so
+//! the result equals the plain i32 sum bit for bit (no 16-bit saturation as with a bare
+//! `vpmaddubsw`). The sign trick (`vpmaddubsw(|a|, sign(b, a))`, then `vpmaddwd` by ones)
+//! is exact too but needs as many multiplies per product plus a `vpsignb` and an `vpabsb`;
+//! measured side by side, the widening kernel was 7–15% faster on conv2 and fc1 at batch
+//! 64 and within noise elsewhere, so it is the only one kept.
+//!
+//! # Exactness of the VNNI GEMM
+//! `vpdpbusd` multiplies u8 by i8 and adds four products to an i32 lane. Activations `a`
+//! (i8) enter as `u = a + 128` (`a ^ 0x80`, in [0, 255]); weights `b` are in [-127, 127].
+//! Each product `u · b` lies in [-32385, 32385] and the sum of four in [-129540, 129540],
+//! exact in the instruction's 32-bit intermediate; adding it to the lane wraps modulo
+//! 2^32 (the non-saturating form, never `vpdpbusds`). The sums start from
+//! `-128 · Σ_p b[j][p]`, computed when the weights are packed, so a lane ends at
+//! `Σ_p (a + 128) · b - 128 · Σ_p b = Σ_p a · b` modulo 2^32. That sum is bounded by
+//! `k · 128 · 127` and `k <= MAX_DEPTH = floor((2^31 - 1) / (128 · 127)) = 132104`, so it
+//! lies in i32 and the wrapped value is the exact one: no depth needs splitting, whatever
+//! the intermediate values. (Without the wrap argument the uncompensated sum,
+//! `k · 255 · 127`, would fit i32 only up to `k = 66311`; depth blocks add partial sums to
+//! C with the same wrapping addition, so the argument covers them too.) The result is
+//! bit-identical to the reference and to the AVX2 path, as the proptests check.
 //!
 //! # Blocking
-//! Weights are packed once ([`PackedMatrix`]): panels of [`NR`] = 16 output columns, depth
-//! in pairs. Rows of A are widened into a stack buffer per block of rows and depth; the
-//! micro-kernel computes [`MR`] × 16 tiles (12 accumulator registers). No allocation on
-//! the hot path. [`gemm_s8`] is single-threaded (the engine splits the batch);
-//! [`par_gemm_s8`] and [`gemm_s8_cols`] split rows or column panels across threads.
-//!
-//! # Dispatch
-//! Every public kernel checks for AVX2 at run time (`is_x86_feature_detected!`, cached)
-//! and otherwise runs portable code that also builds on non-x86 targets. [`mod@reference`]
-//! holds plain scalar versions of every kernel; proptests compare both paths to it bit
-//! for bit.
+//! Weights are packed once ([`PackedMatrix`]), for the path of the process: depth pairs
+//! (generic, AVX2) or quads (VNNI). Rows of A are converted (to i16, or to u8) into a
+//! stack buffer per block of rows and depth; the micro-kernels compute up to 8 × 16
+//! tiles. No allocation on the hot path. [`gemm_s8`] is single-threaded (the engine
+//! splits the batch); [`par_gemm_s8`] and [`gemm_s8_cols`] split rows or column panels
+//! across threads.
 
 mod conv;
+mod depthwise;
+mod float;
 mod gemm;
+pub mod generic;
+mod im2col;
+mod isa;
 mod output;
 mod pack;
-pub mod reference;
+mod pool;
+mod rescale;
 pub(crate) mod sgemm;
 #[cfg(test)]
 mod tests;
+mod tile;
+mod window;
 pub mod winograd;
+mod work;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use conv::{im2col_nhwc_s8, max_pool2d_nhwc_s8, max_pool2x2_s32, out_dim};
-pub use gemm::{MR, gemm_s8, gemm_s8_cols, par_gemm_s8};
+pub use depthwise::{depthwise_nhwc_s8, depthwise_reference};
+pub(crate) use float::{im2col_f32, max_pool2x2_f32, quantize_f32_s8};
+pub use gemm::{gemm_s8, gemm_s8_cols, par_gemm_s8};
+pub use im2col::im2col_window_s8;
+pub use isa::{ISA_VARIABLE, Isa, UnknownIsa};
 pub use output::{OutputStage, requantize_s8, requantize_s8_rows, row_sums_s8};
 pub use pack::{MAX_DEPTH, NR, PackedMatrix};
+pub use pool::{avg_pool_nhwc_s8, div_round_even, max_pool_nhwc_s8, pool_reference};
+pub use rescale::{Clamp, Rescale, add_s8, rescale_s8};
+pub use window::NhwcWindow;
 pub use winograd::{
     MAX_WINOGRAD_CHANNELS, WINOGRAD_POSITIONS, WinogradFilter, WinogradGeometry,
     winograd_input_tiles, winograd_multiply, winograd_output_tiles, winograd_products_stride,
@@ -79,36 +124,4 @@ pub enum KernelError {
         "winograd filter: weight at row {row}, depth {col} is {value} from its zero point, expected at most 255"
     )]
     CenteredWeightOutOfRange { row: usize, col: usize, value: i64 },
-}
-
-/// Portable work that the compiler vectorizes: [`dispatch`] compiles it a second time with
-/// AVX2 on x86_64 and picks the version at run time. Implementations mark `run`
-/// `#[inline(always)]`, so that it is inlined into (and compiled with the features of)
-/// the AVX2 entry point.
-trait Vectorizable {
-    type Output;
-    fn run(self) -> Self::Output;
-}
-
-/// Runs `work`, compiled with AVX2 when the CPU has it.
-fn dispatch<V: Vectorizable>(work: V) -> V::Output {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(token) = Avx2::detect() {
-        return x86::vectorized(token, work);
-    }
-    work.run()
-}
-
-/// Proof that the running CPU supports AVX2. Code in this module tree creates one only
-/// through [`Avx2::detect`]; every AVX2 entry point takes one.
-#[cfg(target_arch = "x86_64")]
-#[derive(Debug, Clone, Copy)]
-struct Avx2(());
-
-#[cfg(target_arch = "x86_64")]
-impl Avx2 {
-    /// `Some` when AVX2 is available (the check is cached by the standard library).
-    fn detect() -> Option<Self> {
-        is_x86_feature_detected!("avx2").then_some(Self(()))
-    }
 }

@@ -1,10 +1,11 @@
-//! Output stage (bias, requantization, zero point, clamp) and row sums of A.
+//! The output stage's contract (bias, requantization, zero point, clamp: [`OutputStage`])
+//! and its entry points, dispatched by the process's [`Isa`]; row sums of A.
 
 use cinder_tensor::RequantMultiplier;
 
-#[cfg(target_arch = "x86_64")]
-use super::Avx2;
-use super::{Vectorizable, dispatch, reference};
+use super::generic;
+use super::isa::{Isa, dispatch};
+use super::work::Vectorizable;
 
 /// Largest `|zp_out|` accepted: keeps `lo - zp_out` and `hi - zp_out` far from overflow.
 const MAX_ZERO_POINT: i32 = 1 << 24;
@@ -129,37 +130,27 @@ pub fn requantize_s8_rows(
         "requantize: out holds {} values, need {rows} rows of {n}",
         out.len()
     );
-    #[cfg(target_arch = "x86_64")]
-    if let Some(token) = Avx2::detect() {
-        return super::x86::requantize_rows(token, stage, acc, acc_ld, rows, out, out_ld);
-    }
-    requantize_tail(stage, acc, acc_ld, rows, 0, out, out_ld);
+    requantize_rows_with(Isa::detect(), stage, acc, acc_ld, rows, out, out_ld);
 }
 
-/// The scalar output stage for channels `from..` of every row.
-pub(super) fn requantize_tail(
+/// [`requantize_s8_rows`] on the path `isa` (AVX2 from [`Isa::Avx2`] up, when the CPU has
+/// it), operands checked.
+pub(super) fn requantize_rows_with(
+    isa: Isa,
     stage: &OutputStage<'_>,
     acc: &[i32],
     acc_ld: usize,
     rows: usize,
-    from: usize,
     out: &mut [i8],
     out_ld: usize,
 ) {
-    let n = stage.channels();
-    for i in 0..rows {
-        for j in from..n {
-            let (zp, lo, hi) = (stage.zp_out, stage.lo, stage.hi);
-            out[i * out_ld + j] = reference::requantize_one(
-                acc[i * acc_ld + j],
-                stage.bias[j],
-                stage.multiplier(j),
-                zp,
-                lo,
-                hi,
-            );
-        }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(token) = isa.avx2() {
+        return token.requantize_rows(stage, acc, acc_ld, rows, out, out_ld);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
+    generic::requantize_rows(stage, acc, acc_ld, rows, 0, out, out_ld);
 }
 
 /// `out[i] = Σ_p a[i * lda + p]` for `i < m`, `p < k`: the correction term for a weight

@@ -2,13 +2,20 @@
 //! order with every product and sum rounded on its own, no fused multiply-add, so that
 //! it equals the reference interpreter's plain loops bit for bit whatever the tiling.
 //! Tiles of [`TILE_ROWS`] rows by a [`PANEL`] of 16 columns of the packed right operand,
-//! in AVX2 vectors when the CPU has them, else in arrays the compiler vectorizes.
+//! in AVX2 vectors from the [`Isa::Avx2`] path up, else in arrays the compiler
+//! vectorizes. (Wider vectors would not help the float layers: they are a small part of
+//! a partially quantized model and bound by the no-FMA order of the sums.)
 //!
 //! Not `matrixmultiply` or `gemm`: both use fused multiply-adds and split the depth
 //! (results differ from the reference), and `matrixmultiply` allocates its packing
 //! buffer on every call (the engine allocates nothing after warm-up).
 
 use std::ops::Range;
+
+#[cfg(target_arch = "x86_64")]
+use super::isa::Isa;
+#[cfg(target_arch = "x86_64")]
+use super::work::Vectorizable;
 
 /// Columns of a float GEMM's tile (a panel of its right operand): two AVX2 vectors.
 pub const PANEL: usize = 16;
@@ -79,18 +86,32 @@ impl<'a> Right<'a> {
 /// own: the reference interpreter's arithmetic ([`crate::float::conv2d`],
 /// [`crate::float::linear`]), so that float layers equal it bit for bit whatever the
 /// tiling, the thread count or the batch. (A padding tap, which the reference skips, adds
-/// `0·w`: that changes no sum but -0.0, to +0.0.) With AVX2 vectors when the CPU has them.
+/// `0·w`: that changes no sum but -0.0, to +0.0.) With AVX2 vectors from the
+/// [`Isa::Avx2`] path up.
 pub fn gemm(product: &Gemm<'_>, out: &mut [f32], ldc: usize) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        fn avx2(product: &Gemm<'_>, out: &mut [f32], ldc: usize) {
-            gemm_in::<Avx2Lanes>(product, out, ldc)
-        }
-        // SAFETY: the CPU supports AVX2 (checked above).
-        return unsafe { avx2(product, out, ldc) };
+    if let Some(token) = Isa::detect().avx2() {
+        return token.vectorize(InAvx2 { product, out, ldc });
     }
     gemm_in::<[f32; LANES]>(product, out, ldc)
+}
+
+/// [`gemm`] in AVX2 vectors, as work the AVX2 token compiles with AVX2.
+#[cfg(target_arch = "x86_64")]
+struct InAvx2<'a, 'b> {
+    product: &'a Gemm<'b>,
+    out: &'a mut [f32],
+    ldc: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Vectorizable for InAvx2<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        gemm_in::<Avx2Lanes>(self.product, self.out, self.ldc);
+    }
 }
 
 /// [`gemm`]'s loops in lanes `L`: per panel of `b` (kept in cache), every tile of rows.

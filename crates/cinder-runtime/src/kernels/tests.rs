@@ -1,15 +1,18 @@
 //! Every kernel equals its scalar reference bit for bit: odd sizes, strides wider than
-//! rows, extreme values, every zero point. Winograd's reference is itself checked against
-//! the direct convolution sum.
+//! rows, extreme values, every zero point. The suite of the path-specific kernels (int8
+//! GEMM, output stage, Winograd's GEMMs) is written once ([`kernel_suite`]) and
+//! instantiated for every path; a path the CPU lacks is skipped with a message. Winograd's
+//! reference is itself checked against the direct convolution sum.
 
 use std::ops::Range;
 
 use cinder_tensor::RequantMultiplier;
 use proptest::prelude::*;
 
-use super::gemm::{Dst, Lhs, MicroKernel, Portable, gemm_blocked};
-use super::pack::{PairRow, WidePairRow};
-use super::winograd::multiply_positions;
+use super::generic::reference;
+use super::output::requantize_rows_with;
+use super::pack::{QuadRow, WidePairRow};
+use super::winograd::multiply_with;
 use super::*;
 
 /// Deterministic xorshift values for large operands (proptest shrinks the sizes).
@@ -85,35 +88,8 @@ fn operands(case: &GemmCase) -> (Vec<i8>, Vec<i8>, Vec<i32>) {
     (a, b, vec![0x5eed; case.m * case.ldc])
 }
 
-/// C for columns `cols` through one micro-kernel, landing at `c[i * ldc + j - cols.start]`.
-fn run_kernel(
-    kern: impl MicroKernel<PairRow>,
-    case: &GemmCase,
-    a: &[i8],
-    b: &PackedMatrix,
-    cols: Range<usize>,
-) -> Vec<i32> {
-    let mut c = vec![0x5eed; case.m * case.ldc];
-    let lhs = Lhs {
-        data: a,
-        lda: case.lda,
-        m: case.m,
-    };
-    gemm_blocked(
-        kern,
-        lhs,
-        b,
-        cols,
-        Dst {
-            c: &mut c,
-            ldc: case.ldc,
-        },
-    );
-    c
-}
-
-/// Checks the public kernel and every micro-kernel against the reference on `cols`.
-fn check_gemm(case: &GemmCase, cols: Range<usize>) -> Result<(), TestCaseError> {
+/// Checks the GEMM packed for `isa` against the reference on `cols`.
+fn check_gemm(isa: Isa, case: &GemmCase, cols: Range<usize>) -> Result<(), TestCaseError> {
     let (a, b, mut want) = operands(case);
     reference::gemm_s8(
         &a, case.lda, case.m, &b, case.n, case.k, &mut want, case.ldc,
@@ -124,47 +100,15 @@ fn check_gemm(case: &GemmCase, cols: Range<usize>) -> Result<(), TestCaseError> 
         let row = &want[i * case.ldc..][cols.clone()];
         expected[i * case.ldc..][..cols.len()].copy_from_slice(row);
     }
-    let packed = PackedMatrix::pack(&b, case.n, case.k).unwrap();
+    let packed = PackedMatrix::pack_for(isa, &b, case.n, case.k).unwrap();
     let mut got = vec![0x5eed; want.len()];
-    gemm_s8_cols(
-        &a,
-        case.lda,
-        case.m,
-        &packed,
-        cols.clone(),
-        &mut got,
-        case.ldc,
-    );
-    prop_assert_eq!(&got, &expected, "public");
-    prop_assert_eq!(
-        &run_kernel(Portable, case, &a, &packed, cols.clone()),
-        &expected,
-        "portable"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if let Some(avx2) = Avx2::detect() {
-        prop_assert_eq!(
-            &run_kernel(avx2, case, &a, &packed, cols),
-            &expected,
-            "avx2"
-        );
-    }
+    gemm_s8_cols(&a, case.lda, case.m, &packed, cols, &mut got, case.ldc);
+    prop_assert_eq!(&got, &expected);
     Ok(())
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
-
-    #[test]
-    fn gemm_small_and_odd(case in gemm_case(0..14, 0..40, prop_oneof![0usize..70, Just(27)])) {
-        check_gemm(&case, 0..case.n)?;
-    }
-
-    #[test]
-    fn gemm_column_ranges(case in gemm_case(1..9, 1..50, 1usize..40), from in 0usize..50, len in 0usize..50) {
-        let start = from % case.n;
-        check_gemm(&case, start..case.n.min(start + len))?;
-    }
 
     #[test]
     fn row_sums_match(m in 0usize..10, k in 0usize..100, pad in 0usize..3, extreme: bool, seed in 1u64..u64::MAX) {
@@ -178,18 +122,6 @@ proptest! {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
-
-    /// Several row blocks and depth blocks, long sums at the extremes.
-    #[test]
-    fn gemm_blocked_depth(case in gemm_case(40..110, 1..36, prop_oneof![560usize..700, 1200usize..1300])) {
-        check_gemm(&case, 0..case.n)?;
-    }
-
-    #[test]
-    fn gemm_long_depth_extreme(mut case in gemm_case(1..8, 1..20, 2000usize..3000)) {
-        case.extreme = true;
-        check_gemm(&case, 0..case.n)?;
-    }
 
     #[test]
     fn par_gemm_matches(case in gemm_case(1..40, 1..70, 1usize..100), single_row: bool) {
@@ -271,30 +203,43 @@ fn accumulators(case: &RequantCase, bias: &[i32], rng: &mut Rng) -> Vec<i32> {
         .collect()
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1024))]
-
-    #[test]
-    fn requantize_matches(case in requant_case()) {
+/// The output stage on `isa` (and, for the detected path, the public entry points)
+/// against the reference.
+fn check_requantize(isa: Isa, case: &RequantCase) -> Result<(), TestCaseError> {
+    {
         let mut rng = Rng(case.seed);
-        let bias: Vec<i32> = (0..case.n).map(|_| if rng.below(2) == 0 { rng.below(2001) as i32 - 1000 } else { rng.next() as i32 }).collect();
-        let acc = accumulators(&case, &bias, &mut rng);
+        let bias: Vec<i32> = (0..case.n)
+            .map(|_| match rng.below(2) {
+                0 => rng.below(2001) as i32 - 1000,
+                _ => rng.next() as i32,
+            })
+            .collect();
+        let acc = accumulators(case, &bias, &mut rng);
         let ld = case.n + case.pad;
         let mut want = vec![0x11; case.rows * ld];
         for i in 0..case.rows {
-            reference::requantize_s8(&acc[i * ld..], &bias, &case.mult, case.zp, case.lo, case.hi, &mut want[i * ld..]);
+            let (acc, want) = (&acc[i * ld..], &mut want[i * ld..]);
+            reference::requantize_s8(acc, &bias, &case.mult, case.zp, case.lo, case.hi, want);
         }
-        let stage = OutputStage { bias: &bias, mult: &case.mult, zp_out: case.zp, lo: case.lo, hi: case.hi };
+        let stage = OutputStage {
+            bias: &bias,
+            mult: &case.mult,
+            zp_out: case.zp,
+            lo: case.lo,
+            hi: case.hi,
+        };
         let mut got = vec![0x11; want.len()];
-        requantize_s8_rows(&stage, &acc, ld, case.rows, &mut got, ld);
+        requantize_rows_with(isa, &stage, &acc, ld, case.rows, &mut got, ld);
         prop_assert_eq!(&got, &want);
-        let mut one = vec![0x11; case.n];
-        requantize_s8(&acc, &bias, &case.mult, case.zp, case.lo, case.hi, &mut one);
-        prop_assert_eq!(&one[..], &want[..case.n]);
-        let mut portable = vec![0x11; want.len()];
-        output::requantize_tail(&stage, &acc, ld, case.rows, 0, &mut portable, ld);
-        prop_assert_eq!(&portable, &want);
+        if isa == Isa::detect() {
+            requantize_s8_rows(&stage, &acc, ld, case.rows, &mut got, ld);
+            prop_assert_eq!(&got, &want);
+            let mut one = vec![0x11; case.n];
+            requantize_s8(&acc, &bias, &case.mult, case.zp, case.lo, case.hi, &mut one);
+            prop_assert_eq!(&one[..], &want[..case.n]);
+        }
     }
+    Ok(())
 }
 
 /// Window geometry where the window fits the padded image at least once.
@@ -384,10 +329,12 @@ fn pack_keeps_shape_and_column_sums() {
 #[test]
 fn max_depth_sums_do_not_overflow() {
     let (k, a) = (MAX_DEPTH, vec![-128i8; MAX_DEPTH]);
-    let b = PackedMatrix::pack(&vec![-127; 2 * k], 2, k).unwrap();
-    let mut c = [0; 2];
-    gemm_s8(&a, k, 1, &b, &mut c, 2);
-    assert_eq!(c, [(128 * 127 * k) as i32; 2]);
+    for isa in Isa::ALL.into_iter().filter(|isa| isa.supported()) {
+        let b = PackedMatrix::pack_for(isa, &vec![-127; 2 * k], 2, k).unwrap();
+        let mut c = [0; 2];
+        gemm_s8(&a, k, 1, &b, &mut c, 2);
+        assert_eq!(c, [(128 * 127 * k) as i32; 2], "{isa}");
+    }
 }
 
 #[test]
@@ -511,6 +458,49 @@ impl WinogradCase {
     }
 }
 
+/// Winograd's GEMMs on `isa` (and, for the detected path, the public entry point) against
+/// the reference.
+fn check_winograd_multiply(
+    isa: Isa,
+    (tiles, c, n): (usize, usize, usize),
+    extreme: bool,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let mut rng = Rng(seed);
+    let stride = c.next_multiple_of(2);
+    // Transformed inputs span [-1020, 1020]; a padding channel holds garbage, which
+    // the zero filter entries must cancel.
+    let u: Vec<i16> = (0..WINOGRAD_POSITIONS * tiles * stride)
+        .map(|_| match extreme {
+            true => [-1020, 1020][rng.below(2) as usize],
+            false => rng.below(2041) as i16 - 1020,
+        })
+        .collect();
+    let codes = rng.weights(n * 9 * c, extreme);
+    let zero_points: Vec<i32> = (0..n)
+        .map(|_| {
+            if extreme {
+                127
+            } else {
+                rng.below(255) as i32 - 127
+            }
+        })
+        .collect();
+    let filter = WinogradFilter::pack(&codes, &zero_points, n, c).unwrap();
+    let ldm = winograd_products_stride(n);
+    // The padding past each tile's products is left alone.
+    let mut want = vec![0x5eed; tiles * ldm];
+    reference::winograd_multiply(&u, tiles, stride, &codes, &zero_points, c, &mut want, ldm);
+    let mut got = vec![0x5eed; want.len()];
+    multiply_with(isa, &u, tiles, &filter, &mut got);
+    prop_assert_eq!(&got, &want);
+    if isa == Isa::detect() {
+        winograd_multiply(&u, tiles, &filter, &mut got);
+        prop_assert_eq!(&got, &want, "public");
+    }
+    Ok(())
+}
+
 /// The fast Winograd pipeline over blocks of `block_rows` tile rows, through `multiply`,
 /// every buffer pre-filled with a sentinel.
 fn winograd_fast(
@@ -603,47 +593,141 @@ proptest! {
         }
     }
 
-    #[test]
-    fn winograd_multiply_matches(tiles in 0usize..20, c in prop_oneof![1usize..8, 60usize..70], n in prop_oneof![1usize..20, Just(32)], extreme: bool, seed in 1u64..u64::MAX) {
-        let mut rng = Rng(seed);
-        let stride = c.next_multiple_of(2);
-        // Transformed inputs span [-1020, 1020]; a padding channel holds garbage, which
-        // the zero filter entries must cancel.
-        let u: Vec<i16> = (0..WINOGRAD_POSITIONS * tiles * stride)
-            .map(|_| if extreme { [-1020, 1020][rng.below(2) as usize] } else { rng.below(2041) as i16 - 1020 })
-            .collect();
-        let codes = rng.weights(n * 9 * c, extreme);
-        let zero_points: Vec<i32> = (0..n).map(|_| if extreme { 127 } else { rng.below(255) as i32 - 127 }).collect();
-        let filter = WinogradFilter::pack(&codes, &zero_points, n, c).unwrap();
-        let ldm = winograd_products_stride(n);
-        // The padding past each tile's products is left alone.
-        let mut want = vec![0x5eed; tiles * ldm];
-        reference::winograd_multiply(&u, tiles, stride, &codes, &zero_points, c, &mut want, ldm);
-        let mut got = vec![0x5eed; want.len()];
-        winograd_multiply(&u, tiles, &filter, &mut got);
-        prop_assert_eq!(&got, &want, "public");
-        if tiles > 0 {
-            let mut portable = vec![0x5eed; want.len()];
-            multiply_positions(Portable, &u, tiles, &filter, &mut portable);
-            prop_assert_eq!(&portable, &want, "portable");
-            #[cfg(target_arch = "x86_64")]
-            if let Some(avx2) = Avx2::detect() {
-                let mut fast = vec![0x5eed; want.len()];
-                multiply_positions(avx2, &u, tiles, &filter, &mut fast);
-                prop_assert_eq!(&fast, &want, "avx2");
+}
+
+/// The suite of the path-specific kernels, instantiated per path: `$name` runs every
+/// test on `$isa` (each test passes without running where the CPU lacks it, and
+/// `cpu_support` says so).
+macro_rules! kernel_suite {
+    ($($name:ident: $isa:expr;)*) => {$(
+        mod $name {
+            use super::*;
+
+            const ISA: Isa = $isa;
+
+            #[test]
+            fn cpu_support() {
+                if !ISA.supported() {
+                    eprintln!("skipped: this CPU has no {ISA} instructions; this suite's tests do not run");
+                }
+            }
+
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases(512))]
+
+                #[test]
+                fn gemm_small_and_odd(case in gemm_case(0..14, 0..40, prop_oneof![0usize..70, Just(27)])) {
+                    if ISA.supported() {
+                        check_gemm(ISA, &case, 0..case.n)?;
+                    }
+                }
+
+                #[test]
+                fn gemm_column_ranges(case in gemm_case(1..9, 1..50, 1usize..40), from in 0usize..50, len in 0usize..50) {
+                    let start = from % case.n;
+                    if ISA.supported() {
+                        check_gemm(ISA, &case, start..case.n.min(start + len))?;
+                    }
+                }
+
+                #[test]
+                fn requantize_matches(case in requant_case()) {
+                    if ISA.supported() {
+                        check_requantize(ISA, &case)?;
+                    }
+                }
+            }
+
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases(48))]
+
+                /// Several row blocks and depth blocks, long sums at the extremes.
+                #[test]
+                fn gemm_blocked_depth(case in gemm_case(40..110, 1..36, prop_oneof![560usize..700, 1200usize..1300])) {
+                    if ISA.supported() {
+                        check_gemm(ISA, &case, 0..case.n)?;
+                    }
+                }
+
+                #[test]
+                fn gemm_long_depth_extreme(mut case in gemm_case(1..8, 1..20, 2000usize..3000)) {
+                    case.extreme = true;
+                    if ISA.supported() {
+                        check_gemm(ISA, &case, 0..case.n)?;
+                    }
+                }
+            }
+
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases(128))]
+
+                #[test]
+                fn winograd_multiply_matches(tiles in 0usize..20, c in prop_oneof![1usize..8, 60usize..70], n in prop_oneof![1usize..20, Just(32)], extreme: bool, seed in 1u64..u64::MAX) {
+                    if ISA.supported() {
+                        check_winograd_multiply(ISA, (tiles, c, n), extreme, seed)?;
+                    }
+                }
+
+                /// The whole pipeline, blocks of tile rows of any height.
+                #[test]
+                fn winograd_pipeline_equals_reference(case in winograd_case(prop_oneof![1usize..6, Just(17), Just(27)], prop_oneof![1usize..6, 15usize..34]), block_rows in 1usize..4) {
+                    if ISA.supported() {
+                        let (image, codes, zero_points) = case.operands();
+                        let want = case.reference(&image, &codes, &zero_points);
+                        let multiply = |u: &[i16], tiles, f: &WinogradFilter, m: &mut [i32]| multiply_with(ISA, u, tiles, f, m);
+                        prop_assert_eq!(&winograd_fast(&case, block_rows, multiply), &want);
+                    }
+                }
             }
         }
-    }
+    )*};
+}
 
-    /// The whole pipeline, blocks of tile rows of any height, both micro-kernels.
-    #[test]
-    fn winograd_fast_path_equals_reference(case in winograd_case(prop_oneof![1usize..6, Just(17), Just(27)], prop_oneof![1usize..6, 15usize..34]), block_rows in 1usize..4) {
-        let (image, codes, zero_points) = case.operands();
-        let want = case.reference(&image, &codes, &zero_points);
-        prop_assert_eq!(&winograd_fast(&case, block_rows, winograd_multiply), &want, "public");
-        let portable = |u: &[i16], tiles, f: &WinogradFilter, m: &mut [i32]| multiply_positions(Portable, u, tiles, f, m);
-        prop_assert_eq!(&winograd_fast(&case, block_rows, portable), &want, "portable");
+kernel_suite! {
+    generic: Isa::Generic;
+    avx2: Isa::Avx2;
+    avxvnni: Isa::AvxVnni;
+    avx512vnni_ymm: Isa::Avx512VnniYmm;
+    avx512vnni: Isa::Avx512Vnni;
+}
+
+/// The process takes the best path of the CPU: no silent fall-back to a slower one.
+#[test]
+fn the_best_path_runs() {
+    if let Ok(cap) = std::env::var(ISA_VARIABLE) {
+        eprintln!("skipped: {ISA_VARIABLE}={cap} caps the path");
+        return;
     }
+    #[cfg(target_arch = "x86_64")]
+    let best = {
+        use std::arch::is_x86_feature_detected as has;
+        let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
+        if has!("avx2") && avx512 && has!("avx512vnni") {
+            Isa::Avx512Vnni
+        } else if has!("avx2") && has!("avxvnni") {
+            Isa::AvxVnni
+        } else if has!("avx2") {
+            Isa::Avx2
+        } else {
+            Isa::Generic
+        }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let best = Isa::Generic;
+    assert_eq!(Isa::detect(), best);
+    let packed = PackedMatrix::pack(&[1, 2], 1, 2).unwrap();
+    assert_eq!(packed.isa(), best);
+    eprintln!("the kernels take the {best} path on this CPU");
+}
+
+#[test]
+fn isa_names_round_trip() {
+    for isa in Isa::ALL {
+        assert_eq!(Isa::from_name(isa.name()), Ok(isa));
+        assert!(Isa::best_up_to(isa) <= isa);
+    }
+    assert_eq!(Isa::from_name("sse2"), Err(UnknownIsa("sse2".to_owned())));
+    assert_eq!(Isa::best_up_to(Isa::Generic), Isa::Generic);
 }
 
 #[test]
@@ -693,4 +777,6 @@ fn winograd_filter_rejects_what_could_overflow() {
 fn wide_panels_are_cache_lines() {
     assert_eq!(std::mem::size_of::<WidePairRow>(), 64);
     assert_eq!(std::mem::align_of::<WidePairRow>(), 64);
+    assert_eq!(std::mem::size_of::<QuadRow>(), 64);
+    assert_eq!(std::mem::align_of::<QuadRow>(), 64);
 }

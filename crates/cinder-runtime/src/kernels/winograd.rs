@@ -33,16 +33,22 @@
 //! position-major on conv2) and transformed back into the block's output pixels
 //! `[pixel][out channel]` (i32): consecutive whole output rows, on which the output stage
 //! runs as after an im2col GEMM. Transforms are portable code vectorized over
-//! channels (NHWC keeps them contiguous), compiled with AVX2 where available; the GEMMs
-//! use the int8 GEMM's micro-kernels on panels of i16 pairs.
+//! channels (NHWC keeps them contiguous), compiled with AVX2 from the [`Isa::Avx2`] path
+//! up; the GEMMs use the int8 GEMM's micro-kernels on panels of i16 pairs: `vpmaddwd` +
+//! `vpaddd` on ymm, or `vpdpwssd` on zmm on the [`Isa::Avx512Vnni`] path. Both add two
+//! exact i16 products (`|U · V| <= 1020 · 2295`, a pair sum below 2^23) to an i32 lane
+//! with wrapping, so they give the same sums.
 
 use std::ops::Range;
 
-#[cfg(target_arch = "x86_64")]
-use super::Avx2;
-use super::gemm::{MicroKernel, Portable, WideRows, multiply_block};
+use super::generic::{Portable, reference};
+use super::isa::{Isa, dispatch};
 use super::pack::{NR, WidePairRow};
-use super::{KernelError, Vectorizable, dispatch, out_dim, reference};
+use super::tile::{MicroKernel, Rows, multiply_block};
+use super::work::Vectorizable;
+#[cfg(target_arch = "x86_64")]
+use super::x86::Avx512Vnni;
+use super::{KernelError, out_dim};
 
 /// Positions of a transformed 4×4 tile: the number of GEMMs.
 pub const WINOGRAD_POSITIONS: usize = 16;
@@ -380,6 +386,19 @@ fn input_combinations<const L: usize>(x: [[i16; L]; 4]) -> [[i16; L]; 4] {
 /// # Panics
 /// If `u` holds fewer than `16 · tiles · stride` values or `m` fewer than `tiles · ldm`.
 pub fn winograd_multiply(u: &[i16], tiles: usize, filter: &WinogradFilter, m: &mut [i32]) {
+    multiply_with(Isa::detect(), u, tiles, filter, m);
+}
+
+/// [`winograd_multiply`] on the path `isa`: `vpdpwssd` zmm tiles on
+/// [`Isa::Avx512Vnni`], `vpmaddwd` ymm tiles from [`Isa::Avx2`] up (when the CPU has
+/// them), else portable code.
+pub(super) fn multiply_with(
+    isa: Isa,
+    u: &[i16],
+    tiles: usize,
+    filter: &WinogradFilter,
+    m: &mut [i32],
+) {
     let (n, stride) = (filter.out_channels, filter.channels.next_multiple_of(2));
     assert!(
         u.len() >= WINOGRAD_POSITIONS * tiles * stride,
@@ -394,14 +413,19 @@ pub fn winograd_multiply(u: &[i16], tiles: usize, filter: &WinogradFilter, m: &m
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if let Some(token) = Avx2::detect() {
-        return multiply_positions(token, u, tiles, filter, m);
+    {
+        if let Some(token) = Avx512Vnni::detect().filter(|_| isa == Isa::Avx512Vnni) {
+            return multiply_positions(token, u, tiles, filter, m);
+        }
+        if let Some(token) = isa.avx2() {
+            return multiply_positions(token, u, tiles, filter, m);
+        }
     }
     multiply_positions(Portable, u, tiles, filter, m);
 }
 
 /// [`winograd_multiply`] with micro-kernel `K`; operands checked, `stride > 0`.
-pub(super) fn multiply_positions<K: MicroKernel<WidePairRow>>(
+fn multiply_positions<K: MicroKernel<WidePairRow>>(
     kern: K,
     u: &[i16],
     tiles: usize,
@@ -414,11 +438,11 @@ pub(super) fn multiply_positions<K: MicroKernel<WidePairRow>>(
     }
     let ldm = winograd_products_stride(n);
     for position in 0..WINOGRAD_POSITIONS {
-        let a = WideRows {
+        let a = Rows {
             data: &u[position * tiles * stride..][..tiles * stride],
             stride,
         };
-        let panel = |q| filter.panel(position, q);
+        let panel = |q| (filter.panel(position, q), None);
         multiply_block(
             kern,
             a,

@@ -25,11 +25,11 @@ use cinder_tensor::RequantMultiplier;
 
 use super::par::{Accum, BLOCKS_PER_SLOT, Scratch, grow, par_blocks, par_images};
 use crate::error::Invalid;
-use crate::float::Window;
+use crate::geometry::Window;
 use crate::kernels::{
     MAX_WINOGRAD_CHANNELS, NR, OutputStage, PackedMatrix, WINOGRAD_POSITIONS, WinogradFilter,
-    WinogradGeometry, gemm_s8_cols, im2col_nhwc_s8, max_pool2d_nhwc_s8, max_pool2x2_s32,
-    requantize_s8_rows, row_sums_s8, winograd_input_tiles, winograd_multiply,
+    WinogradGeometry, gemm_s8_cols, im2col_nhwc_s8, im2col_window_s8, max_pool2d_nhwc_s8,
+    max_pool2x2_s32, requantize_s8_rows, row_sums_s8, winograd_input_tiles, winograd_multiply,
     winograd_output_tiles, winograd_products_stride,
 };
 
@@ -103,7 +103,7 @@ pub(super) struct Requant {
 }
 
 impl Requant {
-    fn new(bias: Vec<i32>, p: &IntParams<'_>) -> Self {
+    pub(super) fn new(bias: Vec<i32>, p: &IntParams<'_>) -> Self {
         Self {
             bias,
             multipliers: p.multipliers.to_vec(),
@@ -114,7 +114,7 @@ impl Requant {
     }
 
     /// The stage of output columns `cols`.
-    fn stage(&self, cols: Range<usize>) -> OutputStage<'_> {
+    pub(super) fn stage(&self, cols: Range<usize>) -> OutputStage<'_> {
         let mult = if self.multipliers.len() == 1 {
             &self.multipliers[..]
         } else {
@@ -225,11 +225,7 @@ impl IntMatmul {
 /// channels.
 pub(super) fn winograd_geometry(shape: &ConvShape) -> Option<WinogradGeometry> {
     let [c, h, w] = shape.input;
-    let Window {
-        kernel,
-        stride,
-        padding,
-    } = shape.window;
+    let (kernel, stride, padding) = shape.window.as_square()?;
     let eligible = kernel == 3
         && stride == 1
         && padding <= 1
@@ -348,24 +344,24 @@ impl ConvShape {
 
     /// Depth of one im2col row.
     pub fn depth(&self) -> usize {
-        self.window.kernel * self.window.kernel * self.input[0]
+        self.window.taps() * self.input[0]
     }
 
     /// The GEMM's left operand for one image: the image itself for a 1x1, stride-1,
     /// unpadded convolution, else its im2col rows in `cols`.
     pub fn lhs<'a>(&self, image: &'a [i8], pad: i8, cols: &'a mut Vec<i8>) -> &'a [i8] {
-        let Window {
-            kernel,
-            stride,
-            padding,
-        } = self.window;
-        if kernel == 1 && stride == 1 && padding == 0 {
+        if self.window == Window::square(1, 1, 0) {
             return image;
         }
         let [c, h, w] = self.input;
         let k = self.depth();
         let out = grow(cols, self.pixels * k);
-        im2col_nhwc_s8(image, h, w, c, kernel, stride, padding, pad, out, k);
+        match self.window.as_square() {
+            Some((kernel, stride, padding)) => {
+                im2col_nhwc_s8(image, h, w, c, kernel, stride, padding, pad, out, k)
+            }
+            None => im2col_window_s8(image, &self.window.nhwc(self.input), pad, out, k),
+        }
         out
     }
 }
@@ -593,9 +589,9 @@ impl IntPool {
     }
 }
 
-/// ReLU on int8: `max(q, zp)`.
-pub(crate) fn int_relu(x: &[i8], zero_point: i8, y: &mut [i8]) {
+/// An activation on int8: a clamp of the codes.
+pub(crate) fn int_clamp(x: &[i8], (lo, hi): (i8, i8), y: &mut [i8]) {
     for (o, &q) in y.iter_mut().zip(x) {
-        *o = q.max(zero_point);
+        *o = q.clamp(lo, hi);
     }
 }

@@ -43,6 +43,8 @@ pub(crate) struct Scratch {
     pub pooled: Vec<i32>,
     /// A float convolution's im2col matrix of one image.
     pub im2col: Vec<f32>,
+    /// The taps of one window of a float pool.
+    pub taps: Vec<f32>,
     /// The value range of what this thread wrote in the current stage.
     pub range: Tracked,
 }

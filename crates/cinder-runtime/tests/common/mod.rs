@@ -7,10 +7,12 @@ use cinder_runtime::synthetic::{Rng, conv_node, linear_node, minmax_table, node}
 use cinder_runtime::{
     LayerOverride, Mode, QuantConfig, QuantizedModel, WeightGranularity, convert,
 };
-use cinder_tensor::graph::{FloatGraph, Op};
+use cinder_tensor::graph::{FloatGraph, Op, Pool2d};
 use cinder_tensor::{Mapping, TensorBuf};
 use proptest::prelude::*;
 use std::ops::RangeInclusive;
+
+pub mod dag;
 
 #[derive(Debug, Clone)]
 pub struct ConvSpec {
@@ -129,10 +131,7 @@ impl ModelSpec {
             if s.pool && h >= 2 && w >= 2 {
                 nodes.push(node(
                     &format!("pool{i}"),
-                    Op::MaxPool2d {
-                        kernel: 2,
-                        stride: 2,
-                    },
+                    Op::MaxPool2d(Pool2d::square(2, 2)),
                 ));
                 (h, w) = (h / 2, w / 2);
             }
@@ -146,46 +145,57 @@ impl ModelSpec {
                 nodes.push(node(&format!("fc_relu{i}"), Op::Relu));
             }
         }
-        FloatGraph::new(self.input.to_vec(), nodes).expect("spec shapes chain")
+        FloatGraph::chain(self.input.to_vec(), nodes).expect("spec shapes chain")
     }
 
     /// The per-layer config: the i-th weighted layer takes the i-th choice.
     pub fn config(&self, graph: &FloatGraph) -> QuantConfig {
-        let weighted = graph
-            .nodes()
-            .iter()
-            .filter(|n| n.op.weight_and_bias().is_some());
-        weighted
-            .zip(&self.choices)
-            .fold(QuantConfig::default(), |cfg, (n, ch)| {
-                cfg.with_layer(
-                    n.name.clone(),
-                    LayerOverride {
-                        mode: Some(ch.mode),
-                        weight_bits: Some(ch.bits),
-                        granularity: Some(if ch.per_channel {
-                            WeightGranularity::PerChannel
-                        } else {
-                            WeightGranularity::PerTensor
-                        }),
-                        mapping: Some(if ch.symmetric {
-                            Mapping::Symmetric
-                        } else {
-                            Mapping::Asymmetric
-                        }),
-                    },
-                )
-            })
+        config(graph, &self.choices)
     }
 
     /// Graph, calibrated (on other inputs than `input`) and converted.
     pub fn model(&self) -> (FloatGraph, QuantizedModel) {
         let graph = self.graph();
-        let table = minmax_table(&graph, &input(&graph, 8, self.seed ^ 0x5eed))
-            .expect("finite calibration");
-        let model = convert(&graph, &table, &self.config(&graph)).expect("conversion");
+        let model = calibrate_and_convert(&graph, &self.config(&graph), self.seed);
         (graph, model)
     }
+}
+
+/// The per-layer config of `graph`: its i-th weighted layer takes the i-th choice (the
+/// rest the default).
+pub fn config(graph: &FloatGraph, choices: &[LayerChoice]) -> QuantConfig {
+    let weighted = graph.nodes().iter().filter(|n| n.op.is_weighted());
+    weighted
+        .zip(choices)
+        .fold(QuantConfig::default(), |cfg, (n, ch)| {
+            cfg.with_layer(
+                n.name.clone(),
+                LayerOverride {
+                    mode: Some(ch.mode),
+                    weight_bits: Some(ch.bits),
+                    granularity: Some(if ch.per_channel {
+                        WeightGranularity::PerChannel
+                    } else {
+                        WeightGranularity::PerTensor
+                    }),
+                    mapping: Some(if ch.symmetric {
+                        Mapping::Symmetric
+                    } else {
+                        Mapping::Asymmetric
+                    }),
+                },
+            )
+        })
+}
+
+/// Calibrated on seeded inputs other than the tests' and converted under `config`.
+pub fn calibrate_and_convert(
+    graph: &FloatGraph,
+    config: &QuantConfig,
+    seed: u64,
+) -> QuantizedModel {
+    let table = minmax_table(graph, &input(graph, 8, seed ^ 0x5eed)).expect("finite calibration");
+    convert(graph, &table, config).expect("conversion")
 }
 
 /// `batch` inputs in `[-1.2, 1.2)` (a little beyond the calibration range of `[-1, 1)`).

@@ -1,114 +1,12 @@
-//! AVX2 code paths (x86_64 only), entered with an [`Avx2`] token proving CPU support.
+//! The AVX2 output stage: 8 channels per vector, rescaled as two vectors of four 64-bit
+//! products (`vpmuldq`), rounded by one logical shift of a non-negative sum.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::gemm::{MicroKernel, TileOut, WideRows, check_tile};
-use super::output::{OutputStage, requantize_tail};
-use super::pack::{NR, PairRow, WidePairRow};
-use super::{Avx2, Vectorizable};
-
-/// Runs `work` in a function compiled with AVX2, so that its (inlined) portable code is
-/// vectorized with 256-bit instructions.
-pub(super) fn vectorized<V: Vectorizable>(_: Avx2, work: V) -> V::Output {
-    #[target_feature(enable = "avx2")]
-    fn run<V: Vectorizable>(work: V) -> V::Output {
-        work.run()
-    }
-    // SAFETY: the token proves that the CPU supports AVX2.
-    unsafe { run(work) }
-}
-
-/// A panel's depth pair as the AVX2 micro-kernel reads it: the 16 columns' pairs as i16,
-/// columns 0–7 in the first vector and 8–15 in the second.
-trait LoadPairs {
-    /// # Safety
-    /// AVX2 must be available.
-    unsafe fn load_pairs(&self) -> (__m256i, __m256i);
-}
-
-impl LoadPairs for PairRow {
-    /// Sign-extends the i8 weights (`vpmovsxbw`).
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn load_pairs(&self) -> (__m256i, __m256i) {
-        // SAFETY: a `PairRow` is 32 bytes: two 16-byte loads stay inside it.
-        unsafe {
-            let ptr = self.0.as_ptr().cast::<__m128i>();
-            (
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(ptr)),
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(ptr.add(1))),
-            )
-        }
-    }
-}
-
-impl LoadPairs for WidePairRow {
-    /// Two aligned loads: the weights are i16 already.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn load_pairs(&self) -> (__m256i, __m256i) {
-        // SAFETY: a `WidePairRow` is 64 bytes aligned to 64: two aligned 32-byte loads.
-        unsafe {
-            let ptr = self.0.as_ptr().cast::<__m256i>();
-            (_mm256_load_si256(ptr), _mm256_load_si256(ptr.add(1)))
-        }
-    }
-}
-
-impl<P: LoadPairs> MicroKernel<P> for Avx2 {
-    #[inline(always)]
-    fn tile<const R: usize>(self, a: WideRows<'_>, panel: &[P], out: TileOut<'_>) {
-        check_tile(R, a, panel, &out);
-        // SAFETY: `self` proves AVX2 support; `check_tile` bounds every access.
-        unsafe { tile_avx2::<R, P>(a, panel, out) }
-    }
-}
-
-/// An `R × 16` tile: per depth pair, the 16 panel columns are loaded as i16 (two
-/// vectors), each row's pair `(a0, a1)` is broadcast as one i32 and `vpmaddwd` adds
-/// `a0·b0 + a1·b1` exactly into 8 i32 lanes.
-///
-/// # Safety
-/// AVX2 must be available and the slices sized as [`check_tile`] checks.
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn tile_avx2<const R: usize, P: LoadPairs>(a: WideRows<'_>, panel: &[P], out: TileOut<'_>) {
-    let mut acc = [[_mm256_setzero_si256(); 2]; R];
-    let a_ptr = a.data.as_ptr();
-    for (p, pair) in panel.iter().enumerate() {
-        // SAFETY: AVX2 is available (this function's contract).
-        let (b0, b1) = unsafe { pair.load_pairs() };
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            // SAFETY: `r * stride + 2p + 1 < a.data.len()` (checked by `check_tile`); the
-            // i32 read is unaligned.
-            let pair_a = unsafe {
-                a_ptr
-                    .add(r * a.stride + 2 * p)
-                    .cast::<i32>()
-                    .read_unaligned()
-            };
-            let av = _mm256_set1_epi32(pair_a);
-            acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(av, b0));
-            acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(av, b1));
-        }
-    }
-    let c = out.c.as_mut_ptr();
-    for (r, acc_r) in acc.iter().enumerate() {
-        // SAFETY: row `r < R` of the tile spans `c[r * ldc .. r * ldc + 16]`, inside
-        // `out.c` (checked by `check_tile`).
-        unsafe {
-            let dst = c.add(r * out.ldc).cast::<__m256i>();
-            let (mut lo, mut hi) = (acc_r[0], acc_r[1]);
-            if out.accumulate {
-                lo = _mm256_add_epi32(lo, _mm256_loadu_si256(dst));
-                hi = _mm256_add_epi32(hi, _mm256_loadu_si256(dst.add(1)));
-            }
-            _mm256_storeu_si256(dst, lo);
-            _mm256_storeu_si256(dst.add(1), hi);
-        }
-    }
-}
+use super::Avx2;
+use crate::kernels::generic;
+use crate::kernels::output::OutputStage;
 
 /// Channels whose multipliers are unpacked into lanes at a time.
 const CHANNEL_BLOCK: usize = 128;
@@ -161,37 +59,39 @@ impl ChannelLanes {
     }
 }
 
-/// [`super::requantize_s8_rows`] with AVX2: 8 channels per vector, the last `n % 8`
-/// channels through the scalar reference. Sizes are checked by the caller.
-pub(super) fn requantize_rows(
-    _token: Avx2,
-    stage: &OutputStage<'_>,
-    acc: &[i32],
-    acc_ld: usize,
-    rows: usize,
-    out: &mut [i8],
-    out_ld: usize,
-) {
-    let vec_n = stage.channels() / 8 * 8;
-    for j0 in (0..vec_n).step_by(CHANNEL_BLOCK) {
-        let width = CHANNEL_BLOCK.min(vec_n - j0);
-        let lanes = ChannelLanes::new(stage, j0..j0 + width);
-        for i in 0..rows {
-            let acc_row = &acc[i * acc_ld + j0..][..width];
-            let out_row = &mut out[i * out_ld + j0..][..width];
-            let bias = &stage.bias[j0..][..width];
-            // SAFETY: the token proves AVX2 support; the slices have `width` elements,
-            // a multiple of 8 and at most `CHANNEL_BLOCK`.
-            unsafe {
-                if lanes.any_left {
-                    requantize_block::<true>(stage, &lanes, acc_row, bias, out_row);
-                } else {
-                    requantize_block::<false>(stage, &lanes, acc_row, bias, out_row);
+impl Avx2 {
+    /// [`crate::kernels::requantize_s8_rows`] with AVX2: 8 channels per vector, the last
+    /// `n % 8` channels through the scalar code. Sizes are checked by the caller.
+    pub(in crate::kernels) fn requantize_rows(
+        self,
+        stage: &OutputStage<'_>,
+        acc: &[i32],
+        acc_ld: usize,
+        rows: usize,
+        out: &mut [i8],
+        out_ld: usize,
+    ) {
+        let vec_n = stage.channels() / 8 * 8;
+        for j0 in (0..vec_n).step_by(CHANNEL_BLOCK) {
+            let width = CHANNEL_BLOCK.min(vec_n - j0);
+            let lanes = ChannelLanes::new(stage, j0..j0 + width);
+            for i in 0..rows {
+                let acc_row = &acc[i * acc_ld + j0..][..width];
+                let out_row = &mut out[i * out_ld + j0..][..width];
+                let bias = &stage.bias[j0..][..width];
+                // SAFETY: the token proves AVX2 support; the slices have `width` elements,
+                // a multiple of 8 and at most `CHANNEL_BLOCK`.
+                unsafe {
+                    if lanes.any_left {
+                        requantize_block::<true>(stage, &lanes, acc_row, bias, out_row);
+                    } else {
+                        requantize_block::<false>(stage, &lanes, acc_row, bias, out_row);
+                    }
                 }
             }
         }
+        generic::requantize_rows(stage, acc, acc_ld, rows, vec_n, out, out_ld);
     }
-    requantize_tail(stage, acc, acc_ld, rows, vec_n, out, out_ld);
 }
 
 /// One row of one channel block; without `LEFT` the (all zero) left shifts are skipped.
@@ -283,5 +183,3 @@ unsafe fn load8(s: &[i32], g: usize) -> __m256i {
     // SAFETY: in bounds by the caller's contract; the load is unaligned.
     unsafe { _mm256_loadu_si256(s.as_ptr().add(g).cast()) }
 }
-
-const _: () = assert!(NR == 16, "tile_avx2 computes 16 columns");

@@ -1,5 +1,5 @@
 //! Plain scalar versions of every kernel: obviously correct, slow, and the ground truth
-//! the fast paths are tested against bit for bit.
+//! every instruction-set path is tested against bit for bit.
 
 use cinder_tensor::RequantMultiplier;
 

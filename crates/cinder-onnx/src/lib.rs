@@ -1,0 +1,21 @@
+//! ONNX interop: import a float ONNX model (opsets 13 to 21) into cinder's
+//! [`FloatGraph`](cinder_tensor::graph::FloatGraph) and export a float graph as a plain
+//! float ONNX model that ONNX Runtime and every other ONNX tool run.
+//!
+//! Files are decoded with prost types generated from the official ONNX schema
+//! ([`proto`]). Every operator, attribute and tensor the importer does not map exactly is
+//! refused with a typed [`OnnxError`] naming the node, its operator and what is supported:
+//! a model either imports as the same function or not at all.
+
+mod attrs;
+pub mod error;
+pub mod export;
+pub mod import;
+pub mod proto;
+pub mod tensor;
+
+pub use error::OnnxError;
+pub use export::{EXPORT_OPSET, export_bytes, export_file, export_model};
+pub use import::{
+    MAX_MODEL_BYTES, SUPPORTED_OPS, SUPPORTED_OPSETS, import_bytes, import_file, import_model,
+};

@@ -1,0 +1,184 @@
+//! The int8 GEMM on every path this CPU has, side by side (alternating, medians, 1
+//! thread), on the reference ConvNet's GEMM shapes; then the convolutions' sums of one
+//! image by im2col + GEMM and by Winograd, and the whole ConvNet (W8A8 static
+//! per-channel, 2 threads, batch 1 and 64) with its per-stage profile, on the process's
+//! path (`CINDER_ISA` caps it: run once per path to compare).
+//!
+//! `cargo run --profile bench -p cinder-runtime --example kernel_paths`
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use cinder_runtime::kernels::{
+    Isa, PackedMatrix, WINOGRAD_POSITIONS, WinogradFilter, WinogradGeometry, gemm_s8,
+    im2col_nhwc_s8, winograd_input_tiles, winograd_multiply, winograd_output_tiles,
+    winograd_products_stride,
+};
+use cinder_runtime::synthetic::{Rng, minmax_table, random_input, reference_convnet};
+use cinder_runtime::{QuantConfig, SessionOptions, convert};
+use cinder_tensor::Tensor;
+
+/// Median seconds of `rounds` runs of each of `runs`, alternating.
+fn alternate(rounds: usize, runs: &mut [Box<dyn FnMut() + '_>]) -> Vec<f64> {
+    let mut times = vec![Vec::with_capacity(rounds); runs.len()];
+    for _ in 0..rounds {
+        for (run, t) in runs.iter_mut().zip(&mut times) {
+            let start = Instant::now();
+            run();
+            t.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect()
+}
+
+fn codes(rng: &mut Rng, len: usize) -> Vec<i8> {
+    (0..len).map(|_| rng.uniform(-127.0, 127.0) as i8).collect()
+}
+
+fn gemms() {
+    let paths: Vec<Isa> = Isa::ALL
+        .into_iter()
+        .filter(|&isa| isa >= Isa::Avx2 && isa.supported())
+        .collect();
+    let mut rng = Rng::new(1);
+    println!("int8 GEMM, 1 thread, GOPS (2mnk / median time), alternating:");
+    for (name, m, k, n) in [
+        ("conv1 b64", 64 * 1024, 27, 64),
+        ("conv2 b64", 64 * 256, 576, 128),
+        ("fc1 b64", 64, 8192, 1024),
+        ("fc1 b1", 1, 8192, 1024),
+    ] {
+        let (a, b) = (codes(&mut rng, m * k), codes(&mut rng, n * k));
+        let packed: Vec<PackedMatrix> = paths
+            .iter()
+            .map(|&isa| PackedMatrix::pack_for(isa, &b, n, k).expect("valid"))
+            .collect();
+        let a = &a;
+        let mut outs = vec![vec![0i32; m * n]; paths.len()];
+        let mut runs: Vec<Box<dyn FnMut()>> = packed
+            .iter()
+            .zip(&mut outs)
+            .map(|(p, c)| {
+                Box::new(move || gemm_s8(black_box(a), k, m, p, c, n)) as Box<dyn FnMut()>
+            })
+            .collect();
+        let rounds = if m == 1 { 400 } else { 15 };
+        let medians = alternate(rounds, &mut runs);
+        let ops = (2 * m * n * k) as f64;
+        let row: Vec<String> = paths
+            .iter()
+            .zip(&medians)
+            .map(|(isa, t)| format!("{isa} {:.1}", ops / t / 1e9))
+            .collect();
+        let bytes = if m == 1 {
+            format!(
+                "  (weights {:.1} GB/s on the fastest)",
+                (n * k) as f64 / medians.iter().copied().fold(f64::MAX, f64::min) / 1e9
+            )
+        } else {
+            String::new()
+        };
+        println!("  {name:<10} {}{bytes}", row.join(" | "));
+    }
+}
+
+fn convs() {
+    let mut rng = Rng::new(2);
+    println!("one image's conv sums, 1 thread, path {}:", Isa::detect());
+    for (name, h, c, n) in [("conv1", 32, 3, 64), ("conv2", 16, 64, 128)] {
+        let k = 9 * c;
+        let (input, weights) = (codes(&mut rng, h * h * c), codes(&mut rng, n * k));
+        let packed = PackedMatrix::pack(&weights, n, k).expect("valid");
+        let filter = WinogradFilter::pack(&weights, &vec![0; n], n, c).expect("valid");
+        let g = WinogradGeometry::new(h, h, c, 1).expect("fits");
+        let rows = (24 / g.tiles_per_row()).max(1);
+        let tiles = g.tiles(0..rows);
+        let (mut cols, mut sums) = (vec![0i8; h * h * k], vec![0i32; h * h * n]);
+        let mut sums2 = sums.clone();
+        let mut u = vec![0i16; WINOGRAD_POSITIONS * tiles * g.depth_stride()];
+        let mut mm = vec![0i32; tiles * winograd_products_stride(n)];
+        let mut runs: Vec<Box<dyn FnMut()>> = vec![
+            Box::new(|| {
+                im2col_nhwc_s8(black_box(&input), h, h, c, 3, 1, 1, 0, &mut cols, k);
+                gemm_s8(&cols, k, h * h, &packed, &mut sums, n);
+            }),
+            Box::new(|| {
+                for ty in (0..g.tile_rows()).step_by(rows) {
+                    let block = ty..g.tile_rows().min(ty + rows);
+                    let t = g.tiles(block.clone());
+                    winograd_input_tiles(black_box(&input), &g, 0, block.clone(), &mut u);
+                    winograd_multiply(&u, t, &filter, &mut mm);
+                    let px = g.pixels(block.clone());
+                    winograd_output_tiles(&mm, &g, n, block, &mut sums2[px.start * n..px.end * n]);
+                }
+            }),
+        ];
+        let med = alternate(200, &mut runs);
+        println!(
+            "  {name}: im2col + GEMM {:.1} us, Winograd {:.1} us",
+            med[0] * 1e6,
+            med[1] * 1e6
+        );
+    }
+}
+
+fn model() {
+    let graph = reference_convnet(1);
+    let table = minmax_table(&graph, &random_input(&graph, 16, 2)).expect("finite");
+    let model = convert(&graph, &table, &QuantConfig::default()).expect("conversion");
+    let mut session = model
+        .session_with(SessionOptions { threads: 2 })
+        .expect("pool");
+    for batch in [1, 64] {
+        let x = random_input(&graph, batch, 3);
+        let rounds = if batch == 1 { 400 } else { 30 };
+        session.run(&x).expect("valid");
+        let med = alternate(
+            rounds,
+            &mut [Box::new(|| {
+                black_box(session.run(&x).expect("valid").data()[0]);
+            })],
+        );
+        println!(
+            "ConvNet int8 static, 2 threads, b{batch}, path {}: median {:.3} ms",
+            Isa::detect(),
+            med[0] * 1e3
+        );
+        session.set_profiling(true);
+        for _ in 0..rounds {
+            session.run(&x).expect("valid");
+        }
+        let stages = session.profile().expect("on");
+        let total: f64 = stages.iter().map(|s| s.mean.as_secs_f64()).sum();
+        for s in &stages {
+            let t = s.mean.as_secs_f64();
+            println!(
+                "    {:<10} {:<16} {:8.3} ms {:5.1}%",
+                s.name,
+                s.kind,
+                t * 1e3,
+                t / total * 100.0
+            );
+        }
+        session.set_profiling(false);
+    }
+}
+
+fn main() {
+    let what = std::env::args().nth(1).unwrap_or_default();
+    if what.is_empty() || what == "gemm" {
+        gemms();
+    }
+    if what.is_empty() || what == "conv" {
+        convs();
+    }
+    if what.is_empty() || what == "model" {
+        model();
+    }
+}

@@ -1,0 +1,134 @@
+//! f32 kernels of the float side of the engine: quantizing a float image into int8 codes
+//! (NCHW -> NHWC), the im2col matrix of a float convolution, and the 2×2 max-pool of
+//! float images. Each does exactly what the plain definition does, in the same order.
+
+use std::ops::Range;
+
+use cinder_tensor::QuantParams;
+
+use crate::geometry::Window;
+
+/// `y = q(x)`, NCHW -> NHWC when `chw` is given (else element order kept).
+pub(crate) fn quantize_f32_s8(x: &[f32], chw: Option<[usize; 3]>, p: &QuantParams, y: &mut [i8]) {
+    let q = |v: f32| p.quantize(v) as i8;
+    match chw {
+        None => y.iter_mut().zip(x).for_each(|(o, &v)| *o = q(v)),
+        Some([c, h, w]) => {
+            for (ci, plane) in x.chunks_exact(h * w).enumerate().take(c) {
+                for (i, &v) in plane.iter().enumerate() {
+                    y[i * c + ci] = q(v);
+                }
+            }
+        }
+    }
+}
+
+/// The im2col matrix of one NCHW image: a row per tap in `(c, ky, kx)` order (`row_stride`
+/// apart), a column per output pixel, 0 for taps in the padding. The columns past the
+/// last pixel keep what they held: their sums are never written.
+pub(crate) fn im2col_f32(
+    image: &[f32],
+    [c, h, w]: [usize; 3],
+    window: Window,
+    row_stride: usize,
+    out: &mut [f32],
+) {
+    let (oh, ow) = window.output(h, w);
+    let ([kh, kw], [sh, sw], [ph, pw]) = (window.kernel, window.stride, window.padding);
+    let taps =
+        (0..c).flat_map(|ci| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (ci, ky, kx))));
+    for ((ci, ky, kx), row) in taps.zip(out.chunks_exact_mut(row_stride)) {
+        let (ys, xs) = (inside(oh, h, ky, sh, ph), inside(ow, w, kx, sw, pw));
+        for (oy, pixels) in row[..oh * ow].chunks_exact_mut(ow).enumerate() {
+            if !ys.contains(&oy) || xs.is_empty() {
+                pixels.fill(0.0);
+                continue;
+            }
+            let input = &image[(ci * h + oy * sh + ky - ph) * w..][..w];
+            pixels[..xs.start].fill(0.0);
+            pixels[xs.end..].fill(0.0);
+            let first = xs.start * sw + kx - pw;
+            for (o, &v) in pixels[xs.clone()]
+                .iter_mut()
+                .zip(input[first..].iter().step_by(sw))
+            {
+                *o = v;
+            }
+        }
+    }
+}
+
+/// The output positions (`0..out` along an axis) whose tap at `offset` falls inside the
+/// input (`0..size`): `pos * stride + offset - padding` in `0..size`.
+fn inside(out: usize, size: usize, offset: usize, stride: usize, padding: usize) -> Range<usize> {
+    let first = padding.saturating_sub(offset).div_ceil(stride).min(out);
+    let end = (size + padding).saturating_sub(offset).div_ceil(stride);
+    first..end.clamp(first, out)
+}
+
+/// [`crate::arith::max_pool2d`] of 2×2 windows at stride 2 (the common pool), a row pair at a time: the
+/// same comparisons in the same order, so the same result (the first of equal values, a
+/// NaN where the window starts with one).
+pub(crate) fn max_pool2x2_f32(input: &[f32], [c, h, w]: [usize; 3], out: &mut [f32]) {
+    let (oh, ow) = (h / 2, w / 2);
+    for (plane, out_plane) in input
+        .chunks_exact(h * w)
+        .zip(out.chunks_exact_mut(oh * ow))
+        .take(c)
+    {
+        for (rows, out_row) in plane
+            .chunks_exact(2 * w)
+            .zip(out_plane.chunks_exact_mut(ow))
+        {
+            let (top, bottom) = rows.split_at(w);
+            let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+            for (o, (t, b)) in out_row.iter_mut().zip(windows) {
+                let mut m = t[0];
+                for v in [t[1], b[0], b[1]] {
+                    if v > m {
+                        m = v;
+                    }
+                }
+                *o = m;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::arith::max_pool2d;
+    use crate::kernels::sgemm::tests::bits;
+
+    proptest! {
+        /// Values with ties, signed zeros and NaN, which the order of comparisons decides.
+        #[test]
+        fn max_pool2x2_f32_equals_max_pool2d(
+            c in 1usize..4, h in 2usize..9, w in 2usize..9,
+            picks in prop::collection::vec(0usize..6, 3 * 8 * 8),
+        ) {
+            let pool = [1.0, -1.0, 0.0, -0.0, f32::NAN, 2.5];
+            let input: Vec<f32> = picks[..c * h * w].iter().map(|&i| pool[i]).collect();
+            let len = c * (h / 2) * (w / 2);
+            let (mut fast, mut plain) = (vec![0.0; len], vec![0.0; len]);
+            max_pool2x2_f32(&input, [c, h, w], &mut fast);
+            max_pool2d(&input, [c, h, w], Window::square(2, 2, 0), &mut plain);
+            prop_assert_eq!(bits(&fast), bits(&plain));
+        }
+
+        #[test]
+        fn inside_is_where_taps_hit_the_input(
+            out in 0usize..8, size in 1usize..8, offset in 0usize..4, stride in 1usize..4,
+            padding in 0usize..3,
+        ) {
+            let range = inside(out, size, offset, stride, padding);
+            for pos in 0..out {
+                let hit = (pos * stride + offset).checked_sub(padding).is_some_and(|i| i < size);
+                prop_assert_eq!(range.contains(&pos), hit, "{}", pos);
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The generic path: plain scalar references of every kernel ([`reference`], the ground
+//! truth every path is proptested against bit for bit) and the portable micro-kernel and
+//! output stage that run where no instruction-set path applies.
+
+mod portable;
+pub mod reference;
+
+pub(super) use portable::{Portable, requantize_rows};

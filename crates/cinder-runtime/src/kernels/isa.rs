@@ -1,0 +1,132 @@
+//! The capability token: which instruction-set path the kernels take, decided once per
+//! process ([`Isa::detect`]) from the CPU and capped by the `CINDER_ISA` environment
+//! variable; and [`dispatch`], which runs portable work compiled for that path.
+
+use std::sync::OnceLock;
+
+use super::work::Vectorizable;
+#[cfg(target_arch = "x86_64")]
+use super::x86::{Avx2, Avx512Vnni, AvxVnni};
+
+/// The environment variable that caps the path: one of [`Isa::name`]'s values. The
+/// kernels then take the best path the CPU supports at or below it.
+pub const ISA_VARIABLE: &str = "CINDER_ISA";
+
+/// An instruction-set path of the kernels, in the order of the cap (each a superset of
+/// the paths before it only in the sense of speed, not of CPU support).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Portable Rust, vectorized by the compiler for the build target: every target.
+    Generic,
+    /// AVX2: the int8 GEMM widens to i16 and multiplies with `vpmaddwd`; the output
+    /// stage, Winograd, im2col, pooling and the f32 GEMM in 256-bit vectors.
+    Avx2,
+    /// AVX-VNNI (VEX `vpdpbusd` on ymm, client cores since Alder Lake): the int8 GEMM on
+    /// 256-bit VNNI; everything else as [`Isa::Avx2`].
+    AvxVnni,
+    /// AVX-512 VNNI's `vpdpbusd` on ymm (EVEX, AVX512-VL): the [`Isa::AvxVnni`] kernel in
+    /// the EVEX encoding, for servers where zmm code lowers the clock; everything else as
+    /// [`Isa::Avx2`].
+    Avx512VnniYmm,
+    /// AVX-512 VNNI on zmm: the int8 GEMM (`vpdpbusd`) and Winograd's i16 GEMMs
+    /// (`vpdpwssd`); everything else as [`Isa::Avx2`].
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// Every path, in the order of the cap.
+    pub const ALL: [Self; 5] = [
+        Self::Generic,
+        Self::Avx2,
+        Self::AvxVnni,
+        Self::Avx512VnniYmm,
+        Self::Avx512Vnni,
+    ];
+
+    /// The name [`ISA_VARIABLE`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Generic => "generic",
+            Self::Avx2 => "avx2",
+            Self::AvxVnni => "avxvnni",
+            Self::Avx512VnniYmm => "avx512vnni-ymm",
+            Self::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// The path named `name` (as [`Isa::name`] writes it).
+    pub fn from_name(name: &str) -> Result<Self, UnknownIsa> {
+        Self::ALL
+            .into_iter()
+            .find(|isa| isa.name() == name.trim())
+            .ok_or_else(|| UnknownIsa(name.to_owned()))
+    }
+
+    /// Whether the running CPU can take this path.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return match self {
+            Self::Generic => true,
+            Self::Avx2 => Avx2::detect().is_some(),
+            Self::AvxVnni => AvxVnni::detect().is_some(),
+            Self::Avx512VnniYmm | Self::Avx512Vnni => Avx512Vnni::detect().is_some(),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        return self == Self::Generic;
+    }
+
+    /// The best path the CPU supports at or below `cap`.
+    pub fn best_up_to(cap: Self) -> Self {
+        Self::ALL
+            .into_iter()
+            .rev()
+            .find(|isa| *isa <= cap && isa.supported())
+            .unwrap_or(Self::Generic)
+    }
+
+    /// The path of this process: the best the CPU supports, capped by [`ISA_VARIABLE`]
+    /// when it is set. Decided on the first call, then cached. A value that names no path
+    /// is reported once on standard error and ignored.
+    pub fn detect() -> Self {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let cap = match std::env::var(ISA_VARIABLE) {
+                Ok(name) => Self::from_name(&name).unwrap_or_else(|e| {
+                    eprintln!("cinder: {e}; using the best path of this CPU");
+                    Self::Avx512Vnni
+                }),
+                Err(_) => Self::Avx512Vnni,
+            };
+            Self::best_up_to(cap)
+        })
+    }
+
+    /// The AVX2 token, when this path computes in AVX2 at least.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn avx2(self) -> Option<Avx2> {
+        (self >= Self::Avx2).then(Avx2::detect).flatten()
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A value of [`ISA_VARIABLE`] that names no path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{ISA_VARIABLE}={0:?} names no kernel path, expected one of generic, avx2, avxvnni, avx512vnni-ymm, avx512vnni"
+)]
+pub struct UnknownIsa(pub String);
+
+/// Runs `work` compiled for the process's path: with AVX2 from [`Isa::Avx2`] up, else
+/// as portable code.
+pub(super) fn dispatch<V: Vectorizable>(work: V) -> V::Output {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(token) = Isa::detect().avx2() {
+        return token.vectorize(work);
+    }
+    work.run()
+}

@@ -1,0 +1,58 @@
+//! Elementwise rescaling of int8 codes to other parameters by Q0.31 fixed-point
+//! multipliers: one operand (a `Concat` input whose parameters differ from the output's)
+//! or the sum of two (the residual `Add`, as TFLite's quantized ADD rescales both
+//! operands to the output's scale).
+//!
+//! # Rounding
+//! Each operand path rounds once: `M·(q - zp)` with `M = s_in / s_out` applied by
+//! [`RequantMultiplier::apply`] (nearest, ties toward +∞). So a rescaled operand is
+//! within half a code of its exact value, and a sum of two within one code; then the
+//! output zero point is added and the result clamped (a fused ReLU or clip narrows the
+//! clamp).
+
+use cinder_tensor::RequantMultiplier;
+
+/// One operand's path to the output: its zero point and multiplier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rescale {
+    pub zero_point: i32,
+    pub multiplier: RequantMultiplier,
+}
+
+impl Rescale {
+    /// The operand code `q` on the output's scale, without the output zero point.
+    #[inline]
+    pub fn apply(&self, q: i8) -> i32 {
+        self.multiplier.apply(i32::from(q) - self.zero_point)
+    }
+}
+
+/// The output side: zero point and clamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clamp {
+    pub zero_point: i32,
+    pub lo: i32,
+    pub hi: i32,
+}
+
+impl Clamp {
+    #[inline]
+    fn code(&self, v: i32) -> i8 {
+        (i64::from(self.zero_point) + i64::from(v)).clamp(i64::from(self.lo), i64::from(self.hi))
+            as i8
+    }
+}
+
+/// `out[i] = clamp(zp_out + a.apply(x[i]))`.
+pub fn rescale_s8(x: &[i8], a: &Rescale, clamp: &Clamp, out: &mut [i8]) {
+    for (o, &q) in out.iter_mut().zip(x) {
+        *o = clamp.code(a.apply(q));
+    }
+}
+
+/// `out[i] = clamp(zp_out + a.apply(x[i]) + b.apply(y[i]))`.
+pub fn add_s8(x: &[i8], y: &[i8], [a, b]: [&Rescale; 2], clamp: &Clamp, out: &mut [i8]) {
+    for ((o, &p), &q) in out.iter_mut().zip(x).zip(y) {
+        *o = clamp.code(a.apply(p).saturating_add(b.apply(q)));
+    }
+}

@@ -1,0 +1,105 @@
+//! Writes the seed corpus from files the project itself writes, small ones:
+//! `cargo test -p cinder-fuzz --test seeds -- --ignored` (then commit `corpus/`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use cinder_runtime::synthetic::{Rng, conv_node, linear_node, minmax_table, node, random_input};
+use cinder_runtime::{QuantConfig, convert};
+use cinder_tensor::graph::{FloatGraph, Op, Pool2d};
+
+fn corpus(target: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn put(target: &str, name: &str, bytes: &[u8]) {
+    std::fs::write(corpus(target).join(name), bytes).unwrap();
+}
+
+fn copy(target: &str, name: &str, from: &Path) {
+    put(target, name, &std::fs::read(from).unwrap());
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        out.extend(d.to_be_bytes());
+    }
+    out.extend(data);
+    out
+}
+
+/// A tiny graph: conv(1->2, k3) relu pool flatten linear(8->3).
+fn tiny_graph() -> FloatGraph {
+    let mut rng = Rng::new(3);
+    FloatGraph::chain(
+        vec![1, 4, 4],
+        vec![
+            conv_node(&mut rng, "conv1", 1, 2, 3, 1, 1),
+            node("relu1", Op::Relu),
+            node(
+                "pool1",
+                Op::MaxPool2d(Pool2d::square(2, 2)),
+            ),
+            node("flatten", Op::Flatten),
+            linear_node(&mut rng, "fc1", 8, 3),
+        ],
+    )
+    .unwrap()
+}
+
+#[test]
+#[ignore = "writes the committed seed corpus"]
+fn write_seed_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = tiny_graph();
+    let table = minmax_table(&graph, &random_input(&graph, 4, 1)).unwrap();
+    let model = convert(&graph, &table, &QuantConfig::default()).unwrap();
+    let model_path = dir.path().join("model.cinder");
+    model.save(&model_path).unwrap();
+    copy("model_file", "tiny-w8a8", &model_path);
+    let table_path = dir.path().join("calibration.json");
+    table.save(&table_path).unwrap();
+    copy("calibration_table", "tiny-minmax", &table_path);
+
+    let images: Vec<u8> = (0..2 * 3 * 3).map(|i| (i * 13) as u8).collect();
+    put("idx", "images-raw", &idx(&[2, 3, 3], &images));
+    put("idx", "images-gz", &gzip(&idx(&[2, 3, 3], &images)));
+    put("idx", "labels-raw", &idx(&[3], &[0, 1, 2]));
+    let mut record = vec![3u8, 17];
+    record.extend((0..3072).map(|i| (i % 251) as u8));
+    put("cifar", "two-records", &[record.clone(), record].concat());
+
+    #[cfg(feature = "burn")]
+    write_checkpoint_seeds(dir.path());
+    let experiments = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
+    copy(
+        "experiment_config",
+        "quick",
+        &experiments.join("quick.toml"),
+    );
+    put(
+        "normalization",
+        "half",
+        br#"{"dataset": "fashion-mnist", "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}"#,
+    );
+}
+
+/// The manifests of the tiny checkpoints the checkpoint targets load beside.
+#[cfg(feature = "burn")]
+fn write_checkpoint_seeds(dir: &Path) {
+    cinder_fuzz::write_tiny_checkpoint(dir);
+    copy("checkpoint", "epoch0", &dir.join("checkpoint.json"));
+    cinder_fuzz::write_tiny_qat_checkpoint(dir);
+    copy("qat_checkpoint", "epoch1", &dir.join("qat.json"));
+}
