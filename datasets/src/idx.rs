@@ -51,7 +51,7 @@ pub const MAX_IDX_DATA_BYTES: u64 = 1 << 30;
 /// Reads no more than the header justifies: the header first, then at most the data it
 /// declares (and one byte to detect a longer file). A gzip stream is decompressed only
 /// that far, so a small file that expands to gigabytes costs no more than its header
-/// declares, and a header declaring more than [`MAX_IDX_DATA_BYTES`] is refused.
+/// declares, and a header declaring more than `MAX_IDX_DATA_BYTES` (2^30 bytes) is refused.
 pub fn read_idx(path: &Path, rank: u8) -> Result<IdxArray, DatasetError> {
     let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => DatasetError::MissingFile {

@@ -80,7 +80,7 @@ pub const MAX_GRID_SIDE: usize = 16_384;
 
 /// A grid with row `c` holding the first `per_class` samples of class `c`, each image
 /// magnified `scale` times, cells separated by a 2-pixel grey gap. A grid wider or
-/// taller than [`MAX_GRID_SIDE`] pixels is refused before anything is allocated.
+/// taller than 16,384 pixels is refused before anything is allocated.
 pub fn class_grid(
     dataset: &Dataset,
     per_class: usize,

@@ -47,10 +47,7 @@ fn tiny_graph() -> FloatGraph {
         vec![
             conv_node(&mut rng, "conv1", 1, 2, 3, 1, 1),
             node("relu1", Op::Relu),
-            node(
-                "pool1",
-                Op::MaxPool2d(Pool2d::square(2, 2)),
-            ),
+            node("pool1", Op::MaxPool2d(Pool2d::square(2, 2))),
             node("flatten", Op::Flatten),
             linear_node(&mut rng, "fc1", 8, 3),
         ],

@@ -3,7 +3,7 @@
 //! with one row of samples per class (top row: class 0).
 //!
 //! `cargo xtask data --dataset synthetic [--difficulty 0.5 --seed 0]`,
-//! `--dataset cifar10 DIR`, `--dataset cifar100 DIR`, `--dataset fashion-mnist [DIR]`
+//! `--dataset cifar10 DIR`, `--dataset cifar100 DIR`, `--dataset fashion-mnist (DIR optional)`
 //! (or, as `train` takes it, `--dataset NAME --data-dir DIR`).
 
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use crate::train::dataset_source;
 
 #[derive(clap::Args, Debug)]
 pub struct DataArgs {
-    /// synthetic, cifar10 DIR, cifar100 DIR or fashion-mnist [DIR]
+    /// synthetic, cifar10 DIR, cifar100 DIR or fashion-mnist (DIR optional)
     #[arg(long, num_args = 1..=2, value_names = ["NAME", "DIR"], default_value = "synthetic")]
     pub dataset: Vec<String>,
     /// The data set's directory, as `train` takes it (same as DIR after the name).

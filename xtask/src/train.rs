@@ -9,7 +9,7 @@
 //!   architecture and weights, from which every later command rebuilds the model,
 //! - `summary.json`: data set, normalization, configs and the final figures.
 //!
-//! Example (the peers' Fashion-MNIST recipe):
+//! Example (the Fashion-MNIST recipe PyTorch and ONNX Runtime were compared on):
 //! `cargo xtask train --dataset fashion-mnist --limit 20000 --epochs 2 --batch 64 --lr 0.01 --out runs/fmnist`
 //!
 //! ResNet-20 (He et al.'s CIFAR recipe):
@@ -54,11 +54,11 @@ pub enum ScheduleArg {
 pub enum NormArg {
     /// Per-channel mean/std fitted on the training split.
     Fit,
-    /// mean 0.5, std 0.5 (the peers' Fashion-MNIST transform).
+    /// mean 0.5, std 0.5 (the Fashion-MNIST transform of PyTorch's usual recipe).
     Half,
 }
 
-/// Defaults are the article's recipe: SGD lr 0.001, momentum 0.9, batch 32, 10 epochs.
+/// Defaults are the reference ConvNet's original recipe: SGD lr 0.001, momentum 0.9, batch 32, 10 epochs.
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// synthetic, fashion-mnist, cifar10 or cifar100

@@ -135,7 +135,7 @@ fn killed_and_resumed_training_equals_the_uninterrupted_run() {
     let started = Instant::now();
     finish(&reference);
     let span = started.elapsed().as_millis() as u64;
-    let mut rng = Rng(0x5eed_0f_dea7);
+    let mut rng = Rng(0x005e_ed0f_dea7);
     let (mut done_kills, mut resumes, mut runs, mut bad) = (0, 0, 0, Vec::new());
     while done_kills < kills {
         let out = dir.path().join(format!("run{runs}"));

@@ -1,7 +1,7 @@
 //! Training and evaluation of a [`GraphNet`]. The epoch loop ([`train_epoch`]) and the
 //! evaluation ([`evaluate_with`]) also serve any other classifier (cinder-qat's).
 //!
-//! The default [`TrainConfig`] is the article's recipe: SGD, lr 0.001, momentum 0.9,
+//! The default [`TrainConfig`] is the reference ConvNet's original recipe: SGD, lr 0.001, momentum 0.9,
 //! dampening 0 (PyTorch's; burn's `MomentumConfig` defaults to 0.1), batch 32, 10 epochs.
 //! Adam, L2 weight decay, a learning-rate schedule (constant, cosine, step) and data
 //! augmentation (random crop and flip, [`Augmentation`]) are options.
@@ -48,7 +48,7 @@ pub enum OptimizerConfig {
 }
 
 impl OptimizerConfig {
-    /// SGD with momentum 0.9 and dampening 0 (the article's recipe).
+    /// SGD with momentum 0.9 and dampening 0 (the reference ConvNet's original recipe).
     pub fn sgd() -> Self {
         Self::Sgd {
             momentum: 0.9,

@@ -1,7 +1,7 @@
 //! The model zoo: architectures as graph descriptions ([`GraphSpec`]) that
 //! [`crate::GraphNet`] trains, by stable name.
 //!
-//! - `convnet`: the reference ConvNet of the article ([`ConvNetConfig`]).
+//! - `convnet`: the reference ConvNet ([`ConvNetConfig`]).
 //! - `resnet20`: He et al. 2016's CIFAR ResNet-20: a 3×3 stem, 3 stages × 3 basic blocks
 //!   of 16/32/64 channels (conv-BN-ReLU, conv-BN, residual add, ReLU), 1×1 conv + BN
 //!   projection shortcuts where the shape changes, global average pool, fc.

@@ -32,7 +32,7 @@ fn worst_relative_error(m: usize, k: usize, n: usize) -> f64 {
     let got = lhs
         .matmul(rhs)
         .into_data()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .expect("f32 product");
     let mut worst = 0.0f64;
     for i in 0..m {

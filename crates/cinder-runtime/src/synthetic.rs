@@ -74,7 +74,7 @@ pub fn node(name: &str, op: Op) -> (String, Op) {
     (name.to_owned(), op)
 }
 
-/// The reference ConvNet of ANCHORS.md with random weights of the real shapes:
+/// The reference ConvNet with random weights of the real shapes:
 /// `conv1(3->64, k3, p1) relu1 pool1 conv2(64->128, k3, p1) relu2 pool2 flatten
 /// fc1(8192->1024) relu3 fc2(1024->10)` over `[3, 32, 32]`.
 pub fn reference_convnet(seed: u64) -> FloatGraph {

@@ -50,7 +50,7 @@ use training::Trained;
 
 #[derive(clap::Args, Debug)]
 pub struct ExperimentArgs {
-    /// The data set, overriding the config's: synthetic, fashion-mnist [DIR], cifar10 DIR
+    /// The data set, overriding the config's: synthetic, fashion-mnist (DIR optional), cifar10 DIR
     /// or cifar100 DIR.
     #[arg(long, num_args = 1..=2, value_names = ["NAME", "DIR"])]
     pub dataset: Vec<String>,

@@ -1,4 +1,4 @@
-//! The generic path: plain scalar references of every kernel ([`reference`], the ground
+//! The generic path: plain scalar references of every kernel ([`mod@reference`], the ground
 //! truth every path is proptested against bit for bit) and the portable micro-kernel and
 //! output stage that run where no instruction-set path applies.
 
