@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod allocator;
 mod calibrate;
 mod checks;
 mod data;
@@ -43,6 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     // A negative number is a value for its flag (then refused with the flag's range),
     // not an unknown flag.
     let command = Cli::command().mut_subcommands(|c| c.allow_negative_numbers(true));

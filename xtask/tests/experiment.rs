@@ -2,18 +2,21 @@
 //! resumed, writes every report file (results.json parses, with its schema version,
 //! report.md has its tables, the plots are SVG) without redoing the finished cells or
 //! retraining; a rerun after one cell's result is deleted and another cell's config is
-//! changed redoes exactly those two.
+//! changed redoes exactly those two. Fanned out: two processes running disjoint cells
+//! into one directory at once, then `--report-only`, give the whole report.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn experiment(out: &Path, extra: &[&str]) {
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("experiment")
-        .arg("--out")
-        .arg(out)
-        .args(extra)
+fn experiment_command(out: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command.arg("experiment").arg("--out").arg(out).args(extra);
+    command
+}
+
+fn experiment(out: &Path, extra: &[&str]) -> String {
+    let output = experiment_command(out, extra)
         .output()
         .expect("xtask starts");
     assert!(
@@ -21,6 +24,7 @@ fn experiment(out: &Path, extra: &[&str]) {
         "xtask experiment {extra:?} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn quick_config() -> PathBuf {
@@ -136,4 +140,52 @@ fn quick_experiment_reports_and_resumes_without_redoing_cells() {
         let same = second.get(&file) == third.get(&file);
         assert_eq!(!same, name == deleted || name == changed, "{name}");
     }
+}
+
+#[test]
+fn fanned_out_cells_fill_one_directory_and_report_only_collects_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fan-out");
+    let quick = quick_config();
+    let config = ["--config", quick.to_str().unwrap()];
+    let listed = experiment(&out, &[config[0], config[1], "--list-cells"]);
+    let names: Vec<&str> = listed.lines().collect();
+    assert!(names.len() >= 4, "{listed}");
+    assert!(!out.exists(), "--list-cells writes nothing");
+
+    let err = experiment_command(&out, &[config[0], config[1], "--report-only"])
+        .output()
+        .unwrap();
+    assert!(
+        !err.status.success(),
+        "--report-only needs a finished training"
+    );
+    assert!(String::from_utf8_lossy(&err.stderr).contains("first"));
+
+    // Two tasks of an array job, started together on disjoint halves of the cells.
+    let (first, second) = names.split_at(names.len() / 2);
+    let tasks: Vec<_> = [first, second]
+        .iter()
+        .map(|part| {
+            let mut args = config.to_vec();
+            part.iter().for_each(|name| args.extend(["--cell", name]));
+            experiment_command(&out, &args)
+                .spawn()
+                .expect("xtask starts")
+        })
+        .collect();
+    for mut task in tasks {
+        assert!(task.wait().unwrap().success(), "a fan-out task failed");
+    }
+    let saved = cell_files(&out);
+    assert_eq!(saved.len(), names.len(), "{:?}", saved.keys());
+    assert!(
+        !out.join("results.json").exists(),
+        "cell tasks write no report"
+    );
+
+    experiment(&out, &[config[0], config[1], "--report-only"]);
+    let r = results(&out);
+    check_report_files(&out, &r);
+    assert_eq!(cell_files(&out), saved, "--report-only reran a cell");
 }

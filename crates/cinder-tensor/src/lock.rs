@@ -6,6 +6,10 @@
 //! over by the next writer, atomically, whatever it says. A second writer while the
 //! first lives gets [`LockError::Held`] naming the directory and the holder's process id.
 //! The lock is advisory: it keeps cinder's own commands apart, nothing else.
+//!
+//! [`DirLock::wait`] queues instead of failing: processes that share a directory on
+//! purpose (the cells of one experiment fanned out over a scheduler) take turns at the
+//! stages they share.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -48,6 +52,16 @@ impl DirLock {
     /// Creates `dir` if needed and locks it for this process, or fails naming the
     /// process that holds it. Also proves that `dir` is writable.
     pub fn acquire(dir: &Path) -> Result<Self, LockError> {
+        Self::lock(dir, false)
+    }
+
+    /// As [`DirLock::acquire`], but waits for the holder to release the lock instead
+    /// of failing.
+    pub fn wait(dir: &Path) -> Result<Self, LockError> {
+        Self::lock(dir, true)
+    }
+
+    fn lock(dir: &Path, wait: bool) -> Result<Self, LockError> {
         let path = dir.join(LOCK_FILE);
         let io = |source| LockError::Io {
             path: path.clone(),
@@ -64,19 +78,14 @@ impl DirLock {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let pid = pid.trim();
-                return Err(LockError::Held {
-                    dir: dir.to_path_buf(),
-                    lock: path.clone(),
-                    pid: if pid.is_empty() { "unknown" } else { pid }.to_owned(),
-                });
+        if wait {
+            file.lock().map_err(io)?;
+        } else {
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => return Err(held(dir, &path, &mut file)),
+                Err(TryLockError::Error(e)) => return Err(io(e)),
             }
-            Err(TryLockError::Error(e)) => return Err(io(e)),
         }
         file.set_len(0).map_err(io)?;
         file.rewind().map_err(io)?;
@@ -88,6 +97,18 @@ impl DirLock {
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// The error for a lock held by another writer, naming it from its lock file.
+fn held(dir: &Path, lock: &Path, file: &mut File) -> LockError {
+    let mut pid = String::new();
+    let _ = file.read_to_string(&mut pid);
+    let pid = pid.trim();
+    LockError::Held {
+        dir: dir.to_path_buf(),
+        lock: lock.to_path_buf(),
+        pid: if pid.is_empty() { "unknown" } else { pid }.to_owned(),
     }
 }
 
@@ -112,6 +133,30 @@ mod tests {
         assert!(message.contains("run"), "{message}");
         drop(lock);
         DirLock::acquire(&out).unwrap();
+    }
+
+    #[test]
+    fn waiting_writer_gets_the_lock_when_the_holder_releases_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().to_path_buf();
+        let holder = DirLock::acquire(&out).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let lock = DirLock::wait(&out).unwrap();
+            tx.send(()).unwrap();
+            lock
+        });
+        let still_waiting = rx.recv_timeout(std::time::Duration::from_millis(200));
+        assert!(still_waiting.is_err(), "the waiter got a held lock");
+        drop(holder);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the waiter gets the lock once it is free");
+        let lock = waiter.join().unwrap();
+        assert!(matches!(
+            DirLock::acquire(dir.path()),
+            Err(LockError::Held { .. })
+        ));
+        drop(lock);
     }
 
     #[test]

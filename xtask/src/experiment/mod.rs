@@ -17,6 +17,13 @@
 //! `cargo xtask experiment` (experiments/default.toml), `cargo xtask experiment --quick`,
 //! `cargo xtask experiment --config experiments/fashion-mnist.toml`,
 //! `cargo xtask experiment --dataset cifar10 DIR --out results/cifar10`.
+//!
+//! Fan-out over a scheduler, all processes writing into one directory: `--list-cells`
+//! prints the cell names; `--cell NAME` (repeatable) runs only those cells, after the
+//! shared stages (training, the fp32 baseline), which the first process does while the
+//! others wait for the directory lock and then reuse its results; `--report-only` builds
+//! the report from the cells that are there. Cells are deterministic and saved
+//! atomically, so a cell that two processes run is simply written twice.
 
 mod calibration;
 mod cells;
@@ -63,6 +70,17 @@ pub struct ExperimentArgs {
     /// experiments/quick.toml: small data, a small model and a few cells.
     #[arg(long)]
     pub quick: bool,
+    /// Print the config's cell names, one per line, and exit.
+    #[arg(long, conflicts_with_all = ["cells", "report_only"])]
+    pub list_cells: bool,
+    /// Run only this cell (repeatable): one task of a fan-out over a scheduler. Waits
+    /// for the directory's lock while another process trains or measures the baseline.
+    #[arg(long = "cell", value_name = "NAME", conflicts_with = "report_only")]
+    pub cells: Vec<String>,
+    /// Build the report from the cells already saved in the output directory; run
+    /// nothing (the training must be finished).
+    #[arg(long)]
+    pub report_only: bool,
     /// Stop before running cell N+1, as if killed (resume tests).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
@@ -85,21 +103,31 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         config::experiments_dir().join(format!("{name}.toml"))
     });
     let config = config::load(&path)?.with_dataset(&args.dataset)?;
+    if args.list_cells {
+        config.cells.iter().for_each(|c| println!("{}", c.name));
+        return Ok(());
+    }
+    let selected = select_cells(&config, &args.cells, &path)?;
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| Path::new("results").join(&config.name));
-    let _lock = DirLock::acquire(&out)?;
+    let lock = if args.cells.is_empty() {
+        DirLock::acquire(&out)?
+    } else {
+        DirLock::wait(&out)?
+    };
     write_atomic(
         &out.join("config.toml"),
         toml::to_string(&config)?.as_bytes(),
     )?;
     let bars = MultiProgress::new();
-    let total = bars.add(bar(config.cells.len() + 3, "experiment"));
+    let total = bars.add(bar(selected.len() + 3, "experiment"));
     total.set_message("loading data");
     let data = ExperimentData::load(&config.data)?;
     total.set_message("training");
-    let trained = training::train_or_reuse(&config, &data, &out, &bars)?;
+    let may_train = !args.report_only;
+    let trained = training::train_or_reuse(&config, &data, &out, &bars, may_train)?;
     total.inc(1);
     total.set_message("fp32 baseline");
     let fp32_dir = out.join("fp32");
@@ -110,6 +138,10 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     let graph_key = training::graph_key(&trained.graph)?;
     let baseline = baseline(&trained, &graph_key, &data, &config, &fp32_dir)?;
     total.inc(1);
+    if !args.cells.is_empty() {
+        // The shared stages are saved: the other tasks of the fan-out may go on.
+        drop(lock);
+    }
     let ctx = Context {
         config: &config,
         model: &trained.model,
@@ -119,9 +151,18 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         baseline: &baseline,
         out: &out,
     };
-    let Some(cells) = run_cells(&ctx, &bars, &total, args.stop_after)? else {
+    let run = CellRun {
+        selected: &selected,
+        stop_after: args.stop_after,
+        saved_only: args.report_only,
+    };
+    let Some(cells) = run_cells(&ctx, &bars, &total, &run)? else {
         return Ok(());
     };
+    if !args.cells.is_empty() {
+        total.finish_and_clear();
+        return check_cells(&cells);
+    }
     total.set_message("report");
     let results = Results {
         format_version: RESULTS_FORMAT_VERSION,
@@ -140,9 +181,42 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         cells,
         wall_seconds: wall.elapsed().as_secs_f64(),
     };
-    write_json_atomic(&out.join("results.json"), &results)?;
-    plots::write_all(&results, &out.join("plots"))?;
-    report::write(&results, &out.join("report.md"))?;
+    write_report(&results, &out, &total)?;
+    check_cells(&results.cells)
+}
+
+/// The configured cells named by `names`, or all of them when none is named.
+fn select_cells<'a>(
+    config: &'a ExperimentConfig,
+    names: &[String],
+    path: &Path,
+) -> anyhow::Result<Vec<&'a config::CellConfig>> {
+    if let Some(unknown) = names
+        .iter()
+        .find(|n| !config.cells.iter().any(|c| &c.name == *n))
+    {
+        anyhow::bail!(
+            "--cell {unknown}: {} has no such cell; its cells: {}",
+            path.display(),
+            config
+                .cells
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(config
+        .cells
+        .iter()
+        .filter(|c| names.is_empty() || names.contains(&c.name))
+        .collect())
+}
+
+fn write_report(results: &Results, out: &Path, total: &ProgressBar) -> anyhow::Result<()> {
+    write_json_atomic(&out.join("results.json"), results)?;
+    plots::write_all(results, &out.join("plots"))?;
+    report::write(results, &out.join("report.md"))?;
     total.finish_and_clear();
     println!(
         "{} cells in {:.0} s; wrote {}",
@@ -150,8 +224,12 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         results.wall_seconds,
         out.join("report.md").display()
     );
-    let failed: Vec<&str> = results
-        .cells
+    Ok(())
+}
+
+/// An error (a failing exit status) when any cell failed.
+fn check_cells(cells: &[CellResult]) -> anyhow::Result<()> {
+    let failed: Vec<&str> = cells
         .iter()
         .filter(|c| c.metrics().is_none())
         .map(|c| c.name.as_str())
@@ -160,19 +238,29 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         anyhow::bail!(
             "{} of {} cells failed (see report.md): {}",
             failed.len(),
-            results.cells.len(),
+            cells.len(),
             failed.join(", ")
         );
     }
     Ok(())
 }
 
-/// Every cell, reusing the finished ones; `None` when `stop_after` cut the run short.
+/// Which cells a run visits and how.
+struct CellRun<'a> {
+    selected: &'a [&'a config::CellConfig],
+    /// Stop before running cell N+1, as if killed.
+    stop_after: Option<usize>,
+    /// Only collect the saved results; run nothing.
+    saved_only: bool,
+}
+
+/// The selected cells, reusing the finished ones; `None` when `stop_after` cut the run
+/// short. With `saved_only`, the saved cells alone, the others named on stderr.
 fn run_cells(
     ctx: &Context<'_>,
     bars: &MultiProgress,
     total: &ProgressBar,
-    stop_after: Option<usize>,
+    run: &CellRun<'_>,
 ) -> anyhow::Result<Option<Vec<CellResult>>> {
     let config = ctx.config;
     let mut calibrations = Calibrations::new(
@@ -182,15 +270,19 @@ fn run_cells(
         &config.calibration,
         ctx.out.join("calibration"),
     )?;
-    let (mut results, mut ran) = (Vec::new(), 0);
-    for cell in &config.cells {
+    let (mut results, mut ran, mut missing) = (Vec::new(), 0, Vec::new());
+    for &cell in run.selected {
         total.set_message(format!("cell {}", cell.name));
         let key = ctx.cell_key(cell)?;
         let path = ctx.out.join("cells").join(format!("{}.json", cell.name));
-        let result = match read_cached::<CellResult>(&path, &key).filter(|r| r.metrics().is_some())
-        {
+        let saved = read_cached::<CellResult>(&path, &key).filter(|r| r.metrics().is_some());
+        let result = match saved {
             Some(done) => done,
-            None if stop_after.is_some_and(|n| ran >= n) => {
+            None if run.saved_only => {
+                missing.push(cell.name.as_str());
+                continue;
+            }
+            None if run.stop_after.is_some_and(|n| ran >= n) => {
                 say(bars, &format!("stopped after {ran} cells (--stop-after)"));
                 return Ok(None);
             }
@@ -206,6 +298,17 @@ fn run_cells(
         };
         results.push(result);
         total.inc(1);
+    }
+    if !missing.is_empty() {
+        say(
+            bars,
+            &format!(
+                "{} of {} cells not run yet, left out of the report: {}",
+                missing.len(),
+                run.selected.len(),
+                missing.join(", ")
+            ),
+        );
     }
     Ok(Some(results))
 }

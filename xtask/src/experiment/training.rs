@@ -56,16 +56,23 @@ fn training_key(
         .hex())
 }
 
+/// The trained model of `out`, training (or resuming) it first unless `may_train` is
+/// false, which requires a finished checkpoint of this recipe and data.
 pub fn train_or_reuse(
     config: &ExperimentConfig,
     data: &ExperimentData,
     out: &Path,
     bars: &MultiProgress,
+    may_train: bool,
 ) -> anyhow::Result<Trained> {
     let model_config = config.model.convnet(data.train.classes());
     let key = training_key(&model_config, &config.training, data)?;
     let (ckpt, marker) = (out.join("checkpoint"), out.join("training.json"));
-    if read_cached::<serde_json::Value>(&marker, &key).is_none() && ckpt.exists() {
+    let current = read_cached::<serde_json::Value>(&marker, &key).is_some();
+    if !may_train {
+        return reuse_finished(&ckpt, current, &model_config, data);
+    }
+    if !current && ckpt.exists() {
         super::say(bars, "training config or data changed: training anew");
         std::fs::remove_dir_all(&ckpt)?;
     }
@@ -97,6 +104,34 @@ pub fn train_or_reuse(
         write_metrics_log(&out.join("metrics.jsonl"), trainer.history())?;
     }
     let summary = summarize(&trainer, &model_config, data.train.len(), reused);
+    trained(&trainer, summary)
+}
+
+/// The finished training of `ckpt`, or an error saying what to run first.
+fn reuse_finished(
+    ckpt: &Path,
+    current: bool,
+    model_config: &ConvNetConfig,
+    data: &ExperimentData,
+) -> anyhow::Result<Trained> {
+    let trainer = match read_manifest(ckpt)? {
+        Some(_) if current => Trainer::resume(ckpt, BackendKind::Flex)?,
+        _ => anyhow::bail!(
+            "{}: no checkpoint of this config's training: run the experiment (or its cells) first",
+            ckpt.display()
+        ),
+    };
+    if !trainer.is_finished() {
+        anyhow::bail!(
+            "{}: the training is not finished: run the experiment (or its cells) first",
+            ckpt.display()
+        );
+    }
+    let summary = summarize(&trainer, model_config, data.train.len(), true);
+    trained(&trainer, summary)
+}
+
+fn trained(trainer: &Trainer, summary: TrainingSummary) -> anyhow::Result<Trained> {
     let graph = trainer.model().valid().to_inference_graph()?;
     let model = GraphNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
     Ok(Trained {
