@@ -6,7 +6,6 @@
 
 use cinder_tensor::{QuantParams, Tensor};
 
-use super::depthwise::centred_taps;
 use super::dynamic::{DynConvKernel, DynMatmul};
 use super::int::{
     ConvKernel, ConvShape, IntMatmul, IntParams, Requant, WinogradConv, WinogradSums, nonzero,
@@ -20,7 +19,7 @@ use super::{
 use crate::arith::PoolKind;
 use crate::error::Invalid;
 use crate::geometry::{Geometry, Window, chw};
-use crate::kernels::{Clamp, Rescale};
+use crate::kernels::{Clamp, DepthwiseFilter, Rescale};
 use crate::model::{Activation, Layer, LayerExec, Merge, QuantWeights, StaticLayer, Step, StepOp};
 use crate::walk::{Domain, Walk};
 
@@ -89,6 +88,15 @@ fn per_column<T: Copy>(w: &QuantWeights, f: impl Fn(&QuantParams) -> T) -> Vec<T
     (0..w.codes.shape()[0])
         .map(|j| f(w.params.channel(j)))
         .collect()
+}
+
+/// Packs the weights `[c, 1, kh, kw]` of a depthwise convolution, naming the layer
+/// (`field`) on failure.
+fn depthwise_filter(w: &QuantWeights, field: &str) -> Result<DepthwiseFilter, Invalid> {
+    let (c, zero_points) = (w.codes.shape()[0], per_column(w, |p| p.zero_point));
+    let taps = w.codes.len() / c.max(1);
+    DepthwiseFilter::pack(w.codes.data(), &zero_points, c, taps)
+        .map_err(|e| Invalid::new(field, e.to_string()))
 }
 
 impl Plan {
@@ -525,14 +533,14 @@ fn grouped_stage(
             Stage::IntDepthwise(IntDepthwise {
                 window: nhwc,
                 zp_in: input.zero_point as i8,
-                weights: centred_taps(&s.weights),
+                filter: depthwise_filter(&s.weights, field)?,
                 output: Requant::new(s.bias.clone(), &params),
             })
         }
         LayerExec::Dynamic(d) => Stage::DynDepthwise(DynDepthwise {
             name: name.to_owned(),
             window: nhwc,
-            weights: centred_taps(&d.weights),
+            filter: depthwise_filter(&d.weights, field)?,
             scale_w: per_column(&d.weights, |p| p.scale),
             bias: d.bias.clone(),
             activation: layer.activation,

@@ -6,33 +6,19 @@
 use super::int::Requant;
 use super::par::{BLOCKS_PER_SLOT, Scratch, Tracked, grow, par_blocks, par_images, take_range};
 use crate::error::RunError;
-use crate::kernels::{NhwcWindow, depthwise_nhwc_s8, quantize_f32_s8, requantize_s8_rows};
+use crate::kernels::{
+    DepthwiseFilter, NhwcWindow, depthwise_nhwc_s8, quantize_f32_s8, requantize_s8_rows,
+};
+use crate::model::Activation;
 use crate::model::rules::{acc_scale, dynamic_output, dynamic_params};
-use crate::model::{Activation, QuantWeights};
 use cinder_observers::min_max;
-use cinder_tensor::Tensor;
-
-/// Weight codes `[c, 1, kh, kw]` centred on their channel's zero point, as the kernel
-/// reads them: `[ky][kx][c]`.
-pub(super) fn centred_taps(w: &QuantWeights) -> Vec<i16> {
-    let c = w.codes.shape()[0];
-    let taps = w.codes.len() / c.max(1);
-    let mut out = vec![0; w.codes.len()];
-    for (ch, row) in w.codes.data().chunks_exact(taps).enumerate() {
-        let zp = w.zero_point(ch);
-        for (t, &q) in row.iter().enumerate() {
-            out[t * c + ch] = (i32::from(q) - zp) as i16;
-        }
-    }
-    out
-}
 
 /// A static depthwise convolution.
 #[derive(Debug)]
 pub(crate) struct IntDepthwise {
     pub(super) window: NhwcWindow,
     pub(super) zp_in: i8,
-    pub(super) weights: Vec<i16>,
+    pub(super) filter: DepthwiseFilter,
     /// The layer's own bias: the kernel subtracts both zero points.
     pub(super) output: Requant,
 }
@@ -43,7 +29,7 @@ impl IntDepthwise {
         let ([_, ow], c) = (self.window.output(), self.window.input[2]);
         let pixels = rows.len() * ow;
         let sums = grow(acc, pixels * c);
-        depthwise_nhwc_s8(image, &self.window, self.zp_in, &self.weights, rows, sums);
+        depthwise_nhwc_s8(image, &self.window, self.zp_in, &self.filter, rows, sums);
         requantize_s8_rows(&self.output.stage(0..c), sums, c, pixels, out, c);
     }
 
@@ -80,7 +66,7 @@ impl IntDepthwise {
 pub(crate) struct DynDepthwise {
     pub(super) name: String,
     pub(super) window: NhwcWindow,
-    pub(super) weights: Vec<i16>,
+    pub(super) filter: DepthwiseFilter,
     pub(super) scale_w: Vec<f32>,
     pub(super) bias: Vec<f32>,
     pub(super) activation: Activation,
@@ -106,7 +92,7 @@ impl DynDepthwise {
                 q,
                 &self.window,
                 p.zero_point as i8,
-                &self.weights,
+                &self.filter,
                 0..oh,
                 sums,
             );
