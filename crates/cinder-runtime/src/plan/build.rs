@@ -20,7 +20,9 @@ use crate::arith::PoolKind;
 use crate::error::Invalid;
 use crate::geometry::{Geometry, Window, chw};
 use crate::kernels::{Clamp, DepthwiseFilter, Rescale};
-use crate::model::{Activation, Layer, LayerExec, Merge, QuantWeights, StaticLayer, Step, StepOp};
+use crate::model::{
+    Activation, DynamicLayer, Layer, LayerExec, Merge, QuantWeights, StaticLayer, Step, StepOp,
+};
 use crate::walk::{Domain, Walk};
 
 /// Where a tensor's elements sit.
@@ -88,6 +90,19 @@ fn per_column<T: Copy>(w: &QuantWeights, f: impl Fn(&QuantParams) -> T) -> Vec<T
     (0..w.codes.shape()[0])
         .map(|j| f(w.params.channel(j)))
         .collect()
+}
+
+/// The GEMM and float output stage of the dynamic layer `name`.
+fn dyn_matmul(name: &str, d: &DynamicLayer, activation: Activation) -> DynMatmul {
+    let zp_w_all = per_column(&d.weights, |p| p.zero_point);
+    DynMatmul {
+        name: name.to_owned(),
+        zp_w: nonzero(zp_w_all.clone()),
+        zp_w_all,
+        scale_w: per_column(&d.weights, |p| p.scale),
+        bias: d.bias.clone(),
+        activation,
+    }
 }
 
 /// Packs the weights `[c, 1, kh, kw]` of a depthwise convolution, naming the layer
@@ -460,20 +475,13 @@ fn layer_stage(
         }
         LayerExec::Dynamic(d) => {
             let codes = engine_codes(&d.weights, row_chw);
-            let zp_w_all = per_column(&d.weights, |p| p.zero_point);
-            let mm = DynMatmul {
-                name: name.to_owned(),
-                zp_w: nonzero(zp_w_all.clone()),
-                zp_w_all: zp_w_all.clone(),
-                scale_w: per_column(&d.weights, |p| p.scale),
-                bias: d.bias.clone(),
-                activation: layer.activation,
-            };
+            let mm = dyn_matmul(name, d, layer.activation);
+            let zp_w_all = &mm.zp_w_all;
             match conv {
                 Some(shape) => {
                     let kernel = match winograd_geometry(&shape) {
                         Some(g) => {
-                            DynConvKernel::Winograd(WinogradSums::new(g, &codes, &zp_w_all, field)?)
+                            DynConvKernel::Winograd(WinogradSums::new(g, &codes, zp_w_all, field)?)
                         }
                         None => DynConvKernel::Im2col(pack(&codes, n, k, field)?),
                     };
@@ -538,12 +546,9 @@ fn grouped_stage(
             })
         }
         LayerExec::Dynamic(d) => Stage::DynDepthwise(DynDepthwise {
-            name: name.to_owned(),
             window: nhwc,
             filter: depthwise_filter(&d.weights, field)?,
-            scale_w: per_column(&d.weights, |p| p.scale),
-            bias: d.bias.clone(),
-            activation: layer.activation,
+            mm: dyn_matmul(name, d, layer.activation),
         }),
     })
 }

@@ -3,15 +3,15 @@
 //! batch quantized with its own range, the same sums through a float output stage,
 //! written NCHW). Their own kernel, not a GEMM with one input channel.
 
+use super::dynamic::DynMatmul;
 use super::int::Requant;
-use super::par::{BLOCKS_PER_SLOT, Scratch, Tracked, grow, par_blocks, par_images, take_range};
+use super::par::{
+    BLOCKS_PER_SLOT, Scratch, Shared, Tracked, grow, par_blocks, par_images, take_range,
+};
 use crate::error::RunError;
 use crate::kernels::{
     DepthwiseFilter, NhwcWindow, depthwise_nhwc_s8, quantize_f32_s8, requantize_s8_rows,
 };
-use crate::model::Activation;
-use crate::model::rules::{acc_scale, dynamic_output, dynamic_params};
-use cinder_observers::min_max;
 
 /// A static depthwise convolution.
 #[derive(Debug)]
@@ -61,15 +61,14 @@ impl IntDepthwise {
     }
 }
 
-/// A dynamic depthwise convolution: NCHW floats in and out.
+/// A dynamic depthwise convolution: NCHW floats in and out, the sums through the float
+/// output stage of [`DynMatmul`] (channel-major, with no zero-point terms: the kernel
+/// takes the zero points into account itself).
 #[derive(Debug)]
 pub(crate) struct DynDepthwise {
-    pub(super) name: String,
     pub(super) window: NhwcWindow,
     pub(super) filter: DepthwiseFilter,
-    pub(super) scale_w: Vec<f32>,
-    pub(super) bias: Vec<f32>,
-    pub(super) activation: Activation,
+    pub(super) mm: DynMatmul,
 }
 
 impl DynDepthwise {
@@ -79,30 +78,21 @@ impl DynDepthwise {
         range: Option<(f32, f32)>,
         y: &mut [f32],
         slots: &mut [Scratch],
+        shared: &mut Shared,
     ) -> Result<Tracked, RunError> {
-        let p = dynamic_params(&self.name, x, range)?;
+        let p = self.mm.prepare(x, range, None, shared)?;
         let [h, w, c] = self.window.input;
         let [oh, ow] = self.window.output();
         let (in_len, pixels) = (h * w * c, oh * ow);
+        let terms = (&shared.col_off[..c], &shared.col_scale[..c]);
         par_images(x, in_len, y, pixels * c, slots, |image, out, slot| {
             let q = grow(&mut slot.q, in_len);
             quantize_f32_s8(image, Some([c, h, w]), &p, q);
             let sums = grow(&mut slot.accum.acc, pixels * c);
-            depthwise_nhwc_s8(
-                q,
-                &self.window,
-                p.zero_point as i8,
-                &self.filter,
-                0..oh,
-                sums,
-            );
-            for (ch, plane) in out.chunks_exact_mut(pixels).enumerate() {
-                let scale = acc_scale(p.scale, self.scale_w[ch]);
-                for (i, o) in plane.iter_mut().enumerate() {
-                    *o = dynamic_output(sums[i * c + ch], scale, self.bias[ch], self.activation);
-                }
-            }
-            slot.range = slot.range.merge(Tracked::of(min_max(out)));
+            let zp = p.zero_point as i8;
+            depthwise_nhwc_s8(q, &self.window, zp, &self.filter, 0..oh, sums);
+            let r = (self.mm).finish(pixels, 0..c, &mut slot.accum, terms, out, Some(pixels));
+            slot.range = slot.range.merge(r);
         });
         Ok(take_range(slots))
     }
