@@ -1,18 +1,19 @@
 //! The int8 GEMM on every path this CPU has, side by side (alternating, medians, 1
-//! thread), on the reference ConvNet's GEMM shapes; then the convolutions' sums of one
+//! thread), on the reference ConvNet's GEMM shapes; the depthwise convolution likewise on
+//! the depthwise layers of `mobilenetv2-tiny` (one image); then the convolutions' sums of one
 //! image by im2col + GEMM and by Winograd, and the whole ConvNet (W8A8 static
 //! per-channel, 2 threads, batch 1 and 64) with its per-stage profile, on the process's
 //! path (`CINDER_ISA` caps it: run once per path to compare).
 //!
-//! `cargo run --profile bench -p cinder-runtime --example kernel_paths`
+//! `cargo run --profile bench -p cinder-runtime --example kernel_paths [gemm|depthwise|conv|model]`
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use cinder_runtime::kernels::{
-    Isa, PackedMatrix, WINOGRAD_POSITIONS, WinogradFilter, WinogradGeometry, gemm_s8,
-    im2col_nhwc_s8, winograd_input_tiles, winograd_multiply, winograd_output_tiles,
-    winograd_products_stride,
+    DepthwiseFilter, Isa, NhwcWindow, PackedMatrix, WINOGRAD_POSITIONS, WinogradFilter,
+    WinogradGeometry, depthwise_nhwc_s8, gemm_s8, im2col_nhwc_s8, winograd_input_tiles,
+    winograd_multiply, winograd_output_tiles, winograd_products_stride,
 };
 use cinder_runtime::synthetic::{Rng, minmax_table, random_input, reference_convnet};
 use cinder_runtime::{QuantConfig, SessionOptions, convert};
@@ -85,6 +86,64 @@ fn gemms() {
             String::new()
         };
         println!("  {name:<10} {}{bytes}", row.join(" | "));
+    }
+}
+
+/// The 3×3 depthwise layers of `mobilenetv2-tiny` on a 32×32 input: (input side,
+/// channels, stride).
+const MOBILENET_DEPTHWISE: [(usize, usize, usize); 7] = [
+    (32, 16, 1),
+    (32, 64, 2),
+    (16, 96, 1),
+    (16, 96, 2),
+    (8, 128, 1),
+    (8, 128, 2),
+    (4, 256, 1),
+];
+
+fn depthwise() {
+    let paths: Vec<Isa> = Isa::ALL
+        .into_iter()
+        .filter(|&isa| isa.supported())
+        .collect();
+    let mut rng = Rng::new(3);
+    println!(
+        "int8 depthwise 3x3 sums, one image, 1 thread, GOPS (2 x MACs / median time), alternating:"
+    );
+    for (side, c, stride) in MOBILENET_DEPTHWISE {
+        let shape = NhwcWindow {
+            input: [side, side, c],
+            kernel: [3, 3],
+            stride: [stride, stride],
+            padding: [1, 1],
+        };
+        let [oh, ow] = shape.output();
+        let (image, codes) = (codes(&mut rng, side * side * c), codes(&mut rng, 9 * c));
+        let zero_points = vec![0; c];
+        let filters: Vec<DepthwiseFilter> = paths
+            .iter()
+            .map(|&isa| DepthwiseFilter::pack_for(isa, &codes, &zero_points, c, 9).expect("valid"))
+            .collect();
+        let image = &image;
+        let mut outs = vec![vec![0i32; oh * ow * c]; paths.len()];
+        let mut runs: Vec<Box<dyn FnMut()>> = filters
+            .iter()
+            .zip(&mut outs)
+            .map(|(f, out)| {
+                Box::new(move || {
+                    depthwise_nhwc_s8(black_box(image), &shape, 3, f, 0..oh, out);
+                }) as Box<dyn FnMut()>
+            })
+            .collect();
+        let medians = alternate(2000, &mut runs);
+        let ops = (2 * oh * ow * c * 9) as f64;
+        let row: Vec<String> = paths
+            .iter()
+            .zip(&medians)
+            .map(|(isa, t)| format!("{isa} {:.1}", ops / t / 1e9))
+            .collect();
+        let name = format!("{side}x{side}x{c} s{stride}");
+        println!("  {name:<14} {}", row.join(" | "));
     }
 }
 
@@ -174,6 +233,9 @@ fn main() {
     let what = std::env::args().nth(1).unwrap_or_default();
     if what.is_empty() || what == "gemm" {
         gemms();
+    }
+    if what.is_empty() || what == "depthwise" {
+        depthwise();
     }
     if what.is_empty() || what == "conv" {
         convs();

@@ -318,17 +318,15 @@ fn float_stage(
             let (b, len) = ps.inputs[0];
             d.run(int_in(ints, b, batch * len), y, out_len, slots)
         }
-        Stage::DynConv(d) => {
+        Stage::DynConv(_) | Stage::DynDepthwise(_) | Stage::DynLinear(_) => {
             let (x, range) = x(0);
-            d.run(x, range.range(), y, slots, shared)?
-        }
-        Stage::DynDepthwise(d) => {
-            let (x, range) = x(0);
-            d.run(x, range.range(), y, slots)?
-        }
-        Stage::DynLinear(d) => {
-            let (x, range) = x(0);
-            d.run(x, range.range(), y, slots, shared)?
+            let range = range.range();
+            match &ps.stage {
+                Stage::DynConv(d) => d.run(x, range, y, slots, shared)?,
+                Stage::DynDepthwise(d) => d.run(x, range, y, slots, shared)?,
+                Stage::DynLinear(d) => d.run(x, range, y, slots, shared)?,
+                _ => unreachable!("matched above"),
+            }
         }
         Stage::Float(f) => f.run(x(0).0, in_len, y, out_len, slots),
         Stage::FloatDirect(f) => f.run(x(0).0, y, out_len, slots),

@@ -1,5 +1,6 @@
 //! Compute kernels of the runtime: int8 GEMM, output stage, im2col, max-pool (of
-//! codes, or of a convolution's sums, fused before its output stage),
+//! codes, or of a convolution's sums, fused before its output stage), depthwise
+//! convolution ([`depthwise_nhwc_s8`], per-channel multiply-adds along the window),
 //! and exact integer Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions ([`winograd`]:
 //! input transform, 16 i16 GEMMs, output transform; its exactness and overflow bounds are
 //! argued there); and the f32 GEMM of float layers (`sgemm`), which sums in the
@@ -16,19 +17,20 @@
 //! its own module beside [`generic`] (the scalar references, the ground truth, and the
 //! portable kernels): `x86::avx2`, `x86::avxvnni`, `x86::avx512vnni`. One capability
 //! token, [`Isa`], detected once per process ([`Isa::detect`]) and cached, chooses the
-//! path of every kernel: the int8 GEMM (when its weights are packed), the output stage,
-//! Winograd's GEMMs and transforms, im2col, pooling and the f32 GEMM. The environment
+//! path of every kernel: the int8 GEMM and the depthwise convolution (when their weights
+//! are packed), the output stage, Winograd's GEMMs and transforms, im2col, pooling and
+//! the f32 GEMM. The environment
 //! variable `CINDER_ISA` ([`ISA_VARIABLE`]: `generic`, `avx2`, `avxvnni`,
 //! `avx512vnni-ymm`, `avx512vnni`) caps it, so that tests and benchmarks compare paths on
 //! one machine; the kernels take the best path the CPU supports at or below the cap.
 //!
-//! | path | int8 GEMM | Winograd GEMMs | output stage, transforms, f32 GEMM |
-//! |---|---|---|---|
-//! | generic | portable | portable | portable |
-//! | avx2 | `vpmaddwd` ymm, 6×16 | `vpmaddwd` ymm | AVX2 |
-//! | avxvnni | `vpdpbusd` ymm (VEX), 6×16 | `vpmaddwd` ymm | AVX2 |
-//! | avx512vnni-ymm | `vpdpbusd` ymm (EVEX), 8×16 | `vpmaddwd` ymm | AVX2 |
-//! | avx512vnni | `vpdpbusd` zmm, 8×16 | `vpdpwssd` zmm | AVX2 |
+//! | path | int8 GEMM | Winograd GEMMs | depthwise | output stage, transforms, f32 GEMM |
+//! |---|---|---|---|---|
+//! | generic | portable | portable | portable | portable |
+//! | avx2 | `vpmaddwd` ymm, 6×16 | `vpmaddwd` ymm | `vpmaddwd` ymm | AVX2 |
+//! | avxvnni | `vpdpbusd` ymm (VEX), 6×16 | `vpmaddwd` ymm | `vpdpwssd` ymm (VEX) | AVX2 |
+//! | avx512vnni-ymm | `vpdpbusd` ymm (EVEX), 8×16 | `vpmaddwd` ymm | `vpdpwssd` ymm (EVEX) | AVX2 |
+//! | avx512vnni | `vpdpbusd` zmm, 8×16 | `vpdpwssd` zmm | `vpdpwssd` zmm | AVX2 |
 //!
 //! # Exactness of the AVX2 GEMM
 //! It widens both operands to i16 (`vpmovsxbw`) and multiplies with `vpmaddwd`, which
@@ -84,7 +86,7 @@ mod work;
 mod x86;
 
 pub use conv::{im2col_nhwc_s8, max_pool2d_nhwc_s8, max_pool2x2_s32, out_dim};
-pub use depthwise::{depthwise_nhwc_s8, depthwise_reference};
+pub use depthwise::{DepthwiseFilter, MAX_DEPTHWISE_TAPS, depthwise_nhwc_s8};
 pub(crate) use float::{im2col_f32, max_pool2x2_f32, quantize_f32_s8};
 pub use gemm::{gemm_s8, gemm_s8_cols, par_gemm_s8};
 pub use im2col::im2col_window_s8;
@@ -119,9 +121,28 @@ pub enum KernelError {
     /// So many input channels that a Winograd sum could overflow i32.
     #[error("winograd filter: {channels} input channels exceed {max} (i32 sums could overflow)")]
     TooManyChannels { channels: usize, max: usize },
-    /// A weight minus its zero point is outside the range Winograd's bounds assume.
+    /// A weight minus its zero point is outside the range the Winograd and depthwise
+    /// bounds assume.
     #[error(
-        "winograd filter: weight at row {row}, depth {col} is {value} from its zero point, expected at most 255"
+        "filter: weight at row {row}, depth {col} is {value} from its zero point, expected at most 255"
     )]
     CenteredWeightOutOfRange { row: usize, col: usize, value: i64 },
+    /// So many taps in a depthwise window that a sum could overflow i32.
+    #[error("depthwise filter: {taps} taps exceed {max} (i32 sums could overflow)")]
+    TooManyTaps { taps: usize, max: usize },
+}
+
+impl KernelError {
+    /// Checks that `len` weights hold `rows × depth`.
+    fn check_length(len: usize, rows: usize, depth: usize) -> Result<(), Self> {
+        match rows.checked_mul(depth) {
+            Some(expected) if expected == len => Ok(()),
+            _ => Err(Self::WrongLength {
+                rows,
+                depth,
+                expected: rows.saturating_mul(depth),
+                got: len,
+            }),
+        }
+    }
 }

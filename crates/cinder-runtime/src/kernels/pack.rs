@@ -242,15 +242,7 @@ impl PackedMatrix {
 
 /// Checks the operands of [`PackedMatrix::pack`].
 fn check_weights(b: &[i8], n: usize, k: usize) -> Result<(), KernelError> {
-    let wrong_length = || KernelError::WrongLength {
-        rows: n,
-        depth: k,
-        expected: n.saturating_mul(k),
-        got: b.len(),
-    };
-    if n.checked_mul(k).ok_or_else(wrong_length)? != b.len() {
-        return Err(wrong_length());
-    }
+    KernelError::check_length(b.len(), n, k)?;
     if k > MAX_DEPTH {
         return Err(KernelError::DepthTooLarge {
             depth: k,

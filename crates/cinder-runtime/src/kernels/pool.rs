@@ -100,10 +100,8 @@ pub fn pool_reference(
     let mut out = vec![0; oh * ow * c];
     for (i, o) in out.iter_mut().enumerate() {
         let (oy, ox, ch) = (i / c / ow, i / c % ow, i % c);
-        let inside: Vec<i32> = (0..kh)
-            .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
-            .filter_map(|(ky, kx)| shape.pixel(oy, ox, ky, kx))
-            .map(|p| i32::from(image[p * c + ch]))
+        let inside: Vec<i32> = (shape.inside(oy, ox))
+            .map(|(_, p)| i32::from(image[p * c + ch]))
             .collect();
         *o = match average {
             None => *inside.iter().max().expect("a tap inside") as i8,

@@ -1,8 +1,9 @@
 //! Every kernel equals its scalar reference bit for bit: odd sizes, strides wider than
 //! rows, extreme values, every zero point. The suite of the path-specific kernels (int8
-//! GEMM, output stage, Winograd's GEMMs) is written once ([`kernel_suite`]) and
-//! instantiated for every path; a path the CPU lacks is skipped with a message. Winograd's
-//! reference is itself checked against the direct convolution sum.
+//! GEMM, output stage, Winograd's GEMMs, depthwise convolution) is written once
+//! ([`kernel_suite`]) and instantiated for every path; a path the CPU lacks is skipped
+//! with a message, and a path the CPU has must be the one that ran. Winograd's reference
+//! is itself checked against the direct convolution sum.
 
 use std::ops::Range;
 
@@ -36,6 +37,17 @@ impl Rng {
             (true, 0) => 127,
             (true, _) => -128,
             (false, _) => r.next() as i8,
+        };
+        (0..len).map(|_| pick(self)).collect()
+    }
+
+    /// One zero point per channel: 0 unless `asymmetric`, 127 when also `extreme` (so
+    /// that -127 codes sit 254 away from it).
+    fn zero_points(&mut self, len: usize, asymmetric: bool, extreme: bool) -> Vec<i32> {
+        let pick = |r: &mut Self| match (asymmetric, extreme) {
+            (false, _) => 0,
+            (true, true) => 127,
+            (true, false) => r.below(255) as i32 - 127,
         };
         (0..len).map(|_| pick(self)).collect()
     }
@@ -398,13 +410,7 @@ impl WinogradCase {
         let mut rng = Rng(self.seed);
         let image = rng.activations(self.h * self.w * self.c, self.extreme);
         let codes = rng.weights(self.n * 9 * self.c, self.extreme);
-        let zero_points = (0..self.n)
-            .map(|_| match (self.asymmetric, self.extreme) {
-                (false, _) => 0,
-                (true, true) => 127,
-                (true, false) => rng.below(255) as i32 - 127,
-            })
-            .collect();
+        let zero_points = rng.zero_points(self.n, self.asymmetric, self.extreme);
         (image, codes, zero_points)
     }
 
@@ -595,6 +601,102 @@ proptest! {
 
 }
 
+#[derive(Debug, Clone)]
+struct DepthwiseCase {
+    shape: NhwcWindow,
+    zp_in: i8,
+    asymmetric: bool,
+    extreme: bool,
+    seed: u64,
+}
+
+/// Images of 1..12 pixels a side, `c` channels, windows of `kernel` taps a side (each
+/// side drawn on its own), strides 1 and 2, padding 0..=2, any zero points, extreme
+/// inputs and weights 254 away from their zero point among them.
+fn depthwise_case(
+    c: impl Strategy<Value = usize>,
+    kernel: impl Strategy<Value = usize> + Clone,
+) -> impl Strategy<Value = DepthwiseCase> {
+    let zp_in = prop_oneof![any::<i8>(), Just(-128), Just(127)];
+    let geometry = (
+        (1usize..12, 1usize..12),
+        (kernel.clone(), kernel),
+        (1usize..3, 1usize..3),
+    );
+    let flags = (
+        0usize..3,
+        0usize..3,
+        any::<bool>(),
+        any::<bool>(),
+        1u64..u64::MAX,
+    );
+    (geometry, c, zp_in, flags)
+        .prop_map(
+            |(((h, w), (kh, kw), (sh, sw)), c, zp_in, (ph, pw, asymmetric, extreme, seed))| {
+                DepthwiseCase {
+                    shape: NhwcWindow {
+                        input: [h, w, c],
+                        kernel: [kh, kw],
+                        stride: [sh, sw],
+                        padding: [ph, pw],
+                    },
+                    zp_in,
+                    asymmetric,
+                    extreme,
+                    seed,
+                }
+            },
+        )
+        .prop_filter("window must fit", |case| {
+            let s = &case.shape;
+            (0..2).all(|i| s.input[i] + 2 * s.padding[i] >= s.kernel[i])
+        })
+}
+
+impl DepthwiseCase {
+    /// The image, the codes `[c][kh · kw]` and one zero point per channel; extreme
+    /// weights sit 254 away from their zero point (-127 codes, zero point 127).
+    fn operands(&self) -> (Vec<i8>, Vec<i8>, Vec<i32>) {
+        let [h, w, c] = self.shape.input;
+        let taps = self.shape.kernel[0] * self.shape.kernel[1];
+        let mut rng = Rng(self.seed);
+        let image = rng.activations(h * w * c, self.extreme);
+        let codes = rng.weights(c * taps, self.extreme);
+        let zero_points = rng.zero_points(c, self.asymmetric, self.extreme);
+        (image, codes, zero_points)
+    }
+}
+
+/// The depthwise kernel packed for `isa` against the reference, on all output rows and
+/// on the band `oh / 2 .. oh`; `isa` must be the path that ran.
+fn check_depthwise(isa: Isa, case: &DepthwiseCase) -> Result<(), TestCaseError> {
+    let (image, codes, zero_points) = case.operands();
+    let [_, _, c] = case.shape.input;
+    let [oh, ow] = case.shape.output();
+    let taps = case.shape.kernel[0] * case.shape.kernel[1];
+    let want = reference::depthwise_nhwc_s8(&image, &case.shape, case.zp_in, &codes, &zero_points);
+    let filter = DepthwiseFilter::pack_for(isa, &codes, &zero_points, c, taps).unwrap();
+    prop_assert_eq!(filter.isa(), isa);
+    // One sentinel past the sums must stay.
+    let mut got = vec![0x5eed; want.len() + 1];
+    let ran = depthwise_nhwc_s8(&image, &case.shape, case.zp_in, &filter, 0..oh, &mut got);
+    prop_assert_eq!(ran, isa, "the path that ran");
+    prop_assert_eq!(&got[..want.len()], &want[..]);
+    prop_assert_eq!(got[want.len()], 0x5eed);
+    let band = oh / 2..oh;
+    let mut part = vec![0x5eed; band.len() * ow * c];
+    depthwise_nhwc_s8(
+        &image,
+        &case.shape,
+        case.zp_in,
+        &filter,
+        band.clone(),
+        &mut part,
+    );
+    prop_assert_eq!(&part[..], &want[band.start * ow * c..]);
+    Ok(())
+}
+
 /// The suite of the path-specific kernels, instantiated per path: `$name` runs every
 /// test on `$isa` (each test passes without running where the CPU lacks it, and
 /// `cpu_support` says so).
@@ -668,6 +770,21 @@ macro_rules! kernel_suite {
                     }
                 }
 
+                #[test]
+                fn depthwise_matches(case in depthwise_case(prop_oneof![1usize..20, 30usize..70, Just(96)], 1usize..6)) {
+                    if ISA.supported() {
+                        check_depthwise(ISA, &case)?;
+                    }
+                }
+
+                /// Windows of more taps than one pass takes.
+                #[test]
+                fn depthwise_long_windows(case in depthwise_case(prop_oneof![1usize..20, Just(33)], 5usize..9)) {
+                    if ISA.supported() {
+                        check_depthwise(ISA, &case)?;
+                    }
+                }
+
                 /// The whole pipeline, blocks of tile rows of any height.
                 #[test]
                 fn winograd_pipeline_equals_reference(case in winograd_case(prop_oneof![1usize..6, Just(17), Just(27)], prop_oneof![1usize..6, 15usize..34]), block_rows in 1usize..4) {
@@ -717,6 +834,17 @@ fn the_best_path_runs() {
     assert_eq!(Isa::detect(), best);
     let packed = PackedMatrix::pack(&[1, 2], 1, 2).unwrap();
     assert_eq!(packed.isa(), best);
+    let filter = DepthwiseFilter::pack(&[1; 9], &[0], 1, 9).unwrap();
+    assert_eq!(filter.isa(), best);
+    let shape = NhwcWindow {
+        input: [3, 3, 1],
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [0, 0],
+    };
+    let mut sums = [0];
+    let ran = depthwise_nhwc_s8(&[1; 9], &shape, 0, &filter, 0..1, &mut sums);
+    assert_eq!((ran, sums), (best, [9]), "depthwise");
     eprintln!("the kernels take the {best} path on this CPU");
 }
 
@@ -779,4 +907,47 @@ fn wide_panels_are_cache_lines() {
     assert_eq!(std::mem::align_of::<WidePairRow>(), 64);
     assert_eq!(std::mem::size_of::<QuadRow>(), 64);
     assert_eq!(std::mem::align_of::<QuadRow>(), 64);
+}
+
+#[test]
+fn depthwise_filter_rejects_what_could_overflow() {
+    let taps = MAX_DEPTHWISE_TAPS + 1;
+    assert_eq!(
+        DepthwiseFilter::pack(&vec![0; taps], &[0], 1, taps).unwrap_err(),
+        KernelError::TooManyTaps {
+            taps,
+            max: MAX_DEPTHWISE_TAPS
+        }
+    );
+    assert_eq!(
+        DepthwiseFilter::pack(&[0, 0, 127, 0], &[0, -129], 2, 2).unwrap_err(),
+        KernelError::CenteredWeightOutOfRange {
+            row: 1,
+            col: 0,
+            value: 256
+        }
+    );
+    assert!(matches!(
+        DepthwiseFilter::pack(&[0; 5], &[0, 0], 2, 3),
+        Err(KernelError::WrongLength { .. })
+    ));
+}
+
+#[test]
+fn depthwise_at_the_tap_limit_does_not_overflow() {
+    // Inputs -128 with zero point 127 and centred weights -255: every product is 255².
+    let taps = MAX_DEPTHWISE_TAPS;
+    let (image, codes) = (vec![-128i8; taps], vec![-127i8; taps]);
+    let shape = NhwcWindow {
+        input: [1, taps, 1],
+        kernel: [1, taps],
+        stride: [1, 1],
+        padding: [0, 0],
+    };
+    for isa in Isa::ALL.into_iter().filter(|isa| isa.supported()) {
+        let filter = DepthwiseFilter::pack_for(isa, &codes, &[128], 1, taps).unwrap();
+        let mut sums = [0];
+        depthwise_nhwc_s8(&image, &shape, 127, &filter, 0..1, &mut sums);
+        assert_eq!(i64::from(sums[0]), taps as i64 * 255 * 255, "{isa}");
+    }
 }

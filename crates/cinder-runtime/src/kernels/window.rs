@@ -36,6 +36,15 @@ impl NhwcWindow {
         o * self.stride[i] + t - self.padding[i]
     }
 
+    /// The taps `[ky, kx]` of output `(oy, ox)` inside the image, row-major, each with
+    /// its input pixel.
+    pub fn inside(&self, oy: usize, ox: usize) -> impl Iterator<Item = ([usize; 2], usize)> {
+        let (shape, [kh, kw]) = (*self, self.kernel);
+        (0..kh)
+            .flat_map(move |ky| (0..kw).map(move |kx| [ky, kx]))
+            .filter_map(move |[ky, kx]| Some(([ky, kx], shape.pixel(oy, ox, ky, kx)?)))
+    }
+
     /// Input pixel of tap `(ky, kx)` at output `(oy, ox)`, or `None` in the padding.
     pub fn pixel(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<usize> {
         let iy = (oy * self.stride[0] + ky).checked_sub(self.padding[0])?;

@@ -182,15 +182,7 @@ impl WinogradFilter {
     ) -> Result<Self, KernelError> {
         assert_eq!(zero_points.len(), out_channels, "one zero point per output");
         let depth = channels.saturating_mul(9);
-        let wrong_length = || KernelError::WrongLength {
-            rows: out_channels,
-            depth,
-            expected: out_channels.saturating_mul(depth),
-            got: codes.len(),
-        };
-        if out_channels.checked_mul(depth).ok_or_else(wrong_length)? != codes.len() {
-            return Err(wrong_length());
-        }
+        KernelError::check_length(codes.len(), out_channels, depth)?;
         if channels > MAX_WINOGRAD_CHANNELS {
             return Err(KernelError::TooManyChannels {
                 channels,

@@ -6,7 +6,6 @@
 
 use cinder_tensor::{QuantParams, Tensor};
 
-use super::depthwise::centred_taps;
 use super::dynamic::{DynConvKernel, DynMatmul};
 use super::int::{
     ConvKernel, ConvShape, IntMatmul, IntParams, Requant, WinogradConv, WinogradSums, nonzero,
@@ -20,8 +19,10 @@ use super::{
 use crate::arith::PoolKind;
 use crate::error::Invalid;
 use crate::geometry::{Geometry, Window, chw};
-use crate::kernels::{Clamp, Rescale};
-use crate::model::{Activation, Layer, LayerExec, Merge, QuantWeights, StaticLayer, Step, StepOp};
+use crate::kernels::{Clamp, DepthwiseFilter, Rescale};
+use crate::model::{
+    Activation, DynamicLayer, Layer, LayerExec, Merge, QuantWeights, StaticLayer, Step, StepOp,
+};
 use crate::walk::{Domain, Walk};
 
 /// Where a tensor's elements sit.
@@ -89,6 +90,28 @@ fn per_column<T: Copy>(w: &QuantWeights, f: impl Fn(&QuantParams) -> T) -> Vec<T
     (0..w.codes.shape()[0])
         .map(|j| f(w.params.channel(j)))
         .collect()
+}
+
+/// The GEMM and float output stage of the dynamic layer `name`.
+fn dyn_matmul(name: &str, d: &DynamicLayer, activation: Activation) -> DynMatmul {
+    let zp_w_all = per_column(&d.weights, |p| p.zero_point);
+    DynMatmul {
+        name: name.to_owned(),
+        zp_w: nonzero(zp_w_all.clone()),
+        zp_w_all,
+        scale_w: per_column(&d.weights, |p| p.scale),
+        bias: d.bias.clone(),
+        activation,
+    }
+}
+
+/// Packs the weights `[c, 1, kh, kw]` of a depthwise convolution, naming the layer
+/// (`field`) on failure.
+fn depthwise_filter(w: &QuantWeights, field: &str) -> Result<DepthwiseFilter, Invalid> {
+    let (c, zero_points) = (w.codes.shape()[0], per_column(w, |p| p.zero_point));
+    let taps = w.codes.len() / c.max(1);
+    DepthwiseFilter::pack(w.codes.data(), &zero_points, c, taps)
+        .map_err(|e| Invalid::new(field, e.to_string()))
 }
 
 impl Plan {
@@ -452,20 +475,13 @@ fn layer_stage(
         }
         LayerExec::Dynamic(d) => {
             let codes = engine_codes(&d.weights, row_chw);
-            let zp_w_all = per_column(&d.weights, |p| p.zero_point);
-            let mm = DynMatmul {
-                name: name.to_owned(),
-                zp_w: nonzero(zp_w_all.clone()),
-                zp_w_all: zp_w_all.clone(),
-                scale_w: per_column(&d.weights, |p| p.scale),
-                bias: d.bias.clone(),
-                activation: layer.activation,
-            };
+            let mm = dyn_matmul(name, d, layer.activation);
+            let zp_w_all = &mm.zp_w_all;
             match conv {
                 Some(shape) => {
                     let kernel = match winograd_geometry(&shape) {
                         Some(g) => {
-                            DynConvKernel::Winograd(WinogradSums::new(g, &codes, &zp_w_all, field)?)
+                            DynConvKernel::Winograd(WinogradSums::new(g, &codes, zp_w_all, field)?)
                         }
                         None => DynConvKernel::Im2col(pack(&codes, n, k, field)?),
                     };
@@ -525,17 +541,14 @@ fn grouped_stage(
             Stage::IntDepthwise(IntDepthwise {
                 window: nhwc,
                 zp_in: input.zero_point as i8,
-                weights: centred_taps(&s.weights),
+                filter: depthwise_filter(&s.weights, field)?,
                 output: Requant::new(s.bias.clone(), &params),
             })
         }
         LayerExec::Dynamic(d) => Stage::DynDepthwise(DynDepthwise {
-            name: name.to_owned(),
             window: nhwc,
-            weights: centred_taps(&d.weights),
-            scale_w: per_column(&d.weights, |p| p.scale),
-            bias: d.bias.clone(),
-            activation: layer.activation,
+            filter: depthwise_filter(&d.weights, field)?,
+            mm: dyn_matmul(name, d, layer.activation),
         }),
     })
 }

@@ -3,36 +3,22 @@
 //! batch quantized with its own range, the same sums through a float output stage,
 //! written NCHW). Their own kernel, not a GEMM with one input channel.
 
+use super::dynamic::DynMatmul;
 use super::int::Requant;
-use super::par::{BLOCKS_PER_SLOT, Scratch, Tracked, grow, par_blocks, par_images, take_range};
+use super::par::{
+    BLOCKS_PER_SLOT, Scratch, Shared, Tracked, grow, par_blocks, par_images, take_range,
+};
 use crate::error::RunError;
-use crate::kernels::{NhwcWindow, depthwise_nhwc_s8, quantize_f32_s8, requantize_s8_rows};
-use crate::model::rules::{acc_scale, dynamic_output, dynamic_params};
-use crate::model::{Activation, QuantWeights};
-use cinder_observers::min_max;
-use cinder_tensor::Tensor;
-
-/// Weight codes `[c, 1, kh, kw]` centred on their channel's zero point, as the kernel
-/// reads them: `[ky][kx][c]`.
-pub(super) fn centred_taps(w: &QuantWeights) -> Vec<i16> {
-    let c = w.codes.shape()[0];
-    let taps = w.codes.len() / c.max(1);
-    let mut out = vec![0; w.codes.len()];
-    for (ch, row) in w.codes.data().chunks_exact(taps).enumerate() {
-        let zp = w.zero_point(ch);
-        for (t, &q) in row.iter().enumerate() {
-            out[t * c + ch] = (i32::from(q) - zp) as i16;
-        }
-    }
-    out
-}
+use crate::kernels::{
+    DepthwiseFilter, NhwcWindow, depthwise_nhwc_s8, quantize_f32_s8, requantize_s8_rows,
+};
 
 /// A static depthwise convolution.
 #[derive(Debug)]
 pub(crate) struct IntDepthwise {
     pub(super) window: NhwcWindow,
     pub(super) zp_in: i8,
-    pub(super) weights: Vec<i16>,
+    pub(super) filter: DepthwiseFilter,
     /// The layer's own bias: the kernel subtracts both zero points.
     pub(super) output: Requant,
 }
@@ -43,7 +29,7 @@ impl IntDepthwise {
         let ([_, ow], c) = (self.window.output(), self.window.input[2]);
         let pixels = rows.len() * ow;
         let sums = grow(acc, pixels * c);
-        depthwise_nhwc_s8(image, &self.window, self.zp_in, &self.weights, rows, sums);
+        depthwise_nhwc_s8(image, &self.window, self.zp_in, &self.filter, rows, sums);
         requantize_s8_rows(&self.output.stage(0..c), sums, c, pixels, out, c);
     }
 
@@ -75,15 +61,14 @@ impl IntDepthwise {
     }
 }
 
-/// A dynamic depthwise convolution: NCHW floats in and out.
+/// A dynamic depthwise convolution: NCHW floats in and out, the sums through the float
+/// output stage of [`DynMatmul`] (channel-major, with no zero-point terms: the kernel
+/// takes the zero points into account itself).
 #[derive(Debug)]
 pub(crate) struct DynDepthwise {
-    pub(super) name: String,
     pub(super) window: NhwcWindow,
-    pub(super) weights: Vec<i16>,
-    pub(super) scale_w: Vec<f32>,
-    pub(super) bias: Vec<f32>,
-    pub(super) activation: Activation,
+    pub(super) filter: DepthwiseFilter,
+    pub(super) mm: DynMatmul,
 }
 
 impl DynDepthwise {
@@ -93,30 +78,21 @@ impl DynDepthwise {
         range: Option<(f32, f32)>,
         y: &mut [f32],
         slots: &mut [Scratch],
+        shared: &mut Shared,
     ) -> Result<Tracked, RunError> {
-        let p = dynamic_params(&self.name, x, range)?;
+        let p = self.mm.prepare(x, range, None, shared)?;
         let [h, w, c] = self.window.input;
         let [oh, ow] = self.window.output();
         let (in_len, pixels) = (h * w * c, oh * ow);
+        let terms = (&shared.col_off[..c], &shared.col_scale[..c]);
         par_images(x, in_len, y, pixels * c, slots, |image, out, slot| {
             let q = grow(&mut slot.q, in_len);
             quantize_f32_s8(image, Some([c, h, w]), &p, q);
             let sums = grow(&mut slot.accum.acc, pixels * c);
-            depthwise_nhwc_s8(
-                q,
-                &self.window,
-                p.zero_point as i8,
-                &self.weights,
-                0..oh,
-                sums,
-            );
-            for (ch, plane) in out.chunks_exact_mut(pixels).enumerate() {
-                let scale = acc_scale(p.scale, self.scale_w[ch]);
-                for (i, o) in plane.iter_mut().enumerate() {
-                    *o = dynamic_output(sums[i * c + ch], scale, self.bias[ch], self.activation);
-                }
-            }
-            slot.range = slot.range.merge(Tracked::of(min_max(out)));
+            let zp = p.zero_point as i8;
+            depthwise_nhwc_s8(q, &self.window, zp, &self.filter, 0..oh, sums);
+            let r = (self.mm).finish(pixels, 0..c, &mut slot.accum, terms, out, Some(pixels));
+            slot.range = slot.range.merge(r);
         });
         Ok(take_range(slots))
     }

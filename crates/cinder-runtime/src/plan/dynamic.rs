@@ -37,7 +37,7 @@ impl DynMatmul {
     /// `off[j] = -zp_in * colsum[j] + depth * zp_in * zp_w[j]` for sums over the `packed`
     /// weights (0 for Winograd's, whose transforms take operands minus their zero
     /// points), `scale[j] = s_in * s_w[j]`.
-    fn prepare(
+    pub(super) fn prepare(
         &self,
         x: &[f32],
         range: Option<(f32, f32)>,
@@ -86,7 +86,7 @@ impl DynMatmul {
     /// row-major or, for a convolution, channel-major (`out[j * pixels + i]`). Returns the range written, from the extremes of each
     /// column's accumulators: the output stage is monotone in the accumulator, so this is
     /// the exact min/max at no second pass over the output.
-    fn finish(
+    pub(super) fn finish(
         &self,
         m: usize,
         cols: Range<usize>,

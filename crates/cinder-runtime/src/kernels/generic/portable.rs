@@ -1,7 +1,11 @@
 //! Portable code of the generic path: the micro-kernel (plain i32 arithmetic the
-//! compiler may vectorize, for every panel layout) and the scalar output stage.
+//! compiler may vectorize, for every panel layout), the scalar output stage and the
+//! depthwise convolution along channels.
+
+use std::ops::Range;
 
 use super::reference;
+use crate::kernels::NhwcWindow;
 use crate::kernels::output::OutputStage;
 use crate::kernels::pack::{LhsElem, NR, PanelRow};
 use crate::kernels::tile::{MicroKernel, Rows, TileOut, check_tile};
@@ -56,6 +60,43 @@ pub(in crate::kernels) fn requantize_rows(
                 lo,
                 hi,
             );
+        }
+    }
+}
+
+/// Depthwise sums of output rows `rows` into `out` (see
+/// [`crate::kernels::depthwise_nhwc_s8`]), from the `[tap][c]` centred weights: per
+/// output pixel, the taps inside the image, each a loop along the channels, contiguous in
+/// both operands (the compiler vectorizes it). Operands checked by the caller.
+pub(in crate::kernels) fn depthwise_rows(
+    image: &[i8],
+    shape: &NhwcWindow,
+    zp_in: i8,
+    centred: &[i16],
+    rows: Range<usize>,
+    out: &mut [i32],
+) {
+    let [_, w, c] = shape.input;
+    let [_, ow] = shape.output();
+    let kw = shape.kernel[1];
+    let zp = i32::from(zp_in);
+    for (r, oy) in rows.enumerate() {
+        let ys = shape.taps(0, oy);
+        for ox in 0..ow {
+            let acc = &mut out[(r * ow + ox) * c..][..c];
+            acc.fill(0);
+            let xs = shape.taps(1, ox);
+            for ky in ys.clone() {
+                let iy = shape.position(0, oy, ky);
+                for kx in xs.clone() {
+                    let ix = shape.position(1, ox, kx);
+                    let x = &image[(iy * w + ix) * c..][..c];
+                    let wt = &centred[(ky * kw + kx) * c..][..c];
+                    for ((a, &q), &f) in acc.iter_mut().zip(x).zip(wt) {
+                        *a += (i32::from(q) - zp) * i32::from(f);
+                    }
+                }
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 
 use cinder_tensor::RequantMultiplier;
 
+use crate::kernels::NhwcWindow;
+
 /// `c[i * ldc + j] = Σ_p a[i * lda + p] · b[j * k + p]` for `i < m`, `j < n`, `p < k`,
 /// with `b` row-major `[n][k]` (not packed).
 #[allow(clippy::too_many_arguments, reason = "BLAS-style operand list")]
@@ -281,4 +283,33 @@ pub fn winograd_conv_nhwc_s8(
             }
         }
     }
+}
+
+/// Depthwise convolution sums of one NHWC image, the plain definition: for every output
+/// pixel and channel, `Σ (x - zp_in) · (w - zw)` over the window's taps inside the image,
+/// bounds checked per tap, with `codes` row-major `[c][kh · kw]` and one zero point per
+/// channel.
+pub fn depthwise_nhwc_s8(
+    image: &[i8],
+    shape: &NhwcWindow,
+    zp_in: i8,
+    codes: &[i8],
+    zero_points: &[i32],
+) -> Vec<i32> {
+    let c = shape.input[2];
+    let [oh, ow] = shape.output();
+    let taps = shape.kernel[0] * shape.kernel[1];
+    let mut out = vec![0; oh * ow * c];
+    for (i, o) in out.iter_mut().enumerate() {
+        let (oy, ox, ch) = (i / c / ow, i / c % ow, i % c);
+        let mut sum = 0i64;
+        for ([ky, kx], pixel) in shape.inside(oy, ox) {
+            let x = i64::from(image[pixel * c + ch]) - i64::from(zp_in);
+            let tap = ky * shape.kernel[1] + kx;
+            let w = i64::from(codes[ch * taps + tap]) - i64::from(zero_points[ch]);
+            sum += x * w;
+        }
+        *o = i32::try_from(sum).expect("depthwise sums fit i32");
+    }
+    out
 }

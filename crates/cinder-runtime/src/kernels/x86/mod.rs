@@ -33,10 +33,37 @@ macro_rules! token {
     };
 }
 
+/// Defines `$token::depthwise`: the shared 256-bit depthwise kernel
+/// ([`ymm_depthwise::depthwise`]) with the multiply-add of `$dot`, compiled with
+/// `features`, reporting the path `$isa`.
+macro_rules! ymm_depthwise {
+    ($token:ty, $dot:ty, $isa:expr, $features:literal) => {
+        impl $token {
+            /// The depthwise sums of `job` (its filter packed in blocks of 16).
+            pub(in crate::kernels) fn depthwise(
+                self,
+                job: crate::kernels::depthwise::DepthwiseJob<'_>,
+            ) -> crate::kernels::isa::Isa {
+                /// # Safety
+                /// The features must be available; the filter packed in blocks of 16.
+                #[target_feature(enable = $features)]
+                unsafe fn run(job: crate::kernels::depthwise::DepthwiseJob<'_>) {
+                    // SAFETY: this function's contract.
+                    unsafe { crate::kernels::x86::ymm_depthwise::depthwise::<$dot>(job) }
+                }
+                // SAFETY: the token proves the features; the job's operands are checked.
+                unsafe { run(job) };
+                $isa
+            }
+        }
+    };
+}
+
 mod avx2;
 mod avx512vnni;
 mod avxvnni;
 mod ymm;
+mod ymm_depthwise;
 
 pub(super) use avx2::Avx2;
 pub(super) use avx512vnni::Avx512Vnni;

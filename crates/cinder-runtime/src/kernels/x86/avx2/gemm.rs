@@ -10,7 +10,7 @@ use crate::kernels::x86::ymm::{self, YmmDot, YmmPanel};
 
 /// `vpmaddwd` then `vpaddd`.
 #[derive(Clone, Copy)]
-struct Madd;
+pub(super) struct Madd;
 
 impl<P: YmmPanel<Lhs = i16>> YmmDot<P> for Madd {
     #[inline(always)]

@@ -1,6 +1,8 @@
 //! The AVX2 path: the i16 pair micro-kernel ([`gemm`]), the output stage
-//! ([`requantize`]), and the entry point that compiles portable work with AVX2.
+//! ([`requantize`]), the depthwise kernel ([`depthwise`]), and the entry point that
+//! compiles portable work with AVX2.
 
+mod depthwise;
 mod gemm;
 mod requantize;
 

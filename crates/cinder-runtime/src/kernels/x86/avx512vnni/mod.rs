@@ -1,13 +1,16 @@
 //! The AVX-512 VNNI path: the int8 GEMM (`vpdpbusd`, u8 activations `code + 128` × i8
-//! weight quads) and Winograd's i16 GEMMs (`vpdpwssd`) on zmm tiles ([`zmm`]), and the
-//! int8 GEMM on ymm in the EVEX encoding ([`Avx512VnniYmm`]); everything else runs on
-//! AVX2.
+//! weight quads) and Winograd's i16 GEMMs (`vpdpwssd`) on zmm tiles ([`zmm`]), the
+//! depthwise kernel on zmm ([`depthwise`], `vpdpwssd` on tap pairs), and the int8 GEMM
+//! and the depthwise kernel on ymm in the EVEX encoding ([`Avx512VnniYmm`]); everything
+//! else runs on AVX2.
 
+mod depthwise;
 mod zmm;
 
 use std::arch::x86_64::*;
 
-use crate::kernels::pack::QuadRow;
+use crate::kernels::isa::Isa;
+use crate::kernels::pack::{QuadRow, WidePairRow};
 use crate::kernels::tile::{MicroKernel, Rows, TileOut, check_tile};
 use crate::kernels::x86::ymm::{self, YmmDot};
 
@@ -59,3 +62,18 @@ unsafe fn tile_ymm<const R: usize>(a: Rows<'_, u8>, panel: &[QuadRow], out: Tile
     // SAFETY: this function's contract.
     unsafe { ymm::tile::<R, QuadRow, Avx512VnniYmm>(a, panel, out) }
 }
+
+impl YmmDot<WidePairRow> for Avx512VnniYmm {
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: AVX-512 VNNI and VL by the caller's contract.
+        unsafe { _mm256_dpwssd_epi32(acc, a, b) }
+    }
+}
+
+ymm_depthwise!(
+    Avx512VnniYmm,
+    Avx512VnniYmm,
+    Isa::Avx512VnniYmm,
+    "avx2,avx512f,avx512vl,avx512vnni"
+);

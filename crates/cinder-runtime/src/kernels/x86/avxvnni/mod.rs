@@ -1,9 +1,11 @@
-//! The AVX-VNNI path (VEX `vpdpbusd` on ymm): the int8 GEMM on the shared 256-bit tile,
-//! u8 activations (`code + 128`) × i8 weight quads; everything else runs on AVX2.
+//! The AVX-VNNI path (VEX encoding, ymm): the int8 GEMM on the shared 256-bit tile,
+//! u8 activations (`code + 128`) × i8 weight quads (`vpdpbusd`), and the shared 256-bit
+//! depthwise kernel on i16 tap pairs (`vpdpwssd`); everything else runs on AVX2.
 
 use std::arch::x86_64::*;
 
-use crate::kernels::pack::QuadRow;
+use crate::kernels::isa::Isa;
+use crate::kernels::pack::{QuadRow, WidePairRow};
 use crate::kernels::tile::{MicroKernel, Rows, TileOut, check_tile};
 use crate::kernels::x86::ymm::{self, YmmDot};
 
@@ -43,3 +45,13 @@ unsafe fn tile_avxvnni<const R: usize>(a: Rows<'_, u8>, panel: &[QuadRow], out: 
     // SAFETY: this function's contract.
     unsafe { ymm::tile::<R, QuadRow, AvxVnni>(a, panel, out) }
 }
+
+impl YmmDot<WidePairRow> for AvxVnni {
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        // SAFETY: AVX-VNNI by the caller's contract.
+        unsafe { _mm256_dpwssd_avx_epi32(acc, a, b) }
+    }
+}
+
+ymm_depthwise!(AvxVnni, AvxVnni, Isa::AvxVnni, "avx2,avxvnni");
