@@ -5,7 +5,7 @@
 
 use burn::tensor::{Tensor, TensorData};
 use cinder_benches::pseudo_random;
-use cinder_model::{BackendKind, ConvNetConfig};
+use cinder_model::{BackendKind, ConvNetConfig, GraphNet};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::time::Duration;
@@ -19,7 +19,8 @@ fn bench(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(10));
     for backend in [BackendKind::Flex, BackendKind::Ndarray] {
         let device = backend.device().expect("CPU backends are compiled in");
-        let model = config.init(&device, 0).expect("reference config is valid");
+        let spec = config.spec().expect("reference config is valid");
+        let model = GraphNet::init(&spec, &device, 0).expect("reference config is valid");
         for batch in [1usize, 64] {
             let data =
                 TensorData::new(pseudo_random(batch * ch * h * w, 1.0, 3), [batch, ch, h, w]);

@@ -1,7 +1,7 @@
 //! The whole reference ConvNet (random weights of the real shapes, min/max calibrated on
 //! random inputs), 2 threads, batch 1 and 64, side by side in one process on the same
 //! weights and inputs: burn's flex fp32 forward (the graph loaded with
-//! `ConvNet::from_float_graph`) vs cinder's int8 runtime, W8A8 static per-channel (the
+//! `GraphNet::from_float_graph`) vs cinder's int8 runtime, W8A8 static per-channel (the
 //! product configuration), dynamic (per-batch ranges) and partial (conv1 and fc2 left in
 //! float, the rest static: the runtime's f32 path between int8 layers).
 //!
@@ -10,7 +10,7 @@
 //! speed-up over burn, and the session's per-stage breakdown of each int8 configuration.
 
 use burn::tensor::{Tensor as BurnTensor, TensorData};
-use cinder_model::{BackendKind, ConvNet};
+use cinder_model::{BackendKind, GraphNet};
 use cinder_runtime::synthetic::{minmax_table, random_input, reference_convnet};
 use cinder_runtime::{
     LayerConfig, LayerOverride, Mode, QuantConfig, QuantizedModel, SessionOptions, convert,
@@ -49,7 +49,7 @@ fn models(graph: &FloatGraph) -> Vec<(&'static str, QuantizedModel)> {
 
 /// burn's flex forward of one batch on a pool of [`THREADS`] threads.
 struct Burn {
-    model: ConvNet,
+    model: GraphNet,
     pool: rayon::ThreadPool,
 }
 
@@ -57,7 +57,7 @@ impl Burn {
     fn new(graph: &FloatGraph) -> Self {
         let device = BackendKind::Flex.device().expect("flex is compiled in");
         Self {
-            model: ConvNet::from_float_graph(graph, &device).expect("reference layout"),
+            model: GraphNet::from_float_graph(graph, &device).expect("reference layout"),
             pool: rayon::ThreadPoolBuilder::new()
                 .num_threads(THREADS)
                 .build()

@@ -24,7 +24,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use cinder_benches::pseudo_random;
 use cinder_datasets::{Normalization, SyntheticSpec};
 use cinder_model::train::{build_optimizer, cross_entropy};
-use cinder_model::{BackendKind, Batch, ConvNet, ConvNetConfig, TrainConfig};
+use cinder_model::{BackendKind, Batch, ConvNetConfig, GraphNet, TrainConfig};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 
@@ -175,11 +175,14 @@ fn optimizer_and_step(group: &mut BenchmarkGroup<WallTime>, batch: &Batch, devic
     };
     let mut optimizer = build_optimizer(&config);
     let mut model = Some(
-        ConvNetConfig::reference()
-            .init(device, 0)
-            .expect("reference config"),
+        GraphNet::init(
+            &ConvNetConfig::reference().spec().expect("reference config"),
+            device,
+            0,
+        )
+        .expect("reference config"),
     );
-    let grads_of = |model: &ConvNet| {
+    let grads_of = |model: &GraphNet| {
         let (images, targets) = batch.to_tensors(device);
         let loss = cross_entropy(model.forward(images), targets).mean();
         GradientsParams::from_grads(loss.backward(), model)

@@ -43,7 +43,8 @@ fn tiny_trainer() -> Trainer {
         batch_size: 4,
         ..TrainConfig::default()
     };
-    Trainer::new(model, config, BackendKind::Flex).expect("tiny trainer")
+    let spec = model.spec().expect("tiny spec");
+    Trainer::new(&spec, config, BackendKind::Flex).expect("tiny trainer")
 }
 
 /// 8 images for the tiny ConvNet.

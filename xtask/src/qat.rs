@@ -1,5 +1,6 @@
-//! `cargo xtask qat`: quantization-aware fine-tuning of a trained model (a `cargo xtask
-//! train --out` directory), or its control (`--control`: the same epochs without
+//! `cargo xtask qat`: quantization-aware fine-tuning of a trained model of any
+//! architecture (a `cargo xtask train --out` directory: its float graph says which), or
+//! its control (`--control`: the same epochs without
 //! fake-quant, then PTQ), conversion to the int8 runtime, and the comparison with PTQ of
 //! the starting model. Writes under `--out`:
 //!
@@ -19,7 +20,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use cinder_datasets::{Dataset, Normalization};
 use cinder_model::calibrate::calibrate;
 use cinder_model::train::write_metrics_log;
-use cinder_model::{BackendKind, ConvNet, GraphNet};
+use cinder_model::{BackendKind, GraphNet};
 use cinder_observers::{Calibrator, ObserverSpec};
 use cinder_qat::train::read_qat_manifest;
 use cinder_qat::{QatConfig, QatModel, QatTrainer};
@@ -154,7 +155,6 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
     let summary: TrainSummary = read_json(&dir.join("summary.json"))?;
     let graph = FloatGraph::load(&dir.join("graph.json"), &dir.join("graph.safetensors"))?;
     let device = BackendKind::Flex.device()?;
-    let start = ConvNet::from_float_graph(&graph, &device)?;
     let start_net = GraphNet::from_float_graph(&graph, &device)?;
     let source = dataset_source(&summary.dataset, args.data_dir.as_deref())?;
     let splits = cinder_datasets::load(&source)?;
@@ -167,7 +167,7 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
         DatasetImages { data: &train, norm },
         DatasetImages { data: &test, norm },
     );
-    let mut trainer = start_or_resume(&args, &start)?;
+    let mut trainer = start_or_resume(&args, &start_net)?;
     let ckpt = args.out.join("checkpoint");
     while !trainer.is_finished() {
         let bar = epoch_bar(&trainer, train.len());
@@ -190,13 +190,12 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
         let export = model.export()?;
         export.save(&args.out)?;
         let int8 = export.convert()?;
-        let c = compare(
-            &model,
-            &int8,
-            &test,
-            &norm,
-            export.table.tensors["fc2"].params.scale,
-        )?;
+        let output = model
+            .plan()
+            .output_point()
+            .and_then(|p| export.table.get(p))
+            .context("the QAT model does not end in int8: no logit step to compare in")?;
+        let c = compare(&model, &int8, &test, &norm, output.params.scale)?;
         (int8, c)
     } else {
         let tuned = GraphNet::from_float_graph(&model.net().valid().to_float_graph()?, &device)?;
@@ -261,7 +260,7 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_or_resume(args: &QatArgs, start: &ConvNet) -> anyhow::Result<QatTrainer> {
+fn start_or_resume(args: &QatArgs, start: &GraphNet) -> anyhow::Result<QatTrainer> {
     let ckpt = args.out.join("checkpoint");
     let config = args.config();
     match (read_qat_manifest(&ckpt)?, args.resume) {

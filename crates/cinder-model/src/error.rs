@@ -27,7 +27,7 @@ pub enum ModelError {
     BackendUnavailable(String),
     #[error("batch: {0}")]
     Batch(String),
-    #[error("float graph does not describe a ConvNet: {0}")]
+    #[error("float graph layout: {0}")]
     GraphLayout(String),
     #[error("tensor data: {0}")]
     Data(String),

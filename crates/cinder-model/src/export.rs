@@ -116,7 +116,7 @@ pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// Reads a tensor back to the host as f32.
-pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ModelError> {
+pub fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ModelError> {
     t.into_data()
         .try_into_vec_as::<f32>()
         .map_err(|e| ModelError::Data(format!("{e:?}")))

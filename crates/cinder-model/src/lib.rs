@@ -3,7 +3,6 @@
 //!
 //! - [`net`]: [`GraphNet`], the burn module that trains and runs any graph architecture.
 //! - [`zoo`]: the architectures by name (`convnet`, `resnet20`, `mobilenetv2-tiny`).
-//! - [`convnet`]: the reference ConvNet as named layers, for hand-written forwards (QAT).
 //! - [`train`]: SGD/Adam training with schedules, evaluation, metrics.
 //! - [`augment`]: random crop and flip of training images.
 //! - [`checkpoint`]: atomic per-epoch checkpoints and exact resume.
@@ -17,7 +16,6 @@ pub mod augment;
 pub mod backend;
 pub mod calibrate;
 pub mod checkpoint;
-pub mod convnet;
 pub mod data;
 pub mod error;
 pub mod export;
@@ -28,7 +26,6 @@ pub mod zoo;
 
 pub use augment::Augmentation;
 pub use backend::BackendKind;
-pub use convnet::ConvNet;
 pub use data::{Batch, ImageSource, InMemoryImages};
 pub use error::ModelError;
 pub use export::{Activations, BurnData, INPUT_NAME};

@@ -79,14 +79,15 @@ enum Kind {
 }
 
 /// A tensor flowing through the graph: feature maps `[B, C, H, W]` or vectors `[B, F]`.
-#[derive(Clone)]
-enum Value {
+#[derive(Debug, Clone)]
+pub enum Value {
     Map(Tensor<4>),
     Vector(Tensor<2>),
 }
 
 impl Value {
-    fn map(self) -> Tensor<4> {
+    /// The tensor as feature maps (a vector as `[B, F, 1, 1]`).
+    pub fn map(self) -> Tensor<4> {
         match self {
             Value::Map(t) => t,
             // Shape inference only hands vectors to vector operators; a vector seen as
@@ -98,7 +99,8 @@ impl Value {
         }
     }
 
-    fn vector(self) -> Tensor<2> {
+    /// The tensor as vectors (feature maps flattened).
+    pub fn vector(self) -> Tensor<2> {
         match self {
             Value::Vector(t) => t,
             Value::Map(t) => t.flatten(1, 3),
@@ -112,7 +114,8 @@ impl Value {
         }
     }
 
-    fn unary(
+    /// `f4` or `f2` applied to the tensor, whichever fits its rank.
+    pub fn unary(
         self,
         f4: impl FnOnce(Tensor<4>) -> Tensor<4>,
         f2: impl FnOnce(Tensor<2>) -> Tensor<2>,
@@ -162,24 +165,6 @@ impl GraphNet {
         Self::assemble(graph.spec(), classes, convs, norms, linears)
     }
 
-    /// The BatchNorm-free network of the topologically sorted `spec` from its layers, in
-    /// node order.
-    pub(crate) fn from_layers(
-        spec: GraphSpec,
-        convs: Vec<Conv2d>,
-        linears: Vec<Linear>,
-    ) -> Result<Self, ModelError> {
-        let classes = match spec.nodes.last().map(|n| &n.op) {
-            Some(OpSpec::Linear { out_features, .. }) => *out_features,
-            _ => {
-                return Err(ModelError::GraphLayout(
-                    "the last node is not linear".into(),
-                ));
-            }
-        };
-        Self::assemble(spec, classes, convs, Vec::new(), linears)
-    }
-
     fn assemble(
         spec: GraphSpec,
         classes: usize,
@@ -199,7 +184,7 @@ impl GraphNet {
                 OpSpec::Conv2d { .. } => Kind::Conv(next(0)),
                 OpSpec::BatchNorm { .. } => Kind::Norm(next(1)),
                 OpSpec::Linear { .. } => Kind::Linear(next(2)),
-                op => parameter_free(op),
+                op => parameter_free(op).expect("every other operator is parameter-free"),
             })
             .collect();
         if counts != [convs.len(), norms.len(), linears.len()] {
@@ -217,14 +202,25 @@ impl GraphNet {
         })
     }
 
-    /// The convolutions in node order.
-    pub(crate) fn convs(&self) -> Vec<Conv2d> {
-        self.convs.clone()
+    /// The convolution of node `name`, if it is one.
+    pub fn conv(&self, name: &str) -> Option<&Conv2d> {
+        match self.kind_of(name)? {
+            Kind::Conv(i) => self.convs.get(*i),
+            _ => None,
+        }
     }
 
-    /// The linear layers in node order.
-    pub(crate) fn linears(&self) -> Vec<Linear> {
-        self.linears.clone()
+    /// The linear layer of node `name`, if it is one (weight stored `[in, out]`).
+    pub fn linear(&self, name: &str) -> Option<&Linear> {
+        match self.kind_of(name)? {
+            Kind::Linear(i) => self.linears.get(*i),
+            _ => None,
+        }
+    }
+
+    fn kind_of(&self, name: &str) -> Option<&Kind> {
+        let at = self.plan.spec.nodes.iter().position(|n| n.name == name)?;
+        Some(&self.plan.steps[at].kind)
     }
 
     /// The architecture (nodes in topological order).
@@ -303,39 +299,14 @@ impl GraphNet {
     }
 
     fn apply(&self, kind: &Kind, mut inputs: Vec<Value>) -> Value {
-        let x = inputs.swap_remove(0);
         match kind {
-            Kind::Conv(i) => Value::Map(self.convs[*i].forward(x.map())),
+            Kind::Conv(i) => Value::Map(self.convs[*i].forward(inputs.remove(0).map())),
             Kind::Norm(i) => {
                 let bn = &self.norms[*i];
-                x.unary(|t| bn.forward(t), |t| bn.forward(t))
+                inputs.remove(0).unary(|t| bn.forward(t), |t| bn.forward(t))
             }
-            Kind::Linear(i) => Value::Vector(self.linears[*i].forward(x.vector())),
-            Kind::Relu => x.unary(relu, relu),
-            &Kind::Clip { min, max } => x.unary(|t| t.clamp(min, max), |t| t.clamp(min, max)),
-            Kind::MaxPool(p) => Value::Map(p.forward(x.map())),
-            Kind::AvgPool(p) => Value::Map(p.forward(x.map())),
-            Kind::GlobalAvgPool => {
-                let [b, c, h, w] = x.clone().map().dims();
-                Value::Map(
-                    x.map()
-                        .reshape([b, c, h * w])
-                        .mean_dim(2)
-                        .reshape([b, c, 1, 1]),
-                )
-            }
-            Kind::Add => {
-                let y = inputs.swap_remove(0);
-                match x {
-                    Value::Map(t) => Value::Map(t + y.map()),
-                    Value::Vector(t) => Value::Vector(t + y.vector()),
-                }
-            }
-            Kind::Concat => {
-                inputs.insert(0, x);
-                Value::Map(Tensor::cat(inputs.into_iter().map(Value::map).collect(), 1))
-            }
-            Kind::Flatten => Value::Vector(x.vector()),
+            Kind::Linear(i) => Value::Vector(self.linears[*i].forward(inputs.remove(0).vector())),
+            free => apply_free(free, inputs),
         }
     }
 
@@ -514,9 +485,9 @@ fn decimal_f64(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
 }
 
-fn parameter_free(op: &OpSpec) -> Kind {
+fn parameter_free(op: &OpSpec) -> Option<Kind> {
     let padding = |p: [usize; 2]| PaddingConfig2d::Explicit(p[0], p[1], p[0], p[1]);
-    match *op {
+    Some(match *op {
         OpSpec::Relu => Kind::Relu,
         OpSpec::Clip { min, max } => Kind::Clip { min, max },
         OpSpec::MaxPool2d {
@@ -546,8 +517,55 @@ fn parameter_free(op: &OpSpec) -> Kind {
         OpSpec::Add => Kind::Add,
         OpSpec::Concat => Kind::Concat,
         OpSpec::Flatten => Kind::Flatten,
-        OpSpec::Conv2d { .. } | OpSpec::BatchNorm { .. } | OpSpec::Linear { .. } => {
-            unreachable!("weighted operators have layers")
+        OpSpec::Conv2d { .. } | OpSpec::BatchNorm { .. } | OpSpec::Linear { .. } => return None,
+    })
+}
+
+/// The output of the parameter-free operator `op` (ReLU, clip, pools, add, concat,
+/// flatten) on `inputs` in the graph's order, as [`GraphNet`] computes it; `None` for an
+/// operator with parameters or a count of inputs it does not take.
+pub fn parameter_free_forward(op: &OpSpec, inputs: Vec<Value>) -> Option<Value> {
+    let arity_fits = match op {
+        OpSpec::Add => inputs.len() == 2,
+        OpSpec::Concat => !inputs.is_empty(),
+        _ => inputs.len() == 1,
+    };
+    arity_fits.then_some(())?;
+    Some(apply_free(&parameter_free(op)?, inputs))
+}
+
+/// A parameter-free step on its inputs (as many as the graph's validation allows).
+fn apply_free(kind: &Kind, mut inputs: Vec<Value>) -> Value {
+    // `remove(0)` keeps the order of the others (a concatenation reads them in order).
+    let x = inputs.remove(0);
+    match kind {
+        Kind::Relu => x.unary(relu, relu),
+        &Kind::Clip { min, max } => x.unary(|t| t.clamp(min, max), |t| t.clamp(min, max)),
+        Kind::MaxPool(p) => Value::Map(p.forward(x.map())),
+        Kind::AvgPool(p) => Value::Map(p.forward(x.map())),
+        Kind::GlobalAvgPool => {
+            let [b, c, h, w] = x.clone().map().dims();
+            Value::Map(
+                x.map()
+                    .reshape([b, c, h * w])
+                    .mean_dim(2)
+                    .reshape([b, c, 1, 1]),
+            )
+        }
+        Kind::Add => {
+            let y = inputs.remove(0);
+            match x {
+                Value::Map(t) => Value::Map(t + y.map()),
+                Value::Vector(t) => Value::Vector(t + y.vector()),
+            }
+        }
+        Kind::Concat => {
+            inputs.insert(0, x);
+            Value::Map(Tensor::cat(inputs.into_iter().map(Value::map).collect(), 1))
+        }
+        Kind::Flatten => Value::Vector(x.vector()),
+        Kind::Conv(_) | Kind::Norm(_) | Kind::Linear(_) => {
+            unreachable!("layers are applied by their network")
         }
     }
 }

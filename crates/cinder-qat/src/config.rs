@@ -10,13 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::QatError;
 
-/// The weighted layers of the ConvNet, in graph order.
-pub const LAYERS: [&str; 4] = ["conv1", "conv2", "fc1", "fc2"];
-
-/// The activations the int8 runtime quantizes, in graph order: the graph input and each
-/// weighted layer's output after its fused ReLU (pooling and flatten keep the params).
-pub const ACTIVATION_POINTS: [&str; 5] = ["input", "relu1", "relu2", "relu3", "fc2"];
-
 /// A QAT (or control) fine-tuning run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QatConfig {
@@ -72,14 +65,21 @@ impl QatConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), QatError> {
+    /// Checks the config for a graph with the weighted layers `layers` (node names): each
+    /// static with a weight scheme the runtime runs, and overrides for those layers only.
+    pub fn validate(&self, layers: &[String]) -> Result<(), QatError> {
         let bad = |m: String| Err(QatError::Config(m));
         self.training.validate()?;
-        for layer in LAYERS {
+        for layer in layers {
             self.weight_scheme(layer)?;
             if self.quant.layer(layer).mode != Mode::Static {
                 return bad(format!("layer `{layer}`: QAT simulates static layers only"));
             }
+        }
+        if let Some(name) = self.quant.layers.keys().find(|n| !layers.contains(n)) {
+            return bad(format!(
+                "quant.layers.{name}: the graph has no weighted layer `{name}` (its layers: {layers:?})"
+            ));
         }
         if self.activations.granularity != Granularity::PerTensor
             || self.activations.qmin() < -128

@@ -19,8 +19,8 @@ use crate::model::{FrozenParams, QatModel};
 #[derive(Debug, Clone, PartialEq)]
 pub struct QatExport {
     pub graph: FloatGraph,
-    /// Activation params by tensor name (`input`, `relu1`, `relu2`, `relu3`, `fc2`);
-    /// each range is the real interval of its grid.
+    /// Activation params by tensor name (the plan's activation points); each range is
+    /// the real interval of its grid.
     pub table: CalibrationTable,
     /// Weight params by layer (per-channel on axis 0 of the graph's weights).
     pub weights: BTreeMap<String, TensorQuantParams>,

@@ -42,9 +42,14 @@ pub fn quantize_centred<const D: usize>(
     zero_point: Tensor<D>,
     grid: FakeQuantGrid,
 ) -> Tensor<D> {
-    let v = x / scale;
-    let rounded = v.clone() + (v.clone().round() - v).detach();
+    let rounded = round_ste(x / scale);
     (rounded + zero_point.clone()).clamp(grid.qmin, grid.qmax) - zero_point
+}
+
+/// `v` rounded half to even, with the identity's gradient (`v + (round(v) - v)` with the
+/// difference detached: exactly `round(v)` in the forward pass).
+pub fn round_ste<const D: usize>(v: Tensor<D>) -> Tensor<D> {
+    v.clone() + (v.clone().round() - v).detach()
 }
 
 /// Multiplies the gradient flowing into `t` by `g` while leaving its value bit-exact

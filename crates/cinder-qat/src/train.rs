@@ -20,18 +20,20 @@ use cinder_model::train::{
     build_optimizer, check_source, count_correct, cross_entropy, evaluate_with, train_epoch,
 };
 use cinder_model::{
-    BackendKind, Batch, ConvNet, ConvNetConfig, EpochMetrics, Evaluation, ImageSource, ModelError,
-    StepProgress,
+    BackendKind, Batch, EpochMetrics, Evaluation, GraphNet, ImageSource, ModelError, StepProgress,
 };
+use cinder_tensor::graph::GraphSpec;
 use cinder_tensor::io::{read_json, write_json_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::config::QatConfig;
 use crate::error::QatError;
 use crate::model::{QatModel, QatNet, QuantState};
+use crate::plan::QatPlan;
 
-/// Version of the QAT checkpoint manifest.
-pub const QAT_CHECKPOINT_VERSION: u32 = 2;
+/// Version of the QAT checkpoint manifest (3: the model is a graph architecture, the
+/// state keyed by its activation points and layers).
+pub const QAT_CHECKPOINT_VERSION: u32 = 3;
 /// The manifest's file name inside a QAT checkpoint directory.
 pub const QAT_MANIFEST: &str = "qat.json";
 
@@ -39,7 +41,8 @@ pub const QAT_MANIFEST: &str = "qat.json";
 pub struct QatManifest {
     pub format_version: u32,
     pub epochs_done: usize,
-    pub model: ConvNetConfig,
+    /// The BatchNorm-free architecture under fine-tuning.
+    pub model: GraphSpec,
     pub config: QatConfig,
     pub backend: BackendKind,
     pub state: QuantState,
@@ -64,7 +67,11 @@ pub struct QatTrainer {
 impl QatTrainer {
     /// A fresh run over a copy of `model` (BatchNorm folded) on `backend`'s autodiff
     /// device.
-    pub fn new(model: &ConvNet, config: QatConfig, backend: BackendKind) -> Result<Self, QatError> {
+    pub fn new(
+        model: &GraphNet,
+        config: QatConfig,
+        backend: BackendKind,
+    ) -> Result<Self, QatError> {
         let device = backend.device()?.autodiff();
         let optimizer = build_optimizer(&config.training);
         Ok(Self {
@@ -115,8 +122,8 @@ impl QatTrainer {
                 config.epochs
             )));
         }
-        let net_config = &self.model().net().config;
-        check_source(net_config.input_shape(), net_config.classes, train)?;
+        let net = self.model().net();
+        check_source(net.input_shape(), net.classes(), train)?;
         // The step's own error is kept typed; train_epoch only sees that it failed.
         let mut failure = None;
         let result = train_epoch(&config, self.epochs_done(), train, progress, |batch, lr| {
@@ -141,7 +148,7 @@ impl QatTrainer {
     fn step(&mut self, batch: &Batch, lr: f64) -> Result<(f64, u64), QatError> {
         let mut model = self.model.take().expect("model is present between steps");
         let result = batch
-            .validate(model.net().config.classes)
+            .validate(model.net().classes())
             .map_err(QatError::from)
             .and_then(|()| {
                 let (images, targets) = batch.to_tensors(&model.net().device());
@@ -157,9 +164,8 @@ impl QatTrainer {
         let correct = count_correct(logits.clone().detach(), targets.clone());
         let loss = cross_entropy(logits, targets).mean();
         let grads = GradientsParams::from_grads(loss.backward(), &model.net);
-        let QatModel { net, state, config } = model;
-        let net = self.optimizer.step(lr, net, grads);
-        self.model = Some(QatModel::from_parts(net, state, config));
+        let net = self.optimizer.step(lr, model.net, grads);
+        self.model = Some(QatModel { net, ..model });
         Ok((f64::from(loss.detach().into_scalar::<f32>()), correct))
     }
 
@@ -185,7 +191,7 @@ impl QatTrainer {
         let manifest = QatManifest {
             format_version: QAT_CHECKPOINT_VERSION,
             epochs_done: epoch,
-            model: model.net().config.clone(),
+            model: model.net().spec().clone(),
             config: model.config().clone(),
             backend: self.backend,
             state: model.state().clone(),
@@ -228,25 +234,34 @@ impl QatTrainer {
                 ),
             ));
         }
-        m.config
-            .validate()
-            .map_err(|e| checkpoint_error(&manifest_path, e))?;
         let device: Device = backend.device()?.autodiff();
         let model_path = part_path(dir, &manifest_path, &m.model_file)?;
         let record = ModuleRecord::from_bytes(read_part(&model_path, &m.model_sha256)?)
             .map_err(|e| checkpoint_error(&model_path, e))?;
-        let net = QatNet::new(m.model.init(&device, 0)?, &m.config)
+        let net = GraphNet::init(&m.model, &device, 0)
+            .map_err(|e| checkpoint_error(&manifest_path, e))?;
+        let plan = QatPlan::new(net.spec()).map_err(|e| checkpoint_error(&manifest_path, e))?;
+        m.config
+            .validate(plan.layers())
+            .map_err(|e| checkpoint_error(&manifest_path, e))?;
+        let net = QatNet::new(net, &plan, &m.config)
+            .map_err(|e| checkpoint_error(&manifest_path, e))?
             .try_load_record(record)
             .map_err(|e| checkpoint_error(&model_path, e))?;
         m.state
-            .check(&net.net)
+            .check(&plan, &net.net)
             .map_err(|e| checkpoint_error(&manifest_path, e))?;
         let optim_path = part_path(dir, &manifest_path, &m.optimizer_file)?;
         let optimizer = build_optimizer(&m.config.training)
             .from_bytes(read_part(&optim_path, &m.optimizer_sha256)?)
             .map_err(|e| checkpoint_error(&optim_path, e))?;
         Ok(Self {
-            model: Some(QatModel::from_parts(net, m.state, m.config)),
+            model: Some(QatModel {
+                net,
+                plan,
+                state: m.state,
+                config: m.config,
+            }),
             optimizer,
             backend,
             history: m.history,
@@ -262,7 +277,7 @@ pub fn evaluate(
 ) -> Result<Evaluation, QatError> {
     let device = model.net().device().without_autodiff();
     let mut failure = None;
-    let result = evaluate_with(data, batch_size, model.net().config.classes, &device, |x| {
+    let result = evaluate_with(data, batch_size, model.net().classes(), &device, |x| {
         model.forward(x).map_err(|e| {
             let message = ModelError::Data(e.to_string());
             failure = Some(e);

@@ -6,8 +6,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use cinder_model::calibrate::calibrate;
 use cinder_model::rng::SplitMix64;
 use cinder_model::{
-    BackendKind, ConvNet, ConvNetConfig, GraphNet, ImageSource, InMemoryImages, TrainConfig,
-    Trainer,
+    BackendKind, ConvNetConfig, GraphNet, ImageSource, InMemoryImages, TrainConfig, Trainer,
 };
 use cinder_observers::{Calibrator, ObserverSpec};
 use cinder_qat::{QatConfig, QatModel, QatTrainer, fine_tune};
@@ -50,7 +49,7 @@ fn noisy_images(n: usize, seed: u64, noise: f32) -> InMemoryImages {
     InMemoryImages::new([1, 8, 8], data, labels, CLASSES).unwrap()
 }
 
-fn trained() -> ConvNet {
+fn trained() -> GraphNet {
     let config = TrainConfig {
         epochs: 2,
         batch_size: 16,
@@ -64,7 +63,7 @@ fn trained() -> ConvNet {
         trainer.run_epoch(&train, None, &mut |_| {}).unwrap();
     }
     let graph = trainer.into_model().to_float_graph().unwrap();
-    ConvNet::from_float_graph(&graph, &Device::flex()).unwrap()
+    GraphNet::from_float_graph(&graph, &Device::flex()).unwrap()
 }
 
 fn qat_config(bits: u8, per_channel: bool, lsq: bool) -> QatConfig {
@@ -122,13 +121,12 @@ fn accuracy(model: &QuantizedModel, data: &InMemoryImages) -> f64 {
     right as f64 / labels.len() as f64
 }
 
-fn ptq(net: &ConvNet, calib: &InMemoryImages, quant: &QuantConfig) -> QuantizedModel {
+fn ptq(net: &GraphNet, calib: &InMemoryImages, quant: &QuantConfig) -> QuantizedModel {
     let mut calibrator =
         Calibrator::new(ObserverSpec::MinMax, QuantScheme::activations_uint8()).unwrap();
     let indices: Vec<usize> = (0..calib.len()).collect();
     let graph = net.to_float_graph().unwrap();
-    let float = GraphNet::from_float_graph(&graph, &net.device()).unwrap();
-    calibrate(&float, calib, &indices, 32, &mut calibrator).unwrap();
+    calibrate(net, calib, &indices, 32, &mut calibrator).unwrap();
     convert(&graph, &calibrator.table().unwrap(), quant).unwrap()
 }
 
@@ -223,9 +221,8 @@ fn deployed_forward_needs_a_fake_quant_model_and_matching_static_layers() {
     let wider = ConvNetConfig {
         hidden: 24,
         ..model_config()
-    }
-    .init(&device, 5)
-    .unwrap();
+    };
+    let wider = GraphNet::init(&wider.spec().unwrap(), &device, 5).unwrap();
     let other = ptq(&wider, &train, &config.quant);
     let err = model
         .forward_deployed(to_burn(&x, &device), &other)
@@ -308,7 +305,7 @@ fn corrupt_checkpoints_are_refused_naming_the_file_and_key() {
     let good = tempfile::tempdir().unwrap();
     trainer.save_checkpoint(good.path()).unwrap();
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, Edit); 8] = [
+    let cases: [(&str, Edit); 10] = [
         ("`fc2`", |j| {
             j["state"]["observers"]
                 .as_object_mut()
@@ -337,6 +334,13 @@ fn corrupt_checkpoints_are_refused_naming_the_file_and_key() {
             j["config"]["averaging_constant"] = serde_json::json!(-1.0);
         }),
         ("epochs_done", |j| j["epochs_done"] = serde_json::json!(5)),
+        ("state.observers has an entry `relu9`", |j| {
+            j["state"]["observers"]["relu9"] = j["state"]["observers"]["relu1"].clone();
+        }),
+        ("state.frozen.weights has an entry `conv9`", |j| {
+            j["state"]["frozen"]["weights"]["conv9"] =
+                j["state"]["frozen"]["weights"]["conv1"].clone();
+        }),
         ("bit width 99", |j| {
             j["config"]["activations"]["bits"] = serde_json::json!(99)
         }),
@@ -385,6 +389,15 @@ fn bad_configs_are_rejected() {
     for config in [lsq_without_observers, dynamic, wide] {
         assert!(QatModel::new(&net, config, &device).is_err());
     }
+    let mut unknown = qat_config(8, true, false);
+    unknown
+        .quant
+        .layers
+        .insert("conv9".into(), cinder_runtime::LayerOverride::default());
+    let err = QatModel::new(&net, unknown, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("quant.layers.conv9"), "{err}");
     let fresh = QatModel::new(&net, qat_config(8, true, false), &device).unwrap();
     let err = fresh.export().unwrap_err().to_string();
     assert!(err.contains("training step"), "{err}");

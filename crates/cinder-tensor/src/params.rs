@@ -112,15 +112,18 @@ impl QuantParams {
     }
 }
 
+/// The largest magnitude [`round_ties_even`] returns (2^22): larger values saturate to
+/// it, and so do the codes of [`QuantParams::quantize`] (int32 bias codes included).
+pub const ROUNDING_LIMIT: f32 = 4_194_304.0;
+
 /// Round half to even, branch-free and vectorizable (`f32::round_ties_even` is a libm
-/// call on baseline x86-64). Magnitudes are first limited to 2^22, far beyond any code,
-/// so that adding 1.5 * 2^23 lands where the float grid spacing is exactly 1 and the
-/// hardware's round-to-nearest-even does the rounding.
+/// call on baseline x86-64). Magnitudes are first limited to [`ROUNDING_LIMIT`], far
+/// beyond any activation or weight code, so that adding 1.5 * 2^23 lands where the float
+/// grid spacing is exactly 1 and the hardware's round-to-nearest-even does the rounding.
 #[inline]
 pub fn round_ties_even(v: f32) -> f32 {
-    const LIMIT: f32 = 4_194_304.0; // 2^22
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
-    let v = v.clamp(-LIMIT, LIMIT);
+    let v = v.clamp(-ROUNDING_LIMIT, ROUNDING_LIMIT);
     (v + MAGIC) - MAGIC
 }
 

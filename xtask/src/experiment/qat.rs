@@ -6,7 +6,7 @@
 //! training.
 
 use burn::module::Module;
-use cinder_model::{BackendKind, ConvNet, GraphNet, TrainConfig};
+use cinder_model::{BackendKind, GraphNet, TrainConfig};
 use cinder_qat::QatConfig;
 use cinder_runtime::{QuantizedModel, convert};
 use cinder_tensor::graph::FloatGraph;
@@ -64,7 +64,7 @@ pub fn fine_tuned(
         "control fine-tuning"
     });
     let mut step = 0;
-    let start = ConvNet::from_float_graph(ctx.graph, &ctx.model.device())?;
+    let start = GraphNet::from_float_graph(ctx.graph, &ctx.model.device())?;
     let tuned = cinder_qat::fine_tune(&start, &images, &config, BackendKind::Flex, &mut |p| {
         step += 1;
         show(bar, p);

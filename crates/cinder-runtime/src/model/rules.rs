@@ -115,8 +115,9 @@ pub(crate) fn requant_multiplier(
 }
 
 /// The largest bias magnitude with which no partial sum of a layer of `depth` taps can
-/// overflow int32, or `None` when the layer is too deep for int32 accumulation.
-pub(crate) fn bias_bound(depth: usize) -> Option<i32> {
+/// overflow int32, or `None` when the layer is too deep for int32 accumulation: the
+/// clamp of a static layer's int32 bias codes.
+pub fn bias_bound(depth: usize) -> Option<i32> {
     let worst = i64::try_from(depth).ok()?.checked_mul(ACC_PER_TAP)?;
     i32::try_from(i64::from(i32::MAX) - worst)
         .ok()
