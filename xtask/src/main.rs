@@ -12,6 +12,7 @@ mod data;
 mod experiment;
 mod infer;
 mod onnx;
+mod ptq;
 mod qat;
 mod quantize;
 mod train;

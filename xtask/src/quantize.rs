@@ -1,18 +1,23 @@
 //! `cargo xtask quantize`: a trained float graph, its calibration table and an optional
-//! per-layer config (TOML, see `cinder_runtime::config`) become an int8 model file.
+//! per-layer config (TOML, see `cinder_runtime::config`) become an int8 model file,
+//! optionally after the post-training steps of [`crate::ptq`] (cross-layer equalization,
+//! bias correction).
 //!
 //! `cargo xtask quantize --graph runs/fmnist/graph.json --weights runs/fmnist/graph.safetensors
 //!  --calibration runs/fmnist/calibration.json [--config w4.toml] --out runs/fmnist/int8.cinder`
+//!
+//! `cargo xtask quantize --graph ... --weights ... --equalize --bias-correction
+//!  --checkpoint runs/fmnist --out runs/fmnist/int8-cle-bc.cinder`
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use cinder_observers::CalibrationTable;
 use cinder_runtime::{Activation, QuantConfig, QuantizedModel, StepOp, convert};
 use cinder_tensor::TensorQuantParams;
 use cinder_tensor::graph::FloatGraph;
 
 use crate::checks;
+use crate::ptq::{PtqArgs, prepare};
 
 #[derive(clap::Args, Debug)]
 pub struct QuantizeArgs {
@@ -22,15 +27,17 @@ pub struct QuantizeArgs {
     /// The float graph's safetensors weights.
     #[arg(long)]
     pub weights: PathBuf,
-    /// The calibration table (JSON).
+    /// The calibration table (JSON); not with --equalize, which recalibrates.
     #[arg(long)]
-    pub calibration: PathBuf,
+    pub calibration: Option<PathBuf>,
     /// Per-layer quantization config (TOML); default: W8A8 static, per-channel symmetric.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// The model file to write.
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub ptq: PtqArgs,
 }
 
 /// Reads a TOML [`QuantConfig`].
@@ -45,16 +52,17 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let mut inputs = vec![
         ("--graph", args.graph.as_path()),
         ("--weights", args.weights.as_path()),
-        ("--calibration", args.calibration.as_path()),
     ];
+    inputs.extend(args.calibration.as_deref().map(|c| ("--calibration", c)));
     inputs.extend(args.config.as_deref().map(|c| ("--config", c)));
+    inputs.extend(args.ptq.report.as_deref().map(|c| ("--report", c)));
     checks::output_apart("--out", &args.out, &inputs)?;
     let graph = FloatGraph::load(&args.graph, &args.weights)?;
-    let table = CalibrationTable::load(&args.calibration)?;
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => read_config(path)?,
         None => QuantConfig::default(),
     };
+    let (graph, table) = prepare(graph, args.calibration.as_deref(), &mut config, &args.ptq)?;
     let model = convert(&graph, &table, &config)?;
     model.save(&args.out)?;
     describe(&model);

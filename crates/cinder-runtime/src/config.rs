@@ -9,15 +9,21 @@
 //! weight_bits = 8            # 2..=8 (3-4 bits stored two per byte, 2 bits four per byte)
 //! granularity = "per_channel" # per_channel | per_tensor
 //! mapping = "symmetric"      # symmetric | asymmetric
+//! equalize = false           # cross-layer equalization of the pairs this layer is in
+//! bias_correction = false    # correct the bias for the mean error of the quantized weights
 //!
 //! [layers.conv2]
 //! weight_bits = 4
+//! bias_correction = true
 //!
 //! [layers.fc2]
 //! mode = "float"
 //! ```
 //!
 //! Keys of `layers` are node names of the float graph (its convolution and linear nodes).
+//! `equalize` and `bias_correction` select the post-training steps that rewrite the float
+//! graph before conversion (the `cinder-ptq` crate: Nagel et al. 2019); [`crate::convert()`]
+//! itself reads neither.
 
 use std::collections::BTreeMap;
 
@@ -53,6 +59,14 @@ pub struct LayerConfig {
     pub weight_bits: u8,
     pub granularity: WeightGranularity,
     pub mapping: Mapping,
+    /// Cross-layer equalization of the consecutive pairs this layer belongs to (a pair is
+    /// equalized when both its layers say so).
+    #[serde(default)]
+    pub equalize: bool,
+    /// Bias correction: the expected output change caused by quantizing the weights,
+    /// measured on calibration images, is added back to the bias.
+    #[serde(default)]
+    pub bias_correction: bool,
 }
 
 impl Default for LayerConfig {
@@ -63,6 +77,8 @@ impl Default for LayerConfig {
             weight_bits: 8,
             granularity: WeightGranularity::PerChannel,
             mapping: Mapping::Symmetric,
+            equalize: false,
+            bias_correction: false,
         }
     }
 }
@@ -75,6 +91,8 @@ pub struct LayerOverride {
     pub weight_bits: Option<u8>,
     pub granularity: Option<WeightGranularity>,
     pub mapping: Option<Mapping>,
+    pub equalize: Option<bool>,
+    pub bias_correction: Option<bool>,
 }
 
 /// The default layer config plus overrides keyed by node name.
@@ -112,6 +130,8 @@ impl QuantConfig {
                 weight_bits: o.weight_bits.unwrap_or(d.weight_bits),
                 granularity: o.granularity.unwrap_or(d.granularity),
                 mapping: o.mapping.unwrap_or(d.mapping),
+                equalize: o.equalize.unwrap_or(d.equalize),
+                bias_correction: o.bias_correction.unwrap_or(d.bias_correction),
             },
         }
     }
@@ -149,5 +169,16 @@ mod tests {
         assert!(
             serde_json::from_str::<QuantConfig>(r#"{"layers": {"fc1": {"bits": 4}}}"#).is_err()
         );
+    }
+
+    #[test]
+    fn post_training_steps_default_off_and_override_per_layer() {
+        let json = r#"{"default": {"mode": "static", "weight_bits": 8, "granularity": "per_tensor", "mapping": "symmetric", "bias_correction": true},
+                       "layers": {"fc1": {"bias_correction": false, "equalize": true}}}"#;
+        let c: QuantConfig = serde_json::from_str(json).unwrap();
+        assert!(c.layer("conv1").bias_correction && !c.layer("conv1").equalize);
+        assert!(!c.layer("fc1").bias_correction && c.layer("fc1").equalize);
+        let d = QuantConfig::default().layer("conv1");
+        assert!(!d.equalize && !d.bias_correction);
     }
 }

@@ -3,7 +3,7 @@
 //! computed through the float reference forward.
 
 use cinder_observers::{CalibrationTable, Calibrator, ObserverError, ObserverSpec};
-use cinder_tensor::graph::{Conv2d, FloatGraph, Linear, Op, Pool2d};
+use cinder_tensor::graph::{Conv2d, FloatGraph, GraphError, GraphSpec, Linear, Op, Pool2d};
 use cinder_tensor::{QuantScheme, Tensor, TensorBuf};
 
 use crate::error::RunError;
@@ -96,6 +96,29 @@ pub fn reference_convnet(seed: u64) -> FloatGraph {
         ],
     )
     .expect("the reference shapes chain")
+}
+
+/// The architecture `spec` with seeded random tensors: weights in PyTorch's default range
+/// `±1/sqrt(fan_in)`, batch-norm scales in `[0.1, 2)` and variances in `[0.5, 2)` (so that
+/// channels differ in range, as in trained networks), biases, means and shifts in `±0.5`.
+pub fn random_graph(spec: GraphSpec, seed: u64) -> Result<FloatGraph, GraphError> {
+    let mut rng = Rng::new(seed);
+    FloatGraph::from_spec(spec, |name, shape| {
+        let len = shape.iter().product();
+        let fan_in: usize = shape[1..].iter().product();
+        let (lo, hi) = if shape.len() > 1 {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            (-bound, bound)
+        } else if name.ends_with("running_var") {
+            (0.5, 2.0)
+        } else if name.ends_with(".weight") {
+            (0.1, 2.0)
+        } else {
+            (-0.5, 0.5)
+        };
+        let data = (0..len).map(|_| rng.uniform(lo, hi)).collect();
+        Ok(TensorBuf::new(shape.to_vec(), data).expect("length matches"))
+    })
 }
 
 /// `batch` seeded inputs in `[-1, 1)` for `graph`.

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::bail;
 use cinder_model::GraphNet;
 use cinder_model::{Batch, ImageSource};
 use cinder_runtime::{Mode, QuantConfig, QuantizedModel, convert};
@@ -18,6 +19,7 @@ use super::calibration::{Calibrated, Calibrations};
 use super::config::{CellConfig, ExperimentConfig, Method};
 use super::data::ExperimentData;
 use super::measure;
+use super::ptq;
 use super::qat;
 use super::results::{Baseline, CellMetrics, CellResult, LayerSensitivity, Outcome};
 use super::store::Key;
@@ -107,6 +109,10 @@ fn build(
     calibrations: &mut Calibrations<'_>,
     bar: &ProgressBar,
 ) -> anyhow::Result<Built> {
+    let post_training = ptq::any(ctx.graph, &cell.quant);
+    if post_training && cell.method != Method::Ptq {
+        bail!("equalize and bias_correction apply to PTQ cells only");
+    }
     if matches!(cell.method, Method::Qat | Method::QatControl) {
         let tuned = qat::fine_tuned(ctx, cell, bar)?;
         return Ok(Built {
@@ -118,6 +124,17 @@ fn build(
     }
     bar.set_message(format!("calibrating ({})", cell.observer));
     let calibrated = calibrations.get(cell.observer)?.clone();
+    if post_training {
+        bar.set_message("equalization / bias correction");
+        let (graph, calibrated) = ptq::prepare(ctx, cell, calibrated)?;
+        bar.set_message("converting");
+        return Ok(Built {
+            model: convert(&graph, &calibrated.table, &cell.quant)?,
+            float: Some(graph),
+            calibration: Some(calibrated),
+            sensitivity: Vec::new(),
+        });
+    }
     let (quant, sensitivity) = match cell.method {
         Method::Sensitivity => {
             bar.set_message("sensitivity analysis");

@@ -32,6 +32,7 @@ mod data;
 mod measure;
 mod memory;
 mod plots;
+mod ptq;
 mod qat;
 mod report;
 mod results;

@@ -121,8 +121,17 @@ fn describe_layer(c: &LayerConfig) -> String {
     if c.mode == Mode::Float {
         return "float".into();
     }
+    let steps = [
+        (c.equalize, " + CLE"),
+        (c.bias_correction, " + bias correction"),
+    ];
+    let steps: String = steps
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, s)| *s)
+        .collect();
     format!(
-        "W{} {} {} {}",
+        "W{} {} {} {}{steps}",
         c.weight_bits,
         mode(c.mode),
         granularity(c.granularity),
@@ -139,6 +148,10 @@ fn describe_override(o: &LayerOverride) -> String {
         o.mode.map(|m| mode(m).to_owned()),
         o.granularity.map(|g| granularity(g).to_owned()),
         o.mapping.map(|m| mapping(m).to_owned()),
+        o.equalize
+            .map(|on| format!("CLE {}", if on { "on" } else { "off" })),
+        o.bias_correction
+            .map(|on| format!("bias correction {}", if on { "on" } else { "off" })),
     ];
     parts.into_iter().flatten().collect::<Vec<_>>().join(" ")
 }

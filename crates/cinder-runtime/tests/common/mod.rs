@@ -183,6 +183,7 @@ pub fn config(graph: &FloatGraph, choices: &[LayerChoice]) -> QuantConfig {
                     } else {
                         Mapping::Asymmetric
                     }),
+                    ..LayerOverride::default()
                 },
             )
         })

@@ -16,6 +16,7 @@ mod fold;
 mod ops;
 mod shape;
 mod spec;
+pub mod zoo;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

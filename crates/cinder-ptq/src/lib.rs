@@ -1,0 +1,25 @@
+//! Post-training quantization steps that rewrite a batch-norm-folded float graph before
+//! [`cinder_runtime::convert()`], from Nagel et al. 2019, "Data-Free Quantization Through
+//! Weight Equalization and Bias Correction". No burn.
+//!
+//! - [`equalize()`]: cross-layer equalization. Consecutive weighted layers whose
+//!   intermediate tensor passes only through positively homogeneous operators (ReLU,
+//!   max / average pooling, flatten) have their channels rescaled so that both layers'
+//!   per-channel weight ranges become equal; the float function is unchanged, and
+//!   per-tensor weight quantization loses far less on layers (depthwise ones above all)
+//!   whose channels differed in range by orders of magnitude.
+//! - [`correct_biases()`]: empirical bias correction. The mean change of each layer's
+//!   output caused by quantizing its weights, `E[W x] - E[Q(W) x]` over calibration
+//!   images, is added to its bias, so that the quantized layer's output is unbiased.
+//!
+//! Both read the per-layer switches `equalize` and `bias_correction` of the runtime's
+//! [`cinder_runtime::QuantConfig`].
+
+pub mod bias;
+pub mod equalize;
+pub mod error;
+mod layer;
+
+pub use bias::{BiasCorrection, LayerCorrection, correct_biases, quantized_weight};
+pub use equalize::{ClipPolicy, Equalization, EqualizeOptions, PairReport, equalize};
+pub use error::PtqError;

@@ -1,0 +1,315 @@
+//! The post-training steps of `cargo xtask quantize` (crate `cinder-ptq`, Nagel et al.
+//! 2019): cross-layer equalization (`--equalize`, then recalibration of the equalized
+//! graph on the training images) and bias correction (`--bias-correction`), switched per
+//! layer by `equalize` / `bias_correction` in the quantization config, and the per-layer
+//! report of what they did: each layer's weight SQNR under its config before and after,
+//! the equalized pairs, and each bias correction against the layer's mean output.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use cinder_datasets::Dataset;
+use cinder_model::calibrate::calibrate;
+use cinder_model::data::ImageSource;
+use cinder_model::{BackendKind, GraphNet};
+use cinder_observers::{CalibrationTable, Calibrator, ObserverSpec};
+use cinder_ptq::{
+    ClipPolicy, EqualizeOptions, LayerCorrection, PairReport, correct_biases, equalize,
+    quantized_weight,
+};
+use cinder_runtime::{Mode, QuantConfig};
+use cinder_tensor::graph::FloatGraph;
+use cinder_tensor::io::{read_json, write_json_atomic};
+use cinder_tensor::{ErrorMetrics, QuantScheme, Tensor as _, TensorBuf};
+use serde::Serialize;
+
+use crate::calibrate::{TrainSummary, calibration_indices};
+use crate::train::{DatasetImages, dataset_source};
+
+/// The options of the post-training steps on the command line.
+#[derive(clap::Args, Debug)]
+pub struct PtqArgs {
+    /// Cross-layer equalization of every pair (per layer: `equalize` in --config). The
+    /// equalized graph is recalibrated (--observer), so --calibration is not taken.
+    #[arg(long)]
+    pub equalize: bool,
+    /// Equalize pairs through ReLU6 by replacing it with ReLU (Nagel et al.'s MobileNetV2
+    /// recipe; changes the float model where activations exceed 6). Without it such
+    /// pairs are left alone and the float model is unchanged.
+    #[arg(long)]
+    pub relu6_as_relu: bool,
+    /// Bias correction of every quantized layer (per layer: `bias_correction`).
+    #[arg(long)]
+    pub bias_correction: bool,
+    /// A `cargo xtask train --out` directory: its summary.json names the data set and
+    /// normalization whose training images the steps use.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Directory of the data set files (Fashion-MNIST: Debian's location by default).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The observer that recalibrates an equalized graph.
+    #[arg(long, default_value = "minmax")]
+    pub observer: String,
+    /// Training images for recalibration and bias correction.
+    #[arg(long, default_value_t = 1024, value_parser = crate::checks::positive)]
+    pub calibration_images: usize,
+    /// Seed of the random choice of those images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write the post-training report as JSON.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// One weighted layer's figures.
+#[derive(Debug, Serialize)]
+struct LayerRow {
+    layer: String,
+    /// Weight SQNR under the layer's config, dB, before and after the steps.
+    weight_sqnr_db: [Option<f64>; 2],
+    correction: Option<LayerCorrection>,
+}
+
+/// What `--report` writes.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    equalized_pairs: Vec<PairReport>,
+    equalization_sweeps: usize,
+    relu6_replaced: Vec<String>,
+    relu6_refused: Vec<String>,
+    layers: Vec<LayerRow>,
+}
+
+/// The graph and table to convert: `graph` (folded) after the steps `config` asks for,
+/// and its calibration table (`calibration`, or a fresh one of an equalized graph).
+pub fn prepare(
+    graph: FloatGraph,
+    calibration: Option<&Path>,
+    config: &mut QuantConfig,
+    args: &PtqArgs,
+) -> anyhow::Result<(FloatGraph, CalibrationTable)> {
+    config.default.equalize |= args.equalize;
+    config.default.bias_correction |= args.bias_correction;
+    let graph = graph.fold_batch_norms()?;
+    let (equalizing, correcting) = steps(&graph, config);
+    let table = match (equalizing, calibration) {
+        (false, Some(path)) => Some(CalibrationTable::load(path)?),
+        (false, None) => bail!("--calibration is required (unless the graph is equalized)"),
+        (true, Some(_)) => bail!(
+            "--calibration describes the graph before equalization: leave it out, the \
+             equalized graph is recalibrated on --checkpoint's images"
+        ),
+        (true, None) => None,
+    };
+    if !equalizing && !correcting {
+        return Ok((graph, table.expect("checked above")));
+    }
+    let data = CalibrationData::load(args)?;
+    let mut report = Report::default();
+    let original = graph.clone();
+    let graph = if equalizing {
+        equalize_graph(&graph, config, args.relu6_as_relu, &mut report)?
+    } else {
+        graph
+    };
+    let table = match table {
+        Some(t) => t,
+        None => data.calibrate(&graph, &args.observer)?,
+    };
+    let mut corrections = Vec::new();
+    let graph = if correcting {
+        let bc = correct_biases(&graph, &data.batches()?, config)?;
+        corrections = bc.layers;
+        bc.graph
+    } else {
+        graph
+    };
+    report.layers = layer_rows(&original, &graph, config, corrections)?;
+    print_report(&report);
+    if let Some(path) = &args.report {
+        write_json_atomic(path, &report)?;
+    }
+    Ok((graph, table))
+}
+
+/// `graph` equalized where `config` says, with what was done recorded in `report`.
+fn equalize_graph(
+    graph: &FloatGraph,
+    config: &QuantConfig,
+    relu6_as_relu: bool,
+    report: &mut Report,
+) -> anyhow::Result<FloatGraph> {
+    let options = EqualizeOptions {
+        clip: if relu6_as_relu {
+            ClipPolicy::AsRelu
+        } else {
+            ClipPolicy::Refuse
+        },
+        ..EqualizeOptions::default()
+    };
+    let eq = equalize(graph, &options, |n| config.layer(n).equalize)?;
+    if !eq.converged {
+        println!("equalization: not converged after {} sweeps", eq.iterations);
+    }
+    report.equalized_pairs = eq.pairs;
+    report.equalization_sweeps = eq.iterations;
+    report.relu6_replaced = eq.replaced_clips;
+    report.relu6_refused = eq.refused_clips;
+    Ok(eq.graph)
+}
+
+/// Whether any layer is to be equalized (float layers too: equalization rewrites the
+/// float graph), and whether any quantized layer is to be bias-corrected.
+pub fn steps(graph: &FloatGraph, config: &QuantConfig) -> (bool, bool) {
+    let layers = || graph.nodes().iter().filter(|n| n.op.is_weighted());
+    let equalize = layers().any(|n| config.layer(&n.name).equalize);
+    let correct = layers().any(|n| {
+        let c = config.layer(&n.name);
+        c.bias_correction && c.mode != Mode::Float
+    });
+    (equalize, correct)
+}
+
+/// Each quantized layer's weight SQNR before and after, with its correction.
+fn layer_rows(
+    before: &FloatGraph,
+    after: &FloatGraph,
+    config: &QuantConfig,
+    mut corrections: Vec<LayerCorrection>,
+) -> anyhow::Result<Vec<LayerRow>> {
+    let sqnr = |graph: &FloatGraph, name: &str| -> anyhow::Result<Option<f64>> {
+        let node = graph.node(name).context("a layer of both graphs")?;
+        let (w, _) = node.op.weight_and_bias().context("a weighted layer")?;
+        let q = quantized_weight(name, w, &config.layer(name))?;
+        Ok(ErrorMetrics::between(w.data(), q.data())?.sqnr_db)
+    };
+    let mut rows = Vec::new();
+    for node in after.nodes() {
+        if !node.op.is_weighted() || config.layer(&node.name).mode == Mode::Float {
+            continue;
+        }
+        let correction = corrections
+            .iter()
+            .position(|c| c.layer == node.name)
+            .map(|i| corrections.swap_remove(i));
+        rows.push(LayerRow {
+            layer: node.name.clone(),
+            weight_sqnr_db: [sqnr(before, &node.name)?, sqnr(after, &node.name)?],
+            correction,
+        });
+    }
+    Ok(rows)
+}
+
+fn print_report(r: &Report) {
+    if !r.equalized_pairs.is_empty() || !r.relu6_refused.is_empty() {
+        println!(
+            "cross-layer equalization: {} pairs, {} sweeps",
+            r.equalized_pairs.len(),
+            r.equalization_sweeps
+        );
+        for p in &r.equalized_pairs {
+            println!(
+                "  {:<24} -> {:<24} {:>4} channels, precision {:.3}/{:.3} -> {:.3}/{:.3}",
+                p.first,
+                p.second,
+                p.channels,
+                p.precision_before[0],
+                p.precision_before[1],
+                p.precision_after[0],
+                p.precision_after[1]
+            );
+        }
+        if !r.relu6_replaced.is_empty() {
+            println!("  ReLU6 replaced by ReLU: {}", r.relu6_replaced.join(", "));
+        }
+        if !r.relu6_refused.is_empty() {
+            println!(
+                "  pairs left alone at ReLU6: {}",
+                r.relu6_refused.join(", ")
+            );
+        }
+    }
+    println!(
+        "{:<24} {:>16} {:>11} {:>11} {:>11}",
+        "layer", "weight SQNR dB", "|bias fix|", "max", "|E[y]|"
+    );
+    let db = |v: Option<f64>| v.map_or("exact".to_owned(), |d| format!("{d:.1}"));
+    for row in &r.layers {
+        let fix = row.correction.as_ref().map_or(String::new(), |c| {
+            format!(
+                "{:>11.3e} {:>11.3e} {:>11.3e}",
+                c.mean_abs, c.max_abs, c.output_mean_abs
+            )
+        });
+        println!(
+            "{:<24} {:>7} -> {:>5} {fix}",
+            row.layer,
+            db(row.weight_sqnr_db[0]),
+            db(row.weight_sqnr_db[1])
+        );
+    }
+}
+
+/// Calibration images of the training split of a checkpoint's data set.
+struct CalibrationData {
+    train: Dataset,
+    summary: TrainSummary,
+    indices: Vec<usize>,
+}
+
+/// Images per calibration batch.
+const BATCH: usize = 64;
+
+impl CalibrationData {
+    fn load(args: &PtqArgs) -> anyhow::Result<Self> {
+        let dir = args
+            .checkpoint
+            .as_deref()
+            .context("--equalize and --bias-correction need --checkpoint (the training images)")?;
+        let summary: TrainSummary = read_json(&dir.join("summary.json"))?;
+        let source = dataset_source(&summary.dataset, args.data_dir.as_deref())?;
+        let train = cinder_datasets::load(&source)?
+            .train
+            .limit(summary.train_images);
+        let indices = calibration_indices(train.len(), args.calibration_images, args.seed);
+        Ok(Self {
+            train,
+            summary,
+            indices,
+        })
+    }
+
+    fn images(&self) -> DatasetImages<'_> {
+        DatasetImages {
+            data: &self.train,
+            norm: self.summary.normalization,
+        }
+    }
+
+    /// The normalized images in batches.
+    fn batches(&self) -> anyhow::Result<Vec<TensorBuf<f32>>> {
+        let images = self.images();
+        self.indices
+            .chunks(BATCH)
+            .map(|chunk| Ok(images.gather(chunk)?.images))
+            .collect()
+    }
+
+    /// A fresh calibration table of `graph` (u8 asymmetric activations, as `cargo xtask
+    /// calibrate` writes by default).
+    fn calibrate(&self, graph: &FloatGraph, observer: &str) -> anyhow::Result<CalibrationTable> {
+        let model = GraphNet::from_float_graph(graph, &BackendKind::Flex.device()?)?;
+        let spec: ObserverSpec = observer.parse()?;
+        let mut calibrator = Calibrator::new(spec, QuantScheme::activations_uint8())?;
+        calibrate(
+            &model,
+            &self.images(),
+            &self.indices,
+            BATCH,
+            &mut calibrator,
+        )?;
+        Ok(calibrator.table()?)
+    }
+}
