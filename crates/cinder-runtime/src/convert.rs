@@ -519,7 +519,7 @@ fn static_layer(
         .enumerate()
         .map(|(c, &b)| {
             let p = QuantParams::new(acc_scale(input.scale, weights.scale(c)), 0, -bound, bound)?;
-            Ok(p.quantize(b))
+            Ok(p.quantize_exact(b))
         })
         .collect::<Result<Vec<i32>, QuantError>>()
         .map_err(quant)?;

@@ -105,6 +105,18 @@ impl QuantParams {
         self.scale * (q - self.zero_point) as f32
     }
 
+    /// As [`QuantParams::quantize`], but exact at every magnitude: for grids wider than
+    /// [`ROUNDING_LIMIT`] (int32 bias codes), where `quantize` saturates. Not
+    /// vectorized (the standard library's rounding); meant for per-channel values.
+    pub fn quantize_exact(&self, x: f32) -> i32 {
+        let q = (x / self.scale).round_ties_even() + self.zero_point as f32;
+        if q.is_nan() {
+            return self.zero_point;
+        }
+        // `as` saturates; the grid's bounds are clamped in i32, where they are exact.
+        (q as i32).clamp(self.qmin, self.qmax)
+    }
+
     /// Quantize then dequantize: the value the integer path will see, in real units.
     #[inline]
     pub fn fake_quantize(&self, x: f32) -> f32 {
@@ -113,7 +125,8 @@ impl QuantParams {
 }
 
 /// The largest magnitude [`round_ties_even`] returns (2^22): larger values saturate to
-/// it, and so do the codes of [`QuantParams::quantize`] (int32 bias codes included).
+/// it, and so do the codes of [`QuantParams::quantize`]; [`QuantParams::quantize_exact`]
+/// serves wider grids.
 pub const ROUNDING_LIMIT: f32 = 4_194_304.0;
 
 /// Round half to even, branch-free and vectorizable (`f32::round_ties_even` is a libm
@@ -281,6 +294,26 @@ mod tests {
         assert_eq!(p.quantize(f32::NEG_INFINITY), 0);
         assert_eq!(p.quantize(f32::NAN), p.zero_point);
         assert_eq!(p.quantize(f32::MAX), 255);
+    }
+
+    #[test]
+    fn exact_quantization_serves_int32_grids_beyond_the_rounding_limit() {
+        let bound = i32::MAX - 65_024;
+        let p = QuantParams::new(1e-6, 0, -bound, bound).unwrap();
+        // 10.0 / 1e-6 is 1e7 codes: `quantize` saturates at 2^22, `quantize_exact` not.
+        assert_eq!(p.quantize(10.0), 4_194_304);
+        assert_eq!(
+            p.quantize_exact(10.0),
+            (10.0f32 / 1e-6).round_ties_even() as i32
+        );
+        assert_eq!(p.quantize_exact(-10.0), -p.quantize_exact(10.0));
+        assert_eq!(p.quantize_exact(1e30), bound);
+        assert_eq!(p.quantize_exact(f32::NEG_INFINITY), -bound);
+        assert_eq!(p.quantize_exact(f32::NAN), 0);
+        let small = QuantParams::from_range(-1.0, 1.0, &asym_u8()).unwrap();
+        for x in [-1.5f32, -0.3, 0.0, 0.004, 0.7, 2.0] {
+            assert_eq!(small.quantize_exact(x), small.quantize(x), "{x}");
+        }
     }
 
     proptest::proptest! {

@@ -12,7 +12,7 @@ use cinder_model::export::host;
 use cinder_model::net::Value;
 use cinder_runtime::model::rules::bias_bound;
 use cinder_runtime::{Activation, Layer, LayerExec, QuantizedModel, StaticLayer};
-use cinder_tensor::params::{MIN_SCALE, ROUNDING_LIMIT};
+use cinder_tensor::params::MIN_SCALE;
 
 use super::{Codes, Pass, Sums, activate, constant, no_scale};
 use crate::error::QatError;
@@ -173,8 +173,7 @@ impl Pass<'_> {
 
 impl Pass<'_> {
     /// The runtime's int32 grid of layer `index`'s bias codes (zero point 0): clamped so
-    /// that no partial sum of its `depth` taps overflows, and where the runtime's
-    /// rounding saturates (`QuantParams::quantize` of a bias far beyond every code).
+    /// that no partial sum of its `depth` taps overflows.
     fn bias_grid(&self, index: usize, depth: usize) -> Result<FakeQuantGrid, QatError> {
         let bound = bias_bound(depth).ok_or_else(|| {
             QatError::Config(format!(
@@ -182,7 +181,6 @@ impl Pass<'_> {
                 self.plan.layers()[index]
             ))
         })?;
-        let bound = bound.min(ROUNDING_LIMIT as i32);
         Ok(FakeQuantGrid {
             qmin: -bound,
             qmax: bound,
