@@ -19,7 +19,7 @@ use super::{
 use crate::arith::PoolKind;
 use crate::error::Invalid;
 use crate::geometry::{Geometry, Window, chw};
-use crate::kernels::{Clamp, DepthwiseFilter, Rescale};
+use crate::kernels::{Clamp, DepthwiseFilter, Rescale, RescaleTable};
 use crate::model::{
     Activation, DynamicLayer, Layer, LayerExec, Merge, QuantWeights, StaticLayer, Step, StepOp,
 };
@@ -369,7 +369,7 @@ impl<'a> Builder<'a> {
                 ));
             }
             return Ok(Stage::IntAdd(IntAdd {
-                operands: [rescale(0), rescale(1)],
+                operands: [0, 1].map(|k| RescaleTable::new(&rescale(k))),
                 clamp,
             }));
         }

@@ -3,12 +3,12 @@
 //! into its place in every NHWC pixel; a vector is one pixel).
 
 use super::par::{BLOCKS_PER_SLOT, Scratch, par_blocks};
-use crate::kernels::{Clamp, Rescale, add_s8, rescale_s8};
+use crate::kernels::{Clamp, Rescale, RescaleTable, add_s8, rescale_s8};
 
-/// An int8 `Add`.
+/// An int8 `Add`: each operand's rescale as a table of its codes.
 #[derive(Debug)]
 pub(crate) struct IntAdd {
-    pub(super) operands: [Rescale; 2],
+    pub(super) operands: [RescaleTable; 2],
     pub(super) clamp: Clamp,
 }
 
