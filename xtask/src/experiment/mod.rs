@@ -124,32 +124,18 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     )?;
     let bars = MultiProgress::new();
     let total = bars.add(bar(selected.len() + 3, "experiment"));
-    total.set_message("loading data");
-    let data = ExperimentData::load(&config.data)?;
-    total.set_message("training");
-    let may_train = !args.report_only;
-    let trained = training::train_or_reuse(&config, &data, &out, &bars, may_train)?;
-    total.inc(1);
-    total.set_message("fp32 baseline");
-    let fp32_dir = out.join("fp32");
-    trained.graph.save(
-        &fp32_dir.join("graph.json"),
-        &fp32_dir.join("graph.safetensors"),
-    )?;
-    let graph_key = training::graph_key(&trained.graph)?;
-    let baseline = baseline(&trained, &graph_key, &data, &config, &fp32_dir)?;
-    total.inc(1);
+    let shared = shared_stages(&config, &out, &bars, &total, !args.report_only)?;
     if !args.cells.is_empty() {
         // The shared stages are saved: the other tasks of the fan-out may go on.
         drop(lock);
     }
     let ctx = Context {
         config: &config,
-        model: &trained.model,
-        data: &data,
-        graph: &trained.graph,
-        graph_key: &graph_key,
-        baseline: &baseline,
+        model: &shared.trained.model,
+        data: &shared.data,
+        graph: &shared.trained.graph,
+        graph_key: &shared.graph_key,
+        baseline: &shared.baseline,
         out: &out,
     };
     let run = CellRun {
@@ -165,25 +151,69 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         return check_cells(&cells);
     }
     total.set_message("report");
-    let results = Results {
-        format_version: RESULTS_FORMAT_VERSION,
-        experiment: config.name.clone(),
-        config: config.clone(),
-        machine: Machine::here(),
-        data: DataSummary {
-            dataset: data.name.to_owned(),
-            train_images: data.train.len(),
-            test_images: data.test.len(),
-            classes: data.train.classes(),
-        },
-        training: trained.summary,
-        fp32: baseline.measured,
-        fp32_model_file: baseline.model_file,
-        cells,
-        wall_seconds: wall.elapsed().as_secs_f64(),
-    };
+    let results = shared.results(&config, cells, wall.elapsed().as_secs_f64());
     write_report(&results, &out, &total)?;
     check_cells(&results.cells)
+}
+
+/// What every cell of an experiment builds on.
+struct Shared {
+    data: ExperimentData,
+    trained: Trained,
+    graph_key: String,
+    baseline: Baseline,
+}
+
+/// Loads the data, trains (or reuses) the float model and measures its baseline.
+fn shared_stages(
+    config: &ExperimentConfig,
+    out: &Path,
+    bars: &MultiProgress,
+    total: &ProgressBar,
+    may_train: bool,
+) -> anyhow::Result<Shared> {
+    total.set_message("loading data");
+    let data = ExperimentData::load(&config.data)?;
+    total.set_message("training");
+    let trained = training::train_or_reuse(config, &data, out, bars, may_train)?;
+    total.inc(1);
+    total.set_message("fp32 baseline");
+    let fp32_dir = out.join("fp32");
+    trained.graph.save(
+        &fp32_dir.join("graph.json"),
+        &fp32_dir.join("graph.safetensors"),
+    )?;
+    let graph_key = training::graph_key(&trained.graph)?;
+    let baseline = baseline(&trained, &graph_key, &data, config, &fp32_dir)?;
+    total.inc(1);
+    Ok(Shared {
+        data,
+        trained,
+        graph_key,
+        baseline,
+    })
+}
+
+impl Shared {
+    fn results(self, config: &ExperimentConfig, cells: Vec<CellResult>, wall: f64) -> Results {
+        Results {
+            format_version: RESULTS_FORMAT_VERSION,
+            experiment: config.name.clone(),
+            config: config.clone(),
+            machine: Machine::here(),
+            data: DataSummary {
+                dataset: self.data.name.to_owned(),
+                train_images: self.data.train.len(),
+                test_images: self.data.test.len(),
+                classes: self.data.train.classes(),
+            },
+            training: self.trained.summary,
+            fp32: self.baseline.measured,
+            fp32_model_file: self.baseline.model_file,
+            cells,
+            wall_seconds: wall,
+        }
+    }
 }
 
 /// The configured cells named by `names`, or all of them when none is named.
