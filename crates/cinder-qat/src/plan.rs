@@ -252,11 +252,7 @@ impl<'a> Builder<'a> {
     fn fused_activation(&mut self, node: &NodeSpec) -> (Activation, String) {
         let readers = self.readers.get(node.name.as_str()).map_or(&[][..], |r| r);
         let fused = match readers {
-            [r] => match r.op {
-                OpSpec::Relu => Some((Activation::Relu, r)),
-                OpSpec::Clip { min, max } => Some((Activation::Clip { min, max }, r)),
-                _ => None,
-            },
+            [r] => Activation::fused_by(&r.op).map(|a| (a, r)),
             _ => None,
         };
         match fused {

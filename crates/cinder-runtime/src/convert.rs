@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cinder_observers::{CalibrationTable, quantize_weight};
-use cinder_tensor::graph::{FloatGraph, INPUT, Node, Op};
+use cinder_tensor::graph::{FloatGraph, INPUT, Node, Op, OpSpec};
 use cinder_tensor::{
     Granularity, Mapping, QuantError, QuantParams, QuantScheme, Tensor, TensorBuf,
     TensorQuantParams,
@@ -183,11 +183,7 @@ impl Converter<'_> {
     fn fused_activation(&mut self, node: &Node) -> (Activation, String) {
         let readers = self.graph.consumers(&node.name);
         let activation = match readers[..] {
-            [r] => match r.op {
-                Op::Relu => Some((Activation::Relu, r)),
-                Op::Clip { min, max } => Some((Activation::Clip { min, max }, r)),
-                _ => None,
-            },
+            [r] => Activation::fused_by(&OpSpec::of(&r.op)).map(|a| (a, r)),
             _ => None,
         };
         match activation {

@@ -1,6 +1,7 @@
 //! The steps and layers of a quantized model (see [`crate::model`] for the domains they
 //! work in), and what each layer answers about its weights.
 
+use cinder_tensor::graph::OpSpec;
 use cinder_tensor::{
     Mapping, QuantParams, RequantMultiplier, Tensor, TensorBuf, TensorQuantParams,
 };
@@ -75,6 +76,16 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation an operator is, when it can be fused into the layer it reads
+    /// (ReLU and clips); `None` for every other operator.
+    pub fn fused_by(op: &OpSpec) -> Option<Self> {
+        match *op {
+            OpSpec::Relu => Some(Activation::Relu),
+            OpSpec::Clip { min, max } => Some(Activation::Clip { min, max }),
+            _ => None,
+        }
+    }
+
     /// The activation of a float value.
     #[inline]
     pub fn apply(self, x: f32) -> f32 {

@@ -207,7 +207,8 @@ fn stored_tensors(node: &Node) -> Vec<(String, StoredTensor)> {
 }
 
 impl OpSpec {
-    fn of(op: &Op) -> Self {
+    /// The hyper-parameters of `op`, without its tensors.
+    pub fn of(op: &Op) -> Self {
         match op {
             Op::Conv2d(c) => OpSpec::Conv2d {
                 in_channels: c.in_channels(),
