@@ -16,7 +16,7 @@ use cinder_runtime::kernels::{
     winograd_multiply, winograd_output_tiles, winograd_products_stride,
 };
 use cinder_runtime::synthetic::{Rng, minmax_table, random_input, reference_convnet};
-use cinder_runtime::{QuantConfig, SessionOptions, convert};
+use cinder_runtime::{ConvAlgorithm, QuantConfig, Session, SessionOptions, convert};
 use cinder_tensor::Tensor;
 
 /// Median seconds of `rounds` runs of each of `runs`, alternating.
@@ -191,42 +191,58 @@ fn model() {
     let graph = reference_convnet(1);
     let table = minmax_table(&graph, &random_input(&graph, 16, 2)).expect("finite");
     let model = convert(&graph, &table, &QuantConfig::default()).expect("conversion");
-    let mut session = model
-        .session_with(SessionOptions { threads: 2 })
-        .expect("pool");
+    let forced = convert(&graph, &table, &QuantConfig::default())
+        .expect("conversion")
+        .with_conv_algorithm(ConvAlgorithm::Winograd)
+        .expect("plan");
+    let options = SessionOptions { threads: 2 };
+    let mut session = model.session_with(options).expect("pool");
+    let mut winograd = forced.session_with(options).expect("pool");
     for batch in [1, 64] {
         let x = random_input(&graph, batch, 3);
         let rounds = if batch == 1 { 400 } else { 30 };
         session.run(&x).expect("valid");
+        winograd.run(&x).expect("valid");
         let med = alternate(
             rounds,
-            &mut [Box::new(|| {
-                black_box(session.run(&x).expect("valid").data()[0]);
-            })],
+            &mut [
+                Box::new(|| {
+                    black_box(session.run(&x).expect("valid").data()[0]);
+                }),
+                Box::new(|| {
+                    black_box(winograd.run(&x).expect("valid").data()[0]);
+                }),
+            ],
         );
         println!(
-            "ConvNet int8 static, 2 threads, b{batch}, path {}: median {:.3} ms",
+            "ConvNet int8 static, 2 threads, b{batch}, path {}: median {:.3} ms as planned, {:.3} ms with Winograd forced",
             Isa::detect(),
-            med[0] * 1e3
+            med[0] * 1e3,
+            med[1] * 1e3
         );
-        session.set_profiling(true);
-        for _ in 0..rounds {
-            session.run(&x).expect("valid");
-        }
-        let stages = session.profile().expect("on");
-        let total: f64 = stages.iter().map(|s| s.mean.as_secs_f64()).sum();
-        for s in &stages {
-            let t = s.mean.as_secs_f64();
-            println!(
-                "    {:<10} {:<16} {:8.3} ms {:5.1}%",
-                s.name,
-                s.kind,
-                t * 1e3,
-                t / total * 100.0
-            );
-        }
-        session.set_profiling(false);
+        print_profile(&mut session, &x, rounds);
     }
+}
+
+/// Runs `session` on `x` `rounds` times with profiling on and prints each stage's share.
+fn print_profile(session: &mut Session<'_>, x: &impl Tensor<f32>, rounds: usize) {
+    session.set_profiling(true);
+    for _ in 0..rounds {
+        session.run(x).expect("valid");
+    }
+    let stages = session.profile().expect("on");
+    let total: f64 = stages.iter().map(|s| s.mean.as_secs_f64()).sum();
+    for s in &stages {
+        let t = s.mean.as_secs_f64();
+        println!(
+            "    {:<10} {:<16} {:8.3} ms {:5.1}%",
+            s.name,
+            s.kind,
+            t * 1e3,
+            t / total * 100.0
+        );
+    }
+    session.set_profiling(false);
 }
 
 fn main() {

@@ -44,6 +44,7 @@ pub use model::{
     Activation, DynamicLayer, FloatLayer, IntMerge, Layer, LayerExec, Merge, QuantWeights,
     StaticLayer, Step, StepOp, Window,
 };
+pub use plan::ConvAlgorithm;
 pub use quantized::QuantizedModel;
 pub use reference::reference_forward;
 pub use session::{Session, SessionOptions, StageTime};

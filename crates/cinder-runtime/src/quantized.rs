@@ -4,7 +4,7 @@
 use crate::error::Invalid;
 use crate::model::Step;
 use crate::model::validate::validate;
-use crate::plan::Plan;
+use crate::plan::{ConvAlgorithm, Plan};
 use crate::walk::Walk;
 
 /// A fully checked quantized model, with its execution plan prepared.
@@ -33,16 +33,23 @@ impl PartialEq for QuantizedModel {
 impl QuantizedModel {
     /// Checks every rule of the format (shapes chain, domains match, codes on their
     /// grids, multipliers consistent with the scales, no int32 overflow possible) and
-    /// prepares the fast plan.
+    /// prepares the fast plan ([`ConvAlgorithm::Auto`]).
     pub fn new(input_shape: Vec<usize>, steps: Vec<Step>) -> Result<Self, Invalid> {
         let walk = validate(&input_shape, &steps)?;
-        let plan = Plan::build(&steps, &walk)?;
+        let plan = Plan::build(&steps, &walk, ConvAlgorithm::Auto)?;
         Ok(Self {
             input_shape,
             steps,
             walk,
             plan,
         })
+    }
+
+    /// The same model with its plan computing 3×3 convolutions as `algorithm` says: for
+    /// benchmarks and tests of one algorithm (the results are the same bit for bit).
+    pub fn with_conv_algorithm(self, algorithm: ConvAlgorithm) -> Result<Self, Invalid> {
+        let plan = Plan::build(&self.steps, &self.walk, algorithm)?;
+        Ok(Self { plan, ..self })
     }
 
     /// Per-sample input shape.

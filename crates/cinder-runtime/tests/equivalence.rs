@@ -2,23 +2,24 @@
 //! random convolution / linear sizes, strides and paddings, per-tensor and per-channel,
 //! symmetric and asymmetric, 2- to 8-bit weights, static, dynamic and float layers in
 //! any mix, batches smaller and larger than the thread count; Winograd convolutions
-//! among them, and on purpose in [`winograd_convolutions_equal_the_reference`]; and on
+//! among them where the kernel path prefers it, and on purpose (both algorithms) in
+//! [`winograd_convolutions_equal_the_reference`]; and on
 //! random graphs ([`common::dag`]): residual adds, depthwise-separable pairs with ReLU6,
 //! rectangular strided convolutions, padded max and average pools, concatenations and
 //! global average pooling, in every mode.
 
 mod common;
 
-use cinder_runtime::{Mode, SessionOptions, reference_forward};
+use cinder_runtime::{ConvAlgorithm, Mode, SessionOptions, reference_forward};
 use cinder_tensor::Tensor;
 use common::dag::dag_spec;
 use common::{ConvSpec, LayerChoice, ModelSpec, bits, input, model_spec};
 use proptest::prelude::*;
 
-/// Convolutions that take Winograd (3×3, stride 1, at least 16 input channels): odd and
-/// even output sizes, padding 0 and 1, static (with and without a fused max-pool) and
-/// dynamic, every weight width, symmetric and asymmetric, batches smaller and larger than
-/// the thread count.
+/// Convolutions Winograd can take (3×3, stride 1, at least 16 input channels), planned
+/// with Winograd and with im2col: odd and even output sizes, padding 0 and 1, static
+/// (with and without a fused max-pool) and dynamic, every weight width, symmetric and
+/// asymmetric, batches smaller and larger than the thread count.
 #[test]
 fn winograd_convolutions_equal_the_reference() {
     let conv = |out, padding, pool| ConvSpec {
@@ -51,18 +52,31 @@ fn winograd_convolutions_equal_the_reference() {
             choices: vec![choice(true), choice(false), choice(true), choice(true)],
             seed: case as u64,
         };
-        let (graph, model) = spec.model();
-        for batch in [1, 3] {
-            let x = input(&graph, batch, case as u64);
-            let want = reference_forward(&model, &x).unwrap();
-            for threads in [1, 2] {
-                let mut session = model.session_with(SessionOptions { threads }).unwrap();
-                session.set_profiling(true);
-                let got = session.run(&x).unwrap();
-                assert_eq!(bits(got.data()), bits(want.data()), "{spec:?}");
-                let profile = session.profile().unwrap();
-                let winograd = profile.iter().filter(|s| s.kind.contains("wino"));
-                assert_eq!(winograd.count(), 2, "17 and 20 input channels: {profile:?}");
+        let (graph, mut model) = spec.model();
+        for (algorithm, winograd_stages) in
+            [(ConvAlgorithm::Winograd, 2), (ConvAlgorithm::Im2col, 0)]
+        {
+            model = model.with_conv_algorithm(algorithm).unwrap();
+            for batch in [1, 3] {
+                let x = input(&graph, batch, case as u64);
+                let want = reference_forward(&model, &x).unwrap();
+                for threads in [1, 2] {
+                    let mut session = model.session_with(SessionOptions { threads }).unwrap();
+                    session.set_profiling(true);
+                    let got = session.run(&x).unwrap();
+                    assert_eq!(
+                        bits(got.data()),
+                        bits(want.data()),
+                        "{algorithm:?} {spec:?}"
+                    );
+                    let profile = session.profile().unwrap();
+                    let winograd = profile.iter().filter(|s| s.kind.contains("wino"));
+                    assert_eq!(
+                        winograd.count(),
+                        winograd_stages,
+                        "{algorithm:?}: {profile:?}"
+                    );
+                }
             }
         }
     }

@@ -11,7 +11,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cinder_runtime::{Mode, SessionOptions};
+use cinder_runtime::{ConvAlgorithm, Mode, SessionOptions};
 use common::{ConvSpec, LayerChoice, ModelSpec, input};
 
 struct Counting;
@@ -69,27 +69,31 @@ fn runs_after_warm_up_do_not_allocate() {
     ] {
         let spec = ModelSpec {
             input: [3, 12, 12],
-            // The second convolution takes Winograd (16 input channels).
+            // The second convolution can take Winograd (16 input channels): planned
+            // with it below, and with im2col.
             convs: vec![conv(16, true), conv(16, true)],
             linears: vec![(32, true), (10, false)],
             choices: modes.iter().map(|&m| choice(m)).collect(),
             seed: 3,
         };
-        let (graph, model) = spec.model();
-        let mut session = model.session_with(SessionOptions { threads: 2 }).unwrap();
-        let (big, small) = (input(&graph, 8, 1), input(&graph, 1, 2));
-        session.run(&big).unwrap();
-        session.run(&small).unwrap();
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
-        for _ in 0..630 {
+        let (graph, mut model) = spec.model();
+        for algorithm in [ConvAlgorithm::Winograd, ConvAlgorithm::Im2col] {
+            model = model.with_conv_algorithm(algorithm).unwrap();
+            let mut session = model.session_with(SessionOptions { threads: 2 }).unwrap();
+            let (big, small) = (input(&graph, 8, 1), input(&graph, 1, 2));
             session.run(&big).unwrap();
             session.run(&small).unwrap();
+            let before = ALLOCATIONS.load(Ordering::Relaxed);
+            for _ in 0..630 {
+                session.run(&big).unwrap();
+                session.run(&small).unwrap();
+            }
+            let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+            let runs = 2 * 630;
+            assert!(
+                allocated * 32 <= runs,
+                "{modes:?} {algorithm:?}: {allocated} allocations in {runs} runs"
+            );
         }
-        let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
-        let runs = 2 * 630;
-        assert!(
-            allocated * 32 <= runs,
-            "{modes:?}: {allocated} allocations in {runs} runs"
-        );
     }
 }

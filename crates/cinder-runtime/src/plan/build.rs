@@ -12,14 +12,14 @@ use super::int::{
     pack, winograd_geometry,
 };
 use super::{
-    Buffer, DynConv, DynDepthwise, DynLinear, FloatDirect, FloatGemm, FloatPool, InputQuantizer,
-    IntAdd, IntConcat, IntConv, IntDepthwise, IntLinear, IntPool, IntWindowPool, OutputDequantizer,
-    Plan, PlannedStage, Stage,
+    Buffer, ConvAlgorithm, DynConv, DynDepthwise, DynLinear, FloatDirect, FloatGemm, FloatPool,
+    InputQuantizer, IntAdd, IntConcat, IntConv, IntDepthwise, IntLinear, IntPool, IntWindowPool,
+    OutputDequantizer, Plan, PlannedStage, Stage,
 };
 use crate::arith::PoolKind;
 use crate::error::Invalid;
 use crate::geometry::{Geometry, Window, chw};
-use crate::kernels::{Clamp, DepthwiseFilter, Rescale, RescaleTable};
+use crate::kernels::{Clamp, DepthwiseFilter, Isa, Rescale, RescaleTable};
 use crate::model::{
     Activation, DynamicLayer, Layer, LayerExec, Merge, QuantWeights, StaticLayer, Step, StepOp,
 };
@@ -115,9 +115,15 @@ fn depthwise_filter(w: &QuantWeights, field: &str) -> Result<DepthwiseFilter, In
 }
 
 impl Plan {
-    /// Builds the plan of validated `steps` (`walk`: what validation recorded).
-    pub(crate) fn build(steps: &[Step], walk: &Walk) -> Result<Self, Invalid> {
-        let mut builder = Builder::new(steps, walk);
+    /// Builds the plan of validated `steps` (`walk`: what validation recorded), with 3×3
+    /// convolutions computed as `algorithm` says on the process's kernel path.
+    pub(crate) fn build(
+        steps: &[Step],
+        walk: &Walk,
+        algorithm: ConvAlgorithm,
+    ) -> Result<Self, Invalid> {
+        let winograd = algorithm.winograd_on(Isa::detect());
+        let mut builder = Builder::new(steps, walk, winograd);
         for i in 0..steps.len() {
             builder.step(i)?;
         }
@@ -164,11 +170,13 @@ struct Builder<'a> {
     floats: Pool,
     /// Steps already run inside an earlier stage (a fused pool).
     fused: Vec<bool>,
+    /// Whether the convolutions Winograd can take take it.
+    winograd: bool,
     stages: Vec<PlannedStage>,
 }
 
 impl<'a> Builder<'a> {
-    fn new(steps: &'a [Step], walk: &'a Walk) -> Self {
+    fn new(steps: &'a [Step], walk: &'a Walk, winograd: bool) -> Self {
         let tensors = steps.len() + 1;
         let mut readers = vec![Vec::new(); tensors];
         for i in 0..steps.len() {
@@ -189,6 +197,7 @@ impl<'a> Builder<'a> {
             ints: Pool::default(),
             floats: Pool::default(),
             fused: vec![false; steps.len()],
+            winograd,
             stages: Vec::new(),
         }
     }
@@ -310,7 +319,7 @@ impl<'a> Builder<'a> {
                     layer,
                     geometry,
                     (int, layout),
-                    pool.is_some(),
+                    (pool.is_some(), self.winograd),
                 )?;
                 if let Some(j) = pool {
                     self.fused[j] = true;
@@ -417,15 +426,16 @@ fn pool_stage(
 
 /// The stage of a convolution or linear layer reading a tensor of domain `int` and
 /// `layout`; a static or dynamic convolution runs the 2×2 stride-2 max-pool that reads it
-/// when `pool`. Depthwise convolutions take their own kernel, other grouped ones the
-/// reference arithmetic when float (and no fast path when quantized).
+/// when `pool`, by Winograd where it can and `winograd`. Depthwise convolutions take
+/// their own kernel, other grouped ones the reference arithmetic when float (and no fast
+/// path when quantized).
 fn layer_stage(
     field: &str,
     name: &str,
     layer: &Layer,
     geometry: Geometry,
     (int, layout): (Option<QuantParams>, Layout),
-    pool: bool,
+    (pool, winograd): (bool, bool),
 ) -> Result<Stage, Invalid> {
     if let Geometry::Conv {
         input,
@@ -454,7 +464,7 @@ fn layer_stage(
             let im2col = |params| IntMatmul::new(pack(&codes, n, k, field)?, params, field);
             match conv {
                 Some(shape) => {
-                    let kernel = match winograd_geometry(&shape) {
+                    let kernel = match winograd_geometry(&shape).filter(|_| winograd) {
                         Some(g) => {
                             let sums = WinogradSums::new(g, &codes, &params.zp_w, field)?;
                             ConvKernel::Winograd(WinogradConv::new(sums, params))
@@ -479,7 +489,7 @@ fn layer_stage(
             let zp_w_all = &mm.zp_w_all;
             match conv {
                 Some(shape) => {
-                    let kernel = match winograd_geometry(&shape) {
+                    let kernel = match winograd_geometry(&shape).filter(|_| winograd) {
                         Some(g) => {
                             DynConvKernel::Winograd(WinogradSums::new(g, &codes, zp_w_all, field)?)
                         }

@@ -29,7 +29,33 @@ pub(crate) use int::{IntConv, IntLinear, IntPool, int_clamp};
 pub(crate) use merge::{IntAdd, IntConcat};
 pub(crate) use pool::IntWindowPool;
 
+use crate::kernels::Isa;
 use crate::model::Activation;
+
+/// How a plan computes the convolutions Winograd F(2×2, 3×3) can take (3×3 windows,
+/// stride 1, padding 0 or 1, 16 to [`crate::kernels::MAX_WINOGRAD_CHANNELS`] input
+/// channels). Both are exact: the choice changes speed only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// The faster on the process's kernel path ([`Isa::winograd_pays`]).
+    #[default]
+    Auto,
+    /// Winograd wherever it can run.
+    Winograd,
+    /// im2col + GEMM everywhere.
+    Im2col,
+}
+
+impl ConvAlgorithm {
+    /// Whether convolutions Winograd can take take it on kernel path `isa`.
+    pub fn winograd_on(self, isa: Isa) -> bool {
+        match self {
+            Self::Auto => isa.winograd_pays(),
+            Self::Winograd => true,
+            Self::Im2col => false,
+        }
+    }
+}
 
 /// One stage of the plan.
 #[derive(Debug)]
