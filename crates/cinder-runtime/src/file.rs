@@ -50,10 +50,15 @@ use crate::quantized::QuantizedModel;
 
 /// The `format` field of the metadata.
 pub const MODEL_FORMAT: &str = "cinder-int8";
-/// Bumped on incompatible changes. Version 3: the model is a graph (each step names the
-/// tensors it reads) with depthwise and strided convolutions, pools, `Add` and `Concat`.
-/// Version 2 (a chain) and version 1 (gemmlowp's two roundings) are refused by name.
-pub const MODEL_FORMAT_VERSION: u32 = 3;
+/// Bumped on incompatible changes. Version 4: an int8 `Add` rounds the sum of its
+/// rescaled operands once ([`crate::model::IntMerge::output_code`]). Version 3 (the same
+/// graph, each `Add` operand rounded on its own) loads when it holds no `Add`, which is
+/// then the same model; version 2 (a chain) and version 1 (gemmlowp's two roundings) are
+/// refused by name.
+pub const MODEL_FORMAT_VERSION: u32 = 4;
+
+/// The earlier version whose files load when they hold no `Add`.
+const ADD_FREE_VERSION: u32 = 3;
 /// The safetensors metadata key holding the JSON description.
 pub const METADATA_KEY: &str = "cinder";
 
@@ -302,16 +307,25 @@ impl QuantizedModel {
             message: e.to_string(),
         };
         let header: Header = serde_json::from_str(json).map_err(bad_json)?;
-        if header.format != MODEL_FORMAT || header.format_version != MODEL_FORMAT_VERSION {
-            return Err(ModelError::Version {
-                path: path.to_path_buf(),
-                format: header.format,
-                version: header.format_version,
-                expected_format: MODEL_FORMAT,
-                expected_version: MODEL_FORMAT_VERSION,
-            });
+        let version_error = || ModelError::Version {
+            path: path.to_path_buf(),
+            format: header.format.clone(),
+            version: header.format_version,
+            expected_format: MODEL_FORMAT,
+            expected_version: MODEL_FORMAT_VERSION,
+        };
+        let known = [MODEL_FORMAT_VERSION, ADD_FREE_VERSION].contains(&header.format_version);
+        if header.format != MODEL_FORMAT || !known {
+            return Err(version_error());
         }
         let meta: ModelMeta = serde_json::from_str(json).map_err(bad_json)?;
+        let has_add = meta
+            .steps
+            .iter()
+            .any(|s| matches!(s.op, OpMeta::Add { .. }));
+        if header.format_version == ADD_FREE_VERSION && has_add {
+            return Err(version_error());
+        }
         let described = description(&meta.input_shape, &meta.steps);
         let mut reader = Reader {
             archive: &archive,

@@ -160,21 +160,25 @@ impl Context<'_> {
         int: &IntMerge,
         activation: Activation,
     ) -> Value {
-        let (lo, hi) = activation.bounds(&int.output);
         let out = &int.output;
-        // Input `i`'s code `q` on the output scale (no zero point).
-        let term = |i: usize, q: i32| -> f64 {
-            let p = inputs[i].1.int().expect("validated: int8 inputs");
+        let params = |i: usize| inputs[i].1.int().expect("validated: int8 inputs");
+        // The output code of the terms `(input, code)`.
+        let code = |terms: &[(usize, i32)]| -> i32 {
+            let centred = terms.iter().map(|&(i, q)| (i, q - params(i).zero_point));
             match self.rescale {
-                Rescale::FixedPoint => f64::from(int.multipliers[i].apply(q - p.zero_point)),
+                Rescale::FixedPoint => {
+                    let centred: Vec<(usize, i32)> = centred.collect();
+                    int.output_code(&centred, activation)
+                }
                 Rescale::Exact => {
-                    f64::from(p.scale) * f64::from(q - p.zero_point) / f64::from(out.scale)
+                    let (lo, hi) = activation.bounds(out);
+                    let real: f64 = centred
+                        .map(|(i, c)| f64::from(params(i).scale) * f64::from(c))
+                        .sum();
+                    let offset = (real / f64::from(out.scale)).round_ties_even() as i64;
+                    (offset + i64::from(out.zero_point)).clamp(i64::from(lo), i64::from(hi)) as i32
                 }
             }
-        };
-        let code = |v: f64| {
-            (v.round_ties_even() as i64 + i64::from(out.zero_point))
-                .clamp(i64::from(lo), i64::from(hi)) as i32
         };
         let codes = |i: usize| match inputs[i].0 {
             Value::Int(q) => q,
@@ -183,7 +187,7 @@ impl Context<'_> {
         Value::Int(match concat {
             true => {
                 let each: Vec<Vec<i32>> = (0..inputs.len())
-                    .map(|i| codes(i).iter().map(|&q| code(term(i, q))).collect())
+                    .map(|i| codes(i).iter().map(|&q| code(&[(i, q)])).collect())
                     .collect();
                 let each: Vec<&[i32]> = each.iter().map(|v| &v[..]).collect();
                 concat_samples(&each, self.batch)
@@ -191,7 +195,7 @@ impl Context<'_> {
             false => codes(0)
                 .iter()
                 .zip(codes(1))
-                .map(|(&a, &b)| code(term(0, a) + term(1, b)))
+                .map(|(&a, &b)| code(&[(0, a), (1, b)]))
                 .collect(),
         })
     }
@@ -400,11 +404,13 @@ mod tests {
         )
         .unwrap();
         // x = [1, 2.5, -1, 3]: qa = [2, 5, -2, 6], qb = [8, 14, 0, 16];
-        // 0.5 * qa = [1, 2.5 -> 3, -1, 3] (ties up), 0.25 * (qb - 4) = [1, 2.5 -> 3, -1, 3];
-        // sums [2, 6, -2, 6] + zp -3 = [-1, 3, -5, 3], ReLU at -3: [-1, 3, -3, 3];
-        // mean of (q + 3) = [2, 6, 0, 6] is 3.5 -> 4 (ties to even) -> code 1 -> real 4.
+        // 0.5 * qa = [1, 2.5, -1, 3], 0.25 * (qb - 4) = [1, 2.5, -1, 3]; their sums
+        // [2, 5, -2, 6] are rounded once (rounding each operand would give 6 for 5);
+        // + zp -3 = [-1, 2, -5, 3], ReLU at -3: [-1, 2, -3, 3];
+        // mean of (q + 3) = [2, 5, 0, 6] is 3.25 -> 3 -> code 0 -> real 3.
         let x = TensorBuf::new(vec![1, 1, 1, 4], vec![1.0, 2.5, -1.0, 3.0]).unwrap();
-        assert_eq!(reference_forward(&model, &x).unwrap().data(), &[4.0]);
+        assert_eq!(reference_forward(&model, &x).unwrap().data(), &[3.0]);
+        assert_eq!(model.session().unwrap().run(&x).unwrap().data(), &[3.0]);
     }
 
     /// A model without steps is the identity, in both paths.

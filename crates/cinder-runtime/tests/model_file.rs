@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use cinder_runtime::file::METADATA_KEY;
-use cinder_runtime::{ModelError, QuantizedModel, SessionOptions};
+use cinder_runtime::synthetic::{minmax_table, random_graph, random_input};
+use cinder_runtime::{ModelError, QuantConfig, QuantizedModel, SessionOptions, convert};
 use cinder_tensor::Tensor;
+use cinder_tensor::graph::zoo;
 use cinder_tensor::io::FileError;
 use common::{LayerChoice, ModelSpec, bits, input, model_spec};
 use proptest::prelude::*;
@@ -176,6 +178,38 @@ fn every_corrupted_byte_is_an_error() {
         bytes.len()
     );
     assert!(kinds.contains_key("Checksum"));
+}
+
+/// Version 3 holds the same graph with each `Add` operand rounded on its own: its files
+/// load when they hold no `Add` (then the same model) and are refused by version when
+/// they do.
+#[test]
+fn version_3_loads_without_an_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = mixed_model();
+    let path = save(&chain, dir.path());
+    edit_metadata(&path, |j| j["format_version"] = 3.into());
+    assert_eq!(QuantizedModel::load(&path).unwrap(), chain);
+
+    let graph = random_graph(zoo::resnet20([3, 8, 8], 4), 5)
+        .and_then(|g| g.fold_batch_norms())
+        .unwrap();
+    let table = minmax_table(&graph, &random_input(&graph, 4, 6)).unwrap();
+    let residual = convert(&graph, &table, &QuantConfig::default()).unwrap();
+    let path = save(&residual, dir.path());
+    edit_metadata(&path, |j| j["format_version"] = 3.into());
+    let err = load_err(&path);
+    assert!(
+        matches!(
+            err,
+            ModelError::Version {
+                version: 3,
+                expected_version: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -135,8 +135,11 @@ fn check_random(what: &str, agreement: &Agreement) {
         within * 100.0,
         agreement.max_steps
     );
-    assert!(tie_aware >= 0.95, "{agreement:?}");
-    assert!(within >= 0.95, "{agreement:?}");
+    // Deterministic samples, measured at 100%, 100% and 0 steps: the margin is for
+    // near-ties that other samples could hold.
+    assert!(tie_aware >= 0.99, "{agreement:?}");
+    assert!(within >= 0.99, "{agreement:?}");
+    assert!(agreement.max_steps <= 2.0, "{agreement:?}");
 }
 
 #[test]

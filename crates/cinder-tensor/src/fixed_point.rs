@@ -7,6 +7,12 @@
 //! by `31 - exponent` (ties toward +infinity), saturated to int32: the exactly rounded
 //! `acc * M0 * 2^exponent`.
 //!
+//! A sum of rescaled values (the residual `Add`'s two operands, each on its own scale) is
+//! rounded once too: each term keeps [`SUM_FRACTION_BITS`] fractional bits
+//! ([`RequantMultiplier::apply_fraction`]) and only their sum is rounded to an integer
+//! ([`round_sum`]). So the result is within half a code plus `2^-16` of the exact sum,
+//! where rounding each term first would be up to a whole code off.
+//!
 //! # Deviation from gemmlowp
 //! gemmlowp (and TFLite's default) rounds twice: `SaturatingRoundingDoublingHighMul`
 //! (after a left shift for `exponent > 0`), then `RoundingDivideByPOT`. Rounding an
@@ -32,6 +38,9 @@ pub struct RequantMultiplier {
     /// Power of two: positive shifts left before the multiply, negative shifts right after.
     pub exponent: i32,
 }
+
+/// Fractional bits each term of a rescaled sum keeps before the sum's one rounding.
+pub const SUM_FRACTION_BITS: u32 = 16;
 
 /// The largest left shift accepted: beyond it every non-zero accumulator saturates.
 pub const MAX_LEFT_SHIFT: i32 = 30;
@@ -104,6 +113,31 @@ impl RequantMultiplier {
         let rounded = (product + (1 << (shift - 1))) >> shift;
         rounded.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
     }
+
+    /// On device: `acc * M0 * 2^exponent` with [`SUM_FRACTION_BITS`] fractional bits,
+    /// rounded there (ties toward +infinity): one term of a sum that [`round_sum`] rounds
+    /// once. Saturates at i64 only for multipliers of `2^46` and more (where every
+    /// non-zero code saturates any output anyway).
+    #[inline]
+    pub fn apply_fraction(&self, acc: i32) -> i64 {
+        // |acc * M0| < 2^62; a positive shift adds at most 2^61.
+        let product = i64::from(acc) * i64::from(self.multiplier);
+        let shift = self.right_shift() as i32 - SUM_FRACTION_BITS as i32;
+        if shift > 0 {
+            (product + (1 << (shift - 1))) >> shift
+        } else {
+            product.saturating_mul(1 << -shift)
+        }
+    }
+}
+
+/// On device: the integer nearest to a sum of [`RequantMultiplier::apply_fraction`]
+/// terms (ties toward +infinity), saturated to int32.
+#[inline]
+pub fn round_sum(sum: i64) -> i32 {
+    let half = 1i64 << (SUM_FRACTION_BITS - 1);
+    (sum.saturating_add(half) >> SUM_FRACTION_BITS).clamp(i64::from(i32::MIN), i64::from(i32::MAX))
+        as i32
 }
 
 /// Splits a positive finite `m` into `mantissa * 2^exponent`, mantissa in `[0.5, 1)`.
@@ -188,6 +222,26 @@ mod tests {
         fn equals_the_single_rounding_definition(acc in any::<i32>(), m in 1e-9f64..1e8) {
             let r = RequantMultiplier::from_real(m).unwrap();
             prop_assert_eq!(i128::from(r.apply(acc)), definition(acc, r));
+        }
+
+        #[test]
+        fn a_sum_is_rounded_once(
+            a in -255i32..=255,
+            b in -255i32..=255,
+            ma in 1e-6f64..300.0,
+            mb in 1e-6f64..300.0,
+        ) {
+            let (ra, rb) = (RequantMultiplier::from_real(ma).unwrap(), RequantMultiplier::from_real(mb).unwrap());
+            let got = round_sum(ra.apply_fraction(a) + rb.apply_fraction(b));
+            // The exact sum of the encoded multipliers' products, in units of 2^-100.
+            let exact = |acc: i32, r: RequantMultiplier| {
+                i128::from(acc) * i128::from(r.multiplier) * (1i128 << (69 + r.exponent))
+            };
+            let sum = exact(a, ra) + exact(b, rb);
+            let error = (i128::from(got) << 100) - sum;
+            // Half a code, plus 2^-17 for each term's rounding.
+            let bound = (1i128 << 99) + (1i128 << 84);
+            prop_assert!(-bound < error && error <= bound, "{a}*{ma} + {b}*{mb} -> {got}");
         }
 
         #[test]

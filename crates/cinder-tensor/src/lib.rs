@@ -18,7 +18,7 @@ pub mod scheme;
 pub mod tensor;
 
 pub use error::{QuantError, TensorError};
-pub use fixed_point::RequantMultiplier;
+pub use fixed_point::{RequantMultiplier, SUM_FRACTION_BITS, round_sum};
 pub use metrics::{ErrorAccumulator, ErrorMetrics};
 pub use params::{QuantParams, TensorQuantParams, round_ties_even};
 pub use quantize::{Code, dequantize, fake_quantize, quantize};

@@ -47,7 +47,7 @@ impl Pass<'_> {
                 let parts = xs
                     .into_iter()
                     .enumerate()
-                    .map(|(i, x)| map_host(x.x, |_, v| Ok(requantize(int, activation, &[(i, v)]))))
+                    .map(|(i, x)| map_host(x.x, |_, v| Ok(requantize(int, activation, [(i, v)]))))
                     .collect::<Result<Vec<_>, _>>()?;
                 parameter_free_forward(&op, parts).ok_or_else(|| no_merge(node))?
             }
@@ -63,16 +63,15 @@ fn no_merge(node: &str) -> QatError {
     ))
 }
 
-/// The output code offset of an int8 merge whose inputs `(index, centred code)` are
-/// each rescaled by their multiplier, summed and clamped as the runtime does.
-fn requantize(int: &IntMerge, activation: Activation, terms: &[(usize, f32)]) -> f32 {
-    let (lo, hi) = activation.bounds(&int.output);
-    let zp = i64::from(int.output.zero_point);
-    let sum: i64 = terms
-        .iter()
-        .map(|&(i, c)| i64::from(int.multipliers[i].apply(c as i32)))
-        .sum();
-    ((sum + zp).clamp(i64::from(lo), i64::from(hi)) - zp) as f32
+/// The output code offset of an int8 merge of inputs `(index, centred code)`, as the
+/// runtime computes it ([`IntMerge::output_code`]).
+fn requantize<const N: usize>(
+    int: &IntMerge,
+    activation: Activation,
+    terms: [(usize, f32); N],
+) -> f32 {
+    let terms = terms.map(|(i, c)| (i, c as i32));
+    (int.output_code(&terms, activation) - int.output.zero_point) as f32
 }
 
 /// A deployed two-input `Add` on the host.
@@ -86,7 +85,7 @@ fn deployed_add(
     let other = host_values(b.x)?;
     map_host(a.x, |j, v| {
         let w = *other.get(j).ok_or_else(|| no_merge(node))?;
-        Ok(requantize(int, activation, &[(0, v), (1, w)]))
+        Ok(requantize(int, activation, [(0, v), (1, w)]))
     })
 }
 

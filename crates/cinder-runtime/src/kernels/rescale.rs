@@ -4,17 +4,18 @@
 //! operands to the output's scale).
 //!
 //! # Rounding
-//! Each operand path rounds once: `M·(q - zp)` with `M = s_in / s_out` applied by
-//! [`RequantMultiplier::apply`] (nearest, ties toward +∞). So a rescaled operand is
-//! within half a code of its exact value, and a sum of two within one code; then the
-//! output zero point is added and the result clamped (a fused ReLU or clip narrows the
-//! clamp).
+//! Once per output: a single operand is `M·(q - zp)` with `M = s_in / s_out` applied by
+//! [`RequantMultiplier::apply`] (nearest, ties toward +∞); a sum of two keeps
+//! [`cinder_tensor::SUM_FRACTION_BITS`] fractional bits of each rescaled operand
+//! ([`RequantMultiplier::apply_fraction`]) and rounds their sum ([`round_sum`]), so it
+//! is within half a code (plus `2^-16`) of the exact sum. Then the output zero point is
+//! added and the result clamped (a fused ReLU or clip narrows the clamp).
 //!
 //! An operand's rescale depends on its code alone, so the residual `Add` looks it up in a
-//! [`RescaleTable`] of the 256 codes, built once per plan: the same values as
-//! [`Rescale::apply`], without a 64-bit multiply per element.
+//! [`RescaleTable`] of the 256 codes, built once per plan, without a 64-bit multiply
+//! per element.
 
-use cinder_tensor::RequantMultiplier;
+use cinder_tensor::{RequantMultiplier, round_sum};
 
 /// One operand's path to the output: its zero point and multiplier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,21 +30,29 @@ impl Rescale {
     pub fn apply(&self, q: i8) -> i32 {
         self.multiplier.apply(i32::from(q) - self.zero_point)
     }
+
+    /// The operand code `q` on the output's scale with the fractional bits of a term of
+    /// a sum.
+    #[inline]
+    pub fn apply_fraction(&self, q: i8) -> i64 {
+        self.multiplier
+            .apply_fraction(i32::from(q) - self.zero_point)
+    }
 }
 
-/// [`Rescale::apply`] of every int8 code, indexed by the code's bits.
+/// [`Rescale::apply_fraction`] of every int8 code, indexed by the code's bits.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RescaleTable(Box<[i32; 256]>);
+pub struct RescaleTable(Box<[i64; 256]>);
 
 impl RescaleTable {
     pub fn new(rescale: &Rescale) -> Self {
         Self(Box::new(std::array::from_fn(|bits| {
-            rescale.apply(bits as u8 as i8)
+            rescale.apply_fraction(bits as u8 as i8)
         })))
     }
 
     #[inline]
-    fn get(&self, q: i8) -> i32 {
+    fn get(&self, q: i8) -> i64 {
         self.0[usize::from(q as u8)]
     }
 }
@@ -71,11 +80,11 @@ pub fn rescale_s8(x: &[i8], a: &Rescale, clamp: &Clamp, out: &mut [i8]) {
     }
 }
 
-/// `out[i] = clamp(zp_out + a.apply(x[i]) + b.apply(y[i]))`, the operands' rescales
-/// looked up in their tables.
+/// `out[i] = clamp(zp_out + round_sum(a.apply_fraction(x[i]) + b.apply_fraction(y[i])))`,
+/// the operands' rescales looked up in their tables.
 pub fn add_s8(x: &[i8], y: &[i8], [a, b]: [&RescaleTable; 2], clamp: &Clamp, out: &mut [i8]) {
     for ((o, &p), &q) in out.iter_mut().zip(x).zip(y) {
-        *o = clamp.code(a.get(p).saturating_add(b.get(q)));
+        *o = clamp.code(round_sum(a.get(p).saturating_add(b.get(q))));
     }
 }
 
@@ -92,7 +101,11 @@ mod tests {
             };
             let table = RescaleTable::new(&rescale);
             for q in i8::MIN..=i8::MAX {
-                assert_eq!(table.get(q), rescale.apply(q), "{real} {zero_point} {q}");
+                assert_eq!(
+                    table.get(q),
+                    rescale.apply_fraction(q),
+                    "{real} {zero_point} {q}"
+                );
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use cinder_tensor::graph::OpSpec;
 use cinder_tensor::{
-    Mapping, QuantParams, RequantMultiplier, Tensor, TensorBuf, TensorQuantParams,
+    Mapping, QuantParams, RequantMultiplier, Tensor, TensorBuf, TensorQuantParams, round_sum,
 };
 use serde::{Deserialize, Serialize};
 
@@ -128,12 +128,35 @@ pub struct Merge {
 }
 
 /// The integer side of a merge: `q_out = clamp(zp_out + Σ M_i (q_i - zp_i))` (`Add`), or
-/// each input's `zp_out + M_i (q_i - zp_i)` in its channels (`Concat`).
+/// each input's `zp_out + M_i (q_i - zp_i)` in its channels (`Concat`), rounded once
+/// ([`IntMerge::output_code`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IntMerge {
     /// `s_in[i] / s_out`, one per input.
     pub multipliers: Vec<RequantMultiplier>,
     pub output: QuantParams,
+}
+
+impl IntMerge {
+    /// The output code of centred input codes `(input, q - zp_in)`: one input (a
+    /// `Concat`'s) rescaled by its multiplier, or the sum of several (an `Add`'s), each
+    /// rescaled with [`cinder_tensor::SUM_FRACTION_BITS`] fractional bits; either rounded
+    /// once, then the output zero point added and the result clamped to `activation`'s
+    /// bounds. The plain definition, which the fast path equals bit for bit.
+    pub fn output_code(&self, terms: &[(usize, i32)], activation: Activation) -> i32 {
+        let offset = match terms {
+            [(i, c)] => self.multipliers[*i].apply(*c),
+            _ => round_sum(
+                terms
+                    .iter()
+                    .map(|&(i, c)| self.multipliers[i].apply_fraction(c))
+                    .fold(0, i64::saturating_add),
+            ),
+        };
+        let (lo, hi) = activation.bounds(&self.output);
+        (i64::from(offset) + i64::from(self.output.zero_point)).clamp(i64::from(lo), i64::from(hi))
+            as i32
+    }
 }
 
 /// A convolution's or linear layer's weights and execution.
