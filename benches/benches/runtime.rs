@@ -5,17 +5,20 @@
 //! product configuration), dynamic (per-batch ranges) and partial (conv1 and fc2 left in
 //! float, the rest static: the runtime's f32 path between int8 layers).
 //!
-//! After the criterion groups: an alternating run (each round times one forward of every
+//! Then the zoo's ResNet-20 and mobilenetv2-tiny (random weights, BatchNorm folded), burn
+//! vs W8A8 static.
+//!
+//! After each model's criterion groups: an alternating run (each round times one forward of every
 //! contender in turn, so load on the machine hits all alike) prints medians and the
 //! speed-up over burn, and the session's per-stage breakdown of each int8 configuration.
 
 use burn::tensor::{Tensor as BurnTensor, TensorData};
 use cinder_model::{BackendKind, GraphNet};
-use cinder_runtime::synthetic::{minmax_table, random_input, reference_convnet};
+use cinder_runtime::synthetic::{minmax_table, random_graph, random_input, reference_convnet};
 use cinder_runtime::{
     LayerConfig, LayerOverride, Mode, QuantConfig, QuantizedModel, SessionOptions, convert,
 };
-use cinder_tensor::graph::FloatGraph;
+use cinder_tensor::graph::{FloatGraph, zoo as graph_zoo};
 use cinder_tensor::{Tensor, TensorBuf};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -85,14 +88,52 @@ type Contender<'a> = (&'static str, Box<dyn FnMut() -> f32 + 'a>);
 
 fn bench(c: &mut Criterion) {
     let graph = reference_convnet(1);
-    let burn = Burn::new(&graph);
     let models = models(&graph);
+    compare(c, "convnet", &graph, &models);
+    for (name, model) in &models {
+        for batch in BATCHES {
+            breakdown(name, model, &random_input(&graph, batch, 3));
+        }
+    }
+}
+
+/// The zoo's residual and depthwise networks (random weights, BatchNorm folded, 3×32×32
+/// inputs, 10 classes): burn's fp32 forward vs the int8 runtime, W8A8 static.
+fn zoo(c: &mut Criterion) {
+    let specs = [
+        ("resnet20", graph_zoo::resnet20([3, 32, 32], 10)),
+        (
+            "mobilenetv2-tiny",
+            graph_zoo::mobilenetv2_tiny([3, 32, 32], 10),
+        ),
+    ];
+    for (name, spec) in specs {
+        let graph = random_graph(spec, 1)
+            .and_then(|g| g.fold_batch_norms())
+            .expect("a zoo graph");
+        let table = minmax_table(&graph, &random_input(&graph, 16, 2)).expect("finite");
+        let model = convert(&graph, &table, &QuantConfig::default()).expect("conversion");
+        let models = [("int8_static", model)];
+        compare(c, name, &graph, &models);
+        breakdown(name, &models[0].1, &random_input(&graph, 64, 3));
+    }
+}
+
+/// Criterion groups `{label}_b{batch}` and an alternating run of burn's fp32 forward of
+/// `graph` and each of `models`, at every batch size.
+fn compare(
+    c: &mut Criterion,
+    label: &str,
+    graph: &FloatGraph,
+    models: &[(&'static str, QuantizedModel)],
+) {
+    let burn = Burn::new(graph);
     for batch in BATCHES {
-        let x = random_input(&graph, batch, 3);
+        let x = random_input(graph, batch, 3);
         let images = burn.images(&x);
         let mut contenders: Vec<Contender<'_>> =
             vec![("burn_flex_fp32", Box::new(|| burn.run(&images)))];
-        for (name, model) in &models {
+        for (name, model) in models {
             let mut session = model
                 .session_with(SessionOptions { threads: THREADS })
                 .expect("thread pool");
@@ -102,7 +143,7 @@ fn bench(c: &mut Criterion) {
                 Box::new(move || session.run(x).expect("valid input").data()[0]),
             ));
         }
-        let mut group = c.benchmark_group(format!("runtime_b{batch}"));
+        let mut group = c.benchmark_group(format!("{label}_b{batch}"));
         group
             .sample_size(10)
             .measurement_time(Duration::from_secs(if batch == 1 { 3 } else { 6 }));
@@ -110,18 +151,13 @@ fn bench(c: &mut Criterion) {
             group.bench_function(*name, |b| b.iter(|| black_box(run())));
         }
         group.finish();
-        alternate(batch, &mut contenders);
-    }
-    for (name, model) in &models {
-        for batch in BATCHES {
-            breakdown(name, model, &random_input(&graph, batch, 3));
-        }
+        alternate(label, batch, &mut contenders);
     }
 }
 
 /// Times the contenders in turn, round after round; prints each one's median and the
 /// speed-up over the first (the median of the per-round ratios, and the ratio of medians).
-fn alternate(batch: usize, contenders: &mut [Contender<'_>]) {
+fn alternate(label: &str, batch: usize, contenders: &mut [Contender<'_>]) {
     let rounds = if batch == 1 { 300 } else { 25 };
     let mut times = vec![Vec::with_capacity(rounds); contenders.len()];
     for _ in 0..rounds {
@@ -132,7 +168,7 @@ fn alternate(batch: usize, contenders: &mut [Contender<'_>]) {
         }
     }
     let base = times[0].clone();
-    println!("\nbatch {batch}, {THREADS} threads, alternating, {rounds} rounds:");
+    println!("\n{label}, batch {batch}, {THREADS} threads, alternating, {rounds} rounds:");
     for ((name, _), t) in contenders.iter().zip(&times) {
         let ratios: Vec<f64> = base.iter().zip(t).map(|(b, x)| b / x).collect();
         println!(
@@ -180,5 +216,5 @@ fn breakdown(name: &str, model: &QuantizedModel, x: &impl Tensor<f32>) {
     println!("  {:<28} {:>9.3} ms", "total", total.as_secs_f64() * 1e3);
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, zoo);
 criterion_main!(benches);

@@ -59,7 +59,8 @@ fn done(results: &serde_json::Value) -> Vec<String> {
 }
 
 fn check_report_files(out: &Path, results: &serde_json::Value) {
-    assert_eq!(results["format_version"], 1);
+    assert_eq!(results["format_version"], 2);
+    assert_eq!(results["training"]["model"], "convnet");
     let cells = results["cells"].as_array().unwrap();
     let in_config = std::fs::read_to_string(quick_config())
         .unwrap()

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use cinder_model::{ConvNetConfig, TrainConfig};
+use cinder_model::{ConvNetConfig, TrainConfig, zoo};
 use cinder_observers::ObserverSpec;
 use cinder_runtime::QuantConfig;
+use cinder_tensor::graph::GraphSpec;
 use serde::{Deserialize, Serialize};
 
 /// The whole experiment.
@@ -66,34 +67,61 @@ impl DataConfig {
     }
 }
 
-/// The ConvNet's sizes (the reference model by default); classes come from the data.
+/// The model: a zoo network by name (the reference ConvNet by default), and for the
+/// ConvNet its sizes (the reference's where absent); input shape and classes come from
+/// the data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    pub channels: [usize; 2],
-    pub hidden: usize,
-    pub batch_norm: bool,
+    /// One of `cinder_model::zoo::MODELS`.
+    #[serde(default = "default_model")]
+    pub name: String,
+    #[serde(default)]
+    pub channels: Option<[usize; 2]>,
+    #[serde(default)]
+    pub hidden: Option<usize>,
+    #[serde(default)]
+    pub batch_norm: Option<bool>,
+}
+
+fn default_model() -> String {
+    "convnet".to_owned()
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        let r = ConvNetConfig::reference();
         Self {
-            channels: r.channels,
-            hidden: r.hidden,
-            batch_norm: r.batch_norm,
+            name: default_model(),
+            channels: None,
+            hidden: None,
+            batch_norm: None,
         }
     }
 }
 
 impl ModelConfig {
-    pub fn convnet(&self, classes: usize) -> ConvNetConfig {
-        ConvNetConfig {
-            channels: self.channels,
-            hidden: self.hidden,
-            classes,
-            ..ConvNetConfig::reference().with_batch_norm(self.batch_norm)
+    /// The architecture for images of `input` shape and `classes` classes.
+    pub fn spec(&self, input: [usize; 3], classes: usize) -> anyhow::Result<GraphSpec> {
+        let batch_norm = self.batch_norm.unwrap_or(false);
+        if self.name != "convnet" {
+            if self.channels.is_some() || self.hidden.is_some() {
+                bail!(
+                    "model.channels and model.hidden size the convnet only, not `{}`",
+                    self.name
+                );
+            }
+            return Ok(zoo::by_name(&self.name, input, classes, batch_norm)?);
         }
+        let reference = ConvNetConfig::reference();
+        let convnet = ConvNetConfig {
+            in_channels: input[0],
+            input_size: input[1],
+            channels: self.channels.unwrap_or(reference.channels),
+            hidden: self.hidden.unwrap_or(reference.hidden),
+            classes,
+            ..reference.with_batch_norm(batch_norm)
+        };
+        Ok(convnet.spec()?)
     }
 }
 
@@ -208,6 +236,8 @@ impl ExperimentConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.training.validate()?;
         check_file_name("name", &self.name)?;
+        // Every data set's images are 3×32×32; the class count does not change validity.
+        self.model.spec([3, 32, 32], 10).context("model")?;
         crate::checks::threads("evaluation.threads", self.evaluation.threads)?;
         let optional = [
             ("data.train_images", self.data.train_images),
@@ -268,6 +298,7 @@ impl ExperimentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cinder_tensor::graph::OpSpec;
 
     fn all_configs() -> Vec<(PathBuf, ExperimentConfig)> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(experiments_dir())
@@ -289,7 +320,13 @@ mod tests {
     fn shipped_configs_parse_and_validate() {
         let configs = all_configs();
         let names: Vec<&str> = configs.iter().map(|(_, c)| c.name.as_str()).collect();
-        for want in ["default", "quick", "fashion-mnist"] {
+        for want in [
+            "default",
+            "quick",
+            "fashion-mnist",
+            "mobilenetv2-tiny",
+            "resnet20",
+        ] {
             assert!(names.contains(&want), "{names:?}");
         }
         let (_, default) = configs.iter().find(|(_, c)| c.name == "default").unwrap();
@@ -312,6 +349,32 @@ mod tests {
         for b in [8, 6, 4, 2] {
             assert!(bits.contains(&b), "bits {b} missing: {bits:?}");
         }
+    }
+
+    #[test]
+    fn the_model_is_any_zoo_network() {
+        let model = |name: &str| ModelConfig {
+            name: name.into(),
+            ..ModelConfig::default()
+        };
+        let depthwise = |spec: GraphSpec| {
+            spec.nodes
+                .iter()
+                .filter(|n| matches!(n.op, OpSpec::Conv2d { groups, .. } if groups > 1))
+                .count()
+        };
+        let mobile = model("mobilenetv2-tiny").spec([3, 32, 32], 10).unwrap();
+        assert_eq!(depthwise(mobile), 7);
+        let reference = ModelConfig::default().spec([3, 32, 32], 10).unwrap();
+        assert_eq!(reference, ConvNetConfig::reference().spec().unwrap());
+        let err = model("vgg").spec([3, 32, 32], 10).unwrap_err().to_string();
+        assert!(err.contains("unknown model `vgg`"), "{err}");
+        let sized = ModelConfig {
+            hidden: Some(64),
+            ..model("resnet20")
+        };
+        let err = format!("{:#}", sized.spec([3, 32, 32], 10).unwrap_err());
+        assert!(err.contains("convnet only, not `resnet20`"), "{err}");
     }
 
     #[test]

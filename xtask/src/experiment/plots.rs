@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use cinder_tensor::ErrorMetrics;
+use cinder_tensor::graph::GraphSpec;
 use cinder_tensor::io::write_atomic;
 use plotters::prelude::*;
 
@@ -167,8 +168,9 @@ fn sqnr(r: &Results, svg: &mut String) -> anyhow::Result<()> {
     root.fill(&WHITE)?;
     let root = root.titled(&format!("{}: per-layer SQNR", r.experiment), (FONT, 22))?;
     let (left, right) = root.split_horizontally(600);
-    sqnr_panel(&left, "weights (dB), per cell", &weights)?;
-    sqnr_panel(&right, "activations (dB), per observer", &activations)?;
+    let spec = &r.training.spec;
+    sqnr_panel(&left, spec, "weights (dB), per cell", &weights)?;
+    sqnr_panel(&right, spec, "activations (dB), per observer", &activations)?;
     root.present()?;
     Ok(())
 }
@@ -176,13 +178,14 @@ fn sqnr(r: &Results, svg: &mut String) -> anyhow::Result<()> {
 /// One line per series over the union of their tensors (missing points skipped).
 fn sqnr_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
+    spec: &GraphSpec,
     title: &str,
     series: &[(String, &BTreeMap<String, ErrorMetrics>)],
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
-    let tensors = columns(series.iter().map(|(_, m)| *m));
+    let tensors = columns(spec, series.iter().map(|(_, m)| *m));
     let db = |m: &BTreeMap<String, ErrorMetrics>, t: &String| m.get(t).and_then(|e| e.sqnr_db);
     let all: Vec<f64> = series
         .iter()

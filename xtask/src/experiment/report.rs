@@ -7,13 +7,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-use cinder_model::{ConvNetConfig, INPUT_NAME};
+use cinder_model::INPUT_NAME;
 use cinder_runtime::{LayerConfig, LayerOverride, Mode, QuantConfig, WeightGranularity};
+use cinder_tensor::graph::{GraphSpec, OpSpec};
 use cinder_tensor::io::write_atomic;
 use cinder_tensor::{ErrorMetrics, Mapping};
 
 use super::config::Method;
 use super::results::{CellMetrics, CellResult, Measured, Outcome, Results};
+use super::training::TrainingSummary;
 
 const MB: f64 = 1e6;
 
@@ -53,19 +55,7 @@ fn header(md: &mut String, r: &Results) -> std::fmt::Result {
         "- Data: {}, {} training / {} test images, {} classes.",
         d.dataset, d.train_images, d.test_images, d.classes
     )?;
-    writeln!(
-        md,
-        "- Model: conv(3→{c0}) → ReLU → pool → conv({c0}→{c1}) → ReLU → pool → fc({h}) → ReLU → fc({k}){bn}.",
-        c0 = t.model.channels[0],
-        c1 = t.model.channels[1],
-        h = t.model.hidden,
-        k = t.model.classes,
-        bn = if t.model.batch_norm {
-            ", BatchNorm folded"
-        } else {
-            ""
-        }
-    )?;
+    writeln!(md, "- Model: {}.", model_line(t))?;
     writeln!(
         md,
         "- Training (burn, flex): {} epochs, batch {}, lr {}, {:?}; {:.0} s at a median {:.1} images/s{}.",
@@ -90,6 +80,31 @@ fn header(md: &mut String, r: &Results) -> std::fmt::Result {
         r.fp32.batch, r.config.evaluation.single, r.fp32.batch
     )?;
     writeln!(md, "- Wall time of this run: {:.0} s.\n", r.wall_seconds)
+}
+
+/// The model in one line: name, layers by kind, parameters.
+fn model_line(t: &TrainingSummary) -> String {
+    let ops = || t.spec.nodes.iter().map(|n| &n.op);
+    let count = |f: &dyn Fn(&OpSpec) -> bool| ops().filter(|op| f(op)).count();
+    let convs = count(&|op| matches!(op, OpSpec::Conv2d { .. }));
+    let depthwise = count(
+        &|op| matches!(*op, OpSpec::Conv2d { groups, in_channels, .. } if groups > 1 && groups == in_channels),
+    );
+    let linear = count(&|op| matches!(op, OpSpec::Linear { .. }));
+    let adds = count(&|op| matches!(op, OpSpec::Add));
+    let norms = count(&|op| matches!(op, OpSpec::BatchNorm { .. }));
+    format!(
+        "{}, input {:?}: {convs} convolutions ({depthwise} depthwise), {linear} linear, \
+         {adds} residual adds, {} parameters{}",
+        t.model,
+        t.spec.input_shape,
+        t.parameters,
+        if norms > 0 {
+            "; BatchNorm folded before quantization"
+        } else {
+            ""
+        }
+    )
 }
 
 fn baseline(md: &mut String, m: &Measured) -> std::fmt::Result {
@@ -288,16 +303,15 @@ fn sqnr(m: Option<&ErrorMetrics>) -> String {
     }
 }
 
-/// The union of the keys of `maps`, in graph order (input, then the reference ConvNet's
-/// nodes, which the experiment measures).
-pub fn columns<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, ErrorMetrics>>) -> Vec<String> {
-    let nodes = ConvNetConfig::reference()
-        .spec()
-        .map(|s| s.nodes.into_iter().map(|n| n.name).collect::<Vec<_>>())
-        .unwrap_or_default();
+/// The union of the keys of `maps`, in graph order (input, then the nodes of `spec`, the
+/// model the experiment measures).
+pub fn columns<'a>(
+    spec: &GraphSpec,
+    maps: impl Iterator<Item = &'a BTreeMap<String, ErrorMetrics>>,
+) -> Vec<String> {
     let rank = |name: &String| {
         std::iter::once(INPUT_NAME)
-            .chain(nodes.iter().map(String::as_str))
+            .chain(spec.nodes.iter().map(|n| n.name.as_str()))
             .position(|n| n == name)
             .unwrap_or(usize::MAX)
     };
@@ -313,7 +327,7 @@ pub fn columns<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, ErrorMetrics>
 fn weight_errors(md: &mut String, r: &Results) -> std::fmt::Result {
     md.push_str("## Per-layer weight error\n\nSQNR dB (mean absolute error) of each layer's weights in the int8 model against the float weights; – : layer kept float.\n\n");
     let rows = r.done().map(|(c, m)| (c.name.clone(), &m.weight_errors));
-    error_table(md, "cell", rows.collect())
+    error_table(md, &r.training.spec, "cell", rows.collect())
 }
 
 fn activation_errors(md: &mut String, r: &Results) -> std::fmt::Result {
@@ -322,16 +336,17 @@ fn activation_errors(md: &mut String, r: &Results) -> std::fmt::Result {
         return Ok(());
     }
     md.push_str("## Activation error per observer\n\nSQNR dB (mean absolute error) of each calibrated activation fake-quantized with the observer's range, over the calibration images.\n\n");
-    error_table(md, "observer", rows)
+    error_table(md, &r.training.spec, "observer", rows)
 }
 
 /// One row per `(name, errors)`, one column per tensor.
 fn error_table(
     md: &mut String,
+    spec: &GraphSpec,
     first: &str,
     rows: Vec<(String, &BTreeMap<String, ErrorMetrics>)>,
 ) -> std::fmt::Result {
-    let tensors = columns(rows.iter().map(|(_, m)| *m));
+    let tensors = columns(spec, rows.iter().map(|(_, m)| *m));
     writeln!(md, "| {first} | {} |", tensors.join(" | "))?;
     writeln!(md, "|---|{}", "---:|".repeat(tensors.len()))?;
     for (name, errors) in rows {

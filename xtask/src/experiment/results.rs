@@ -13,7 +13,7 @@ use super::memory::PeakMemory;
 use super::training::TrainingSummary;
 
 /// Version of `results.json`; bumped on incompatible changes.
-pub const RESULTS_FORMAT_VERSION: u32 = 1;
+pub const RESULTS_FORMAT_VERSION: u32 = 2;
 
 /// Accuracy and speed of one model on the test split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

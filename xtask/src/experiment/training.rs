@@ -8,9 +8,9 @@ use std::path::Path;
 use burn::module::Module;
 use cinder_model::checkpoint::read_manifest;
 use cinder_model::train::write_metrics_log;
-use cinder_model::{BackendKind, ConvNetConfig, GraphNet, TrainConfig, Trainer};
+use cinder_model::{BackendKind, GraphNet, ImageSource, TrainConfig, Trainer};
 use cinder_tensor::Tensor;
-use cinder_tensor::graph::FloatGraph;
+use cinder_tensor::graph::{FloatGraph, GraphSpec};
 use indicatif::MultiProgress;
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +22,11 @@ use crate::train::{epoch_bar, show};
 /// What the report says about training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingSummary {
-    pub model: ConvNetConfig,
+    /// The zoo name of the model.
+    pub model: String,
+    /// Its architecture.
+    pub spec: GraphSpec,
+    pub parameters: usize,
     pub training: TrainConfig,
     pub train_images: usize,
     pub epochs: usize,
@@ -43,9 +47,9 @@ pub struct Trained {
     pub summary: TrainingSummary,
 }
 
-/// The key of a training run: model config, training config and data.
+/// The key of a training run: architecture, training config and data.
 fn training_key(
-    model: &ConvNetConfig,
+    model: &GraphSpec,
     training: &TrainConfig,
     data: &ExperimentData,
 ) -> anyhow::Result<String> {
@@ -65,28 +69,24 @@ pub fn train_or_reuse(
     bars: &MultiProgress,
     may_train: bool,
 ) -> anyhow::Result<Trained> {
-    let model_config = config.model.convnet(data.train.classes());
-    let key = training_key(&model_config, &config.training, data)?;
+    let train = data.train_images();
+    let spec = config.model.spec(train.image_shape(), train.classes())?;
+    let key = training_key(&spec, &config.training, data)?;
     let (ckpt, marker) = (out.join("checkpoint"), out.join("training.json"));
     let current = read_cached::<serde_json::Value>(&marker, &key).is_some();
     if !may_train {
-        return reuse_finished(&ckpt, current, &model_config, data);
+        return reuse_finished(&ckpt, current, &config.model.name, data);
     }
     if !current && ckpt.exists() {
         super::say(bars, "training config or data changed: training anew");
         std::fs::remove_dir_all(&ckpt)?;
     }
-    write_cached(&marker, &key, &(&model_config, &config.training))?;
+    write_cached(&marker, &key, &(&spec, &config.training))?;
     let mut trainer = match read_manifest(&ckpt)? {
         Some(_) => Trainer::resume(&ckpt, BackendKind::Flex)?,
-        None => Trainer::new(
-            &model_config.spec()?,
-            config.training.clone(),
-            BackendKind::Flex,
-        )?,
+        None => Trainer::new(&spec, config.training.clone(), BackendKind::Flex)?,
     };
     let reused = trainer.is_finished();
-    let train = data.train_images();
     while !trainer.is_finished() {
         let bar = bars.add(epoch_bar(&trainer, data.train.len()));
         let m = trainer.run_epoch(&train, None, &mut |p| show(&bar, p))?;
@@ -103,7 +103,7 @@ pub fn train_or_reuse(
         trainer.save_checkpoint(&ckpt)?;
         write_metrics_log(&out.join("metrics.jsonl"), trainer.history())?;
     }
-    let summary = summarize(&trainer, &model_config, data.train.len(), reused);
+    let summary = summarize(&trainer, &config.model.name, data.train.len(), reused);
     trained(&trainer, summary)
 }
 
@@ -111,7 +111,7 @@ pub fn train_or_reuse(
 fn reuse_finished(
     ckpt: &Path,
     current: bool,
-    model_config: &ConvNetConfig,
+    model: &str,
     data: &ExperimentData,
 ) -> anyhow::Result<Trained> {
     let trainer = match read_manifest(ckpt)? {
@@ -127,7 +127,7 @@ fn reuse_finished(
             ckpt.display()
         );
     }
-    let summary = summarize(&trainer, model_config, data.train.len(), true);
+    let summary = summarize(&trainer, model, data.train.len(), true);
     trained(&trainer, summary)
 }
 
@@ -141,18 +141,15 @@ fn trained(trainer: &Trainer, summary: TrainingSummary) -> anyhow::Result<Traine
     })
 }
 
-fn summarize(
-    trainer: &Trainer,
-    model: &ConvNetConfig,
-    train_images: usize,
-    reused: bool,
-) -> TrainingSummary {
+fn summarize(trainer: &Trainer, model: &str, train_images: usize, reused: bool) -> TrainingSummary {
     let history = trainer.history();
     let mut rates: Vec<f64> = history.iter().map(|m| m.images_per_sec).collect();
     rates.sort_by(f64::total_cmp);
     let last = history.last();
     TrainingSummary {
-        model: model.clone(),
+        model: model.to_owned(),
+        spec: trainer.spec().clone(),
+        parameters: trainer.model().num_params(),
         training: trainer.config().clone(),
         train_images,
         epochs: history.len(),
