@@ -40,14 +40,14 @@ fn check_operands(a: &[i8], lda: usize, m: usize, k: usize, c: &[i32], ldc: usiz
 /// `p < b.depth()` (overwrites c). Exact: every sum fits i32 (see [`super::MAX_DEPTH`]).
 ///
 /// `a` may hold any i8 (u8 activations enter as `q ^ 0x80` with zero point − 128).
-/// Takes the path `b` was packed for when the CPU has it, else portable code.
-/// Single-threaded; see [`par_gemm_s8`].
+/// Takes the path `b` was packed for when the CPU has it, else portable code; returns the
+/// path that ran. Single-threaded; see [`par_gemm_s8`].
 ///
 /// # Panics
 /// If `a` or `c` are too short for `m` rows at their strides, or (for `m > 1`) a stride
 /// is smaller than its row width.
-pub fn gemm_s8(a: &[i8], lda: usize, m: usize, b: &PackedMatrix, c: &mut [i32], ldc: usize) {
-    gemm_s8_cols(a, lda, m, b, 0..b.rows(), c, ldc);
+pub fn gemm_s8(a: &[i8], lda: usize, m: usize, b: &PackedMatrix, c: &mut [i32], ldc: usize) -> Isa {
+    gemm_s8_cols(a, lda, m, b, 0..b.rows(), c, ldc)
 }
 
 /// [`gemm_s8`] restricted to the output columns `cols`: column `j` lands in
@@ -64,7 +64,7 @@ pub fn gemm_s8_cols(
     cols: Range<usize>,
     c: &mut [i32],
     ldc: usize,
-) {
+) -> Isa {
     assert!(
         cols.start <= cols.end && cols.end <= b.rows(),
         "gemm_s8: columns {cols:?} outside 0..{}",
@@ -91,7 +91,8 @@ pub fn gemm_s8_cols(
             let panels = Panels::new(data, k.div_ceil(2), &[]);
             #[cfg(target_arch = "x86_64")]
             if let Some(token) = b.isa().avx2() {
-                return token.vectorize(blocked!(token, panels));
+                token.vectorize(blocked!(token, panels));
+                return Isa::Avx2;
             }
             blocked!(Portable, panels).run();
         }
@@ -100,19 +101,23 @@ pub fn gemm_s8_cols(
             #[cfg(target_arch = "x86_64")]
             match (b.isa(), Avx512Vnni::detect(), AvxVnni::detect()) {
                 (Isa::Avx512Vnni, Some(token), _) => {
-                    return token.vectorize(blocked!(token, panels));
+                    token.vectorize(blocked!(token, panels));
+                    return Isa::Avx512Vnni;
                 }
                 (Isa::Avx512VnniYmm, Some(token), _) => {
-                    return token.vectorize(blocked!(token.ymm(), panels));
+                    token.vectorize(blocked!(token.ymm(), panels));
+                    return Isa::Avx512VnniYmm;
                 }
                 (Isa::AvxVnni, _, Some(token)) => {
-                    return token.vectorize(blocked!(token, panels));
+                    token.vectorize(blocked!(token, panels));
+                    return Isa::AvxVnni;
                 }
                 _ => {}
             }
             blocked!(Portable, panels).run();
         }
     }
+    Isa::Generic
 }
 
 /// [`gemm_s8`] spread over rayon's threads: by rows when `m > 1`, by panels of columns

@@ -100,7 +100,8 @@ fn operands(case: &GemmCase) -> (Vec<i8>, Vec<i8>, Vec<i32>) {
     (a, b, vec![0x5eed; case.m * case.ldc])
 }
 
-/// Checks the GEMM packed for `isa` against the reference on `cols`.
+/// Checks the GEMM packed for `isa` against the reference on `cols`; `isa` must be the
+/// path that ran.
 fn check_gemm(isa: Isa, case: &GemmCase, cols: Range<usize>) -> Result<(), TestCaseError> {
     let (a, b, mut want) = operands(case);
     reference::gemm_s8(
@@ -114,8 +115,9 @@ fn check_gemm(isa: Isa, case: &GemmCase, cols: Range<usize>) -> Result<(), TestC
     }
     let packed = PackedMatrix::pack_for(isa, &b, case.n, case.k).unwrap();
     let mut got = vec![0x5eed; want.len()];
-    gemm_s8_cols(&a, case.lda, case.m, &packed, cols, &mut got, case.ldc);
+    let ran = gemm_s8_cols(&a, case.lda, case.m, &packed, cols, &mut got, case.ldc);
     prop_assert_eq!(&got, &expected);
+    prop_assert_eq!(ran, isa, "the path that ran");
     Ok(())
 }
 
@@ -834,6 +836,12 @@ fn the_best_path_runs() {
     assert_eq!(Isa::detect(), best);
     let packed = PackedMatrix::pack(&[1, 2], 1, 2).unwrap();
     assert_eq!(packed.isa(), best);
+    let mut c = [0];
+    assert_eq!(
+        (gemm_s8(&[3, 4], 2, 1, &packed, &mut c, 1), c),
+        (best, [11]),
+        "gemm"
+    );
     let filter = DepthwiseFilter::pack(&[1; 9], &[0], 1, 9).unwrap();
     assert_eq!(filter.isa(), best);
     let shape = NhwcWindow {
