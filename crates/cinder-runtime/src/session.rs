@@ -180,6 +180,7 @@ impl Stage {
             Stage::Dequantize(_) => "dequantize",
             Stage::IntConv(c) => c.kind(),
             Stage::IntDepthwise(_) => "int8 depthwise",
+            Stage::IntGroupedConv(_) => "int8 grouped conv",
             Stage::IntLinear(_) => "int8 linear",
             Stage::IntPool(_) => "int8 max-pool",
             Stage::IntWindowPool(_) => "int8 pool",
@@ -283,6 +284,7 @@ fn int_stage(
         }
         Stage::IntConv(c) => c.run(x(0), batch, y, slots, &mut shared.cols),
         Stage::IntDepthwise(d) => d.run(x(0), y, slots),
+        Stage::IntGroupedConv(g) => g.run(x(0), y, slots),
         Stage::IntLinear(l) => l.run(x(0), y, slots),
         Stage::IntPool(p) => p.run(x(0), y, ps.out_len, slots),
         Stage::IntWindowPool(p) => p.run(x(0), y, ps.out_len, slots),

@@ -6,14 +6,19 @@
 //! [`winograd_convolutions_equal_the_reference`]; and on
 //! random graphs ([`common::dag`]): residual adds, depthwise-separable pairs with ReLU6,
 //! rectangular strided convolutions, padded max and average pools, concatenations and
-//! global average pooling, in every mode.
+//! global average pooling, in every mode; and static grouped convolutions (neither dense
+//! nor depthwise) in [`grouped_convolutions_equal_the_reference`].
 
 mod common;
 
-use cinder_runtime::{ConvAlgorithm, Mode, SessionOptions, reference_forward};
+use cinder_runtime::synthetic::{Rng, conv_node, linear_node, minmax_table, node};
+use cinder_runtime::{ConvAlgorithm, Mode, SessionOptions, convert, reference_forward};
 use cinder_tensor::Tensor;
+use cinder_tensor::graph::{Conv2d, FloatGraph, Op};
 use common::dag::dag_spec;
-use common::{ConvSpec, LayerChoice, ModelSpec, bits, input, model_spec};
+use common::{
+    ConvSpec, LayerChoice, ModelSpec, bits, calibrate_and_convert, config, input, model_spec,
+};
 use proptest::prelude::*;
 
 /// Convolutions Winograd can take (3×3, stride 1, at least 16 input channels), planned
@@ -80,6 +85,83 @@ fn winograd_convolutions_equal_the_reference() {
             }
         }
     }
+}
+
+/// `stem(c -> 12, 3×3) -> grouped(12 -> out, groups) -> ReLU -> global pool -> fc`.
+fn grouped_graph(
+    groups: usize,
+    out: usize,
+    (kernel, stride, padding): (usize, usize, usize),
+    seed: u64,
+) -> FloatGraph {
+    let mut rng = Rng::new(seed);
+    let bound = 1.0 / ((12 / groups * kernel * kernel) as f32).sqrt();
+    let grouped = Conv2d {
+        weight: rng.tensor(vec![out, 12 / groups, kernel, kernel], bound),
+        bias: Some(rng.tensor(vec![out], bound)),
+        stride: [stride; 2],
+        padding: [padding; 2],
+        groups,
+    };
+    let nodes = [
+        conv_node(&mut rng, "stem", 3, 12, 3, 1, 1),
+        node("stem_relu", Op::Relu),
+        ("grouped".to_owned(), Op::Conv2d(grouped)),
+        node("relu", Op::Relu),
+        node("gap", Op::GlobalAvgPool),
+        node("flatten", Op::Flatten),
+        linear_node(&mut rng, "fc", out, 5),
+    ];
+    FloatGraph::chain(vec![3, 7, 6], nodes.into_iter().collect()).unwrap()
+}
+
+/// Static grouped convolutions (2, 3 and 4 groups, 1×1 and 3×3, strides 1 and 2, padding
+/// 0 and 1), every weight width, per-channel and per-tensor, symmetric and asymmetric,
+/// equal the reference; a dynamic one is a typed error naming the layer.
+#[test]
+fn grouped_convolutions_equal_the_reference() {
+    for (case, weight_bits) in (2u8..=8).enumerate() {
+        let groups = [2, 3, 4][case % 3];
+        let window = [(3, 1, 1), (1, 1, 0), (3, 2, 0)][case % 3];
+        let graph = grouped_graph(groups, groups * (1 + case % 3), window, case as u64);
+        let choice = LayerChoice {
+            mode: Mode::Static,
+            bits: weight_bits,
+            per_channel: case % 2 == 0,
+            symmetric: case % 4 < 2,
+        };
+        let model = calibrate_and_convert(&graph, &config(&graph, &vec![choice; 3]), case as u64);
+        for batch in [1, 3] {
+            let x = input(&graph, batch, case as u64);
+            let want = reference_forward(&model, &x).unwrap();
+            for threads in [1, 2] {
+                let mut session = model.session_with(SessionOptions { threads }).unwrap();
+                session.set_profiling(true);
+                let got = session.run(&x).unwrap();
+                assert_eq!(bits(got.data()), bits(want.data()), "case {case}");
+                let profile = session.profile().unwrap();
+                assert!(
+                    profile.iter().any(|s| s.kind == "int8 grouped conv"),
+                    "{profile:?}"
+                );
+            }
+        }
+    }
+    let graph = grouped_graph(2, 4, (3, 1, 1), 9);
+    let dynamic = LayerChoice {
+        mode: Mode::Dynamic,
+        bits: 8,
+        per_channel: true,
+        symmetric: true,
+    };
+    let table = minmax_table(&graph, &input(&graph, 4, 1)).unwrap();
+    let err = convert(&graph, &table, &config(&graph, &vec![dynamic; 3])).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("grouped")
+            && message.contains("2 groups over 12 channels (only 1 or depthwise)"),
+        "{message}"
+    );
 }
 
 proptest! {

@@ -13,8 +13,8 @@ use super::int::{
 };
 use super::{
     Buffer, ConvAlgorithm, DynConv, DynDepthwise, DynLinear, FloatDirect, FloatGemm, FloatPool,
-    InputQuantizer, IntAdd, IntConcat, IntConv, IntDepthwise, IntLinear, IntPool, IntWindowPool,
-    OutputDequantizer, Plan, PlannedStage, Stage,
+    InputQuantizer, IntAdd, IntConcat, IntConv, IntDepthwise, IntGroupedConv, IntLinear, IntPool,
+    IntWindowPool, OutputDequantizer, Plan, PlannedStage, Stage,
 };
 use crate::arith::PoolKind;
 use crate::error::Invalid;
@@ -519,6 +519,42 @@ fn layer_stage(
 
 /// A convolution of more than one group: depthwise (one input and one output channel per
 /// group) on its own kernel, any other float one on the reference arithmetic.
+/// One [`IntMatmul`] per group of static layer `s`: its rows of weights in engine order,
+/// its slices of bias, multipliers and weight zero points.
+fn group_matmuls(
+    field: &str,
+    s: &StaticLayer,
+    input: QuantParams,
+    activation: Activation,
+    (shape, groups): (ConvShape, usize),
+) -> Result<Vec<IntMatmul>, Invalid> {
+    let [c_g, kh, kw] = [
+        shape.input[0],
+        shape.window.kernel[0],
+        shape.window.kernel[1],
+    ];
+    let codes = engine_codes(&s.weights, Some([c_g, kh, kw]));
+    let params = int_params(s, input, activation);
+    let (k, n_g) = (shape.depth(), s.bias.len() / groups);
+    (0..groups)
+        .map(|g| {
+            let rows = g * n_g..(g + 1) * n_g;
+            let multipliers = match params.multipliers.len() {
+                1 => params.multipliers,
+                _ => &params.multipliers[rows.clone()],
+            };
+            let group = IntParams {
+                bias: &params.bias[rows.clone()],
+                multipliers,
+                zp_w: params.zp_w[rows.clone()].to_vec(),
+                ..params
+            };
+            let packed = pack(&codes[rows.start * k..rows.end * k], n_g, k, field)?;
+            IntMatmul::new(packed, group, field)
+        })
+        .collect()
+}
+
 fn grouped_stage(
     field: &str,
     name: &str,
@@ -536,11 +572,21 @@ fn grouped_stage(
             bias: f.bias.clone(),
             activation: layer.activation,
         }),
-        _ if !depthwise => {
+        LayerExec::Static(s) if !depthwise => {
+            let input_params = int.expect("validated: static layers read int8");
+            let shape = ConvShape::new([input[0] / groups, input[1], input[2]], window);
+            Stage::IntGroupedConv(IntGroupedConv {
+                shape,
+                zp_in: input_params.zero_point as i8,
+                groups: group_matmuls(field, s, input_params, layer.activation, (shape, groups))?,
+            })
+        }
+        LayerExec::Dynamic(_) if !depthwise => {
             return Err(Invalid::new(
                 field,
                 format!(
-                    "no int8 path for a convolution of {groups} groups over {} channels (only 1 or depthwise)",
+                    "no dynamic int8 path for a convolution of {groups} groups over {} channels \
+                     (only 1 or depthwise): quantize it static or keep it float",
                     input[0]
                 ),
             ));

@@ -197,6 +197,21 @@ impl IntMatmul {
         )
     }
 
+    /// `m` rows of `a` (row stride `k`) into every output column, row `i` at
+    /// `out[i * out_ld..]`.
+    pub(super) fn run_strided(
+        &self,
+        a: &[i8],
+        m: usize,
+        accum: &mut Accum,
+        out: &mut [i8],
+        out_ld: usize,
+    ) {
+        let n = self.n();
+        let acc = self.sums(a, m, accum);
+        requantize_s8_rows(&self.output.stage(0..n), acc, n, m, out, out_ld);
+    }
+
     /// `m` rows of `a` (row stride `k`) into output columns `cols` of `out`
     /// (`m x cols.len()`, contiguous).
     pub(super) fn run(

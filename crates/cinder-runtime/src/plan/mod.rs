@@ -14,6 +14,7 @@ mod build;
 mod depthwise;
 mod dynamic;
 mod float_layer;
+mod grouped;
 mod int;
 mod merge;
 pub(crate) mod par;
@@ -25,6 +26,7 @@ pub(crate) use dynamic::{DynConv, DynLinear};
 pub(crate) use float_layer::{
     FloatDirect, FloatGemm, FloatPool, float_activation, float_add, float_concat,
 };
+pub(crate) use grouped::IntGroupedConv;
 pub(crate) use int::{IntConv, IntLinear, IntPool, int_clamp};
 pub(crate) use merge::{IntAdd, IntConcat};
 pub(crate) use pool::IntWindowPool;
@@ -64,6 +66,8 @@ pub(crate) enum Stage {
     Dequantize(OutputDequantizer),
     IntConv(IntConv),
     IntDepthwise(IntDepthwise),
+    /// A convolution of several groups, neither dense nor depthwise.
+    IntGroupedConv(IntGroupedConv),
     IntLinear(IntLinear),
     /// Unpadded square max-pool.
     IntPool(IntPool),
