@@ -12,7 +12,9 @@
 mod common;
 
 use cinder_runtime::synthetic::{Rng, conv_node, linear_node, minmax_table, node};
-use cinder_runtime::{ConvAlgorithm, Mode, SessionOptions, convert, reference_forward};
+use cinder_runtime::{
+    ConvAlgorithm, Mode, QuantizedModel, SessionOptions, StageTime, convert, reference_forward,
+};
 use cinder_tensor::Tensor;
 use cinder_tensor::graph::{Conv2d, FloatGraph, Op};
 use common::dag::dag_spec;
@@ -62,27 +64,33 @@ fn winograd_convolutions_equal_the_reference() {
             [(ConvAlgorithm::Winograd, 2), (ConvAlgorithm::Im2col, 0)]
         {
             model = model.with_conv_algorithm(algorithm).unwrap();
-            for batch in [1, 3] {
-                let x = input(&graph, batch, case as u64);
-                let want = reference_forward(&model, &x).unwrap();
-                for threads in [1, 2] {
-                    let mut session = model.session_with(SessionOptions { threads }).unwrap();
-                    session.set_profiling(true);
-                    let got = session.run(&x).unwrap();
-                    assert_eq!(
-                        bits(got.data()),
-                        bits(want.data()),
-                        "{algorithm:?} {spec:?}"
-                    );
-                    let profile = session.profile().unwrap();
-                    let winograd = profile.iter().filter(|s| s.kind.contains("wino"));
-                    assert_eq!(
-                        winograd.count(),
-                        winograd_stages,
-                        "{algorithm:?}: {profile:?}"
-                    );
-                }
-            }
+            let what = format!("{algorithm:?} {spec:?}");
+            assert_equals_reference(&graph, &model, case as u64, &what, |profile| {
+                let winograd = profile.iter().filter(|s| s.kind.contains("wino"));
+                assert_eq!(winograd.count(), winograd_stages, "{what}: {profile:?}");
+            });
+        }
+    }
+}
+
+/// Runs `model` on batches of 1 and 3 with 1 and 2 threads: the output equals the
+/// reference interpreter's bit for bit, and `check` passes each run's stage profile.
+fn assert_equals_reference(
+    graph: &FloatGraph,
+    model: &QuantizedModel,
+    seed: u64,
+    what: &str,
+    check: impl Fn(&[StageTime]),
+) {
+    for batch in [1, 3] {
+        let x = input(graph, batch, seed);
+        let want = reference_forward(model, &x).unwrap();
+        for threads in [1, 2] {
+            let mut session = model.session_with(SessionOptions { threads }).unwrap();
+            session.set_profiling(true);
+            let got = session.run(&x).unwrap();
+            assert_eq!(bits(got.data()), bits(want.data()), "{what}");
+            check(&session.profile().unwrap());
         }
     }
 }
@@ -131,21 +139,18 @@ fn grouped_convolutions_equal_the_reference() {
             symmetric: case % 4 < 2,
         };
         let model = calibrate_and_convert(&graph, &config(&graph, &vec![choice; 3]), case as u64);
-        for batch in [1, 3] {
-            let x = input(&graph, batch, case as u64);
-            let want = reference_forward(&model, &x).unwrap();
-            for threads in [1, 2] {
-                let mut session = model.session_with(SessionOptions { threads }).unwrap();
-                session.set_profiling(true);
-                let got = session.run(&x).unwrap();
-                assert_eq!(bits(got.data()), bits(want.data()), "case {case}");
-                let profile = session.profile().unwrap();
+        assert_equals_reference(
+            &graph,
+            &model,
+            case as u64,
+            &format!("case {case}"),
+            |profile| {
                 assert!(
                     profile.iter().any(|s| s.kind == "int8 grouped conv"),
                     "{profile:?}"
                 );
-            }
-        }
+            },
+        );
     }
     let graph = grouped_graph(2, 4, (3, 1, 1), 9);
     let dynamic = LayerChoice {
