@@ -10,7 +10,7 @@
 //! A sum of rescaled values (the residual `Add`'s two operands, each on its own scale) is
 //! rounded once too: each term keeps [`SUM_FRACTION_BITS`] fractional bits
 //! ([`RequantMultiplier::apply_fraction`]) and only their sum is rounded to an integer
-//! ([`round_sum`]). So the result is within half a code plus `2^-16` of the exact sum,
+//! ([`round_sum`]). So the result is within half a code plus `2^-32` of the exact sum,
 //! where rounding each term first would be up to a whole code off.
 //!
 //! # Deviation from gemmlowp
@@ -39,8 +39,9 @@ pub struct RequantMultiplier {
     pub exponent: i32,
 }
 
-/// Fractional bits each term of a rescaled sum keeps before the sum's one rounding.
-pub const SUM_FRACTION_BITS: u32 = 16;
+/// Fractional bits each term of a rescaled sum keeps before the sum's one rounding: as
+/// many as the Q0.31 multipliers carry, so the sum is as exact as one rescale.
+pub const SUM_FRACTION_BITS: u32 = 32;
 
 /// The largest left shift accepted: beyond it every non-zero accumulator saturates.
 pub const MAX_LEFT_SHIFT: i32 = 30;
@@ -116,8 +117,9 @@ impl RequantMultiplier {
 
     /// On device: `acc * M0 * 2^exponent` with [`SUM_FRACTION_BITS`] fractional bits,
     /// rounded there (ties toward +infinity): one term of a sum that [`round_sum`] rounds
-    /// once. Saturates at i64 only for multipliers of `2^46` and more (where every
-    /// non-zero code saturates any output anyway).
+    /// once. Saturates at i64 only for `|acc| * M` of `2^31` and more (for int8 codes, a
+    /// multiplier of `2^23` and more, where every non-zero code saturates any output
+    /// anyway).
     #[inline]
     pub fn apply_fraction(&self, acc: i32) -> i64 {
         // |acc * M0| < 2^62; a positive shift adds at most 2^61.
@@ -239,8 +241,8 @@ mod tests {
             };
             let sum = exact(a, ra) + exact(b, rb);
             let error = (i128::from(got) << 100) - sum;
-            // Half a code, plus 2^-17 for each term's rounding.
-            let bound = (1i128 << 99) + (1i128 << 84);
+            // Half a code, plus 2^-33 for each term's rounding.
+            let bound = (1i128 << 99) + (1i128 << 68);
             prop_assert!(-bound < error && error <= bound, "{a}*{ma} + {b}*{mb} -> {got}");
         }
 

@@ -8,7 +8,7 @@
 //! [`RequantMultiplier::apply`] (nearest, ties toward +∞); a sum of two keeps
 //! [`cinder_tensor::SUM_FRACTION_BITS`] fractional bits of each rescaled operand
 //! ([`RequantMultiplier::apply_fraction`]) and rounds their sum ([`round_sum`]), so it
-//! is within half a code (plus `2^-16`) of the exact sum. Then the output zero point is
+//! is within half a code (plus `2^-32`) of the exact sum. Then the output zero point is
 //! added and the result clamped (a fused ReLU or clip narrows the clamp).
 //!
 //! An operand's rescale depends on its code alone, so the residual `Add` looks it up in a
