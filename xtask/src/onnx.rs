@@ -5,11 +5,14 @@
 //! `graph.safetensors` in `--out`), ready to calibrate and quantize.
 //!
 //! `cargo xtask onnx export --graph runs/fmnist/graph.json --out model.onnx` writes a float
-//! graph as a plain float ONNX model (opset 17) for ONNX Runtime and other tools.
+//! graph as a plain float ONNX model (opset 17) for ONNX Runtime and other tools;
+//! `cargo xtask onnx export --model runs/fmnist/int8.cinder --out model.qdq.onnx` writes an
+//! int8 model as the QDQ ONNX model ONNX Runtime's quantizer writes.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
+use cinder_runtime::QuantizedModel;
 use cinder_tensor::graph::FloatGraph;
 
 #[derive(clap::Args, Debug)]
@@ -22,7 +25,7 @@ pub struct OnnxArgs {
 pub enum OnnxCommand {
     /// A float ONNX model -> cinder's float graph (graph.json + graph.safetensors).
     Import(ImportArgs),
-    /// cinder's float graph -> a float ONNX model.
+    /// cinder's float graph -> a float ONNX model, or an int8 model -> a QDQ ONNX model.
     Export(ExportArgs),
 }
 
@@ -37,10 +40,14 @@ pub struct ImportArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["graph", "model"])))]
 pub struct ExportArgs {
-    /// The float graph's JSON description.
+    /// The float graph's JSON description (exported as a float ONNX model).
     #[arg(long)]
-    pub graph: PathBuf,
+    pub graph: Option<PathBuf>,
+    /// An int8 model file (`.cinder`), exported as a QDQ ONNX model.
+    #[arg(long, conflicts_with = "weights")]
+    pub model: Option<PathBuf>,
     /// The float graph's safetensors weights (default: beside --graph, `.safetensors`).
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -82,10 +89,23 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
 }
 
 fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let Some(graph) = args.graph else {
+        let path = args.model.expect("clap requires --graph or --model");
+        let model = QuantizedModel::load(&path)?;
+        cinder_onnx::export_qdq_file(&model, &args.out)?;
+        println!(
+            "wrote {}: {} steps of {} as QDQ ONNX (opset {})",
+            args.out.display(),
+            model.steps().len(),
+            path.display(),
+            cinder_onnx::EXPORT_OPSET
+        );
+        return Ok(());
+    };
     let weights = args
         .weights
-        .unwrap_or_else(|| args.graph.with_extension("safetensors"));
-    let graph = FloatGraph::load(&args.graph, &weights)?;
+        .unwrap_or_else(|| graph.with_extension("safetensors"));
+    let graph = FloatGraph::load(&graph, &weights)?;
     cinder_onnx::export_file(&graph, &args.out)?;
     println!(
         "wrote {}: {} nodes, ONNX opset {}",

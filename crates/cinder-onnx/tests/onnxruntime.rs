@@ -1,6 +1,8 @@
 //! Interop with the real client: models cinder exports run in ONNX Runtime with the same
-//! logits as cinder's float forward, and a model built with the `onnx` Python helper API
-//! (never produced by cinder) imports and computes what ONNX Runtime computes.
+//! logits as cinder's float forward, a model built with the `onnx` Python helper API
+//! (never produced by cinder) imports and computes what ONNX Runtime computes, and
+//! cinder's int8 models exported as QDQ predict in ONNX Runtime what cinder's runtime
+//! predicts (ONNX Runtime requantizes in float, so rare one-step differences are expected).
 //!
 //! Needs a Python with `onnxruntime`, `onnx` and `numpy`: `CINDER_ONNX_PYTHON`, or the
 //! virtual environment `.ci/run` creates. Where there is none, each test says so and
@@ -13,9 +15,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cinder_onnx::{export_file, import_file};
-use cinder_runtime::synthetic::{random_input, reference_convnet};
-use cinder_tensor::graph::FloatGraph;
+use cinder_onnx::{export_file, export_qdq_file, import_file};
+use cinder_runtime::synthetic::{minmax_table, random_graph, random_input, reference_convnet};
+use cinder_runtime::{
+    LayerConfig, LayerExec, LayerOverride, Mode, QuantConfig, QuantizedModel, StepOp,
+    WeightGranularity,
+};
+use cinder_tensor::graph::{FloatGraph, zoo};
 use cinder_tensor::{Tensor, TensorBuf};
 
 /// The largest logit difference accepted between cinder and ONNX Runtime.
@@ -153,4 +159,130 @@ fn a_model_built_with_the_onnx_helper_imports_and_matches_onnxruntime() {
         got.len()
     );
     assert!(diff <= TOLERANCE, "{diff} > {TOLERANCE}");
+}
+
+/// Predictions compared over this many inputs: enough to tell 99.9% agreement.
+const SAMPLES: usize = 1000;
+/// The least share of inputs on which ONNX Runtime's and cinder's argmax agree.
+const MIN_AGREEMENT: f64 = 0.999;
+/// The largest logit difference, in steps of the output's scale: one-step differences
+/// inside a deep network (ResNet-20) reach the logits as a few steps.
+const MAX_STEPS: f32 = 4.0;
+
+/// `graph` (batch norms folded) calibrated by min/max on random inputs and converted
+/// under `config`.
+fn int8_model(graph: &FloatGraph, config: &QuantConfig, seed: u64) -> QuantizedModel {
+    let graph = graph.fold_batch_norms().unwrap();
+    let calibration = random_input(&graph, 64, seed);
+    let table = minmax_table(&graph, &calibration).unwrap();
+    cinder_runtime::convert(&graph, &table, config).unwrap()
+}
+
+/// The scale of the int8 tensor the model's final dequantization reads, if any.
+fn output_scale(model: &QuantizedModel) -> Option<f32> {
+    let last = model.steps().last()?;
+    if last.op != StepOp::Dequantize {
+        return None;
+    }
+    let source = model.steps().iter().find(|s| s.name == last.inputs[0])?;
+    match &source.op {
+        StepOp::Quantize(p) => Some(p.scale),
+        StepOp::Conv2d { layer, .. } | StepOp::Linear(layer) => match &layer.exec {
+            LayerExec::Static(s) => Some(s.output.scale),
+            _ => None,
+        },
+        StepOp::Add(m) | StepOp::Concat(m) => m.int.as_ref().map(|i| i.output.scale),
+        _ => None,
+    }
+}
+
+/// Argmax agreement and the largest logit difference of two `[batch, classes]` outputs.
+fn compare(a: &[f32], b: &[f32], classes: usize) -> (f64, f32) {
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 { (i, v) } else { best }
+            })
+            .0
+    };
+    let rows = a.len() / classes;
+    let agree = a
+        .chunks(classes)
+        .zip(b.chunks(classes))
+        .filter(|(x, y)| argmax(x) == argmax(y))
+        .count();
+    (agree as f64 / rows as f64, common::max_abs_diff(a, b))
+}
+
+/// Exports `model` as QDQ, runs it in ONNX Runtime on `input` and compares predictions
+/// with cinder's runtime.
+fn check_qdq_export(python: &Path, what: &str, model: &QuantizedModel, input: &TensorBuf<f32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.qdq.onnx");
+    export_qdq_file(model, &path).unwrap();
+    let got = onnxruntime(python, &path, input);
+    let mut session = model.session().unwrap();
+    let expected = session.run(input).unwrap();
+    let classes = model.output_shape().iter().product();
+    let (agreement, diff) = compare(&got, expected.data(), classes);
+    let steps = output_scale(model).map(|s| diff / s);
+    eprintln!(
+        "{what} QDQ: argmax agreement {:.2}% over {} inputs, max |ONNX Runtime - cinder| = \
+         {diff:e} ({} output steps)",
+        agreement * 100.0,
+        input.shape()[0],
+        steps.map_or_else(|| "float output, no".into(), |s| format!("{s:.2}")),
+    );
+    assert!(agreement >= MIN_AGREEMENT, "{what}: agreement {agreement}");
+    if let Some(steps) = steps {
+        assert!(steps <= MAX_STEPS, "{what}: {steps} output steps");
+    }
+}
+
+#[test]
+fn int8_reference_convnets_exported_as_qdq_predict_in_onnxruntime_as_in_cinder() {
+    let Some(python) = python() else { return };
+    let graph = reference_convnet(41);
+    let per_tensor = QuantConfig::uniform(LayerConfig {
+        granularity: WeightGranularity::PerTensor,
+        ..LayerConfig::default()
+    });
+    let partial = QuantConfig::default().with_layer(
+        "fc2",
+        LayerOverride {
+            mode: Some(Mode::Float),
+            ..LayerOverride::default()
+        },
+    );
+    let input = random_input(&graph, SAMPLES, 42);
+    for (what, config) in [
+        ("reference ConvNet, per-channel", QuantConfig::default()),
+        ("reference ConvNet, per-tensor", per_tensor),
+        ("reference ConvNet, fc2 float", partial),
+    ] {
+        let model = int8_model(&graph, &config, 43);
+        check_qdq_export(&python, what, &model, &input);
+    }
+}
+
+#[test]
+fn int8_zoo_models_exported_as_qdq_predict_in_onnxruntime_as_in_cinder() {
+    let Some(python) = python() else { return };
+    for (what, spec) in [
+        (
+            "zoo convnet+BN",
+            zoo::convnet([3, 16, 16], [8, 16], 32, 10, true),
+        ),
+        ("zoo resnet20", zoo::resnet20([3, 16, 16], 10)),
+        (
+            "zoo mobilenetv2_tiny",
+            zoo::mobilenetv2_tiny([3, 16, 16], 10),
+        ),
+    ] {
+        let graph = random_graph(spec, 51).unwrap();
+        let model = int8_model(&graph, &QuantConfig::default(), 52);
+        let input = random_input(&graph, SAMPLES, 53);
+        check_qdq_export(&python, what, &model, &input);
+    }
 }
