@@ -2,7 +2,9 @@
 //!
 //! `cargo xtask onnx import --onnx model.onnx --out runs/outside` imports a float ONNX
 //! model (e.g. from `torch.onnx.export`) as cinder's float graph (`graph.json` +
-//! `graph.safetensors` in `--out`), ready to calibrate and quantize.
+//! `graph.safetensors` in `--out`), ready to calibrate and quantize; a QDQ model (e.g.
+//! from ONNX Runtime's `quantize_static`) becomes a cinder int8 model, `int8.cinder` in
+//! `--out`.
 //!
 //! `cargo xtask onnx export --graph runs/fmnist/graph.json --out model.onnx` writes a float
 //! graph as a plain float ONNX model (opset 17) for ONNX Runtime and other tools;
@@ -23,7 +25,8 @@ pub struct OnnxArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum OnnxCommand {
-    /// A float ONNX model -> cinder's float graph (graph.json + graph.safetensors).
+    /// A float ONNX model -> cinder's float graph (graph.json + graph.safetensors); a QDQ
+    /// model -> a cinder int8 model (int8.cinder).
     Import(ImportArgs),
     /// cinder's float graph -> a float ONNX model, or an int8 model -> a QDQ ONNX model.
     Export(ExportArgs),
@@ -31,10 +34,10 @@ pub enum OnnxCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct ImportArgs {
-    /// The float ONNX model to import (opset 13 to 21).
+    /// The float or QDQ ONNX model to import (opset 13 to 21).
     #[arg(long)]
     pub onnx: PathBuf,
-    /// The directory to write graph.json and graph.safetensors into.
+    /// The directory to write graph.json and graph.safetensors (or int8.cinder) into.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -64,7 +67,23 @@ pub fn run(args: OnnxArgs) -> anyhow::Result<()> {
 }
 
 fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let graph = cinder_onnx::import_file(&args.onnx)?;
+    let graph = match cinder_onnx::import_any_file(&args.onnx)? {
+        cinder_onnx::Imported::Float(graph) => graph,
+        cinder_onnx::Imported::Int8(model) => {
+            let path = args.out.join("int8.cinder");
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
+            model.save(&path)?;
+            println!(
+                "imported the QDQ model {}: {} steps over input {:?}; wrote {}",
+                args.onnx.display(),
+                model.steps().len(),
+                model.input_shape(),
+                path.display()
+            );
+            return Ok(());
+        }
+    };
     let (json, weights) = (
         args.out.join("graph.json"),
         args.out.join("graph.safetensors"),

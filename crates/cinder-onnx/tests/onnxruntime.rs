@@ -2,7 +2,9 @@
 //! logits as cinder's float forward, a model built with the `onnx` Python helper API
 //! (never produced by cinder) imports and computes what ONNX Runtime computes, and
 //! cinder's int8 models exported as QDQ predict in ONNX Runtime what cinder's runtime
-//! predicts (ONNX Runtime requantizes in float, so rare one-step differences are expected).
+//! predicts (ONNX Runtime requantizes in float, so rare one-step differences are expected),
+//! and float models quantized by ONNX Runtime's `quantize_static` import into cinder's
+//! runtime and predict there what they predict in ONNX Runtime.
 //!
 //! Needs a Python with `onnxruntime`, `onnx` and `numpy`: `CINDER_ONNX_PYTHON`, or the
 //! virtual environment `.ci/run` creates. Where there is none, each test says so and
@@ -15,7 +17,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cinder_onnx::{export_file, export_qdq_file, import_file};
+use cinder_onnx::{export_file, export_qdq_file, import_file, import_qdq_file};
 use cinder_runtime::synthetic::{minmax_table, random_graph, random_input, reference_convnet};
 use cinder_runtime::{
     LayerConfig, LayerExec, LayerOverride, Mode, QuantConfig, QuantizedModel, StepOp,
@@ -66,18 +68,24 @@ fn helper(python: &Path, args: &[&str]) {
     );
 }
 
-/// ONNX Runtime's output of the model at `model` on `input`.
-fn onnxruntime(python: &Path, model: &Path, input: &TensorBuf<f32>) -> Vec<f32> {
-    let dir = model.parent().unwrap();
-    let (input_path, output_path) = (dir.join("input.f32"), dir.join("output.f32"));
-    let bytes: Vec<u8> = input.data().iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(&input_path, bytes).unwrap();
-    let shape = input
+/// Writes `values` as little-endian float32 to `path`; returns their shape as the
+/// helper reads it (comma separated).
+fn write_f32(path: &Path, values: &TensorBuf<f32>) -> String {
+    let bytes: Vec<u8> = values.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).unwrap();
+    values
         .shape()
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
-        .join(",");
+        .join(",")
+}
+
+/// ONNX Runtime's output of the model at `model` on `input`.
+fn onnxruntime(python: &Path, model: &Path, input: &TensorBuf<f32>) -> Vec<f32> {
+    let dir = model.parent().unwrap();
+    let (input_path, output_path) = (dir.join("input.f32"), dir.join("output.f32"));
+    let shape = write_f32(&input_path, input);
     helper(
         python,
         &[
@@ -221,7 +229,19 @@ fn check_qdq_export(python: &Path, what: &str, model: &QuantizedModel, input: &T
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.qdq.onnx");
     export_qdq_file(model, &path).unwrap();
-    let got = onnxruntime(python, &path, input);
+    check_predictions(python, what, &path, model, input);
+}
+
+/// Runs the QDQ model at `path` in ONNX Runtime and `model` (the same model in cinder)
+/// in cinder's runtime on `input`, and compares their predictions.
+fn check_predictions(
+    python: &Path,
+    what: &str,
+    path: &Path,
+    model: &QuantizedModel,
+    input: &TensorBuf<f32>,
+) {
+    let got = onnxruntime(python, path, input);
     let mut session = model.session().unwrap();
     let expected = session.run(input).unwrap();
     let classes = model.output_shape().iter().product();
@@ -284,5 +304,56 @@ fn int8_zoo_models_exported_as_qdq_predict_in_onnxruntime_as_in_cinder() {
         let model = int8_model(&graph, &QuantConfig::default(), 52);
         let input = random_input(&graph, SAMPLES, 53);
         check_qdq_export(&python, what, &model, &input);
+    }
+}
+
+/// Quantizes `graph`'s float ONNX export with ONNX Runtime's `quantize_static`
+/// (calibrated on 64 seeded inputs), imports the QDQ model into cinder and compares
+/// predictions with ONNX Runtime's run of it.
+fn check_ort_quantized(python: &Path, what: &str, graph: &FloatGraph, options: [&str; 2]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (float, qdq) = (dir.path().join("float.onnx"), dir.path().join("qdq.onnx"));
+    export_file(graph, &float).unwrap();
+    let calibration_path = dir.path().join("calibration.f32");
+    let shape = write_f32(&calibration_path, &random_input(graph, 64, 61));
+    let [granularity, activations] = options;
+    helper(
+        python,
+        &[
+            "quantize",
+            path_str(&float),
+            path_str(&calibration_path),
+            &shape,
+            path_str(&qdq),
+            granularity,
+            activations,
+        ],
+    );
+    let model = import_qdq_file(&qdq).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let input = random_input(graph, SAMPLES, 62);
+    let what = format!("{what} ({granularity}, {activations} activations) by quantize_static");
+    check_predictions(python, &what, &qdq, &model, &input);
+}
+
+#[test]
+fn models_quantized_by_onnxruntime_import_and_predict_as_in_onnxruntime() {
+    let Some(python) = python() else { return };
+    let convnet = reference_convnet(71);
+    for options in [
+        ["per_channel", "uint8"],
+        ["per_tensor", "uint8"],
+        ["per_channel", "int8"],
+    ] {
+        check_ort_quantized(&python, "reference ConvNet", &convnet, options);
+    }
+    for (what, spec) in [
+        ("zoo resnet20", zoo::resnet20([3, 16, 16], 10)),
+        (
+            "zoo mobilenetv2_tiny",
+            zoo::mobilenetv2_tiny([3, 16, 16], 10),
+        ),
+    ] {
+        let graph = random_graph(spec, 72).unwrap().fold_batch_norms().unwrap();
+        check_ort_quantized(&python, what, &graph, ["per_channel", "uint8"]);
     }
 }
