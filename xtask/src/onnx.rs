@@ -10,12 +10,24 @@
 //! graph as a plain float ONNX model (opset 17) for ONNX Runtime and other tools;
 //! `cargo xtask onnx export --model runs/fmnist/int8.cinder --out model.qdq.onnx` writes an
 //! int8 model as the QDQ ONNX model ONNX Runtime's quantizer writes.
+//!
+//! Two helpers let other tools check cinder against their own run of the same model on
+//! the same data: `cargo xtask onnx run --model X.cinder --input x.f32 --out y.f32` runs
+//! an int8 model on raw little-endian float32 inputs and writes its outputs the same way;
+//! `cargo xtask onnx calibration-images --dataset fashion-mnist --out cal.f32` writes the
+//! normalized images `cargo xtask calibrate --model-onnx` calibrates on (same
+//! `--batches`, `--batch-size` and `--seed`), e.g. for ONNX Runtime's `quantize_static`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use cinder_model::ImageSource;
 use cinder_runtime::QuantizedModel;
 use cinder_tensor::graph::FloatGraph;
+use cinder_tensor::io::write_atomic;
+use cinder_tensor::{Tensor, TensorBuf};
+
+use crate::train::DatasetImages;
 
 #[derive(clap::Args, Debug)]
 pub struct OnnxArgs {
@@ -30,6 +42,45 @@ pub enum OnnxCommand {
     Import(ImportArgs),
     /// cinder's float graph -> a float ONNX model, or an int8 model -> a QDQ ONNX model.
     Export(ExportArgs),
+    /// Runs an int8 model on raw float32 inputs, writing raw float32 outputs.
+    Run(RunArgs),
+    /// Writes the normalized images `cargo xtask calibrate --model-onnx` calibrates on.
+    CalibrationImages(CalibrationImagesArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The int8 model file (`.cinder`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Little-endian float32 inputs, `[N, ...the model's input shape]` in row-major order.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write the little-endian float32 outputs, `[N, ...the output shape]`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CalibrationImagesArgs {
+    /// synthetic, fashion-mnist, cifar10 or cifar100.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    /// Directory of the data set files (Fashion-MNIST: Debian's location by default).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// As `cargo xtask calibrate --batches`.
+    #[arg(long, default_value_t = 32, value_parser = crate::checks::positive)]
+    pub batches: usize,
+    /// As `cargo xtask calibrate --batch-size`.
+    #[arg(long, default_value_t = 32, value_parser = crate::checks::positive)]
+    pub batch_size: usize,
+    /// As `cargo xtask calibrate --seed`.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the images: little-endian float32 `[N, 3, 32, 32]`.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,10 +110,25 @@ pub struct ExportArgs {
     pub out: PathBuf,
 }
 
+/// The float graph of an outside float ONNX model: what `--model-onnx FILE` gives the
+/// commands that take a float graph.
+pub fn float_graph(path: &Path) -> anyhow::Result<FloatGraph> {
+    let graph = cinder_onnx::import_file(path)?;
+    println!(
+        "imported {}: {} nodes over input {:?}",
+        path.display(),
+        graph.nodes().len(),
+        graph.input_shape()
+    );
+    Ok(graph)
+}
+
 pub fn run(args: OnnxArgs) -> anyhow::Result<()> {
     match args.command {
         OnnxCommand::Import(args) => import(args),
         OnnxCommand::Export(args) => export(args),
+        OnnxCommand::Run(args) => run_model(args),
+        OnnxCommand::CalibrationImages(args) => calibration_images(args),
     }
 }
 
@@ -133,4 +199,60 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
         cinder_onnx::EXPORT_OPSET
     );
     Ok(())
+}
+
+fn run_model(args: RunArgs) -> anyhow::Result<()> {
+    let model = QuantizedModel::load(&args.model)?;
+    let bytes =
+        std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
+    let per_sample = model.input_shape().iter().product::<usize>() * 4;
+    if bytes.is_empty() || !bytes.len().is_multiple_of(per_sample) {
+        anyhow::bail!(
+            "{}: {} bytes are not a whole number of float32 inputs of shape {:?}",
+            args.input.display(),
+            bytes.len(),
+            model.input_shape()
+        );
+    }
+    let mut shape = vec![bytes.len() / per_sample];
+    shape.extend_from_slice(model.input_shape());
+    let values = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect();
+    let input = TensorBuf::new(shape, values)?;
+    let mut session = model.session()?;
+    let output = session.run(&input)?;
+    write_f32(&args.out, output.data())?;
+    println!(
+        "ran {} on {} inputs; wrote {}",
+        args.model.display(),
+        input.shape()[0],
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn calibration_images(args: CalibrationImagesArgs) -> anyhow::Result<()> {
+    let (train, norm) = crate::calibrate::training_split(&args.dataset, args.data_dir.as_deref())?;
+    let indices = crate::calibrate::calibration_indices(
+        train.len(),
+        args.batches * args.batch_size,
+        args.seed,
+    );
+    let images = DatasetImages { data: &train, norm }
+        .gather(&indices)?
+        .images;
+    write_f32(&args.out, images.data())?;
+    println!(
+        "wrote {}: {:?} normalized calibration images",
+        args.out.display(),
+        images.shape()
+    );
+    Ok(())
+}
+
+fn write_f32(path: &Path, values: &[f32]) -> anyhow::Result<()> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    Ok(write_atomic(path, &bytes)?)
 }

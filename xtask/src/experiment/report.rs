@@ -14,6 +14,7 @@ use cinder_tensor::{ErrorMetrics, Mapping};
 
 use super::config::Method;
 use super::results::{CellMetrics, CellResult, Measured, Outcome, Results};
+use super::training::TrainingSummary;
 
 const MB: f64 = 1e6;
 
@@ -53,6 +54,33 @@ fn header(md: &mut String, r: &Results) -> std::fmt::Result {
         "- Data: {}, {} training / {} test images, {} classes.",
         d.dataset, d.train_images, d.test_images, d.classes
     )?;
+    match &t.imported_from {
+        Some(file) => model_imported(md, file)?,
+        None => model_trained(md, t)?,
+    }
+    writeln!(
+        md,
+        "- Calibration: {} training images per observer; activations u8 asymmetric per tensor.",
+        r.config.calibration.images
+    )?;
+    writeln!(
+        md,
+        "- Latency: median of the batch-{} evaluation batches and of {} single images; \
+         peak memory: resident high-water mark of a child process that loads the model and \
+         runs two batches of {}, minus its resident set before loading.",
+        r.fp32.batch, r.config.evaluation.single, r.fp32.batch
+    )?;
+    writeln!(md, "- Wall time of this run: {:.0} s.\n", r.wall_seconds)
+}
+
+fn model_imported(md: &mut String, file: &str) -> std::fmt::Result {
+    writeln!(
+        md,
+        "- Model: the float ONNX model `{file}`, imported (BatchNorm folded); not trained here."
+    )
+}
+
+fn model_trained(md: &mut String, t: &TrainingSummary) -> std::fmt::Result {
     writeln!(
         md,
         "- Model: conv(3→{c0}) → ReLU → pool → conv({c0}→{c1}) → ReLU → pool → fc({h}) → ReLU → fc({k}){bn}.",
@@ -77,19 +105,7 @@ fn header(md: &mut String, r: &Results) -> std::fmt::Result {
         t.images_per_sec,
         if t.reused { " (checkpoint reused)" } else { "" }
     )?;
-    writeln!(
-        md,
-        "- Calibration: {} training images per observer; activations u8 asymmetric per tensor.",
-        r.config.calibration.images
-    )?;
-    writeln!(
-        md,
-        "- Latency: median of the batch-{} evaluation batches and of {} single images; \
-         peak memory: resident high-water mark of a child process that loads the model and \
-         runs two batches of {}, minus its resident set before loading.",
-        r.fp32.batch, r.config.evaluation.single, r.fp32.batch
-    )?;
-    writeln!(md, "- Wall time of this run: {:.0} s.\n", r.wall_seconds)
+    Ok(())
 }
 
 fn baseline(md: &mut String, m: &Measured) -> std::fmt::Result {
