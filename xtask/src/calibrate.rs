@@ -55,6 +55,16 @@ pub struct CalibrateArgs {
     /// Activation bit width (2..=8).
     #[arg(long, default_value_t = 8)]
     pub bits: u8,
+    #[command(flatten)]
+    pub sample: CalibrationSample,
+    /// Where to write calibration.json and errors.json; default: the checkpoint directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Which training images calibrate: `batches` batches of `batch_size`, chosen by `seed`.
+#[derive(clap::Args, Debug)]
+pub struct CalibrationSample {
     /// Number of calibration batches.
     #[arg(long, default_value_t = 32, value_parser = crate::checks::positive)]
     pub batches: usize,
@@ -66,9 +76,13 @@ pub struct CalibrateArgs {
     /// Directory of the data set files (Fashion-MNIST: Debian's location by default).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Where to write calibration.json and errors.json; default: the checkpoint directory.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+}
+
+impl CalibrationSample {
+    /// The indices of the calibration images among `len` training images.
+    pub fn indices(&self, len: usize) -> Vec<usize> {
+        calibration_indices(len, self.batches * self.batch_size, self.seed)
+    }
 }
 
 /// The parts of `cargo xtask train`'s summary.json that calibration needs.
@@ -101,7 +115,7 @@ impl CalibrateArgs {
 fn graph_and_data(args: &CalibrateArgs) -> anyhow::Result<(FloatGraph, Dataset, Normalization)> {
     if let Some(onnx) = &args.model_onnx {
         let graph = crate::onnx::float_graph(onnx)?;
-        let (train, norm) = training_split(&args.dataset, args.data_dir.as_deref())?;
+        let (train, norm) = training_split(&args.dataset, args.sample.data_dir.as_deref())?;
         return Ok((graph, train, norm));
     }
     let dir = args
@@ -110,7 +124,7 @@ fn graph_and_data(args: &CalibrateArgs) -> anyhow::Result<(FloatGraph, Dataset, 
         .expect("clap requires --checkpoint or --model-onnx");
     let summary: TrainSummary = read_json(&dir.join("summary.json"))?;
     let graph = FloatGraph::load(&dir.join("graph.json"), &dir.join("graph.safetensors"))?;
-    let source = dataset_source(&summary.dataset, args.data_dir.as_deref())?;
+    let source = dataset_source(&summary.dataset, args.sample.data_dir.as_deref())?;
     let train = cinder_datasets::load(&source)?
         .train
         .limit(summary.train_images);
@@ -134,13 +148,19 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     let (graph, train, norm) = graph_and_data(&args)?;
     let model = GraphNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
     let images = DatasetImages { data: &train, norm };
-    let indices = calibration_indices(train.len(), args.batches * args.batch_size, args.seed);
+    let indices = args.sample.indices(train.len());
     let spec: ObserverSpec = args.observer.parse()?;
     let scheme = args.activation_scheme()?;
     let mut calibrator = Calibrator::new(spec, scheme)?;
-    let timing = calibrate(&model, &images, &indices, args.batch_size, &mut calibrator)?;
+    let timing = calibrate(
+        &model,
+        &images,
+        &indices,
+        args.sample.batch_size,
+        &mut calibrator,
+    )?;
     let table = calibrator.table()?;
-    let errors = activation_errors(&model, &images, &indices, args.batch_size, &table)?;
+    let errors = activation_errors(&model, &images, &indices, args.sample.batch_size, &table)?;
     let weight_scheme = QuantScheme::weights_int8(Granularity::PerChannel { axis: 0 });
     let report = ErrorReport::new(
         spec.to_string(),

@@ -27,6 +27,7 @@ use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::io::write_atomic;
 use cinder_tensor::{Tensor, TensorBuf};
 
+use crate::calibrate::CalibrationSample;
 use crate::train::DatasetImages;
 
 #[derive(clap::Args, Debug)]
@@ -66,18 +67,9 @@ pub struct CalibrationImagesArgs {
     /// synthetic, fashion-mnist, cifar10 or cifar100.
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: String,
-    /// Directory of the data set files (Fashion-MNIST: Debian's location by default).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// As `cargo xtask calibrate --batches`.
-    #[arg(long, default_value_t = 32, value_parser = crate::checks::positive)]
-    pub batches: usize,
-    /// As `cargo xtask calibrate --batch-size`.
-    #[arg(long, default_value_t = 32, value_parser = crate::checks::positive)]
-    pub batch_size: usize,
-    /// As `cargo xtask calibrate --seed`.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// The same options as `cargo xtask calibrate`'s choose the same images.
+    #[command(flatten)]
+    pub sample: CalibrationSample,
     /// Where to write the images: little-endian float32 `[N, 3, 32, 32]`.
     #[arg(long)]
     pub out: PathBuf,
@@ -234,12 +226,9 @@ fn run_model(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn calibration_images(args: CalibrationImagesArgs) -> anyhow::Result<()> {
-    let (train, norm) = crate::calibrate::training_split(&args.dataset, args.data_dir.as_deref())?;
-    let indices = crate::calibrate::calibration_indices(
-        train.len(),
-        args.batches * args.batch_size,
-        args.seed,
-    );
+    let (train, norm) =
+        crate::calibrate::training_split(&args.dataset, args.sample.data_dir.as_deref())?;
+    let indices = args.sample.indices(train.len());
     let images = DatasetImages { data: &train, norm }
         .gather(&indices)?
         .images;
