@@ -214,11 +214,20 @@ def outside_model(args, work, test, labels, calibration):
     cinder = accuracy(cinder_logits(args, int8, test, work))
     ort_qdq = os.path.join(work, "outside_ort_qdq.onnx")
     ort_quantize(float_path, ort_qdq, calibration)
-    onnxruntime = accuracy(ort_logits(ort_qdq, test, args.threads))
+    ort_int8 = ort_logits(ort_qdq, test, args.threads)
     print(
         f"(d) outside CNN on {len(labels)} test images, {len(calibration)} calibration "
         f"images: fp32 {fp32:.2f}%, cinder W8A8 static PTQ {cinder:.2f}%, "
-        f"ONNX Runtime quantize_static {onnxruntime:.2f}%"
+        f"ONNX Runtime quantize_static {accuracy(ort_int8):.2f}%"
+    )
+    imported = os.path.join(work, "outside_ort_imported")
+    xtask(args, "onnx", "import", "--onnx", ort_qdq, "--out", imported)
+    compare(
+        "(d) ONNX Runtime's int8 outside CNN imported into cinder",
+        cinder_logits(args, os.path.join(imported, "int8.cinder"), test, work),
+        ort_int8,
+        output_scale(ort_qdq),
+        labels,
     )
 
 
@@ -232,11 +241,14 @@ def main():
     p.add_argument("--train-seconds", type=float, default=90.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-outside", action="store_true", help="only (b) and (c)")
+    p.add_argument("--work", help="keep the models here (default: a temporary directory)")
     args = p.parse_args()
     with open(os.path.join(args.run, "summary.json")) as f:
         norm = json.load(f)["normalization"]
     test, labels = fashion_mnist("test", norm)
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.work or temporary
+        os.makedirs(work, exist_ok=True)
         calibration = calibration_images(args, work)
         round_trips(args, work, test, labels, calibration)
         if not args.skip_outside:
