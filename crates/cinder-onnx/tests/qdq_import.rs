@@ -1,6 +1,7 @@
 //! QDQ import without ONNX Runtime: cinder's own QDQ export imports back as a model that
-//! computes bit for bit what the exported one computes, and every quantization cinder
-//! cannot represent exactly is refused with a typed error naming the node.
+//! computes bit for bit what the exported one computes (with uint8 or int8 activations),
+//! and every quantization cinder cannot represent exactly is refused with a typed error
+//! naming the node.
 
 mod common;
 
@@ -161,4 +162,53 @@ fn a_layer_with_int8_weights_writing_float_is_refused() {
         Err(e) => assert!(e.to_string().contains("not quantized"), "{e}"),
         Ok(_) => panic!("imported a static layer with a float output"),
     }
+}
+
+#[test]
+fn int8_activations_import_as_the_same_model() {
+    let model = int8_model(&reference_convnet(5), &QuantConfig::default());
+    let mut onnx = export_qdq_model(&model).unwrap();
+    let graph = onnx.graph.as_mut().unwrap();
+    let mut shifted = 0;
+    for t in &mut graph.initializer {
+        if t.data_type == DataType::Uint8 as i32 {
+            let zero_point = i32::from(t.raw_data[0]) - 128;
+            *t = from_codes(&t.name, DataType::Int8, &[], &[zero_point]);
+            shifted += 1;
+        }
+    }
+    assert!(shifted > 0);
+    let imported = import_qdq_model(&onnx).unwrap();
+    let input = random_input(&reference_convnet(5), 16, 9);
+    assert_eq!(outputs(&imported, &input), outputs(&model, &input));
+}
+
+#[test]
+fn per_channel_activations_are_refused() {
+    let mut model = exported();
+    let graph = model.graph.as_mut().unwrap();
+    let quantize = graph
+        .node
+        .iter()
+        .find(|n| n.name == "fc1/quantize")
+        .unwrap();
+    let (scale, zero_point) = (quantize.input[1].clone(), quantize.input[2].clone());
+    *initializer(&mut model, &scale) =
+        cinder_onnx::tensor::from_f32_values(&scale, &[2], &[0.1, 0.2]);
+    *initializer(&mut model, &zero_point) = from_codes(&zero_point, DataType::Uint8, &[2], &[0, 0]);
+    assert_refused(&model, "fc1/quantize", "per tensor");
+}
+
+#[test]
+fn a_dequantization_with_other_parameters_than_its_quantization_is_refused() {
+    let mut model = exported();
+    let graph = model.graph.as_mut().unwrap();
+    let dequantize = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "DequantizeLinear" && n.input[0] == "conv1")
+        .unwrap();
+    let name = dequantize.name.clone();
+    dequantize.input[1] = "conv2.scale".into();
+    assert_refused(&model, &name, "differ from the QuantizeLinear");
 }
