@@ -13,15 +13,17 @@
 //!   the float operator, `QuantizeLinear` with the same parameters. `Add` / `Concat` in
 //!   int8 dequantize each input and quantize to their own output parameters.
 //! - Float layers and float-domain steps of partially quantized models stay float.
-//! - Dynamic layers are refused ([`OnnxError::NotExportable`]): their per-batch input
-//!   range has no QDQ form.
+//! - Dynamic layers are written as ONNX Runtime's `quantize_dynamic` writes them: the
+//!   input quantized with its own range (`DynamicQuantizeLinear`), `ConvInteger` or
+//!   `MatMulInteger` on the int8 weights, the accumulators scaled by `s_in * s_w` in float.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use cinder_runtime::model::INPUT;
 use cinder_runtime::{
-    Activation, Layer, LayerExec, Merge, QuantWeights, QuantizedModel, StaticLayer, StepOp, Window,
+    Activation, DynamicLayer, Layer, LayerExec, Merge, QuantWeights, QuantizedModel, StaticLayer,
+    StepOp, Window,
 };
 use cinder_tensor::io::write_atomic;
 use cinder_tensor::{QuantParams, Tensor, TensorQuantParams};
@@ -329,12 +331,117 @@ impl Writer {
                 self.activation(&format!("{name}/activation"), &y, name, layer.activation);
                 Ok(Repr::Float(name.to_owned()))
             }
-            LayerExec::Dynamic(_) => Err(not_exportable(
-                name,
-                "dynamic layers quantize their input with each batch's range, which QDQ \
-                 cannot express; convert this layer as static or float",
-            )),
+            LayerExec::Dynamic(d) => {
+                let x = float_name(name, input)?;
+                let integer = match op_type {
+                    "Conv" => Some(attrs),
+                    _ => None,
+                };
+                let y = self.dynamic_layer(name, &x, d, integer)?;
+                self.activation(&format!("{name}/activation"), &y, name, layer.activation);
+                Ok(Repr::Float(name.to_owned()))
+            }
         }
+    }
+
+    /// A dynamic layer as ONNX Runtime's `quantize_dynamic` writes one: the input
+    /// quantized with its own range (`DynamicQuantizeLinear`, uint8), `ConvInteger` (with
+    /// the convolution's attributes `conv`) or `MatMulInteger` (with the transposed
+    /// weights) on the int8 weights, the accumulators scaled by `s_in * s_w` in float,
+    /// then the float bias. Returns the output tensor.
+    fn dynamic_layer(
+        &mut self,
+        name: &str,
+        x: &str,
+        d: &DynamicLayer,
+        conv: Option<Vec<AttributeProto>>,
+    ) -> Result<String, OnnxError> {
+        let [q, s_in, zp_in] = ["input_quantized", "input_scale", "input_zero_point"]
+            .map(|what| format!("{name}/{what}"));
+        self.nodes.push(NodeProto {
+            input: vec![x.to_owned()],
+            output: vec![q.clone(), s_in.clone(), zp_in.clone()],
+            name: format!("{name}/quantize"),
+            op_type: "DynamicQuantizeLinear".into(),
+            ..NodeProto::default()
+        });
+        let names = [
+            "weight_quantized",
+            "weight_zero_point",
+            "weight_scale",
+            "bias",
+        ]
+        .map(|what| format!("{name}.{what}"));
+        self.dynamic_weights(name, &names, d, conv.is_some())?;
+        let [acc, acc_f, scale, scaled, y] = ["acc", "acc_float", "acc_scale", "scaled", "float"]
+            .map(|what| format!("{name}/{what}"));
+        let [weight, w_zero_point, w_scale, bias] = names;
+        let inputs = vec![q, weight, zp_in, w_zero_point];
+        match conv {
+            Some(attrs) => self.push_with(&acc, "ConvInteger", inputs, &acc, attrs),
+            None => self.push(&acc, "MatMulInteger", inputs, &acc),
+        }
+        let to_float = int("to", DataType::Float as i64);
+        self.push_with(&acc_f, "Cast", vec![acc], &acc_f, vec![to_float]);
+        self.push(&scale, "Mul", vec![s_in, w_scale], &scale);
+        self.push(&scaled, "Mul", vec![acc_f, scale], &scaled);
+        self.push(&y, "Add", vec![scaled, bias], &y);
+        Ok(y)
+    }
+
+    /// The initializers `names` (weight codes, weight zero points, weight scales, bias)
+    /// of a dynamic layer: a convolution's weights as they are with per-channel values
+    /// shaped `[C, 1, 1]` to broadcast over `[N, C, H, W]`, a linear layer's weights
+    /// transposed to `[in, out]` with values of shape `[out]`. ONNX Runtime's
+    /// `ConvInteger` takes one weight zero point: per-channel zero points that differ are
+    /// refused.
+    fn dynamic_weights(
+        &mut self,
+        name: &str,
+        names: &[String; 4],
+        d: &DynamicLayer,
+        conv: bool,
+    ) -> Result<(), OnnxError> {
+        let w = &d.weights;
+        let outputs = w.codes.shape()[0];
+        let depth = w.codes.len() / outputs;
+        let (weight_shape, codes): (Vec<usize>, Vec<i32>) = if conv {
+            let codes = w.codes.data().iter().map(|&q| i32::from(q)).collect();
+            (w.codes.shape().to_vec(), codes)
+        } else {
+            let transposed = (0..depth * outputs)
+                .map(|k| i32::from(w.codes.data()[(k % outputs) * depth + k / outputs]))
+                .collect();
+            (vec![depth, outputs], transposed)
+        };
+        let params = w.params.as_slice();
+        let per_channel: &[usize] = match (per_channel_axis(&w.params), conv) {
+            (None, _) => &[],
+            (Some(_), true) => &[params.len(), 1, 1],
+            (Some(_), false) => &[params.len()],
+        };
+        let bias_shape: &[usize] = if conv { &[outputs, 1, 1] } else { &[outputs] };
+        let mut zero_points: Vec<i32> = params.iter().map(|p| p.zero_point).collect();
+        let mut zero_point_shape = &per_channel[..per_channel.len().min(1)];
+        if conv {
+            if zero_points.windows(2).any(|z| z[0] != z[1]) {
+                return Err(not_exportable(
+                    name,
+                    "a dynamic convolution with per-channel weight zero points: ONNX \
+                     Runtime's ConvInteger takes one; use symmetric weights",
+                ));
+            }
+            zero_points.truncate(1);
+            zero_point_shape = &[];
+        }
+        let scales: Vec<f32> = params.iter().map(|p| p.scale).collect();
+        self.initializer.extend([
+            tensor::from_codes(&names[0], DataType::Int8, &weight_shape, &codes),
+            tensor::from_codes(&names[1], DataType::Int8, zero_point_shape, &zero_points),
+            tensor::from_f32_values(&names[2], per_channel, &scales),
+            tensor::from_f32_values(&names[3], bias_shape, &d.bias),
+        ]);
+        Ok(())
     }
 
     /// The dequantized weight and bias tensors of a static layer whose input scale is

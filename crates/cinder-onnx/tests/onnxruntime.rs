@@ -275,11 +275,19 @@ fn int8_reference_convnets_exported_as_qdq_predict_in_onnxruntime_as_in_cinder()
             ..LayerOverride::default()
         },
     );
+    let dynamic = LayerOverride {
+        mode: Some(Mode::Dynamic),
+        ..LayerOverride::default()
+    };
+    let dynamic = QuantConfig::default()
+        .with_layer("conv2", dynamic)
+        .with_layer("fc1", dynamic);
     let input = random_input(&graph, SAMPLES, 42);
     for (what, config) in [
         ("reference ConvNet, per-channel", QuantConfig::default()),
         ("reference ConvNet, per-tensor", per_tensor),
         ("reference ConvNet, fc2 float", partial),
+        ("reference ConvNet, conv2 and fc1 dynamic", dynamic),
     ] {
         let model = int8_model(&graph, &config, 43);
         check_qdq_export(&python, what, &model, &input);

@@ -1,6 +1,6 @@
 //! The QDQ export's form, without ONNX Runtime: uint8 activations shifted by 128, int8
 //! weights per channel with their axis, int32 biases with scale `s_in * s_w`, float layers
-//! left float, and dynamic layers refused by name.
+//! left float, and dynamic layers as ONNX Runtime's dynamic quantization writes them.
 
 use cinder_onnx::proto::tensor_proto::DataType;
 use cinder_onnx::proto::{GraphProto, NodeProto, TensorProto};
@@ -8,7 +8,7 @@ use cinder_onnx::tensor::{to_codes, to_f32};
 use cinder_onnx::{OnnxError, export_qdq_model};
 use cinder_runtime::synthetic::{minmax_table, random_input, reference_convnet};
 use cinder_runtime::{LayerExec, LayerOverride, Mode, QuantConfig, QuantizedModel, StepOp};
-use cinder_tensor::Tensor;
+use cinder_tensor::{Mapping, Tensor};
 
 fn model(config: &QuantConfig) -> QuantizedModel {
     let graph = reference_convnet(7);
@@ -108,13 +108,63 @@ fn float_layers_stay_float() {
 }
 
 #[test]
-fn dynamic_layers_are_refused_by_name() {
+fn dynamic_linear_layers_export_as_onnxruntime_dynamic_quantization() {
     let model = model(&float_layer("fc1", Mode::Dynamic));
+    let onnx = export_qdq_model(&model).unwrap();
+    let graph = onnx.graph.as_ref().unwrap();
+    let quantize = graph
+        .node
+        .iter()
+        .find(|n| n.name == "fc1/quantize")
+        .unwrap();
+    assert_eq!(quantize.op_type, "DynamicQuantizeLinear");
+    let matmul = producer(graph, "fc1/acc");
+    assert_eq!(matmul.op_type, "MatMulInteger");
+    let (kind, shape, codes) = to_codes(initializer(graph, &matmul.input[1])).unwrap();
+    let step = model.steps().iter().find(|s| s.name == "fc1").unwrap();
+    let StepOp::Linear(layer) = &step.op else {
+        panic!("fc1 is linear")
+    };
+    let LayerExec::Dynamic(d) = &layer.exec else {
+        panic!("fc1 is dynamic")
+    };
+    let [outputs, depth] = [d.weights.codes.shape()[0], d.weights.codes.shape()[1]];
+    assert_eq!((kind, shape), (DataType::Int8, vec![depth, outputs]));
+    assert_eq!(
+        codes[outputs + 2],
+        i32::from(d.weights.codes.data()[2 * depth + 1])
+    );
+}
+
+#[test]
+fn dynamic_convolutions_export_as_conv_integer() {
+    let model = model(&float_layer("conv2", Mode::Dynamic));
+    let onnx = export_qdq_model(&model).unwrap();
+    let graph = onnx.graph.as_ref().unwrap();
+    let conv = producer(graph, "conv2/acc");
+    assert_eq!(conv.op_type, "ConvInteger");
+    let (kind, shape, _) = to_codes(initializer(graph, &conv.input[1])).unwrap();
+    assert_eq!(
+        (kind, shape.as_slice()),
+        (DataType::Int8, &[128, 64, 3, 3][..])
+    );
+    let scale = to_f32(initializer(graph, "conv2.weight_scale")).unwrap();
+    assert_eq!(scale.shape(), [128, 1, 1], "broadcasts over [N, C, H, W]");
+}
+
+#[test]
+fn dynamic_convolutions_with_per_channel_zero_points_are_refused_by_name() {
+    let asymmetric = LayerOverride {
+        mode: Some(Mode::Dynamic),
+        mapping: Some(Mapping::Asymmetric),
+        ..LayerOverride::default()
+    };
+    let model = model(&QuantConfig::default().with_layer("conv2", asymmetric));
     match export_qdq_model(&model) {
         Err(e @ OnnxError::NotExportable { .. }) => {
             let message = e.to_string();
-            assert!(message.contains("step `fc1`"), "{message}");
-            assert!(message.contains("dynamic"), "{message}");
+            assert!(message.contains("step `conv2`"), "{message}");
+            assert!(message.contains("zero points"), "{message}");
         }
         other => panic!("expected NotExportable, got {other:?}"),
     }
