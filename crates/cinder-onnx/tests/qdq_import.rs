@@ -6,7 +6,7 @@
 mod common;
 
 use cinder_onnx::proto::tensor_proto::DataType;
-use cinder_onnx::proto::{ModelProto, TensorProto};
+use cinder_onnx::proto::{ModelProto, NodeProto, TensorProto};
 use cinder_onnx::tensor::from_codes;
 use cinder_onnx::{
     OnnxError, export_qdq_bytes, export_qdq_model, import_qdq_bytes, import_qdq_model,
@@ -86,6 +86,11 @@ fn initializer<'m>(model: &'m mut ModelProto, name: &str) -> &'m mut TensorProto
         .unwrap()
 }
 
+fn node<'m>(model: &'m mut ModelProto, name: &str) -> &'m mut NodeProto {
+    let graph = model.graph.as_mut().unwrap();
+    graph.node.iter_mut().find(|n| n.name == name).unwrap()
+}
+
 /// The import error of `model`, which must name `node` and mention `what`.
 fn assert_refused(model: &ModelProto, node: &str, what: &str) {
     match import_qdq_model(model) {
@@ -137,13 +142,9 @@ fn a_bias_scale_other_than_input_times_weight_scale_is_refused() {
 #[test]
 fn a_layer_with_int8_weights_writing_float_is_refused() {
     let mut model = exported();
-    let graph = model.graph.as_mut().unwrap();
-    let quantize = graph
-        .node
-        .iter()
-        .find(|n| n.name == "fc1/quantize")
-        .unwrap();
+    let quantize = node(&mut model, "fc1/quantize");
     let (float, quantized) = (quantize.input[0].clone(), quantize.output[0].clone());
+    let graph = model.graph.as_mut().unwrap();
     let dequantized: Vec<String> = graph
         .node
         .iter()
@@ -186,12 +187,7 @@ fn int8_activations_import_as_the_same_model() {
 #[test]
 fn per_channel_activations_are_refused() {
     let mut model = exported();
-    let graph = model.graph.as_mut().unwrap();
-    let quantize = graph
-        .node
-        .iter()
-        .find(|n| n.name == "fc1/quantize")
-        .unwrap();
+    let quantize = node(&mut model, "fc1/quantize");
     let (scale, zero_point) = (quantize.input[1].clone(), quantize.input[2].clone());
     *initializer(&mut model, &scale) =
         cinder_onnx::tensor::from_f32_values(&scale, &[2], &[0.1, 0.2]);
@@ -202,12 +198,8 @@ fn per_channel_activations_are_refused() {
 #[test]
 fn a_dequantization_with_other_parameters_than_its_quantization_is_refused() {
     let mut model = exported();
-    let graph = model.graph.as_mut().unwrap();
-    let dequantize = graph
-        .node
-        .iter_mut()
-        .find(|n| n.op_type == "DequantizeLinear" && n.input[0] == "conv1")
-        .unwrap();
+    let dequantize = node(&mut model, "pool1/input0/dequantize");
+    assert_eq!(dequantize.input[0], "conv1");
     let name = dequantize.name.clone();
     dequantize.input[1] = "conv2.scale".into();
     assert_refused(&model, &name, "differ from the QuantizeLinear");
