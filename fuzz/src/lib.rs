@@ -1,5 +1,5 @@
 //! Fuzz targets of every loader of a file a user may hand cinder: the int8 model file,
-//! IDX and CIFAR data, calibration tables, training and QAT checkpoint manifests, and
+//! ONNX models (float and QDQ), IDX and CIFAR data, calibration tables, training and QAT checkpoint manifests, and
 //! experiment configs. Each target takes arbitrary bytes, writes them where the loader
 //! expects its file, and loads it: any result is fine, a panic, an abort or an
 //! allocation beyond the bound is a bug.
@@ -29,6 +29,7 @@ pub type Target = (&'static str, fn(&[u8]));
 /// Every target, by corpus name.
 pub const TARGETS: &[Target] = &[
     ("model_file", model_file),
+    ("onnx", onnx),
     ("idx", idx),
     ("cifar", cifar),
     ("calibration_table", calibration_table),
@@ -64,9 +65,22 @@ pub(crate) fn put(sub: &str, name: &str, data: &[u8]) -> PathBuf {
 /// runs one image.
 pub fn model_file(data: &[u8]) {
     let path = put("model", "model.cinder", data);
-    let Ok(model) = cinder_runtime::QuantizedModel::load(&path) else {
-        return;
-    };
+    if let Ok(model) = cinder_runtime::QuantizedModel::load(&path) {
+        run_one_image(&model);
+    }
+}
+
+/// An ONNX file, float or QDQ (`cinder_onnx::import_any_file`); an imported int8 model
+/// also runs one image.
+pub fn onnx(data: &[u8]) {
+    let path = put("onnx", "model.onnx", data);
+    if let Ok(cinder_onnx::Imported::Int8(model)) = cinder_onnx::import_any_file(&path) {
+        run_one_image(&model);
+    }
+}
+
+/// Runs `model` on one image of 0.25s, unless its input is larger than 2^16 values.
+fn run_one_image(model: &cinder_runtime::QuantizedModel) {
     let mut shape = vec![1];
     shape.extend_from_slice(model.input_shape());
     let elements: usize = shape.iter().product();

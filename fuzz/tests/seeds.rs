@@ -65,6 +65,12 @@ fn write_seed_corpus() {
     let model_path = dir.path().join("model.cinder");
     model.save(&model_path).unwrap();
     copy("model_file", "tiny-w8a8", &model_path);
+    put("onnx", "tiny-float", &cinder_onnx::export_bytes(&graph));
+    put(
+        "onnx",
+        "tiny-qdq",
+        &cinder_onnx::export_qdq_bytes(&model).unwrap(),
+    );
     let table_path = dir.path().join("calibration.json");
     table.save(&table_path).unwrap();
     copy("calibration_table", "tiny-minmax", &table_path);

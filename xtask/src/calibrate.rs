@@ -5,11 +5,16 @@
 //! forward times and each layer's SQNR.
 //!
 //! `cargo xtask calibrate --checkpoint results/fmnist --observer entropy --batches 32`
+//!
+//! `cargo xtask calibrate --model-onnx model.onnx --dataset fashion-mnist --out cal/`
+//! calibrates a float ONNX model (e.g. from `torch.onnx.export`) on the data set's training
+//! images, normalized as `cargo xtask train` normalizes them (`half` for Fashion-MNIST,
+//! the training split's statistics otherwise).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cinder_datasets::Normalization;
+use cinder_datasets::{Dataset, Normalization};
 use cinder_model::calibrate::{CalibrationTiming, activation_errors, calibrate};
 use cinder_model::data::epoch_order;
 use cinder_model::{BackendKind, GraphNet};
@@ -19,7 +24,7 @@ use cinder_tensor::io::read_json;
 use cinder_tensor::{ErrorMetrics, Granularity, Mapping, QuantScheme, Signedness};
 use serde::Deserialize;
 
-use crate::train::{DatasetImages, dataset_source};
+use crate::train::{DatasetImages, dataset_source, normalization_for};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActivationScheme {
@@ -32,8 +37,16 @@ pub enum ActivationScheme {
 #[derive(clap::Args, Debug)]
 pub struct CalibrateArgs {
     /// A `cargo xtask train --out` directory (graph.json, graph.safetensors, summary.json).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    #[arg(long, required_unless_present = "model_onnx")]
+    pub checkpoint: Option<PathBuf>,
+    /// A float ONNX model (e.g. from `torch.onnx.export`) instead of --checkpoint; needs
+    /// --out.
+    #[arg(long, conflicts_with = "checkpoint", requires = "out")]
+    pub model_onnx: Option<PathBuf>,
+    /// With --model-onnx: the data set of the calibration images (synthetic,
+    /// fashion-mnist, cifar10 or cifar100).
+    #[arg(long, default_value = "fashion-mnist", requires = "model_onnx")]
+    pub dataset: String,
     /// minmax, moving-average[=C], entropy, percentile=P or mse.
     #[arg(long, default_value = "minmax")]
     pub observer: String,
@@ -42,6 +55,16 @@ pub struct CalibrateArgs {
     /// Activation bit width (2..=8).
     #[arg(long, default_value_t = 8)]
     pub bits: u8,
+    #[command(flatten)]
+    pub sample: CalibrationSample,
+    /// Where to write calibration.json and errors.json; default: the checkpoint directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Which training images calibrate: `batches` batches of `batch_size`, chosen by `seed`.
+#[derive(clap::Args, Debug)]
+pub struct CalibrationSample {
     /// Number of calibration batches.
     #[arg(long, default_value_t = 32, value_parser = crate::checks::positive)]
     pub batches: usize,
@@ -53,9 +76,13 @@ pub struct CalibrateArgs {
     /// Directory of the data set files (Fashion-MNIST: Debian's location by default).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Where to write calibration.json and errors.json; default: the checkpoint directory.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+}
+
+impl CalibrationSample {
+    /// The indices of the calibration images among `len` training images.
+    pub fn indices(&self, len: usize) -> Vec<usize> {
+        calibration_indices(len, self.batches * self.batch_size, self.seed)
+    }
 }
 
 /// The parts of `cargo xtask train`'s summary.json that calibration needs.
@@ -83,26 +110,57 @@ impl CalibrateArgs {
     }
 }
 
-pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
-    let dir = &args.checkpoint;
+/// The float graph to calibrate, its training split and their normalization: a
+/// checkpoint's, or a float ONNX model's with the data set named by --dataset.
+fn graph_and_data(args: &CalibrateArgs) -> anyhow::Result<(FloatGraph, Dataset, Normalization)> {
+    if let Some(onnx) = &args.model_onnx {
+        let graph = crate::onnx::float_graph(onnx)?;
+        let (train, norm) = training_split(&args.dataset, args.sample.data_dir.as_deref())?;
+        return Ok((graph, train, norm));
+    }
+    let dir = args
+        .checkpoint
+        .as_ref()
+        .expect("clap requires --checkpoint or --model-onnx");
     let summary: TrainSummary = read_json(&dir.join("summary.json"))?;
     let graph = FloatGraph::load(&dir.join("graph.json"), &dir.join("graph.safetensors"))?;
-    let model = GraphNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
-    let source = dataset_source(&summary.dataset, args.data_dir.as_deref())?;
+    let source = dataset_source(&summary.dataset, args.sample.data_dir.as_deref())?;
     let train = cinder_datasets::load(&source)?
         .train
         .limit(summary.train_images);
-    let images = DatasetImages {
-        data: &train,
-        norm: summary.normalization,
-    };
-    let indices = calibration_indices(train.len(), args.batches * args.batch_size, args.seed);
+    Ok((graph, train, summary.normalization))
+}
+
+/// The training split of `dataset` and the normalization `cargo xtask train` gives it
+/// (`half` for Fashion-MNIST, the split's statistics otherwise): the calibration data of
+/// a model that comes without a checkpoint.
+pub fn training_split(
+    dataset: &str,
+    data_dir: Option<&std::path::Path>,
+) -> anyhow::Result<(Dataset, Normalization)> {
+    let source = dataset_source(dataset, data_dir)?;
+    let train = cinder_datasets::load(&source)?.train;
+    let norm = normalization_for(dataset == "fashion-mnist", &train)?;
+    Ok((train, norm))
+}
+
+pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
+    let (graph, train, norm) = graph_and_data(&args)?;
+    let model = GraphNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
+    let images = DatasetImages { data: &train, norm };
+    let indices = args.sample.indices(train.len());
     let spec: ObserverSpec = args.observer.parse()?;
     let scheme = args.activation_scheme()?;
     let mut calibrator = Calibrator::new(spec, scheme)?;
-    let timing = calibrate(&model, &images, &indices, args.batch_size, &mut calibrator)?;
+    let timing = calibrate(
+        &model,
+        &images,
+        &indices,
+        args.sample.batch_size,
+        &mut calibrator,
+    )?;
     let table = calibrator.table()?;
-    let errors = activation_errors(&model, &images, &indices, args.batch_size, &table)?;
+    let errors = activation_errors(&model, &images, &indices, args.sample.batch_size, &table)?;
     let weight_scheme = QuantScheme::weights_int8(Granularity::PerChannel { axis: 0 });
     let report = ErrorReport::new(
         spec.to_string(),
@@ -111,7 +169,11 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         weight_errors(&graph, &weight_scheme)?,
         errors.metrics(),
     );
-    let out = args.out.clone().unwrap_or_else(|| dir.clone());
+    let out = args
+        .out
+        .clone()
+        .or_else(|| args.checkpoint.clone())
+        .expect("clap requires --out or --checkpoint");
     table.save(&out.join("calibration.json"))?;
     report.save(&out.join("errors.json"))?;
     print_timing(&spec, &timing);

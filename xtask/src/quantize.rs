@@ -8,6 +8,9 @@
 //!
 //! `cargo xtask quantize --graph ... --weights ... --equalize --bias-correction
 //!  --checkpoint runs/fmnist --out runs/fmnist/int8-cle-bc.cinder`
+//!
+//! `cargo xtask quantize --model-onnx model.onnx --calibration cal/calibration.json
+//!  --out model.cinder` quantizes a float ONNX model (e.g. from `torch.onnx.export`).
 
 use std::path::{Path, PathBuf};
 
@@ -22,11 +25,14 @@ use crate::ptq::{PtqArgs, prepare};
 #[derive(clap::Args, Debug)]
 pub struct QuantizeArgs {
     /// The float graph's JSON description.
-    #[arg(long)]
-    pub graph: PathBuf,
+    #[arg(long, required_unless_present = "model_onnx", requires = "weights")]
+    pub graph: Option<PathBuf>,
     /// The float graph's safetensors weights.
-    #[arg(long)]
-    pub weights: PathBuf,
+    #[arg(long, required_unless_present = "model_onnx", requires = "graph")]
+    pub weights: Option<PathBuf>,
+    /// A float ONNX model (e.g. from `torch.onnx.export`) instead of --graph and --weights.
+    #[arg(long, conflicts_with_all = ["graph", "weights"])]
+    pub model_onnx: Option<PathBuf>,
     /// The calibration table (JSON); not with --equalize, which recalibrates.
     #[arg(long)]
     pub calibration: Option<PathBuf>,
@@ -49,15 +55,21 @@ pub fn read_config(path: &Path) -> anyhow::Result<QuantConfig> {
 }
 
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
-    let mut inputs = vec![
-        ("--graph", args.graph.as_path()),
-        ("--weights", args.weights.as_path()),
-    ];
+    let mut inputs = Vec::new();
+    inputs.extend(args.graph.as_deref().map(|c| ("--graph", c)));
+    inputs.extend(args.weights.as_deref().map(|c| ("--weights", c)));
+    inputs.extend(args.model_onnx.as_deref().map(|c| ("--model-onnx", c)));
     inputs.extend(args.calibration.as_deref().map(|c| ("--calibration", c)));
     inputs.extend(args.config.as_deref().map(|c| ("--config", c)));
     inputs.extend(args.ptq.report.as_deref().map(|c| ("--report", c)));
     checks::output_apart("--out", &args.out, &inputs)?;
-    let graph = FloatGraph::load(&args.graph, &args.weights)?;
+    let (graph, fp32_file) = match (&args.model_onnx, &args.graph, &args.weights) {
+        (Some(onnx), _, _) => (crate::onnx::float_graph(onnx)?, onnx.as_path()),
+        (None, Some(graph), Some(weights)) => {
+            (FloatGraph::load(graph, weights)?, weights.as_path())
+        }
+        _ => anyhow::bail!("--model-onnx, or --graph with --weights, is required"),
+    };
     let mut config = match &args.config {
         Some(path) => read_config(path)?,
         None => QuantConfig::default(),
@@ -71,7 +83,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
             .map(|m| m.len())
             .with_context(|| format!("reading {}", p.display()))
     };
-    let (fp32, int) = (size(&args.weights)?, size(&args.out)?);
+    let (fp32, int) = (size(fp32_file)?, size(&args.out)?);
     println!(
         "wrote {}: {int} bytes, {:.2}% of the fp32 weights ({fp32} bytes)",
         args.out.display(),

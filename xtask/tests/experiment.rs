@@ -190,3 +190,34 @@ fn fanned_out_cells_fill_one_directory_and_report_only_collects_them() {
     check_report_files(&out, &r);
     assert_eq!(cell_files(&out), saved, "--report-only reran a cell");
 }
+
+#[test]
+fn an_outside_onnx_model_goes_through_the_matrix_instead_of_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = cinder_tensor::graph::zoo::resnet20([3, 32, 32], 10);
+    let graph = cinder_runtime::synthetic::random_graph(spec, 5).unwrap();
+    let onnx = dir.path().join("outside.onnx");
+    cinder_onnx::export_file(&graph, &onnx).unwrap();
+    // The quick config's first cells: min-max static and dynamic.
+    let quick = std::fs::read_to_string(quick_config()).unwrap();
+    let cut = quick.find("[[cells]]\nname = \"w4\"").unwrap();
+    let config = dir.path().join("two-cells.toml");
+    std::fs::write(&config, &quick[..cut]).unwrap();
+    let out = dir.path().join("outside");
+    experiment(
+        &out,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--model-onnx",
+            onnx.to_str().unwrap(),
+        ],
+    );
+    let r = results(&out);
+    assert_eq!(done(&r), ["w8-minmax", "w8-dynamic"]);
+    assert_eq!(r["training"]["epochs"], 0, "nothing was trained");
+    assert_eq!(r["training"]["imported_from"], onnx.to_str().unwrap());
+    assert!(!out.join("checkpoint").exists());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("the float ONNX model"), "{report}");
+}

@@ -44,6 +44,9 @@ pub enum OnnxError {
         op_type: String,
         supported: &'static str,
     },
+    /// A step of a quantized model that has no QDQ form.
+    #[error("step `{step}` cannot be exported as QDQ ONNX: {message}")]
+    NotExportable { step: String, message: String },
     #[error("the imported graph is invalid: {0}")]
     Graph(#[from] GraphError),
     #[error(transparent)]

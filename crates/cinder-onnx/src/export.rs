@@ -58,6 +58,11 @@ pub fn export_model(graph: &FloatGraph) -> ModelProto {
         )],
         ..GraphProto::default()
     };
+    model_of(onnx_graph)
+}
+
+/// `graph` as a model of opset [`EXPORT_OPSET`] produced by cinder.
+pub(crate) fn model_of(graph: GraphProto) -> ModelProto {
     ModelProto {
         ir_version: IR_VERSION,
         opset_import: vec![OperatorSetIdProto {
@@ -66,13 +71,13 @@ pub fn export_model(graph: &FloatGraph) -> ModelProto {
         }],
         producer_name: "cinder".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        graph: Some(onnx_graph),
+        graph: Some(graph),
         ..ModelProto::default()
     }
 }
 
 /// A float tensor `[batch, per_sample...]` with a symbolic batch.
-fn value_info(name: &str, per_sample: &[usize]) -> ValueInfoProto {
+pub(crate) fn value_info(name: &str, per_sample: &[usize]) -> ValueInfoProto {
     let batch = Dimension {
         value: Some(dimension::Value::DimParam("batch".into())),
         ..Dimension::default()
@@ -167,7 +172,7 @@ fn pool_attrs(p: &Pool2d) -> Vec<AttributeProto> {
     window_attrs(p.kernel, p.stride, p.padding)
 }
 
-fn window_attrs(
+pub(crate) fn window_attrs(
     kernel: [usize; 2],
     stride: [usize; 2],
     padding: [usize; 2],
@@ -180,7 +185,7 @@ fn window_attrs(
     ]
 }
 
-fn int(name: &str, i: i64) -> AttributeProto {
+pub(crate) fn int(name: &str, i: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Int as i32,
@@ -189,7 +194,7 @@ fn int(name: &str, i: i64) -> AttributeProto {
     }
 }
 
-fn ints(name: &str, values: &[i64]) -> AttributeProto {
+pub(crate) fn ints(name: &str, values: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Ints as i32,
@@ -198,7 +203,7 @@ fn ints(name: &str, values: &[i64]) -> AttributeProto {
     }
 }
 
-fn float(name: &str, f: f32) -> AttributeProto {
+pub(crate) fn float(name: &str, f: f32) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         r#type: AttributeType::Float as i32,

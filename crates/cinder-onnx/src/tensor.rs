@@ -1,5 +1,6 @@
-//! ONNX tensors (`TensorProto`) to and from cinder's tensors: float32 weights and the
-//! int64 / float scalars some operators take as inputs.
+//! ONNX tensors (`TensorProto`) to and from cinder's tensors: float32 weights, the
+//! int64 / float scalars some operators take as inputs, and the integer codes (int8, uint8,
+//! int32) of quantized weights, biases and zero points.
 //!
 //! Nothing is allocated before the element count implied by the dimensions has been
 //! checked against the bytes actually present in the file, so a hostile header cannot
@@ -49,6 +50,27 @@ fn values<T: Copy, const N: usize>(
     Ok((shape, data))
 }
 
+/// An integer tensor's element type (int8, uint8 or int32), shape and values.
+pub fn to_codes(t: &TensorProto) -> Result<(DataType, Vec<usize>, Vec<i32>), OnnxError> {
+    let kind = DataType::try_from(t.data_type).ok();
+    let (shape, values) = match kind {
+        Some(DataType::Int8) => values(t, DataType::Int8, &t.int32_data, |[b]: [u8; 1]| {
+            i32::from(b as i8)
+        })?,
+        Some(DataType::Uint8) => values(t, DataType::Uint8, &t.int32_data, |[b]: [u8; 1]| {
+            i32::from(b)
+        })?,
+        Some(DataType::Int32) => values(t, DataType::Int32, &t.int32_data, i32::from_le_bytes)?,
+        _ => {
+            return Err(bad(
+                t,
+                format!("data type {}, expected int8, uint8 or int32", t.data_type),
+            ));
+        }
+    };
+    Ok((kind.expect("matched above"), shape, values))
+}
+
 /// The one value of a float32 scalar (shape `[]` or `[1]`).
 pub fn to_scalar(t: &TensorProto) -> Result<f32, OnnxError> {
     let values = to_f32(t)?;
@@ -63,11 +85,33 @@ pub fn to_scalar(t: &TensorProto) -> Result<f32, OnnxError> {
 
 /// A float32 initializer named `name` holding `values`.
 pub fn from_f32(name: &str, values: &impl Tensor<f32>) -> TensorProto {
+    from_f32_values(name, values.shape(), values.data())
+}
+
+/// An integer initializer of element type `kind` (int8, uint8 or int32) holding
+/// `values`, which must fit that type.
+pub fn from_codes(name: &str, kind: DataType, shape: &[usize], values: &[i32]) -> TensorProto {
+    let raw_data = match kind {
+        DataType::Int8 => values.iter().map(|&v| v as i8 as u8).collect(),
+        DataType::Uint8 => values.iter().map(|&v| v as u8).collect(),
+        _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
     TensorProto {
         name: name.to_owned(),
-        dims: values.shape().iter().map(|&d| d as i64).collect(),
+        dims: shape.iter().map(|&d| d as i64).collect(),
+        data_type: kind as i32,
+        raw_data,
+        ..TensorProto::default()
+    }
+}
+
+/// A float32 initializer of `shape` holding `values`.
+pub fn from_f32_values(name: &str, shape: &[usize], values: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.to_owned(),
+        dims: shape.iter().map(|&d| d as i64).collect(),
         data_type: DataType::Float as i32,
-        raw_data: values.data().iter().flat_map(|v| v.to_le_bytes()).collect(),
+        raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         ..TensorProto::default()
     }
 }

@@ -7,6 +7,11 @@
       produced (BN, depthwise conv, ReLU6 by Clip with Constant bounds, residual Add,
       MaxPool, GlobalAveragePool, Reshape, Dropout, Identity, Gemm, MatMul + Add), checks
       it with onnx.checker and saves it.
+  ort_helper.py quantize MODEL CALIBRATION SHAPE OUTPUT GRANULARITY ACTIVATIONS quantizes
+      the float MODEL with ONNX Runtime's quantize_static (QDQ format, static, int8
+      weights, GRANULARITY per_channel or per_tensor, ACTIVATIONS uint8 or int8) calibrated
+      by min/max on the little-endian float32 file CALIBRATION of SHAPE, one batch of 8
+      samples at a time, and saves the QDQ model as OUTPUT.
 """
 
 import sys
@@ -106,5 +111,37 @@ def make(out, seed):
     onnx.save(model, out)
 
 
+def quantize(model, calibration, shape, out, granularity, activations):
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    dims = [int(d) for d in shape.split(",")]
+    x = np.fromfile(calibration, dtype="<f4").reshape(dims)
+    name = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{name: x[i : i + 8]} for i in range(0, len(x), 8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(
+        model,
+        out,
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=granularity == "per_channel",
+        activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+
+
 if __name__ == "__main__":
-    {"run": run, "make": make}[sys.argv[1]](*sys.argv[2:])
+    {"run": run, "make": make, "quantize": quantize}[sys.argv[1]](*sys.argv[2:])

@@ -18,6 +18,10 @@
 //! `cargo xtask experiment --config experiments/fashion-mnist.toml`,
 //! `cargo xtask experiment --dataset cifar10 DIR --out results/cifar10`.
 //!
+//! `cargo xtask experiment --model-onnx model.onnx --dataset fashion-mnist --out DIR` runs
+//! the matrix on an outside float model (e.g. from `torch.onnx.export`, input
+//! `[batch, 3, 32, 32]` normalized as the config's data) instead of training one.
+//!
 //! Fan-out over a scheduler, all processes writing into one directory: `--list-cells`
 //! prints the cell names; `--cell NAME` (repeatable) runs only those cells, after the
 //! shared stages (training, the fp32 baseline), which the first process does while the
@@ -82,6 +86,11 @@ pub struct ExperimentArgs {
     /// nothing (the training must be finished).
     #[arg(long)]
     pub report_only: bool,
+    /// A float ONNX model (e.g. from `torch.onnx.export`) to quantize instead of the
+    /// trained ConvNet: its input must be the data's `[batch, 3, 32, 32]` images,
+    /// normalized as the config says, and its output one logit per class.
+    #[arg(long, value_name = "FILE")]
+    pub model_onnx: Option<PathBuf>,
     /// Stop before running cell N+1, as if killed (resume tests).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
@@ -124,7 +133,13 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
     )?;
     let bars = MultiProgress::new();
     let total = bars.add(bar(selected.len() + 3, "experiment"));
-    let shared = shared_stages(&config, &out, &bars, &total, !args.report_only)?;
+    let model = match &args.model_onnx {
+        Some(path) => ModelSource::Onnx(path),
+        None => ModelSource::Train {
+            may_train: !args.report_only,
+        },
+    };
+    let shared = shared_stages(&config, &out, &bars, &total, model)?;
     if !args.cells.is_empty() {
         // The shared stages are saved: the other tasks of the fan-out may go on.
         drop(lock);
@@ -164,18 +179,32 @@ struct Shared {
     baseline: Baseline,
 }
 
-/// Loads the data, trains (or reuses) the float model and measures its baseline.
+/// Where the float model comes from.
+enum ModelSource<'a> {
+    /// Trained (or its checkpoint reused unless `may_train`) from the config's recipe.
+    Train { may_train: bool },
+    /// A float ONNX file.
+    Onnx(&'a Path),
+}
+
+/// Loads the data, trains (or reuses, or imports) the float model and measures its
+/// baseline.
 fn shared_stages(
     config: &ExperimentConfig,
     out: &Path,
     bars: &MultiProgress,
     total: &ProgressBar,
-    may_train: bool,
+    model: ModelSource,
 ) -> anyhow::Result<Shared> {
     total.set_message("loading data");
     let data = ExperimentData::load(&config.data)?;
     total.set_message("training");
-    let trained = training::train_or_reuse(config, &data, out, bars, may_train)?;
+    let trained = match model {
+        ModelSource::Train { may_train } => {
+            training::train_or_reuse(config, &data, out, bars, may_train)?
+        }
+        ModelSource::Onnx(path) => training::imported(path, config, &data)?,
+    };
     total.inc(1);
     total.set_message("fp32 baseline");
     let fp32_dir = out.join("fp32");

@@ -55,18 +55,10 @@ fn header(md: &mut String, r: &Results) -> std::fmt::Result {
         "- Data: {}, {} training / {} test images, {} classes.",
         d.dataset, d.train_images, d.test_images, d.classes
     )?;
-    writeln!(md, "- Model: {}.", model_line(t))?;
-    writeln!(
-        md,
-        "- Training (burn, flex): {} epochs, batch {}, lr {}, {:?}; {:.0} s at a median {:.1} images/s{}.",
-        t.epochs,
-        t.training.batch_size,
-        t.training.lr,
-        t.training.optimizer,
-        t.seconds,
-        t.images_per_sec,
-        if t.reused { " (checkpoint reused)" } else { "" }
-    )?;
+    match &t.imported_from {
+        Some(file) => model_imported(md, file, t)?,
+        None => model_trained(md, t)?,
+    }
     writeln!(
         md,
         "- Calibration: {} training images per observer; activations u8 asymmetric per tensor.",
@@ -80,6 +72,30 @@ fn header(md: &mut String, r: &Results) -> std::fmt::Result {
         r.fp32.batch, r.config.evaluation.single, r.fp32.batch
     )?;
     writeln!(md, "- Wall time of this run: {:.0} s.\n", r.wall_seconds)
+}
+
+fn model_imported(md: &mut String, file: &str, t: &TrainingSummary) -> std::fmt::Result {
+    writeln!(
+        md,
+        "- Model: the float ONNX model `{file}`, imported (BatchNorm folded); not trained here: {}.",
+        model_line(t)
+    )
+}
+
+fn model_trained(md: &mut String, t: &TrainingSummary) -> std::fmt::Result {
+    writeln!(md, "- Model: {}.", model_line(t))?;
+    writeln!(
+        md,
+        "- Training (burn, flex): {} epochs, batch {}, lr {}, {:?}; {:.0} s at a median {:.1} images/s{}.",
+        t.epochs,
+        t.training.batch_size,
+        t.training.lr,
+        t.training.optimizer,
+        t.seconds,
+        t.images_per_sec,
+        if t.reused { " (checkpoint reused)" } else { "" }
+    )?;
+    Ok(())
 }
 
 /// The model in one line: name, layers by kind, parameters.

@@ -6,11 +6,12 @@
 use std::path::Path;
 
 use burn::module::Module;
+use cinder_datasets::{CHANNELS, HEIGHT, WIDTH};
 use cinder_model::checkpoint::read_manifest;
 use cinder_model::train::write_metrics_log;
 use cinder_model::{BackendKind, GraphNet, ImageSource, TrainConfig, Trainer};
-use cinder_tensor::Tensor;
 use cinder_tensor::graph::{FloatGraph, GraphSpec};
+use cinder_tensor::{Tensor, TensorBuf};
 use indicatif::MultiProgress;
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +39,10 @@ pub struct TrainingSummary {
     pub final_train_accuracy: f64,
     /// Whether this run found the finished checkpoint and did not train.
     pub reused: bool,
+    /// The float ONNX file the model was imported from instead of trained (`model`
+    /// and `training` then only echo the config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
 }
 
 /// The trained model, in inference mode, and its float graph (BatchNorm folded).
@@ -158,24 +163,74 @@ fn summarize(trainer: &Trainer, model: &str, train_images: usize, reused: bool) 
         final_train_loss: last.map_or(0.0, |m| m.train_loss),
         final_train_accuracy: last.map_or(0.0, |m| m.train_accuracy),
         reused,
+        imported_from: None,
     }
+}
+
+/// The float model of an ONNX file (BatchNorm folded), checked against the data: input
+/// `[3, 32, 32]`, one output per class.
+pub fn imported(
+    path: &Path,
+    config: &ExperimentConfig,
+    data: &ExperimentData,
+) -> anyhow::Result<Trained> {
+    let graph = crate::onnx::float_graph(path)?.fold_batch_norms()?;
+    let image = [CHANNELS, HEIGHT, WIDTH];
+    let classes = data.train.classes();
+    let output = graph.shape(&graph.output().name).unwrap_or_default();
+    if graph.input_shape() != image || output != [classes] {
+        anyhow::bail!(
+            "{}: input {:?} and output {output:?}, expected input {image:?} (the data's \
+             images) and output [{classes}] (its classes)",
+            path.display(),
+            graph.input_shape()
+        );
+    }
+    let model = GraphNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
+    let summary = TrainingSummary {
+        model: path.display().to_string(),
+        spec: graph.spec(),
+        parameters: parameters(&graph),
+        training: config.training.clone(),
+        train_images: data.train.len(),
+        epochs: 0,
+        seconds: 0.0,
+        images_per_sec: 0.0,
+        final_train_loss: 0.0,
+        final_train_accuracy: 0.0,
+        reused: false,
+        imported_from: Some(path.display().to_string()),
+    };
+    Ok(Trained {
+        model,
+        graph,
+        summary,
+    })
+}
+
+/// Weights and biases of `graph`.
+fn parameters(graph: &FloatGraph) -> usize {
+    weight_tensors(graph).map(|t| t.len()).sum()
+}
+
+/// Every weight and bias tensor of `graph`, in node order.
+fn weight_tensors(graph: &FloatGraph) -> impl Iterator<Item = &TensorBuf<f32>> {
+    graph.nodes().iter().flat_map(|node| {
+        node.op
+            .weight_and_bias()
+            .into_iter()
+            .flat_map(|(w, b)| std::iter::once(w).chain(b))
+    })
 }
 
 /// The key of a float model: its layout and every weight and bias value.
 pub fn graph_key(graph: &FloatGraph) -> anyhow::Result<String> {
     let mut key = Key::new("graph");
     key.bytes(graph.description().as_bytes());
-    for node in graph.nodes() {
-        for t in node
-            .op
-            .weight_and_bias()
-            .into_iter()
-            .flat_map(|(w, b)| std::iter::once(w).chain(b))
-        {
-            key.json(&t.shape())?;
-            let bytes: Vec<u8> = t.data().iter().flat_map(|x| x.to_le_bytes()).collect();
-            key.bytes(&bytes);
-        }
+    for t in weight_tensors(graph) {
+        key.json(&t.shape())?;
+        let bytes: Vec<u8> = t.data().iter().flat_map(|x| x.to_le_bytes()).collect();
+        key.bytes(&bytes);
     }
     Ok(key.hex())
 }

@@ -55,6 +55,14 @@ pub fn import_bytes(bytes: &[u8]) -> Result<FloatGraph, OnnxError> {
 
 /// Imports a decoded ONNX model.
 pub fn import_model(model: &ModelProto) -> Result<FloatGraph, OnnxError> {
+    Ok(import_with_tensors(model)?.0)
+}
+
+/// [`import_model`], with the cinder tensor (a node's name or [`INPUT`]) each ONNX
+/// activation tensor became.
+pub(crate) fn import_with_tensors(
+    model: &ModelProto,
+) -> Result<(FloatGraph, HashMap<String, String>), OnnxError> {
     check_opset(model)?;
     let graph = model.graph.as_ref().ok_or_else(|| OnnxError::Model {
         field: "graph",
@@ -67,7 +75,7 @@ pub fn import_model(model: &ModelProto) -> Result<FloatGraph, OnnxError> {
     importer.finish(graph)
 }
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>, OnnxError> {
+pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, OnnxError> {
     let io = |source| OnnxError::Io {
         path: path.to_path_buf(),
         source,
@@ -88,7 +96,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, OnnxError> {
     Ok(bytes)
 }
 
-fn check_opset(model: &ModelProto) -> Result<(), OnnxError> {
+pub(crate) fn check_opset(model: &ModelProto) -> Result<(), OnnxError> {
     let version = model
         .opset_import
         .iter()
@@ -327,7 +335,10 @@ impl<'g> Importer<'g> {
         Ok(())
     }
 
-    fn finish(self, graph: &GraphProto) -> Result<FloatGraph, OnnxError> {
+    fn finish(
+        self,
+        graph: &GraphProto,
+    ) -> Result<(FloatGraph, HashMap<String, String>), OnnxError> {
         let output = match graph.output.as_slice() {
             [o] => &o.name,
             outputs => {
@@ -361,7 +372,7 @@ impl<'g> Importer<'g> {
                 });
             }
         }
-        Ok(g)
+        Ok((g, self.tensors))
     }
 }
 
