@@ -1,11 +1,16 @@
 //! The post-training steps of `cargo xtask quantize` (crate `cinder-ptq`, Nagel et al.
-//! 2019): cross-layer equalization (`--equalize`, then recalibration of the equalized
-//! graph on the training images) and bias correction (`--bias-correction`), switched per
-//! layer by `equalize` / `bias_correction` in the quantization config, and the per-layer
-//! report of what they did: each layer's weight SQNR under its config before and after,
-//! the equalized pairs, and each bias correction against the layer's mean output.
+//! 2019 and 2020): cross-layer equalization (`--equalize`, then recalibration of the
+//! equalized graph on the training images), AdaRound (`--adaround`: learned rounding of
+//! the weights, whose codes conversion takes as they are) and bias correction
+//! (`--bias-correction`, against AdaRound's weights where it ran), switched per layer by
+//! `equalize` / `adaround` / `bias_correction` in the quantization config, and the
+//! per-layer report of what they did: each layer's weight SQNR under its config before
+//! and after, the equalized pairs, AdaRound's reconstruction errors, and each bias
+//! correction against the layer's mean output.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use cinder_datasets::Dataset;
@@ -14,13 +19,13 @@ use cinder_model::data::ImageSource;
 use cinder_model::{BackendKind, GraphNet};
 use cinder_observers::{CalibrationTable, Calibrator, ObserverSpec};
 use cinder_ptq::{
-    ClipPolicy, EqualizeOptions, LayerCorrection, PairReport, correct_biases, equalize,
-    quantized_weight,
+    AdaRoundOptions, AdaRounded, ClipPolicy, EqualizeOptions, LayerCorrection, LayerRounding,
+    PairReport, adaround, correct_biases_rounded, equalize, quantized_weight,
 };
 use cinder_runtime::{Mode, QuantConfig};
 use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::io::{read_json, write_json_atomic};
-use cinder_tensor::{ErrorMetrics, QuantScheme, Tensor as _, TensorBuf};
+use cinder_tensor::{ErrorMetrics, QuantScheme, Tensor as _, TensorBuf, TensorQuantParams};
 use serde::Serialize;
 
 use crate::calibrate::{TrainSummary, calibration_indices};
@@ -41,6 +46,21 @@ pub struct PtqArgs {
     /// Bias correction of every quantized layer (per layer: `bias_correction`).
     #[arg(long)]
     pub bias_correction: bool,
+    /// AdaRound of every quantized layer (per layer: `adaround`): each weight rounds up
+    /// or down as learned on the calibration images (Nagel et al. 2020).
+    #[arg(long)]
+    pub adaround: bool,
+    /// AdaRound's Adam steps per layer.
+    #[arg(long, default_value_t = AdaRoundOptions::default().iterations, value_parser = crate::checks::positive)]
+    pub adaround_iters: usize,
+    /// AdaRound's Adam learning rate (the paper's 1e-3 suits its 10,000 steps; fewer
+    /// steps need a larger one for the rounding to settle).
+    #[arg(long, default_value_t = AdaRoundOptions::default().learning_rate)]
+    pub adaround_lr: f32,
+    /// AdaRound reconstructs each layer's float output from the input it sees once the
+    /// layers before it are rounded (one calibration pass per layer).
+    #[arg(long)]
+    pub adaround_asymmetric: bool,
     /// A `cargo xtask train --out` directory: its summary.json names the data set and
     /// normalization whose training images the steps use.
     #[arg(long)]
@@ -78,7 +98,18 @@ struct Report {
     equalization_sweeps: usize,
     relu6_replaced: Vec<String>,
     relu6_refused: Vec<String>,
+    adaround: Vec<LayerRounding>,
+    adaround_seconds: f64,
     layers: Vec<LayerRow>,
+}
+
+/// What conversion takes: the graph after the steps, its calibration table, and the
+/// given weight parameters of the layers AdaRound rounded (their weights in `graph` are
+/// on those grids: `cinder_runtime::convert_with_weights` reproduces the learned codes).
+pub struct Prepared {
+    pub graph: FloatGraph,
+    pub table: CalibrationTable,
+    pub weights: BTreeMap<String, TensorQuantParams>,
 }
 
 /// The graph and table to convert: `graph` (folded) after the steps `config` asks for,
@@ -88,12 +119,13 @@ pub fn prepare(
     calibration: Option<&Path>,
     config: &mut QuantConfig,
     args: &PtqArgs,
-) -> anyhow::Result<(FloatGraph, CalibrationTable)> {
+) -> anyhow::Result<Prepared> {
     config.default.equalize |= args.equalize;
     config.default.bias_correction |= args.bias_correction;
+    config.default.adaround |= args.adaround;
     let graph = graph.fold_batch_norms()?;
-    let (equalizing, correcting) = steps(&graph, config);
-    let table = match (equalizing, calibration) {
+    let steps = steps(&graph, config);
+    let table = match (steps.equalize, calibration) {
         (false, Some(path)) => Some(CalibrationTable::load(path)?),
         (false, None) => bail!("--calibration is required (unless the graph is equalized)"),
         (true, Some(_)) => bail!(
@@ -102,13 +134,18 @@ pub fn prepare(
         ),
         (true, None) => None,
     };
-    if !equalizing && !correcting {
-        return Ok((graph, table.expect("checked above")));
+    if !steps.any() {
+        let table = table.expect("checked above");
+        return Ok(Prepared {
+            graph,
+            table,
+            weights: BTreeMap::new(),
+        });
     }
     let data = CalibrationData::load(args)?;
     let mut report = Report::default();
     let original = graph.clone();
-    let graph = if equalizing {
+    let graph = if steps.equalize {
         equalize_graph(&graph, config, args.relu6_as_relu, &mut report)?
     } else {
         graph
@@ -117,20 +154,41 @@ pub fn prepare(
         Some(t) => t,
         None => data.calibrate(&graph, &args.observer)?,
     };
+    let batches = if steps.correct || steps.adaround {
+        data.batches()?
+    } else {
+        Vec::new()
+    };
+    let options = AdaRoundOptions {
+        iterations: args.adaround_iters,
+        learning_rate: args.adaround_lr,
+        asymmetric: args.adaround_asymmetric,
+        seed: args.seed,
+        ..AdaRoundOptions::default()
+    };
+    let start = Instant::now();
+    let rounded = adaround(&graph, &batches, config, &options)?;
+    report.adaround_seconds = start.elapsed().as_secs_f64();
+    report.adaround = rounded.report.clone();
     let mut corrections = Vec::new();
-    let graph = if correcting {
-        let bc = correct_biases(&graph, &data.batches()?, config)?;
+    let graph = if steps.correct {
+        let bc = correct_biases_rounded(&graph, &batches, config, &rounded)?;
         corrections = bc.layers;
         bc.graph
     } else {
         graph
     };
-    report.layers = layer_rows(&original, &graph, config, corrections)?;
+    report.layers = layer_rows(&original, &graph, config, &rounded, corrections)?;
     print_report(&report);
     if let Some(path) = &args.report {
         write_json_atomic(path, &report)?;
     }
-    Ok((graph, table))
+    let (graph, weights) = rounded.apply(&graph)?;
+    Ok(Prepared {
+        graph,
+        table,
+        weights,
+    })
 }
 
 /// `graph` equalized where `config` says, with what was done recorded in `report`.
@@ -159,29 +217,55 @@ fn equalize_graph(
     Ok(eq.graph)
 }
 
-/// Whether any layer is to be equalized (float layers too: equalization rewrites the
-/// float graph), and whether any quantized layer is to be bias-corrected.
-pub fn steps(graph: &FloatGraph, config: &QuantConfig) -> (bool, bool) {
-    let layers = || graph.nodes().iter().filter(|n| n.op.is_weighted());
-    let equalize = layers().any(|n| config.layer(&n.name).equalize);
-    let correct = layers().any(|n| {
-        let c = config.layer(&n.name);
-        c.bias_correction && c.mode != Mode::Float
-    });
-    (equalize, correct)
+/// Which post-training steps a config asks for on a graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steps {
+    /// Any layer to be equalized (float layers too: equalization rewrites the float graph).
+    pub equalize: bool,
+    /// Any quantized layer to be bias-corrected.
+    pub correct: bool,
+    /// Any quantized layer to be rounded by AdaRound.
+    pub adaround: bool,
 }
 
-/// Each quantized layer's weight SQNR before and after, with its correction.
+impl Steps {
+    pub fn any(&self) -> bool {
+        self.equalize || self.correct || self.adaround
+    }
+}
+
+/// The steps `config` asks for on `graph`'s weighted layers.
+pub fn steps(graph: &FloatGraph, config: &QuantConfig) -> Steps {
+    let layers = || graph.nodes().iter().filter(|n| n.op.is_weighted());
+    let quantized = |pick: fn(&cinder_runtime::LayerConfig) -> bool| {
+        layers().any(|n| {
+            let c = config.layer(&n.name);
+            pick(&c) && c.mode != Mode::Float
+        })
+    };
+    Steps {
+        equalize: layers().any(|n| config.layer(&n.name).equalize),
+        correct: quantized(|c| c.bias_correction),
+        adaround: quantized(|c| c.adaround),
+    }
+}
+
+/// Each quantized layer's weight SQNR before and after (with AdaRound's weights where
+/// it ran), with its correction.
 fn layer_rows(
     before: &FloatGraph,
     after: &FloatGraph,
     config: &QuantConfig,
+    rounded: &AdaRounded,
     mut corrections: Vec<LayerCorrection>,
 ) -> anyhow::Result<Vec<LayerRow>> {
-    let sqnr = |graph: &FloatGraph, name: &str| -> anyhow::Result<Option<f64>> {
+    let sqnr = |graph: &FloatGraph, name: &str, learned| -> anyhow::Result<Option<f64>> {
         let node = graph.node(name).context("a layer of both graphs")?;
         let (w, _) = node.op.weight_and_bias().context("a weighted layer")?;
-        let q = quantized_weight(name, w, &config.layer(name))?;
+        let q = match learned {
+            Some(q) => q,
+            None => quantized_weight(name, w, &config.layer(name))?,
+        };
         Ok(ErrorMetrics::between(w.data(), q.data())?.sqnr_db)
     };
     let mut rows = Vec::new();
@@ -195,7 +279,10 @@ fn layer_rows(
             .map(|i| corrections.swap_remove(i));
         rows.push(LayerRow {
             layer: node.name.clone(),
-            weight_sqnr_db: [sqnr(before, &node.name)?, sqnr(after, &node.name)?],
+            weight_sqnr_db: [
+                sqnr(before, &node.name, None)?,
+                sqnr(after, &node.name, rounded.dequantized(&node.name))?,
+            ],
             correction,
         });
     }
@@ -231,6 +318,7 @@ fn print_report(r: &Report) {
             );
         }
     }
+    print_rounding(&r.adaround, r.adaround_seconds);
     println!(
         "{:<24} {:>16} {:>11} {:>11} {:>11}",
         "layer", "weight SQNR dB", "|bias fix|", "max", "|E[y]|"
@@ -252,6 +340,35 @@ fn print_report(r: &Report) {
     }
 }
 
+/// AdaRound's reconstruction error per layer, nearest vs learned.
+fn print_rounding(layers: &[LayerRounding], seconds: f64) {
+    if layers.is_empty() {
+        return;
+    }
+    println!("AdaRound: {} layers, {seconds:.1} s", layers.len());
+    println!(
+        "  {:<22} {:>8} {:>12} {:>12} {:>8} {:>9} {:>8}",
+        "layer", "form", "nearest", "learned", "flipped", "undecided", "seconds"
+    );
+    for l in layers {
+        println!(
+            "  {:<22} {:>8} {:>12.4e} {:>12.4e} {:>7.1}% {:>9} {:>8.1}{}",
+            l.layer,
+            l.objective,
+            l.nearest_error,
+            l.learned_error,
+            100.0 * l.flipped,
+            l.undecided,
+            l.seconds,
+            if l.kept_nearest {
+                " (kept nearest)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
 /// Calibration images of the training split of a checkpoint's data set.
 struct CalibrationData {
     train: Dataset,
@@ -264,10 +381,10 @@ const BATCH: usize = 64;
 
 impl CalibrationData {
     fn load(args: &PtqArgs) -> anyhow::Result<Self> {
-        let dir = args
-            .checkpoint
-            .as_deref()
-            .context("--equalize and --bias-correction need --checkpoint (the training images)")?;
+        let dir = args.checkpoint.as_deref().context(
+            "--equalize, --bias-correction and --adaround need --checkpoint (the training \
+                 images)",
+        )?;
         let summary: TrainSummary = read_json(&dir.join("summary.json"))?;
         let source = dataset_source(&summary.dataset, args.data_dir.as_deref())?;
         let train = cinder_datasets::load(&source)?

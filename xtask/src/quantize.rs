@@ -1,7 +1,7 @@
 //! `cargo xtask quantize`: a trained float graph, its calibration table and an optional
 //! per-layer config (TOML, see `cinder_runtime::config`) become an int8 model file,
 //! optionally after the post-training steps of [`crate::ptq`] (cross-layer equalization,
-//! bias correction).
+//! AdaRound, bias correction).
 //!
 //! `cargo xtask quantize --graph runs/fmnist/graph.json --weights runs/fmnist/graph.safetensors
 //!  --calibration runs/fmnist/calibration.json [--config w4.toml] --out runs/fmnist/int8.cinder`
@@ -11,11 +11,14 @@
 //!
 //! `cargo xtask quantize --model-onnx model.onnx --calibration cal/calibration.json
 //!  --out model.cinder` quantizes a float ONNX model (e.g. from `torch.onnx.export`).
+//!
+//! `cargo xtask quantize --graph ... --weights ... --calibration ... --config w4.toml
+//!  --adaround [--adaround-iters N] --checkpoint runs/fmnist --out runs/fmnist/w4-ada.cinder`
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use cinder_runtime::{Activation, QuantConfig, QuantizedModel, StepOp, convert};
+use cinder_runtime::{Activation, QuantConfig, QuantizedModel, StepOp, convert_with_weights};
 use cinder_tensor::TensorQuantParams;
 use cinder_tensor::graph::FloatGraph;
 
@@ -74,8 +77,8 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         Some(path) => read_config(path)?,
         None => QuantConfig::default(),
     };
-    let (graph, table) = prepare(graph, args.calibration.as_deref(), &mut config, &args.ptq)?;
-    let model = convert(&graph, &table, &config)?;
+    let p = prepare(graph, args.calibration.as_deref(), &mut config, &args.ptq)?;
+    let model = convert_with_weights(&p.graph, &p.table, &config, &p.weights)?;
     model.save(&args.out)?;
     describe(&model);
     let size = |p: &Path| {

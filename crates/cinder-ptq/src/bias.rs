@@ -10,7 +10,8 @@
 //! the mean input image, averaged over output positions: one small forward per layer
 //! instead of one per image. `Q(W)` is exactly what [`cinder_runtime::convert()`]
 //! quantizes (the layer's bits, granularity and mapping from the config, min/max
-//! parameters), dequantized.
+//! parameters), dequantized; after AdaRound ([`correct_biases_rounded`]), the learned
+//! codes dequantized.
 
 use std::collections::HashMap;
 
@@ -23,6 +24,7 @@ use cinder_tensor::graph::{FloatGraph, Node};
 use cinder_tensor::{ErrorMetrics, Tensor, TensorBuf, fake_quantize};
 use serde::{Deserialize, Serialize};
 
+use crate::adaround::AdaRounded;
 use crate::error::PtqError;
 use crate::layer::{add_to_bias, linear_part};
 
@@ -73,6 +75,17 @@ pub fn correct_biases<'a>(
     batches: impl IntoIterator<Item = &'a TensorBuf<f32>>,
     config: &QuantConfig,
 ) -> Result<BiasCorrection, PtqError> {
+    correct_biases_rounded(graph, batches, config, &AdaRounded::default())
+}
+
+/// [`correct_biases`], where `Q(W)` of the layers in `rounded` is AdaRound's (the float
+/// `graph` still holds the float weights `W`).
+pub fn correct_biases_rounded<'a>(
+    graph: &FloatGraph,
+    batches: impl IntoIterator<Item = &'a TensorBuf<f32>>,
+    config: &QuantConfig,
+    rounded: &AdaRounded,
+) -> Result<BiasCorrection, PtqError> {
     let layers: Vec<&Node> = graph
         .nodes()
         .iter()
@@ -91,7 +104,12 @@ pub fn correct_biases<'a>(
     let mut nodes = graph.nodes().to_vec();
     let mut report = Vec::with_capacity(layers.len());
     for layer in layers {
-        let (correction, figures) = correction(graph, layer, &means, &config.layer(&layer.name))?;
+        let (weight, _) = layer.op.weight_and_bias().expect("a weighted layer");
+        let quantized = match rounded.dequantized(&layer.name) {
+            Some(q) => q,
+            None => quantized_weight(&layer.name, weight, &config.layer(&layer.name))?,
+        };
+        let (correction, figures) = correction(graph, layer, &means, quantized)?;
         let node = nodes
             .iter_mut()
             .find(|n| n.name == layer.name)
@@ -152,15 +170,15 @@ fn accumulate(sum: &mut Vec<f64>, t: &TensorBuf<f32>) {
     }
 }
 
-/// `E[(W - Q(W)) x]` per output channel of `layer`, and its report line.
+/// `E[(W - Q(W)) x]` per output channel of `layer` with `quantized` = `Q(W)`, and its
+/// report line.
 fn correction(
     graph: &FloatGraph,
     layer: &Node,
     means: &HashMap<String, Vec<f32>>,
-    config: &LayerConfig,
+    quantized: TensorBuf<f32>,
 ) -> Result<(Vec<f32>, LayerCorrection), PtqError> {
     let (weight, _) = layer.op.weight_and_bias().expect("a weighted layer");
-    let quantized = quantized_weight(&layer.name, weight, config)?;
     let error: Vec<f32> = weight
         .data()
         .iter()

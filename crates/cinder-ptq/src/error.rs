@@ -13,8 +13,10 @@ pub enum PtqError {
     BatchNorm(String),
     #[error("layer `{layer}`: {message}")]
     Layer { layer: String, message: String },
-    #[error("bias correction needs at least one calibration image")]
+    #[error("bias correction and AdaRound need at least one calibration image")]
     NoImages,
+    #[error("AdaRound options: {0}")]
+    Options(String),
     #[error("calibration batch {batch}: {source}")]
     Batch {
         batch: usize,

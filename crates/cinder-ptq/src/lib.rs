@@ -1,6 +1,7 @@
-//! Post-training quantization steps that rewrite a batch-norm-folded float graph before
+//! Post-training quantization steps on a batch-norm-folded float graph before
 //! [`cinder_runtime::convert()`], from Nagel et al. 2019, "Data-Free Quantization Through
-//! Weight Equalization and Bias Correction". No burn.
+//! Weight Equalization and Bias Correction", and Nagel et al. 2020, "Up or Down? Adaptive
+//! Rounding for Post-Training Quantization". No burn.
 //!
 //! - [`equalize()`]: cross-layer equalization. Consecutive weighted layers whose
 //!   intermediate tensor passes only through positively homogeneous operators (ReLU,
@@ -11,15 +12,27 @@
 //! - [`correct_biases()`]: empirical bias correction. The mean change of each layer's
 //!   output caused by quantizing its weights, `E[W x] - E[Q(W) x]` over calibration
 //!   images, is added to its bias, so that the quantized layer's output is unbiased.
+//! - [`adaround()`]: AdaRound. Each layer learns, weight by weight, whether to round up
+//!   or down, minimizing its output reconstruction error on calibration images; the
+//!   learned codes reach conversion unchanged ([`AdaRounded::apply`]).
 //!
-//! Both read the per-layer switches `equalize` and `bias_correction` of the runtime's
-//! [`cinder_runtime::QuantConfig`].
+//! They read the per-layer switches `equalize`, `bias_correction` and `adaround` of the
+//! runtime's [`cinder_runtime::QuantConfig`].
 
+pub mod adaround;
 pub mod bias;
 pub mod equalize;
 pub mod error;
 mod layer;
+mod matmul;
+mod patches;
+mod reconstruction;
+mod rounding;
 
-pub use bias::{BiasCorrection, LayerCorrection, correct_biases, quantized_weight};
+pub use adaround::{AdaRounded, LayerRounding, RoundedLayer, adaround};
+pub use bias::{
+    BiasCorrection, LayerCorrection, correct_biases, correct_biases_rounded, quantized_weight,
+};
 pub use equalize::{ClipPolicy, Equalization, EqualizeOptions, PairReport, equalize};
 pub use error::PtqError;
+pub use rounding::AdaRoundOptions;

@@ -11,6 +11,7 @@
 //! mapping = "symmetric"      # symmetric | asymmetric
 //! equalize = false           # cross-layer equalization of the pairs this layer is in
 //! bias_correction = false    # correct the bias for the mean error of the quantized weights
+//! adaround = false           # learn each weight's rounding (AdaRound) instead of rounding to nearest
 //!
 //! [layers.conv2]
 //! weight_bits = 4
@@ -21,9 +22,10 @@
 //! ```
 //!
 //! Keys of `layers` are node names of the float graph (its convolution and linear nodes).
-//! `equalize` and `bias_correction` select the post-training steps that rewrite the float
-//! graph before conversion (the `cinder-ptq` crate: Nagel et al. 2019); [`crate::convert()`]
-//! itself reads neither.
+//! `equalize`, `bias_correction` and `adaround` select the post-training steps that run
+//! before conversion (the `cinder-ptq` crate: Nagel et al. 2019 and 2020);
+//! [`crate::convert()`] itself reads none of them (AdaRound's codes reach it as weights
+//! on their grid with their parameters, see [`crate::convert_with_weights()`]).
 
 use std::collections::BTreeMap;
 
@@ -67,6 +69,10 @@ pub struct LayerConfig {
     /// measured on calibration images, is added back to the bias.
     #[serde(default)]
     pub bias_correction: bool,
+    /// AdaRound: each weight rounds up or down as learned on calibration images so as to
+    /// reconstruct the layer's float output, instead of to the nearest code.
+    #[serde(default)]
+    pub adaround: bool,
 }
 
 impl Default for LayerConfig {
@@ -79,6 +85,7 @@ impl Default for LayerConfig {
             mapping: Mapping::Symmetric,
             equalize: false,
             bias_correction: false,
+            adaround: false,
         }
     }
 }
@@ -93,6 +100,7 @@ pub struct LayerOverride {
     pub mapping: Option<Mapping>,
     pub equalize: Option<bool>,
     pub bias_correction: Option<bool>,
+    pub adaround: Option<bool>,
 }
 
 /// The default layer config plus overrides keyed by node name.
@@ -132,6 +140,7 @@ impl QuantConfig {
                 mapping: o.mapping.unwrap_or(d.mapping),
                 equalize: o.equalize.unwrap_or(d.equalize),
                 bias_correction: o.bias_correction.unwrap_or(d.bias_correction),
+                adaround: o.adaround.unwrap_or(d.adaround),
             },
         }
     }
@@ -174,11 +183,12 @@ mod tests {
     #[test]
     fn post_training_steps_default_off_and_override_per_layer() {
         let json = r#"{"default": {"mode": "static", "weight_bits": 8, "granularity": "per_tensor", "mapping": "symmetric", "bias_correction": true},
-                       "layers": {"fc1": {"bias_correction": false, "equalize": true}}}"#;
+                       "layers": {"fc1": {"bias_correction": false, "equalize": true, "adaround": true}}}"#;
         let c: QuantConfig = serde_json::from_str(json).unwrap();
         assert!(c.layer("conv1").bias_correction && !c.layer("conv1").equalize);
         assert!(!c.layer("fc1").bias_correction && c.layer("fc1").equalize);
+        assert!(!c.layer("conv1").adaround && c.layer("fc1").adaround);
         let d = QuantConfig::default().layer("conv1");
-        assert!(!d.equalize && !d.bias_correction);
+        assert!(!d.equalize && !d.bias_correction && !d.adaround);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::bail;
 use cinder_model::GraphNet;
 use cinder_model::{Batch, ImageSource};
-use cinder_runtime::{Mode, QuantConfig, QuantizedModel, convert};
+use cinder_runtime::{Mode, QuantConfig, QuantizedModel, convert, convert_with_weights};
 use cinder_tensor::graph::{FloatGraph, Op};
 use cinder_tensor::{ErrorAccumulator, ErrorMetrics, Tensor, TensorBuf};
 use indicatif::ProgressBar;
@@ -52,6 +52,9 @@ impl Context<'_> {
             .json(&c.evaluation)?;
         if matches!(cell.method, Method::Qat | Method::QatControl) {
             key.json(&c.qat)?;
+        }
+        if crate::ptq::steps(self.graph, &cell.quant).adaround {
+            key.json(&c.adaround)?;
         }
         Ok(key.hex())
     }
@@ -111,7 +114,7 @@ fn build(
 ) -> anyhow::Result<Built> {
     let post_training = ptq::any(ctx.graph, &cell.quant);
     if post_training && cell.method != Method::Ptq {
-        bail!("equalize and bias_correction apply to PTQ cells only");
+        bail!("equalize, adaround and bias_correction apply to PTQ cells only");
     }
     if matches!(cell.method, Method::Qat | Method::QatControl) {
         let tuned = qat::fine_tuned(ctx, cell, bar)?;
@@ -125,13 +128,13 @@ fn build(
     bar.set_message(format!("calibrating ({})", cell.observer));
     let calibrated = calibrations.get(cell.observer)?.clone();
     if post_training {
-        bar.set_message("equalization / bias correction");
-        let (graph, calibrated) = ptq::prepare(ctx, cell, calibrated)?;
+        bar.set_message("equalization / AdaRound / bias correction");
+        let p = ptq::prepare(ctx, cell, calibrated)?;
         bar.set_message("converting");
         return Ok(Built {
-            model: convert(&graph, &calibrated.table, &cell.quant)?,
-            float: Some(graph),
-            calibration: Some(calibrated),
+            model: convert_with_weights(&p.graph, &p.calibrated.table, &cell.quant, &p.weights)?,
+            float: Some(p.float),
+            calibration: Some(p.calibrated),
             sensitivity: Vec::new(),
         });
     }

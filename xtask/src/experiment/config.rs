@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use cinder_model::{ConvNetConfig, TrainConfig, zoo};
 use cinder_observers::ObserverSpec;
+use cinder_ptq::AdaRoundOptions;
 use cinder_runtime::QuantConfig;
 use cinder_tensor::graph::GraphSpec;
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,9 @@ pub struct ExperimentConfig {
     pub calibration: CalibrationConfig,
     pub evaluation: EvaluationConfig,
     pub qat: QatConfig,
+    /// How AdaRound runs in the cells that ask for it (`adaround` in their config).
+    #[serde(default)]
+    pub adaround: AdaRoundOptions,
     pub cells: Vec<CellConfig>,
 }
 
@@ -245,6 +249,9 @@ impl ExperimentConfig {
         ];
         if let Some((name, _)) = optional.iter().find(|(_, v)| *v == Some(0)) {
             bail!("{name} must be at least 1 (or absent: all images)");
+        }
+        if let Some(problem) = self.adaround.problem() {
+            bail!("adaround: {problem}");
         }
         if !(self.qat.lr.is_finite() && self.qat.lr > 0.0) {
             bail!("qat.lr = {}: expected a finite number above 0", self.qat.lr);

@@ -1,13 +1,16 @@
-//! The post-training steps of a PTQ cell (`equalize` and `bias_correction` in its
-//! `quant` config, crate `cinder-ptq`): cross-layer equalization of the trained graph,
-//! recalibrated with the cell's observer (cached per equalized graph like the trained
-//! model's calibrations), then bias correction on the calibration images.
+//! The post-training steps of a PTQ cell (`equalize`, `adaround` and `bias_correction`
+//! in its `quant` config, crate `cinder-ptq`): cross-layer equalization of the trained
+//! graph, recalibrated with the cell's observer (cached per equalized graph like the
+//! trained model's calibrations), then AdaRound and bias correction on the calibration
+//! images.
+
+use std::collections::BTreeMap;
 
 use cinder_model::{GraphNet, ImageSource};
-use cinder_ptq::{EqualizeOptions, correct_biases, equalize};
+use cinder_ptq::{EqualizeOptions, adaround, correct_biases_rounded, equalize};
 use cinder_runtime::QuantConfig;
-use cinder_tensor::TensorBuf;
 use cinder_tensor::graph::FloatGraph;
+use cinder_tensor::{TensorBuf, TensorQuantParams};
 
 use super::calibration::{Calibrated, Calibrations};
 use super::cells::Context;
@@ -18,8 +21,18 @@ use crate::ptq::steps;
 
 /// Whether the cell asks for any post-training step.
 pub fn any(graph: &FloatGraph, quant: &QuantConfig) -> bool {
-    let (equalize, correct) = steps(graph, quant);
-    equalize || correct
+    steps(graph, quant).any()
+}
+
+/// What a cell converts after its steps.
+pub struct Prepared {
+    /// The float graph after the steps, float weights (what weight errors compare with).
+    pub float: FloatGraph,
+    /// The graph to convert: rounded layers' weights on their grids.
+    pub graph: FloatGraph,
+    /// The rounded layers' weight parameters (`convert_with_weights`).
+    pub weights: BTreeMap<String, TensorQuantParams>,
+    pub calibrated: Calibrated,
 }
 
 /// The float graph the cell converts and its calibration: the trained graph after the
@@ -28,10 +41,10 @@ pub fn prepare(
     ctx: &Context<'_>,
     cell: &CellConfig,
     trained: Calibrated,
-) -> anyhow::Result<(FloatGraph, Calibrated)> {
+) -> anyhow::Result<Prepared> {
     let quant = &cell.quant;
-    let (equalizing, correcting) = steps(ctx.graph, quant);
-    let (graph, calibrated) = if equalizing {
+    let steps = steps(ctx.graph, quant);
+    let (graph, calibrated) = if steps.equalize {
         let eq = equalize(ctx.graph, &EqualizeOptions::default(), |n| {
             quant.layer(n).equalize
         })?;
@@ -45,14 +58,32 @@ pub fn prepare(
     } else {
         (ctx.graph.clone(), trained)
     };
-    if !correcting {
-        return Ok((graph, calibrated));
-    }
+    let batches = if steps.correct || steps.adaround {
+        calibration_batches(ctx)?
+    } else {
+        Vec::new()
+    };
+    let rounded = adaround(&graph, &batches, quant, &ctx.config.adaround)?;
+    let float = if steps.correct {
+        correct_biases_rounded(&graph, &batches, quant, &rounded)?.graph
+    } else {
+        graph
+    };
+    let (graph, weights) = rounded.apply(&float)?;
+    Ok(Prepared {
+        float,
+        graph,
+        weights,
+        calibrated,
+    })
+}
+
+/// The calibration images, in batches.
+fn calibration_batches(ctx: &Context<'_>) -> anyhow::Result<Vec<TensorBuf<f32>>> {
     let c = &ctx.config.calibration;
     let images = ctx.data.train_images();
-    let batches = calibration_indices(ctx.data.train.len(), c.images, c.seed)
+    calibration_indices(ctx.data.train.len(), c.images, c.seed)
         .chunks(c.batch_size)
         .map(|chunk| Ok(images.gather(chunk)?.images))
-        .collect::<anyhow::Result<Vec<TensorBuf<f32>>>>()?;
-    Ok((correct_biases(&graph, &batches, quant)?.graph, calibrated))
+        .collect()
 }
