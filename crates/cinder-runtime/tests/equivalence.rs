@@ -51,7 +51,9 @@ fn winograd_convolutions_equal_the_reference() {
             choices: vec![choice(true), choice(false), choice(true), choice(true)],
             seed: case as u64,
         };
-        let (graph, model) = spec.model();
+        let Some((graph, model)) = spec.model() else {
+            continue;
+        };
         for batch in [1, 3] {
             let x = input(&graph, batch, case as u64);
             let want = reference_forward(&model, &x).unwrap();
@@ -73,7 +75,9 @@ proptest! {
 
     #[test]
     fn fast_path_equals_the_reference(spec in model_spec(), batch in 1usize..=5, seed in any::<u64>()) {
-        let (graph, model) = spec.model();
+        let Some((graph, model)) = spec.model() else {
+            return Ok(());
+        };
         let x = input(&graph, batch, seed);
         let want = reference_forward(&model, &x).unwrap();
         for threads in [1, 2] {
@@ -92,7 +96,9 @@ proptest! {
         // Static and float layers do not depend on the rest of the batch.
         let mut spec = spec;
         spec.choices.iter_mut().filter(|c| c.mode == Mode::Dynamic).for_each(|c| c.mode = Mode::Static);
-        let (graph, model) = spec.model();
+        let Some((graph, model)) = spec.model() else {
+            return Ok(());
+        };
         let x = input(&graph, 3, seed);
         let mut session = model.session_with(SessionOptions { threads: 2 }).unwrap();
         let whole = session.run(&x).unwrap().data().to_vec();
@@ -108,7 +114,9 @@ proptest! {
 
     #[test]
     fn fast_path_equals_the_reference_on_graphs(spec in dag_spec(), batch in 1usize..=3, seed in any::<u64>()) {
-        let (graph, model) = spec.model();
+        let Some((graph, model)) = spec.model() else {
+            return Ok(());
+        };
         let x = input(&graph, batch, seed);
         let want = reference_forward(&model, &x).unwrap();
         for threads in [1, 2] {

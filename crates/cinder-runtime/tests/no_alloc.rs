@@ -75,7 +75,7 @@ fn runs_after_warm_up_do_not_allocate() {
             choices: modes.iter().map(|&m| choice(m)).collect(),
             seed: 3,
         };
-        let (graph, model) = spec.model();
+        let (graph, model) = spec.model().expect("the fixed models convert");
         let mut session = model.session_with(SessionOptions { threads: 2 }).unwrap();
         let (big, small) = (input(&graph, 8, 1), input(&graph, 1, 2));
         session.run(&big).unwrap();
