@@ -54,7 +54,7 @@ fn tiny_images() -> InMemoryImages {
     InMemoryImages::new([1, 4, 4], pixels, labels, 3).expect("tiny images")
 }
 
-/// Writes the checkpoint of [`tiny_trainer`] before its first epoch to `dir` (the seed
+/// Writes the checkpoint of the tiny trainer before its first epoch to `dir` (the seed
 /// of the `checkpoint` target; deterministic, so its files match the seed's SHA-256).
 pub fn write_tiny_checkpoint(dir: &Path) {
     tiny_trainer()

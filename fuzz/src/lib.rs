@@ -1,8 +1,9 @@
 //! Fuzz targets of every loader of a file a user may hand cinder: the int8 model file,
-//! ONNX models (float and QDQ), IDX and CIFAR data, calibration tables, training and QAT checkpoint manifests, and
-//! experiment configs. Each target takes arbitrary bytes, writes them where the loader
-//! expects its file, and loads it: any result is fine, a panic, an abort or an
-//! allocation beyond the bound is a bug.
+//! float graphs (description and weights), ONNX models (float and QDQ), IDX and CIFAR data, calibration
+//! tables, training and QAT checkpoint manifests, and experiment configs. Each target
+//! takes arbitrary bytes, writes them where the loader expects its file (or builds the
+//! file from them, see [`structured`]), and loads it: any result is fine, a panic, an
+//! abort or an allocation beyond the bound is a bug.
 //!
 //! The same functions serve libFuzzer (`cargo fuzz run TARGET`, the binaries under
 //! `fuzz_targets/`) and the stable replay of `tests/corpus.rs`, which runs every seed of
@@ -22,6 +23,8 @@ mod checks;
 pub use checkpoints::{
     checkpoint, experiment_config, qat_checkpoint, write_tiny_checkpoint, write_tiny_qat_checkpoint,
 };
+pub mod structured;
+pub use structured::{graph, model_header};
 
 /// A fuzz target: a name (its corpus directory) and the function it runs.
 pub type Target = (&'static str, fn(&[u8]));
@@ -29,6 +32,8 @@ pub type Target = (&'static str, fn(&[u8]));
 /// Every target, by corpus name.
 pub const TARGETS: &[Target] = &[
     ("model_file", model_file),
+    ("model_header", model_header),
+    ("graph", graph),
     ("onnx", onnx),
     ("idx", idx),
     ("cifar", cifar),
@@ -70,15 +75,6 @@ pub fn model_file(data: &[u8]) {
     }
 }
 
-/// An ONNX file, float or QDQ (`cinder_onnx::import_any_file`); an imported int8 model
-/// also runs one image.
-pub fn onnx(data: &[u8]) {
-    let path = put("onnx", "model.onnx", data);
-    if let Ok(cinder_onnx::Imported::Int8(model)) = cinder_onnx::import_any_file(&path) {
-        run_one_image(&model);
-    }
-}
-
 /// Runs `model` on one image of 0.25s, unless its input is larger than 2^16 values.
 fn run_one_image(model: &cinder_runtime::QuantizedModel) {
     let mut shape = vec![1];
@@ -91,6 +87,28 @@ fn run_one_image(model: &cinder_runtime::QuantizedModel) {
     if let Ok(mut session) = model.session() {
         let _ = session.run(&input);
     }
+}
+
+/// An ONNX file, float or QDQ (`cinder_onnx::import_any_file`): an imported int8 model
+/// runs one image, an imported float graph small enough the float forward on one image.
+pub fn onnx(data: &[u8]) {
+    let path = put("onnx", "model.onnx", data);
+    match cinder_onnx::import_any_file(&path) {
+        Ok(cinder_onnx::Imported::Int8(model)) => run_one_image(&model),
+        Ok(cinder_onnx::Imported::Float(graph)) => {
+            let small = |shape: &[usize]| elements(shape) <= 1 << 16;
+            if small(graph.input_shape()) && graph.output_shapes().iter().all(|s| small(s)) {
+                let input = cinder_runtime::synthetic::random_input(&graph, 1, 1);
+                let _ = cinder_runtime::float_forward(&graph, &input);
+            }
+        }
+        Err(_) => {}
+    }
+}
+
+/// The element count of `shape`, saturating (a fuzzed shape may overflow).
+pub(crate) fn elements(shape: &[usize]) -> usize {
+    shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
 }
 
 /// IDX files of rank 1 and 3, raw or gzip.

@@ -80,15 +80,12 @@ fn run_one((name, run): Target, input: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// xorshift64*: the mutation pass's seeded choices.
-struct Rng(u64);
+/// The workspace's seeded generator drives the mutation pass's choices.
+struct Rng(cinder_runtime::synthetic::Rng);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.0.next_u64()
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
@@ -179,7 +176,7 @@ fn every_target_survives_its_corpus_and_a_mutation_pass() {
         let name = target.0;
         let seeds = seeds(name);
         assert!(!seeds.is_empty(), "corpus/{name} is empty");
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ fxhash(name.as_bytes()));
+        let mut rng = Rng(cinder_runtime::synthetic::Rng::new(fxhash(name.as_bytes())));
         let mutated = (0..MUTATIONS).map(|_| {
             let a = &seeds[rng.below(seeds.len())];
             let b = &seeds[rng.below(seeds.len())];

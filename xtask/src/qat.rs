@@ -177,6 +177,9 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
         trainer.save_checkpoint(&ckpt)?;
         write_metrics_log(&args.out.join("metrics.jsonl"), trainer.history())?;
     }
+    // Again from the checkpoint's history: a run killed between its last checkpoint and
+    // this log's update resumes with nothing left to train.
+    write_metrics_log(&args.out.join("metrics.jsonl"), trainer.history())?;
     let history = trainer.history().to_vec();
     let model = trainer.into_model();
     let calib = calibration_indices(train.len(), args.calibration_images, args.seed);

@@ -301,6 +301,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         trainer.save_checkpoint(&ckpt_dir)?;
         write_metrics_log(&args.out.join("metrics.jsonl"), trainer.history())?;
     }
+    // Again from the checkpoint's history: a run killed between its last checkpoint and
+    // this log's update resumes with nothing left to train.
+    write_metrics_log(&args.out.join("metrics.jsonl"), trainer.history())?;
     let (graph_json, graph_weights) = ("graph.json", "graph.safetensors");
     let graph = trainer.model().to_inference_graph()?;
     graph.save(&args.out.join(graph_json), &args.out.join(graph_weights))?;

@@ -92,7 +92,7 @@ pub struct InMemoryImages {
 }
 
 impl InMemoryImages {
-    /// `images` holds `labels.len()` images of `C·H·W` values each.
+    /// `images` holds `labels.len()` images of `C·H·W` finite values each.
     pub fn new(
         image_shape: [usize; 3],
         images: Vec<f32>,
@@ -108,6 +108,16 @@ impl InMemoryImages {
             )));
         }
         check_labels(&labels, classes)?;
+        // A NaN or infinite pixel would surface only as a diverged loss or a silent
+        // evaluation figure; name it here instead.
+        if let Some(i) = images.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::Batch(format!(
+                "image {} holds {} at value {}: pixels must be finite",
+                i / per.max(1),
+                images[i],
+                i % per.max(1)
+            )));
+        }
         Ok(Self {
             image_shape,
             images,

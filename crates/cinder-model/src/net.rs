@@ -15,12 +15,12 @@
 
 use std::collections::HashMap;
 
-use burn::module::{Module, Param, RunningState};
+use burn::module::{Flag, Module, ModuleMapper, Param, ParamId, RunningState};
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AvgPool2d, MaxPool2d};
 use burn::nn::{BatchNorm, Linear, PaddingConfig2d};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use cinder_tensor::graph::{self, FloatGraph, GraphError, GraphSpec, INPUT, Op, OpSpec};
 use cinder_tensor::{Tensor as _, TensorBuf};
 
@@ -150,7 +150,8 @@ impl GraphNet {
         Self::from_float_graph(&graph, device)
     }
 
-    /// The network holding the weights of `graph` (BatchNorm nodes included) on `device`.
+    /// The network holding the weights of `graph` (BatchNorm nodes included) on `device`,
+    /// its parameters numbered by [`number_params`].
     pub fn from_float_graph(graph: &FloatGraph, device: &Device) -> Result<Self, ModelError> {
         let classes = check_output(graph)?;
         let (mut convs, mut norms, mut linears) = (Vec::new(), Vec::new(), Vec::new());
@@ -162,7 +163,13 @@ impl GraphNet {
                 _ => {}
             }
         }
-        Self::assemble(graph.spec(), classes, convs, norms, linears)
+        Ok(number_params(Self::assemble(
+            graph.spec(),
+            classes,
+            convs,
+            norms,
+            linears,
+        )?))
     }
 
     fn assemble(
@@ -425,6 +432,47 @@ fn graph_tensor(name: &str, shape: &[usize], data: Vec<f32>) -> Result<TensorBuf
         node: name.to_owned(),
         message: e.to_string(),
     })
+}
+
+/// `module` with its parameters numbered 0, 1, 2, ... in visiting order. burn gives each
+/// new parameter a random id, and checkpoint files (model and optimizer state) record the
+/// ids: numbered ids make two runs of one seed write identical checkpoints.
+pub fn number_params<M: Module>(module: M) -> M {
+    module.map(&mut ParamNumbering(0))
+}
+
+struct ParamNumbering(u64);
+
+impl ParamNumbering {
+    fn next(&mut self) -> ParamId {
+        self.0 += 1;
+        ParamId::from(self.0 - 1)
+    }
+}
+
+impl ModuleMapper for ParamNumbering {
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.id = self.next();
+        param
+    }
+    fn map_int<const D: usize>(
+        &mut self,
+        mut param: Param<Tensor<D, Int>>,
+    ) -> Param<Tensor<D, Int>> {
+        param.id = self.next();
+        param
+    }
+    fn map_bool<const D: usize>(
+        &mut self,
+        mut param: Param<Tensor<D, Bool>>,
+    ) -> Param<Tensor<D, Bool>> {
+        param.id = self.next();
+        param
+    }
+    fn map_flag(&mut self, mut flag: Param<Flag>) -> Param<Flag> {
+        flag.id = self.next();
+        flag
+    }
 }
 
 fn param<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Param<Tensor<D>> {

@@ -375,3 +375,29 @@ fn mismatched_data_is_rejected() {
         Err(ModelError::Training(_))
     ));
 }
+
+#[test]
+fn degenerate_images_train_finitely_and_non_finite_ones_are_refused() {
+    let shape = [3, 8, 8];
+    let per: usize = shape.iter().product();
+    let labels: Vec<u32> = (0..16).map(|i| i % 4).collect();
+    for value in [0.0f32, 0.5, -2.0] {
+        let data =
+            cinder_model::InMemoryImages::new(shape, vec![value; per * 16], labels.clone(), 4)
+                .unwrap();
+        let mut t = Trainer::new(
+            &tiny_spec(),
+            quick_config(OptimizerConfig::sgd(), 1),
+            BackendKind::Flex,
+        )
+        .unwrap();
+        let metrics = t.run_epoch(&data, Some(&data), &mut |_| {}).unwrap();
+        assert!(metrics.train_loss.is_finite(), "{value}: {metrics:?}");
+    }
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut pixels = vec![0.5; per * 16];
+        pixels[per * 2 + 5] = bad;
+        let err = cinder_model::InMemoryImages::new(shape, pixels, labels.clone(), 4).unwrap_err();
+        assert!(err.to_string().contains("image 2"), "{err}");
+    }
+}

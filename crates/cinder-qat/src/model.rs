@@ -368,7 +368,7 @@ impl QatNet {
             }),
             false => None,
         };
-        Ok(Self { net, lsq })
+        Ok(cinder_model::net::number_params(Self { net, lsq }))
     }
 }
 

@@ -513,12 +513,19 @@ fn static_layer(
         .data()
         .iter()
         .enumerate()
-        .map(|(c, &b)| {
-            let p = QuantParams::new(acc_scale(input.scale, weights.scale(c)), 0, -bound, bound)?;
-            Ok(p.quantize_exact(b))
+        .map(|(channel, &value)| {
+            let scale = acc_scale(input.scale, weights.scale(channel));
+            let p = QuantParams::new(scale, 0, -bound, bound).map_err(quant)?;
+            p.quantize_exact(value)
+                .ok_or_else(|| ConvertError::BiasOutOfRange {
+                    layer: layer.to_owned(),
+                    channel,
+                    value,
+                    scale,
+                    bound,
+                })
         })
-        .collect::<Result<Vec<i32>, QuantError>>()
-        .map_err(quant)?;
+        .collect::<Result<Vec<i32>, ConvertError>>()?;
     let multipliers = weights
         .params
         .as_slice()
@@ -662,5 +669,59 @@ mod tests {
             let given = BTreeMap::from([(name.to_owned(), params)]);
             assert!(convert_with_weights(&graph, &table, &config, &given).is_err());
         }
+    }
+
+    /// `small()`'s graph with the bias of `fc2`'s channel 1 set to `value`.
+    fn with_fc2_bias(value: f32) -> FloatGraph {
+        let (graph, _) = small();
+        let nodes = graph
+            .nodes()
+            .iter()
+            .cloned()
+            .map(|mut n| {
+                if let (true, Op::Linear(l)) = (n.name == "fc2", &mut n.op) {
+                    l.bias.as_mut().unwrap().data_mut()[1] = value;
+                }
+                n
+            })
+            .collect();
+        FloatGraph::new(graph.input_shape().to_vec(), nodes).unwrap()
+    }
+
+    #[test]
+    fn a_bias_beyond_int32_codes_is_refused_naming_layer_and_channel() {
+        let (_, table) = small();
+        let config = QuantConfig::default();
+        assert!(convert(&with_fc2_bias(0.75), &table, &config).is_ok());
+        let p = QuantParams::new(0.01, 0, -127, 127).unwrap();
+        let given = BTreeMap::from([(
+            "fc2".to_owned(),
+            TensorQuantParams::PerChannel {
+                axis: 0,
+                channels: vec![p; 3],
+            },
+        )]);
+        for value in [3e38f32, -3e38, 1e12] {
+            let graph = with_fc2_bias(value);
+            // Min/max weights (PTQ) and given weight params (QAT's export) alike.
+            for result in [
+                convert(&graph, &table, &config),
+                convert_with_weights(&graph, &table, &config, &given),
+            ] {
+                match result {
+                    Err(ConvertError::BiasOutOfRange { layer, channel, .. }) => {
+                        assert_eq!((layer.as_str(), channel), ("fc2", 1), "{value}");
+                    }
+                    other => panic!("{value}: expected BiasOutOfRange, got {other:?}"),
+                }
+            }
+        }
+        let message = convert(&with_fc2_bias(3e38), &table, &config)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("`fc2`") && message.contains("channel 1"),
+            "{message}"
+        );
     }
 }

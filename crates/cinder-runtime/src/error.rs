@@ -45,6 +45,20 @@ pub enum ConvertError {
         #[source]
         source: QuantError,
     },
+    #[error(
+        "layer `{layer}`: the bias of channel {channel} ({value:e}) needs an int32 code beyond \
+         ±{bound} at the accumulator scale {scale:e} (input scale × weight scale): the bias \
+         is out of all proportion to the layer's weights and input range"
+    )]
+    BiasOutOfRange {
+        layer: String,
+        channel: usize,
+        value: f32,
+        /// The bias code's scale, `s_in * s_w`.
+        scale: f32,
+        /// The largest bias code the layer's accumulators leave room for.
+        bound: i32,
+    },
     #[error("layer `{layer}`: {source}")]
     Weights {
         layer: String,
@@ -100,6 +114,15 @@ pub enum RunError {
     },
     #[error("input: {0}")]
     Input(#[source] ObserverError),
+    #[error(
+        "node `{node}`: output element {index} is {value}: the float graph overflows on this \
+         input (weights or activations beyond f32)"
+    )]
+    NonFiniteOutput {
+        node: String,
+        index: usize,
+        value: f32,
+    },
     #[error("dynamic quantization of the input of `{layer}`: {message}")]
     DynamicRange { layer: String, message: String },
     #[error("cannot start {threads} worker threads: {message}")]

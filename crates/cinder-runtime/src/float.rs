@@ -1,6 +1,11 @@
 //! The float reference forward of a [`FloatGraph`]: what calibration observes and what
 //! the quantized model approximates. Nodes run in the graph's (topological) order, each
 //! on the tensors it names; a tensor is dropped once its last reader has run.
+//!
+//! Inputs must be finite, and so must every node's output: finite weights can still
+//! overflow (a weight of 1e30 times an activation of 1e10), and a NaN would otherwise
+//! pass silently through a ReLU or into an argmax. Either is a typed error naming the
+//! input element or the node.
 
 use std::collections::HashMap;
 
@@ -30,6 +35,7 @@ pub fn float_forward_with(
     mut hook: impl FnMut(&str, &TensorBuf<f32>),
 ) -> Result<TensorBuf<f32>, RunError> {
     let batch = batch_size(input.shape(), graph.input_shape())?;
+    cinder_observers::min_max(input.data()).map_err(RunError::Input)?;
     let x = TensorBuf::new(input.shape().to_vec(), input.data().to_vec()).expect("same shape");
     hook(INPUT, &x);
     let mut readers: HashMap<&str, usize> = HashMap::new();
@@ -50,6 +56,13 @@ pub fn float_forward_with(
             .collect();
         let out_len = out_shape.iter().product();
         let data = node_forward(node, &inputs, batch, out_len);
+        if let Some(index) = data.iter().position(|v| !v.is_finite()) {
+            return Err(RunError::NonFiniteOutput {
+                node: node.name.clone(),
+                index,
+                value: data[index],
+            });
+        }
         let mut shape = vec![batch];
         shape.extend_from_slice(out_shape);
         let y = TensorBuf::new(shape, data).expect("the graph's shapes");

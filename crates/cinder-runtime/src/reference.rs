@@ -72,6 +72,9 @@ pub(crate) fn interpret(
     let Some(Value::Float(x)) = values.pop() else {
         unreachable!("a validated model ends in float")
     };
+    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+        return Err(crate::session::non_finite_output(model, index, x[index]));
+    }
     let mut shape = vec![batch];
     shape.extend_from_slice(model.output_shape());
     Ok(TensorBuf::new(shape, x).expect("the walk's shapes"))

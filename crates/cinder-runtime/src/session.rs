@@ -113,7 +113,8 @@ impl Session<'_> {
     /// Runs a batch `[B, ...input_shape]` (NCHW floats) and returns the output
     /// `[B, ...output_shape]`, borrowed from the session until the next run.
     ///
-    /// The input must be finite: a NaN or infinity is an error, whatever the mode.
+    /// The input must be finite: a NaN or infinity is an error, whatever the mode; so is
+    /// a non-finite output (a float or dynamic layer overflowing f32).
     pub fn run(&mut self, input: &impl Tensor<f32>) -> Result<TensorRef<'_, f32>, RunError> {
         let model = self.model;
         let batch = batch_size(input.shape(), model.input_shape())?;
@@ -141,6 +142,10 @@ impl Session<'_> {
                 out
             }
         };
+        // Float and dynamic layers compute in f32 and may overflow on finite inputs.
+        if let Some(index) = data.iter().position(|v| !v.is_finite()) {
+            return Err(non_finite_output(model, index, data[index]));
+        }
         self.out_shape.clear();
         self.out_shape.push(batch);
         self.out_shape.extend_from_slice(model.output_shape());
@@ -341,4 +346,13 @@ fn float_stage(
         Stage::FloatConcat => float_concat(|k| x(k).0, ps.inputs.len(), batch, y),
         _ => unreachable!("the other stages write int8"),
     })
+}
+
+/// The error of an output element that is not finite, naming the model's last step.
+pub(crate) fn non_finite_output(model: &QuantizedModel, index: usize, value: f32) -> RunError {
+    let node = model
+        .steps()
+        .last()
+        .map_or_else(|| "input".to_owned(), |s| s.name.clone());
+    RunError::NonFiniteOutput { node, index, value }
 }

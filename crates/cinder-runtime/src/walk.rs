@@ -33,6 +33,18 @@ pub(crate) struct TensorInfo {
     pub domain: Domain,
 }
 
+/// Refuses a shape whose element count overflows `usize`, before anything multiplies
+/// its dimensions (a model file may declare any shape).
+fn countable(field: &str, shape: &[usize]) -> Result<(), Invalid> {
+    match shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
+        Some(_) => Ok(()),
+        None => Err(Invalid::new(
+            field,
+            format!("shape {shape:?} has more elements than memory can hold"),
+        )),
+    }
+}
+
 impl TensorInfo {
     /// Elements per sample.
     pub fn len(&self) -> usize {
@@ -67,6 +79,7 @@ impl Walk {
                 format!("{input_shape:?} is not a non-empty [C, H, W] or [F]"),
             ));
         }
+        countable("input_shape", input_shape)?;
         Ok(Self {
             tensors: vec![TensorInfo {
                 shape: input_shape.to_vec(),
@@ -136,6 +149,7 @@ impl Walk {
             .collect::<Result<Vec<_>, _>>()?;
         let inputs: Vec<&TensorInfo> = reads.iter().map(|&t| &self.tensors[t]).collect();
         let next = output(field, &step.op, &inputs)?;
+        countable(field, &next.shape)?;
         self.ids.insert(step.name.clone(), self.tensors.len());
         self.tensors.push(next);
         self.reads.push(reads);

@@ -61,7 +61,7 @@ fn mixed_model() -> QuantizedModel {
         ],
         seed: 11,
     };
-    spec.model().1
+    spec.model().expect("the fixed model converts").1
 }
 
 /// Rewrites the file's metadata JSON through `edit`, keeping every tensor.
@@ -120,7 +120,9 @@ proptest! {
 
     #[test]
     fn round_trip_keeps_model_and_outputs(spec in model_spec(), seed in any::<u64>()) {
-        let (graph, model) = spec.model();
+        let Some((graph, model)) = spec.model() else {
+            return Ok(());
+        };
         let dir = tempfile::tempdir().unwrap();
         let loaded = QuantizedModel::load(&save(&model, dir.path())).unwrap();
         prop_assert_eq!(&loaded, &model);

@@ -76,7 +76,7 @@ fn runs_after_warm_up_do_not_allocate() {
             choices: modes.iter().map(|&m| choice(m)).collect(),
             seed: 3,
         };
-        let (graph, mut model) = spec.model();
+        let (graph, mut model) = spec.model().expect("the fixed models convert");
         for algorithm in [ConvAlgorithm::Winograd, ConvAlgorithm::Im2col] {
             model = model.with_conv_algorithm(algorithm).unwrap();
             let mut session = model.session_with(SessionOptions { threads: 2 }).unwrap();

@@ -105,16 +105,21 @@ impl QuantParams {
         self.scale * (q - self.zero_point) as f32
     }
 
-    /// As [`QuantParams::quantize`], but exact at every magnitude: for grids wider than
-    /// [`ROUNDING_LIMIT`] (int32 bias codes), where `quantize` saturates. Not
+    /// As [`QuantParams::quantize`], but exact at every magnitude (for grids wider than
+    /// [`ROUNDING_LIMIT`]: int32 bias codes, where `quantize` saturates) and never
+    /// clamping: `None` when `x` is not finite or its code lies outside the grid, so that
+    /// a value the grid cannot hold is refused rather than silently changed. Not
     /// vectorized (the standard library's rounding); meant for per-channel values.
-    pub fn quantize_exact(&self, x: f32) -> i32 {
+    pub fn quantize_exact(&self, x: f32) -> Option<i32> {
         let q = (x / self.scale).round_ties_even() + self.zero_point as f32;
-        if q.is_nan() {
-            return self.zero_point;
+        if !q.is_finite() {
+            return None;
         }
-        // `as` saturates; the grid's bounds are clamped in i32, where they are exact.
-        (q as i32).clamp(self.qmin, self.qmax)
+        // Compared in i64, where every f32 code below 2^63 and the i32 bounds are exact.
+        let code = q as i64;
+        (i64::from(self.qmin)..=i64::from(self.qmax))
+            .contains(&code)
+            .then_some(code as i32)
     }
 
     /// Quantize then dequantize: the value the integer path will see, in real units.
@@ -304,16 +309,30 @@ mod tests {
         assert_eq!(p.quantize(10.0), 4_194_304);
         assert_eq!(
             p.quantize_exact(10.0),
-            (10.0f32 / 1e-6).round_ties_even() as i32
+            Some((10.0f32 / 1e-6).round_ties_even() as i32)
         );
-        assert_eq!(p.quantize_exact(-10.0), -p.quantize_exact(10.0));
-        assert_eq!(p.quantize_exact(1e30), bound);
-        assert_eq!(p.quantize_exact(f32::NEG_INFINITY), -bound);
-        assert_eq!(p.quantize_exact(f32::NAN), 0);
+        assert_eq!(p.quantize_exact(-10.0), p.quantize_exact(10.0).map(|q| -q));
         let small = QuantParams::from_range(-1.0, 1.0, &asym_u8()).unwrap();
-        for x in [-1.5f32, -0.3, 0.0, 0.004, 0.7, 2.0] {
-            assert_eq!(small.quantize_exact(x), small.quantize(x), "{x}");
+        for x in [-0.9f32, -0.3, 0.0, 0.004, 0.7, 0.9] {
+            assert_eq!(small.quantize_exact(x), Some(small.quantize(x)), "{x}");
         }
+    }
+
+    #[test]
+    fn exact_quantization_refuses_what_the_grid_cannot_hold() {
+        let bound = i32::MAX - 65_024;
+        let p = QuantParams::new(1e-6, 0, -bound, bound).unwrap();
+        let edge = bound as f32 * 1e-6;
+        assert!(p.quantize_exact(edge * 0.999).is_some());
+        for x in [1e30, -1e30, 3e38, f32::MAX, edge * 1.001, -edge * 1.001] {
+            assert_eq!(p.quantize_exact(x), None, "{x}");
+        }
+        for x in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(p.quantize_exact(x), None, "{x}");
+        }
+        let small = QuantParams::from_range(-1.0, 1.0, &asym_u8()).unwrap();
+        assert_eq!(small.quantize_exact(1.5), None);
+        assert_eq!(small.quantize_exact(-2.0), None);
     }
 
     proptest::proptest! {

@@ -108,6 +108,9 @@ pub fn train_or_reuse(
         trainer.save_checkpoint(&ckpt)?;
         write_metrics_log(&out.join("metrics.jsonl"), trainer.history())?;
     }
+    // Again from the checkpoint's history: a run killed between its last checkpoint and
+    // this log's update resumes with nothing left to train.
+    write_metrics_log(&out.join("metrics.jsonl"), trainer.history())?;
     let summary = summarize(&trainer, &config.model.name, data.train.len(), reused);
     trained(&trainer, summary)
 }

@@ -245,10 +245,11 @@ impl DagSpec {
         FloatGraph::new(self.input.to_vec(), b.nodes).expect("the drawn graph is valid")
     }
 
-    /// Graph, calibrated and converted with the drawn choices.
-    pub fn model(&self) -> (FloatGraph, QuantizedModel) {
+    /// Graph, calibrated and converted with the drawn choices (see
+    /// [`calibrate_and_convert`] for `None`).
+    pub fn model(&self) -> Option<(FloatGraph, QuantizedModel)> {
         let graph = self.graph();
-        let model = calibrate_and_convert(&graph, &config(&graph, &self.choices), self.seed);
-        (graph, model)
+        let model = calibrate_and_convert(&graph, &config(&graph, &self.choices), self.seed)?;
+        Some((graph, model))
     }
 }
