@@ -490,9 +490,28 @@ fn check_given(
     Ok(())
 }
 
+/// A per-channel weight row whose codes all equal its zero point (its real weights are
+/// all 0) is exact at any scale: such a row gets the smallest scale at which its bias
+/// fits half the int32 bias grid, so that a dead channel with a large bias (a BatchNorm
+/// folded over zero weights) converts exactly instead of failing.
+fn fit_dead_channels(weights: &mut QuantWeights, bias: &[f32], s_in: f32, bound: i32) {
+    let TensorQuantParams::PerChannel { channels, .. } = &mut weights.params else {
+        return;
+    };
+    let depth = weights.codes.len() / channels.len().max(1);
+    let rows = weights.codes.data().chunks_exact(depth.max(1));
+    for ((p, row), &b) in channels.iter_mut().zip(rows).zip(bias) {
+        let dead = row.iter().all(|&q| i32::from(q) == p.zero_point);
+        let needed = f64::from(b.abs()) / (f64::from(s_in) * f64::from(bound / 2));
+        if dead && needed > f64::from(p.scale) && needed < f64::from(f32::MAX) {
+            p.scale = needed as f32;
+        }
+    }
+}
+
 fn static_layer(
     layer: &str,
-    weights: QuantWeights,
+    mut weights: QuantWeights,
     bias: &TensorBuf<f32>,
     input: QuantParams,
     output: QuantParams,
@@ -509,6 +528,7 @@ fn static_layer(
             format!("{depth} taps per output overflow int32 accumulation"),
         ))
     })?;
+    fit_dead_channels(&mut weights, bias.data(), input.scale, bound);
     let bias = bias
         .data()
         .iter()
@@ -686,6 +706,40 @@ mod tests {
             })
             .collect();
         FloatGraph::new(graph.input_shape().to_vec(), nodes).unwrap()
+    }
+
+    /// A channel of zero weights with a bias far beyond what its weight scale puts on the
+    /// int32 grid converts, its bias code standing for the bias.
+    #[test]
+    fn a_dead_channel_with_a_large_bias_converts_exactly() {
+        let (_, table) = small();
+        let graph = with_fc2_bias(1e6);
+        let nodes = graph
+            .nodes()
+            .iter()
+            .cloned()
+            .map(|mut n| {
+                if let (true, Op::Linear(l)) = (n.name == "fc2", &mut n.op) {
+                    let width = l.weight.shape()[1];
+                    l.weight.data_mut()[width..2 * width].fill(0.0);
+                }
+                n
+            })
+            .collect();
+        let graph = FloatGraph::new(graph.input_shape().to_vec(), nodes).unwrap();
+        let model = convert(&graph, &table, &QuantConfig::default()).unwrap();
+        let fc2 = model.steps().iter().find(|s| s.name == "fc2").unwrap();
+        let StepOp::Linear(Layer {
+            exec: LayerExec::Static(s),
+            ..
+        }) = &fc2.op
+        else {
+            panic!("fc2 is static: {fc2:?}");
+        };
+        let s_in =
+            s.multipliers[1].to_real() * f64::from(s.output.scale) / f64::from(s.weights.scale(1));
+        let real = f64::from(s.bias[1]) * s_in * f64::from(s.weights.scale(1));
+        assert!((real - 1e6).abs() <= 1e6 * 1e-6, "{real}");
     }
 
     #[test]
