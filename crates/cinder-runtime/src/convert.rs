@@ -691,8 +691,8 @@ mod tests {
         }
     }
 
-    /// `small()`'s graph with the bias of `fc2`'s channel 1 set to `value`.
-    fn with_fc2_bias(value: f32) -> FloatGraph {
+    /// `small()`'s graph with `edit` applied to `fc2`.
+    fn with_fc2(edit: impl Fn(&mut cinder_tensor::graph::Linear)) -> FloatGraph {
         let (graph, _) = small();
         let nodes = graph
             .nodes()
@@ -700,7 +700,7 @@ mod tests {
             .cloned()
             .map(|mut n| {
                 if let (true, Op::Linear(l)) = (n.name == "fc2", &mut n.op) {
-                    l.bias.as_mut().unwrap().data_mut()[1] = value;
+                    edit(l);
                 }
                 n
             })
@@ -708,25 +708,21 @@ mod tests {
         FloatGraph::new(graph.input_shape().to_vec(), nodes).unwrap()
     }
 
+    /// `small()`'s graph with the bias of `fc2`'s channel 1 set to `value`.
+    fn with_fc2_bias(value: f32) -> FloatGraph {
+        with_fc2(|l| l.bias.as_mut().unwrap().data_mut()[1] = value)
+    }
+
     /// A channel of zero weights with a bias far beyond what its weight scale puts on the
     /// int32 grid converts, its bias code standing for the bias.
     #[test]
     fn a_dead_channel_with_a_large_bias_converts_exactly() {
         let (_, table) = small();
-        let graph = with_fc2_bias(1e6);
-        let nodes = graph
-            .nodes()
-            .iter()
-            .cloned()
-            .map(|mut n| {
-                if let (true, Op::Linear(l)) = (n.name == "fc2", &mut n.op) {
-                    let width = l.weight.shape()[1];
-                    l.weight.data_mut()[width..2 * width].fill(0.0);
-                }
-                n
-            })
-            .collect();
-        let graph = FloatGraph::new(graph.input_shape().to_vec(), nodes).unwrap();
+        let graph = with_fc2(|l| {
+            l.bias.as_mut().unwrap().data_mut()[1] = 1e6;
+            let width = l.weight.shape()[1];
+            l.weight.data_mut()[width..2 * width].fill(0.0);
+        });
         let model = convert(&graph, &table, &QuantConfig::default()).unwrap();
         let fc2 = model.steps().iter().find(|s| s.name == "fc2").unwrap();
         let StepOp::Linear(Layer {
