@@ -344,7 +344,13 @@ fn weights(u: &mut Unstructured, spec: &GraphSpec) -> Result<Vec<(String, Stored
             }
             _ => {}
         }
-        let len: usize = shape.iter().product();
+        // Growing a dimension of an empty tensor ([0, 2^30] -> [1, 2^30]) may make it huge.
+        let Some(len) = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
+            continue;
+        };
+        if len > RUN_ELEMENTS {
+            continue;
+        }
         let data = values(u, len)?;
         let t = TensorBuf::new(shape, data).expect("length matches");
         tensors.push((name, StoredTensor::from_tensor(&t)));
