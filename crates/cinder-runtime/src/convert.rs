@@ -649,19 +649,16 @@ mod tests {
     fn given_params_set_the_codes() {
         let (graph, table) = small();
         let config = QuantConfig::default();
-        let p = QuantParams::new(0.01, 0, -127, 127).unwrap();
-        let given = BTreeMap::from([(
-            "fc2".to_owned(),
-            TensorQuantParams::PerChannel {
-                axis: 0,
-                channels: vec![p; 3],
-            },
-        )]);
+        let given = fc2_given();
         let model = convert_with_weights(&graph, &table, &config, &given).unwrap();
         let w = weight(&graph, "fc2");
         let fc2 = model.steps().iter().find(|s| s.name == "fc2").unwrap();
         let q = fc2.op.layer().unwrap().quant_weights().unwrap();
-        let want: Vec<i8> = w.data().iter().map(|&v| p.quantize(v) as i8).collect();
+        let want: Vec<i8> = w
+            .data()
+            .iter()
+            .map(|&v| given["fc2"].as_slice()[0].quantize(v) as i8)
+            .collect();
         assert_eq!(q.codes.data(), &want[..]);
         assert_eq!(q.params, given["fc2"]);
     }
@@ -689,6 +686,18 @@ mod tests {
             let given = BTreeMap::from([(name.to_owned(), params)]);
             assert!(convert_with_weights(&graph, &table, &config, &given).is_err());
         }
+    }
+
+    /// Given weight parameters for `fc2`: scale 0.01 per channel, symmetric 8-bit.
+    fn fc2_given() -> BTreeMap<String, TensorQuantParams> {
+        let p = QuantParams::new(0.01, 0, -127, 127).unwrap();
+        BTreeMap::from([(
+            "fc2".to_owned(),
+            TensorQuantParams::PerChannel {
+                axis: 0,
+                channels: vec![p; 3],
+            },
+        )])
     }
 
     /// `small()`'s graph with `edit` applied to `fc2`.
@@ -743,14 +752,7 @@ mod tests {
         let (_, table) = small();
         let config = QuantConfig::default();
         assert!(convert(&with_fc2_bias(0.75), &table, &config).is_ok());
-        let p = QuantParams::new(0.01, 0, -127, 127).unwrap();
-        let given = BTreeMap::from([(
-            "fc2".to_owned(),
-            TensorQuantParams::PerChannel {
-                axis: 0,
-                channels: vec![p; 3],
-            },
-        )]);
+        let given = fc2_given();
         for value in [3e38f32, -3e38, 1e12] {
             let graph = with_fc2_bias(value);
             // Min/max weights (PTQ) and given weight params (QAT's export) alike.
