@@ -23,6 +23,7 @@ use crate::geometry::batch_size;
 use crate::plan::par::{Scratch, Shared, Tracked, grow};
 use crate::plan::{
     Buffer, Plan, PlannedStage, Stage, float_activation, float_add, float_concat, int_clamp,
+    int_flatten,
 };
 use crate::quantized::QuantizedModel;
 
@@ -190,10 +191,12 @@ impl Stage {
             Stage::IntPool(_) => "int8 max-pool",
             Stage::IntWindowPool(_) => "int8 pool",
             Stage::IntClamp(..) => "int8 activation",
+            Stage::IntFlatten(_) => "int8 flatten",
             Stage::IntAdd(_) => "int8 add",
             Stage::IntConcat(_) => "int8 concat",
             Stage::DynConv(c) => c.kind(),
             Stage::DynDepthwise(_) => "dyn. depthwise",
+            Stage::DynGroupedConv(_) => "dyn. grouped conv",
             Stage::DynLinear(_) => "dynamic linear",
             Stage::Float(_) => "float layer",
             Stage::FloatDirect(_) => "float conv",
@@ -294,6 +297,7 @@ fn int_stage(
         Stage::IntPool(p) => p.run(x(0), y, ps.out_len, slots),
         Stage::IntWindowPool(p) => p.run(x(0), y, ps.out_len, slots),
         Stage::IntClamp(lo, hi) => int_clamp(x(0), (*lo, *hi), y),
+        Stage::IntFlatten(chw) => int_flatten(*chw, x(0), y),
         Stage::IntAdd(a) => a.run(x(0), x(1), y, slots),
         Stage::IntConcat(c) => c.run(x, y),
         _ => unreachable!("the other stages write float"),
@@ -325,12 +329,16 @@ fn float_stage(
             let (b, len) = ps.inputs[0];
             d.run(int_in(ints, b, batch * len), y, out_len, slots)
         }
-        Stage::DynConv(_) | Stage::DynDepthwise(_) | Stage::DynLinear(_) => {
+        Stage::DynConv(_)
+        | Stage::DynDepthwise(_)
+        | Stage::DynGroupedConv(_)
+        | Stage::DynLinear(_) => {
             let (x, range) = x(0);
             let range = range.range();
             match &ps.stage {
                 Stage::DynConv(d) => d.run(x, range, y, slots, shared)?,
                 Stage::DynDepthwise(d) => d.run(x, range, y, slots, shared)?,
+                Stage::DynGroupedConv(d) => d.run(x, range, y, slots, shared)?,
                 Stage::DynLinear(d) => d.run(x, range, y, slots, shared)?,
                 _ => unreachable!("matched above"),
             }

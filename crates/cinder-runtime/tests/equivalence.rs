@@ -11,9 +11,9 @@
 
 mod common;
 
-use cinder_runtime::synthetic::{Rng, conv_node, linear_node, minmax_table, node};
+use cinder_runtime::synthetic::{Rng, conv_node, linear_node, node};
 use cinder_runtime::{
-    ConvAlgorithm, Mode, QuantizedModel, SessionOptions, StageTime, convert, reference_forward,
+    ConvAlgorithm, Mode, QuantizedModel, SessionOptions, StageTime, reference_forward,
 };
 use cinder_tensor::Tensor;
 use cinder_tensor::graph::{Conv2d, FloatGraph, Op};
@@ -125,51 +125,40 @@ fn grouped_graph(
     FloatGraph::chain(vec![3, 7, 6], nodes.into_iter().collect()).unwrap()
 }
 
-/// Static grouped convolutions (2, 3 and 4 groups, 1×1 and 3×3, strides 1 and 2, padding
-/// 0 and 1), every weight width, per-channel and per-tensor, symmetric and asymmetric,
-/// equal the reference; a dynamic one is a typed error naming the layer.
+/// Grouped convolutions (2, 3 and 4 groups, 1×1 and 3×3, strides 1 and 2, padding 0 and
+/// 1), static at every weight width and dynamic at 8 and 4 bits, per-channel and
+/// per-tensor, symmetric and asymmetric, equal the reference on their own kernels.
 #[test]
 fn grouped_convolutions_equal_the_reference() {
-    for (case, weight_bits) in (2u8..=8).enumerate() {
+    let cases = (2u8..=8).map(|bits| (Mode::Static, bits)).chain([
+        (Mode::Dynamic, 8),
+        (Mode::Dynamic, 4),
+        (Mode::Dynamic, 8),
+    ]);
+    for (case, (mode, weight_bits)) in cases.enumerate() {
         let groups = [2, 3, 4][case % 3];
         let window = [(3, 1, 1), (1, 1, 0), (3, 2, 0)][case % 3];
         let graph = grouped_graph(groups, groups * (1 + case % 3), window, case as u64);
         let choice = LayerChoice {
-            mode: Mode::Static,
+            mode,
             bits: weight_bits,
             per_channel: case % 2 == 0,
             symmetric: case % 4 < 2,
         };
         let model = calibrate_and_convert(&graph, &config(&graph, &vec![choice; 3]), case as u64)
             .expect("the grouped models convert");
+        let kind = match mode {
+            Mode::Static => "int8 grouped conv",
+            _ => "dyn. grouped conv",
+        };
         assert_equals_reference(
             &graph,
             &model,
             case as u64,
             &format!("case {case}"),
-            |profile| {
-                assert!(
-                    profile.iter().any(|s| s.kind == "int8 grouped conv"),
-                    "{profile:?}"
-                );
-            },
+            |profile| assert!(profile.iter().any(|s| s.kind == kind), "{profile:?}"),
         );
     }
-    let graph = grouped_graph(2, 4, (3, 1, 1), 9);
-    let dynamic = LayerChoice {
-        mode: Mode::Dynamic,
-        bits: 8,
-        per_channel: true,
-        symmetric: true,
-    };
-    let table = minmax_table(&graph, &input(&graph, 4, 1)).unwrap();
-    let err = convert(&graph, &table, &config(&graph, &vec![dynamic; 3])).unwrap_err();
-    let message = err.to_string();
-    assert!(
-        message.contains("grouped")
-            && message.contains("2 groups over 12 channels (only 1 or depthwise)"),
-        "{message}"
-    );
 }
 
 proptest! {

@@ -12,9 +12,9 @@ use super::int::{
     pack, winograd_geometry,
 };
 use super::{
-    Buffer, ConvAlgorithm, DynConv, DynDepthwise, DynLinear, FloatDirect, FloatGemm, FloatPool,
-    InputQuantizer, IntAdd, IntConcat, IntConv, IntDepthwise, IntGroupedConv, IntLinear, IntPool,
-    IntWindowPool, OutputDequantizer, Plan, PlannedStage, Stage,
+    Buffer, ConvAlgorithm, DynConv, DynDepthwise, DynGroupedConv, DynLinear, FloatDirect,
+    FloatGemm, FloatPool, InputQuantizer, IntAdd, IntConcat, IntConv, IntDepthwise, IntGroupedConv,
+    IntLinear, IntPool, IntWindowPool, OutputDequantizer, Plan, PlannedStage, Stage,
 };
 use crate::arith::PoolKind;
 use crate::error::Invalid;
@@ -217,7 +217,9 @@ impl<'a> Builder<'a> {
         let (step, walk) = (&self.steps[i], self.walk);
         let reads = walk.reads(i);
         let t = i + 1;
-        if let StepOp::Flatten = step.op {
+        if let StepOp::Flatten = step.op
+            && self.reordered(i).is_none()
+        {
             // A view of its input: the same buffer, read until the view's last reader.
             let buffer = self.buffer[reads[0]].expect("written before");
             self.extend(buffer, self.last_read(t));
@@ -307,8 +309,8 @@ impl<'a> Builder<'a> {
                 let (window, kind) = step.op.pool(&input.shape).expect("a pool");
                 pool_stage(chw(&input.shape), window, kind, int)
             }
-            StepOp::Add(merge) | StepOp::Concat(merge) => self.merge_stage(field, i, merge)?,
-            StepOp::Flatten => unreachable!("flatten is a view"),
+            StepOp::Add(merge) | StepOp::Concat(merge) => self.merge_stage(i, merge),
+            StepOp::Flatten => Stage::IntFlatten(self.reordered(i).expect("a view otherwise")),
             op => {
                 let layer = op.layer().expect("the other steps are matched above");
                 let geometry = op.geometry(&input.shape);
@@ -331,6 +333,19 @@ impl<'a> Builder<'a> {
         Ok((stage, i + 1))
     }
 
+    /// The `[c, h, w]` of the int8 NHWC image that flatten step `i` reorders into the
+    /// canonical order: where some reader needs that order (only a linear layer and the
+    /// dequantizer read an NHWC flatten as it lies). `None` for a view.
+    fn reordered(&self, i: usize) -> Option<[usize; 3]> {
+        let Layout::Spatial(chw) = self.layout[self.walk.reads(i)[0]] else {
+            return None;
+        };
+        let int = self.walk.output(i).int().is_some();
+        let reads_nhwc =
+            |j: &usize| matches!(self.steps[*j].op, StepOp::Linear(_) | StepOp::Dequantize);
+        (int && !self.readers[i + 1].iter().all(reads_nhwc)).then_some(chw)
+    }
+
     /// The 2×2 stride-2 max-pool step that is the only reader of the convolution step `i`
     /// and can run inside it (static or dynamic, not grouped).
     fn fusable_pool(&self, i: usize, layer: &Layer, geometry: Geometry) -> Option<usize> {
@@ -345,14 +360,14 @@ impl<'a> Builder<'a> {
     }
 
     /// An `Add` or `Concat` of step `i`.
-    fn merge_stage(&self, field: &str, i: usize, merge: &Merge) -> Result<Stage, Invalid> {
+    fn merge_stage(&self, i: usize, merge: &Merge) -> Stage {
         let (step, walk) = (&self.steps[i], self.walk);
         let concat = matches!(step.op, StepOp::Concat(_));
         let Some(int) = &merge.int else {
-            return Ok(match concat {
+            return match concat {
                 true => Stage::FloatConcat,
                 false => Stage::FloatAdd(merge.activation),
-            });
+            };
         };
         let reads = walk.reads(i);
         let (lo, hi) = merge.activation.bounds(&int.output);
@@ -369,31 +384,24 @@ impl<'a> Builder<'a> {
                 .zero_point,
             multiplier: int.multipliers[k],
         };
-        let layouts: Vec<Layout> = reads.iter().map(|&r| self.layout[r]).collect();
-        if !concat {
-            if layouts[0].transposed() != layouts[1].transposed() {
-                return Err(Invalid::new(
-                    field,
-                    "no fast path: the operands are laid out differently",
-                ));
-            }
-            return Ok(Stage::IntAdd(IntAdd {
+        // Flattened int8 images reach a merge reordered (`Self::reordered`), so the
+        // operands of an `Add` lie alike and a flat `Concat` operand is one pixel.
+        let channels = |k: usize| match self.layout[reads[k]] {
+            Layout::Spatial([c, _, _]) => c,
+            Layout::Flat { .. } => walk.info(reads[k]).len(),
+        };
+        match concat {
+            false => Stage::IntAdd(IntAdd {
                 operands: [0, 1].map(|k| RescaleTable::new(&rescale(k))),
                 clamp,
-            }));
+            }),
+            true => Stage::IntConcat(IntConcat {
+                parts: (0..reads.len())
+                    .map(|k| (channels(k), rescale(k)))
+                    .collect(),
+                clamp,
+            }),
         }
-        let channels = |l: &Layout, k: usize| match l {
-            Layout::Spatial([c, _, _]) => Some(*c),
-            Layout::Flat { nhwc_of: None } => Some(walk.info(reads[k]).len()),
-            Layout::Flat { nhwc_of: Some(_) } => None,
-        };
-        let parts = layouts
-            .iter()
-            .enumerate()
-            .map(|(k, l)| Some((channels(l, k)?, rescale(k))))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Invalid::new(field, "no fast path: concat of flattened int8 images"))?;
-        Ok(Stage::IntConcat(IntConcat { parts, clamp }))
     }
 }
 
@@ -426,9 +434,8 @@ fn pool_stage(
 
 /// The stage of a convolution or linear layer reading a tensor of domain `int` and
 /// `layout`; a static or dynamic convolution runs the 2×2 stride-2 max-pool that reads it
-/// when `pool`, by Winograd where it can and `winograd`. Depthwise convolutions take
-/// their own kernel, other grouped ones the reference arithmetic when float (and no fast
-/// path when quantized).
+/// when `pool`, by Winograd where it can and `winograd`. Convolutions of several groups
+/// take [`grouped_stage`].
 fn layer_stage(
     field: &str,
     name: &str,
@@ -517,8 +524,6 @@ fn layer_stage(
     })
 }
 
-/// A convolution of more than one group: depthwise (one input and one output channel per
-/// group) on its own kernel, any other float one on the reference arithmetic.
 /// One [`IntMatmul`] per group of static layer `s`: its rows of weights in engine order,
 /// its slices of bias, multipliers and weight zero points.
 fn group_matmuls(
@@ -555,6 +560,9 @@ fn group_matmuls(
         .collect()
 }
 
+/// A convolution of more than one group: depthwise (one input and one output channel per
+/// group) on its own kernel, any other one per group on the im2col GEMM when quantized,
+/// on the reference arithmetic when float.
 fn grouped_stage(
     field: &str,
     name: &str,
@@ -581,15 +589,21 @@ fn grouped_stage(
                 groups: group_matmuls(field, s, input_params, layer.activation, (shape, groups))?,
             })
         }
-        LayerExec::Dynamic(_) if !depthwise => {
-            return Err(Invalid::new(
-                field,
-                format!(
-                    "no dynamic int8 path for a convolution of {groups} groups over {} channels \
-                     (only 1 or depthwise): quantize it static or keep it float",
-                    input[0]
-                ),
-            ));
+        LayerExec::Dynamic(d) if !depthwise => {
+            let shape = ConvShape::new([input[0] / groups, input[1], input[2]], window);
+            let codes = engine_codes(
+                &d.weights,
+                Some([shape.input[0], window.kernel[0], window.kernel[1]]),
+            );
+            let (k, n_g) = (shape.depth(), layer.out_features() / groups);
+            Stage::DynGroupedConv(DynGroupedConv {
+                shape,
+                mm: dyn_matmul(name, d, layer.activation),
+                groups: codes
+                    .chunks_exact(n_g * k)
+                    .map(|rows| pack(rows, n_g, k, field))
+                    .collect::<Result<_, _>>()?,
+            })
         }
         LayerExec::Static(s) => {
             let input = int.expect("validated: static layers read int8");

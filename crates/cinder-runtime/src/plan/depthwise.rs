@@ -80,7 +80,7 @@ impl DynDepthwise {
         slots: &mut [Scratch],
         shared: &mut Shared,
     ) -> Result<Tracked, RunError> {
-        let p = self.mm.prepare(x, range, None, shared)?;
+        let p = self.mm.prepare(x, range, [], shared)?;
         let [h, w, c] = self.window.input;
         let [oh, ow] = self.window.output();
         let (in_len, pixels) = (h * w * c, oh * ow);

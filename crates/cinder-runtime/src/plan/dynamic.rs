@@ -35,26 +35,27 @@ impl DynMatmul {
 
     /// The input parameters of this batch, and the per-column terms in `shared`:
     /// `off[j] = -zp_in * colsum[j] + depth * zp_in * zp_w[j]` for sums over the `packed`
-    /// weights (0 for Winograd's, whose transforms take operands minus their zero
-    /// points), `scale[j] = s_in * s_w[j]`.
-    pub(super) fn prepare(
+    /// weights (their columns, in order, are the layer's; none for the depthwise kernel
+    /// and Winograd's, which take operands minus their zero points), `scale[j] = s_in *
+    /// s_w[j]`.
+    pub(super) fn prepare<'p>(
         &self,
         x: &[f32],
         range: Option<(f32, f32)>,
-        packed: Option<&PackedMatrix>,
+        packed: impl IntoIterator<Item = &'p PackedMatrix>,
         shared: &mut Shared,
     ) -> Result<QuantParams, RunError> {
         let p = dynamic_params(&self.name, x, range)?;
         let (n, zp) = (self.columns(), p.zero_point);
         let off = grow(&mut shared.col_off, n);
-        match packed {
-            Some(w) => {
-                let k = w.depth() as i32;
-                for ((o, &s), &z) in off.iter_mut().zip(w.col_sums()).zip(&self.zp_w_all) {
-                    *o = -zp * s + k * zp * z;
-                }
+        off.fill(0);
+        let mut columns = off.iter_mut().zip(&self.zp_w_all);
+        for w in packed {
+            let k = w.depth() as i32;
+            // The group's sums first: `zip` then stops before taking a column past them.
+            for (&s, (o, &z)) in w.col_sums().iter().zip(columns.by_ref()) {
+                *o = -zp * s + k * zp * z;
             }
-            None => off.fill(0),
         }
         for (o, &s) in grow(&mut shared.col_scale, n).iter_mut().zip(&self.scale_w) {
             *o = acc_scale(p.scale, s);
@@ -259,7 +260,7 @@ impl DynLinear {
         slots: &mut [Scratch],
         shared: &mut Shared,
     ) -> Result<Tracked, RunError> {
-        let p = self.mm.prepare(x, range, Some(&self.weights), shared)?;
+        let p = self.mm.prepare(x, range, [&self.weights], shared)?;
         let (n, k) = (self.weights.rows(), self.weights.depth());
         let Shared {
             q,

@@ -604,6 +604,20 @@ impl IntPool {
     }
 }
 
+/// An int8 flatten into the canonical order: each `[c, h, w]` image's NHWC codes
+/// reordered channel by channel, for readers that need the float graph's NCHW flatten
+/// order (an `Add`, a `Concat`, an activation) rather than reading NHWC themselves.
+pub(crate) fn int_flatten([c, h, w]: [usize; 3], x: &[i8], y: &mut [i8]) {
+    let len = c * h * w;
+    for (image, out) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
+        for (ci, plane) in out.chunks_exact_mut(h * w).enumerate() {
+            for (i, o) in plane.iter_mut().enumerate() {
+                *o = image[i * c + ci];
+            }
+        }
+    }
+}
+
 /// An activation on int8: a clamp of the codes.
 pub(crate) fn int_clamp(x: &[i8], (lo, hi): (i8, i8), y: &mut [i8]) {
     for (o, &q) in y.iter_mut().zip(x) {

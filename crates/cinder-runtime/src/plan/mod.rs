@@ -1,13 +1,16 @@
-//! The fast execution plan of a validated model: one stage per step (flatten is free, and
-//! a 2×2 stride-2 max-pool whose only input is a static or dynamic convolution runs inside
-//! it, on its sums), weights pre-packed in the order the kernels read them, and each
-//! tensor in a buffer reused once its last reader has run.
+//! The fast execution plan of a validated model: one stage per step (flatten is a free
+//! view unless it needs reordering, see below, and a 2×2 stride-2 max-pool whose only
+//! input is a static or dynamic convolution runs inside it, on its sums), weights
+//! pre-packed in the order the kernels read them, and each tensor in a buffer reused once
+//! its last reader has run.
 //!
 //! Layouts: int8 tensors are NHWC, float tensors canonical NCHW. So the quantizer
 //! transposes NCHW -> NHWC and the dequantizer back; a convolution's weights are
 //! permuted to `(ky, kx, c)` columns (im2col order); a static linear layer that reads an
 //! int8 tensor flattened from NHWC gets its columns permuted the same way, so that it
-//! computes exactly what the float graph's NCHW flatten feeds it.
+//! computes exactly what the float graph's NCHW flatten feeds it. Any other reader of an
+//! int8 tensor flattened from NHWC (an `Add`, a `Concat`, an activation) gets it
+//! reordered into the NCHW flatten order by a flatten stage.
 
 mod border;
 mod build;
@@ -26,8 +29,8 @@ pub(crate) use dynamic::{DynConv, DynLinear};
 pub(crate) use float_layer::{
     FloatDirect, FloatGemm, FloatPool, float_activation, float_add, float_concat,
 };
-pub(crate) use grouped::IntGroupedConv;
-pub(crate) use int::{IntConv, IntLinear, IntPool, int_clamp};
+pub(crate) use grouped::{DynGroupedConv, IntGroupedConv};
+pub(crate) use int::{IntConv, IntLinear, IntPool, int_clamp, int_flatten};
 pub(crate) use merge::{IntAdd, IntConcat};
 pub(crate) use pool::IntWindowPool;
 
@@ -75,10 +78,14 @@ pub(crate) enum Stage {
     IntWindowPool(IntWindowPool),
     /// An activation: the codes clamped to `[lo, hi]`.
     IntClamp(i8, i8),
+    /// A flatten of an NHWC `[c, h, w]` image into the canonical order.
+    IntFlatten([usize; 3]),
     IntAdd(IntAdd),
     IntConcat(IntConcat),
     DynConv(DynConv),
     DynDepthwise(DynDepthwise),
+    /// A dynamic convolution of several groups, neither dense nor depthwise.
+    DynGroupedConv(DynGroupedConv),
     DynLinear(DynLinear),
     Float(FloatGemm),
     FloatDirect(FloatDirect),

@@ -1,7 +1,8 @@
 //! Random small graphs (not chains) for the integration tests: a stem convolution, then
 //! blocks drawn among residual adds, depthwise-separable pairs with ReLU6, strided
 //! rectangular convolutions, pools (max with padding, average) and concatenations, then
-//! a global average pool or a flatten and a linear layer.
+//! a head (a global average pool or a flatten, the flattened image through a ReLU or a
+//! residual add) and a linear layer.
 
 use cinder_runtime::QuantizedModel;
 use cinder_runtime::synthetic::Rng;
@@ -47,13 +48,35 @@ fn block() -> impl Strategy<Value = Block> {
     ]
 }
 
+/// How a drawn graph ends, before its last linear layer.
+#[derive(Debug, Clone, Copy)]
+pub enum Head {
+    /// Global average pool, then flatten.
+    GlobalPool,
+    /// Flatten.
+    Flatten,
+    /// Flatten, then ReLU.
+    FlattenRelu,
+    /// The flattened image added to a linear layer of it.
+    FlattenAdd,
+}
+
+fn head() -> impl Strategy<Value = Head> {
+    prop_oneof![
+        Just(Head::GlobalPool),
+        Just(Head::Flatten),
+        Just(Head::FlattenRelu),
+        Just(Head::FlattenAdd),
+    ]
+}
+
 /// A drawn graph and its per-layer choices.
 #[derive(Debug, Clone)]
 pub struct DagSpec {
     pub input: [usize; 3],
     pub stem: usize,
     pub blocks: Vec<Block>,
-    pub global_pool: bool,
+    pub head: Head,
     pub classes: usize,
     pub choices: Vec<LayerChoice>,
     pub seed: u64,
@@ -64,17 +87,17 @@ pub fn dag_spec() -> impl Strategy<Value = DagSpec> {
         (1usize..=3, 4usize..=9, 4usize..=9),
         1usize..=6,
         prop::collection::vec(block(), 1..=3),
-        any::<bool>(),
+        head(),
         1usize..=5,
         prop::collection::vec(layer_choice(), 12),
         any::<u64>(),
     )
         .prop_map(
-            |((c, h, w), stem, blocks, global_pool, classes, choices, seed)| DagSpec {
+            |((c, h, w), stem, blocks, head, classes, choices, seed)| DagSpec {
                 input: [c, h, w],
                 stem,
                 blocks,
-                global_pool,
+                head,
                 classes,
                 choices,
                 seed,
@@ -122,6 +145,41 @@ impl Builder {
             groups,
         };
         self.push(name, &[from], Op::Conv2d(conv))
+    }
+
+    /// A linear layer reading `from` (of `features` values), PyTorch's init range.
+    fn linear(&mut self, name: String, from: &str, features: usize, out: usize) -> String {
+        let bound = 1.0 / (features as f32).sqrt();
+        let fc = Linear {
+            weight: self.rng.tensor(vec![out, features], bound),
+            bias: Some(self.rng.tensor(vec![out], bound)),
+        };
+        self.push(name, &[from], Op::Linear(fc))
+    }
+
+    /// Ends the image in `head`; returns the features it leaves.
+    fn head(&mut self, head: Head) -> usize {
+        let at = self.at.clone();
+        let features: usize = self.shape.iter().product();
+        if let Head::GlobalPool = head {
+            let g = self.push("gap".into(), &[&at], Op::GlobalAvgPool);
+            self.at = self.push("flatten".into(), &[&g], Op::Flatten);
+            return self.shape[0];
+        }
+        let flat = self.push("flatten".into(), &[&at], Op::Flatten);
+        let (end, features) = match head {
+            Head::GlobalPool | Head::Flatten => (flat, features),
+            Head::FlattenRelu => (self.push("flat_relu".into(), &[&flat], Op::Relu), features),
+            Head::FlattenAdd => {
+                let side = self.linear("side".into(), &flat, features, features);
+                (
+                    self.push("flat_add".into(), &[&flat, &side], Op::Add),
+                    features,
+                )
+            }
+        };
+        self.at = end;
+        features
     }
 
     fn fits(&self, kernel: [usize; 2], padding: [usize; 2]) -> bool {
@@ -226,22 +284,9 @@ impl DagSpec {
         for (i, block) in self.blocks.iter().enumerate() {
             b.block(i, block);
         }
+        let features = b.head(self.head);
         let at = b.at.clone();
-        let features = if self.global_pool {
-            let g = b.push("gap".into(), &[&at], Op::GlobalAvgPool);
-            b.at = b.push("flatten".into(), &[&g], Op::Flatten);
-            b.shape[0]
-        } else {
-            b.at = b.push("flatten".into(), &[&at], Op::Flatten);
-            b.shape.iter().product()
-        };
-        let bound = 1.0 / (features as f32).sqrt();
-        let fc = Linear {
-            weight: b.rng.tensor(vec![self.classes, features], bound),
-            bias: Some(b.rng.tensor(vec![self.classes], bound)),
-        };
-        let at = b.at.clone();
-        b.push("fc".into(), &[&at], Op::Linear(fc));
+        b.linear("fc".into(), &at, features, self.classes);
         FloatGraph::new(self.input.to_vec(), b.nodes).expect("the drawn graph is valid")
     }
 
