@@ -30,7 +30,7 @@
 //! | avx2 | `vpmaddwd` ymm, 6×16 | `vpmaddwd` ymm | `vpmaddwd` ymm | AVX2 |
 //! | avxvnni | `vpdpbusd` ymm (VEX), 6×16 | `vpmaddwd` ymm | `vpdpwssd` ymm (VEX) | AVX2 |
 //! | avx512vnni-ymm | `vpdpbusd` ymm (EVEX), 8×16 | `vpmaddwd` ymm | `vpdpwssd` ymm (EVEX) | AVX2 |
-//! | avx512vnni | `vpdpbusd` zmm, 8×16 | `vpdpwssd` zmm | `vpdpwssd` zmm | AVX2 |
+//! | avx512vnni | `vpdpbusd` zmm, 8×32 (8×16 at an odd panel) | `vpdpwssd` zmm | `vpdpwssd` zmm | AVX2 |
 //!
 //! # Exactness of the AVX2 GEMM
 //! It widens both operands to i16 (`vpmovsxbw`) and multiplies with `vpmaddwd`, which

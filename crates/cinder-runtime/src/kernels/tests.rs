@@ -739,7 +739,7 @@ macro_rules! kernel_suite {
                 #![proptest_config(ProptestConfig::with_cases(512))]
 
                 #[test]
-                fn gemm_small_and_odd(case in gemm_case(0..14, 0..40, prop_oneof![0usize..70, Just(27)])) {
+                fn gemm_small_and_odd(case in gemm_case(0..14, 0..72, prop_oneof![0usize..70, Just(27)])) {
                     if ISA.supported() {
                         check_gemm(ISA, &case, 0..case.n)?;
                     }
@@ -766,7 +766,7 @@ macro_rules! kernel_suite {
 
                 /// Several row blocks and depth blocks, long sums at the extremes.
                 #[test]
-                fn gemm_blocked_depth(case in gemm_case(40..110, 1..36, prop_oneof![560usize..700, 1200usize..1300])) {
+                fn gemm_blocked_depth(case in gemm_case(40..110, 1..70, prop_oneof![560usize..700, 1200usize..1300])) {
                     if ISA.supported() {
                         check_gemm(ISA, &case, 0..case.n)?;
                     }

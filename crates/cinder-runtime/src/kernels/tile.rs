@@ -102,18 +102,30 @@ pub(super) trait MicroKernel<P: PanelRow>: Copy {
         starts: [Option<&[i32; NR]>; 2],
         out: TileOut<'_>,
     ) {
-        let TileOut {
-            c, ldc, accumulate, ..
-        } = out;
-        for (half, (panel, start)) in panels.into_iter().zip(starts).enumerate() {
-            let out = TileOut {
-                c: &mut c[half * NR..],
-                ldc,
-                accumulate,
-                start,
-            };
-            self.tile::<R>(a, panel, out);
-        }
+        two_tiles::<R, P, Self>(self, a, panels, starts, out);
+    }
+}
+
+/// [`MicroKernel::tile_wide`] as two [`MicroKernel::tile`]s, one a panel.
+#[inline(always)]
+pub(super) fn two_tiles<const R: usize, P: PanelRow, K: MicroKernel<P>>(
+    kern: K,
+    a: Rows<'_, P::Lhs>,
+    panels: [&[P]; 2],
+    starts: [Option<&[i32; NR]>; 2],
+    out: TileOut<'_>,
+) {
+    let TileOut {
+        c, ldc, accumulate, ..
+    } = out;
+    for (half, (panel, start)) in panels.into_iter().zip(starts).enumerate() {
+        let out = TileOut {
+            c: &mut c[half * NR..],
+            ldc,
+            accumulate,
+            start,
+        };
+        kern.tile::<R>(a, panel, out);
     }
 }
 

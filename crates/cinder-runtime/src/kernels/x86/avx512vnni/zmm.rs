@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use super::Avx512Vnni;
 use crate::kernels::pack::{NR, PanelRow, QuadRow, WidePairRow};
-use crate::kernels::tile::{MicroKernel, Rows, TileOut, check_tile};
+use crate::kernels::tile::{MicroKernel, Rows, TileOut, check_tile, two_tiles};
 
 /// A 64-byte panel row, aligned to 64, and its multiply-add.
 pub(super) trait ZmmPanel: PanelRow {
@@ -62,8 +62,8 @@ impl<P: ZmmPanel> MicroKernel<P> for Avx512Vnni {
     }
 
     /// From 3 rows, `R × 32` in `2R` accumulators, each broadcast A group feeding both
-    /// panels; 1 or 2 rows keep the two-chain single tiles, whose latency chains are
-    /// longer than the wide tile's.
+    /// panels; 1 or 2 rows take two single tiles, whose two chains a row keep more
+    /// multiply-adds in flight than the wide tile's `2R`.
     #[inline(always)]
     fn tile_wide<const R: usize>(
         self,
@@ -73,19 +73,7 @@ impl<P: ZmmPanel> MicroKernel<P> for Avx512Vnni {
         out: TileOut<'_>,
     ) {
         if R <= 2 {
-            let TileOut {
-                c, ldc, accumulate, ..
-            } = out;
-            for (half, (panel, start)) in panels.into_iter().zip(starts).enumerate() {
-                let out = TileOut {
-                    c: &mut c[half * NR..],
-                    ldc,
-                    accumulate,
-                    start,
-                };
-                self.tile::<R>(a, panel, out);
-            }
-            return;
+            return two_tiles::<R, P, Self>(self, a, panels, starts, out);
         }
         check_tile(R, a, panels[0], &out);
         assert!(panels[1].len() == panels[0].len() && out.c.len() >= (R - 1) * out.ldc + 2 * NR);
