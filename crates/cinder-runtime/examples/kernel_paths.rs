@@ -6,27 +6,71 @@
 //! path (`CINDER_ISA` caps it: run once per path to compare).
 //!
 //! `cargo run --profile bench -p cinder-runtime --example kernel_paths [gemm|depthwise|conv|model]`
+//!
+//! On a shared machine, `KERNEL_PATHS_CLOCK=cpu` times by the process's CPU time instead
+//! of wall time, and `KERNEL_PATHS_THREADS=1` runs the ConvNet on one thread, so that
+//! its CPU time is the work itself (two threads' CPU time counts their waiting too).
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use cinder_runtime::kernels::{
-    DepthwiseFilter, Isa, NhwcWindow, PackedMatrix, WINOGRAD_POSITIONS, WinogradFilter,
-    WinogradGeometry, depthwise_nhwc_s8, gemm_s8, im2col_nhwc_s8, winograd_input_tiles,
-    winograd_multiply, winograd_output_tiles, winograd_products_stride,
+    DepthwiseFilter, Isa, NhwcWindow, OutputStage, PackedMatrix, WINOGRAD_POSITIONS,
+    WinogradFilter, WinogradGeometry, depthwise_nhwc_s8, gemm_s8, im2col_nhwc_s8, max_pool2x2_s32,
+    requantize_s8_rows, winograd_input_tiles, winograd_multiply, winograd_output_tiles,
+    winograd_products_stride,
 };
 use cinder_runtime::synthetic::{Rng, minmax_table, random_input, reference_convnet};
 use cinder_runtime::{ConvAlgorithm, QuantConfig, Session, SessionOptions, convert};
+use cinder_tensor::RequantMultiplier;
 use cinder_tensor::Tensor;
 
-/// Median seconds of `rounds` runs of each of `runs`, alternating.
+/// Seconds of CPU time this process's threads have run (`clock_gettime` with
+/// `CLOCK_PROCESS_CPUTIME_ID`, Linux), else `None`: on a shared machine a
+/// single-threaded run's CPU time moves far less with the load than its wall time.
+fn cpu_seconds() -> Option<f64> {
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    {
+        #[repr(C)]
+        struct Timespec {
+            sec: i64,
+            nsec: i64,
+        }
+        unsafe extern "C" {
+            fn clock_gettime(clock: i32, time: *mut Timespec) -> i32;
+        }
+        const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+        let mut t = Timespec { sec: 0, nsec: 0 };
+        // SAFETY: `t` is a valid `struct timespec` (two 64-bit fields on 64-bit Linux).
+        let ok = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0;
+        ok.then_some(t.sec as f64 + t.nsec as f64 * 1e-9)
+    }
+    #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+    None
+}
+
+/// Whether [`alternate`] measures CPU time (`KERNEL_PATHS_CLOCK=cpu`) instead of wall time.
+fn cpu_clock() -> bool {
+    std::env::var("KERNEL_PATHS_CLOCK").is_ok_and(|v| v == "cpu") && cpu_seconds().is_some()
+}
+
+/// Median seconds of `rounds` runs of each of `runs`, alternating: wall time, or CPU
+/// time of the whole process with `KERNEL_PATHS_CLOCK=cpu`.
 fn alternate(rounds: usize, runs: &mut [Box<dyn FnMut() + '_>]) -> Vec<f64> {
+    let cpu = cpu_clock();
+    let now = || {
+        if cpu {
+            cpu_seconds().unwrap_or(0.0)
+        } else {
+            START.with(|s| s.elapsed().as_secs_f64())
+        }
+    };
     let mut times = vec![Vec::with_capacity(rounds); runs.len()];
     for _ in 0..rounds {
         for (run, t) in runs.iter_mut().zip(&mut times) {
-            let start = Instant::now();
+            let start = now();
             run();
-            t.push(start.elapsed().as_secs_f64());
+            t.push(now() - start);
         }
     }
     times
@@ -36,6 +80,10 @@ fn alternate(rounds: usize, runs: &mut [Box<dyn FnMut() + '_>]) -> Vec<f64> {
             t[t.len() / 2]
         })
         .collect()
+}
+
+thread_local! {
+    static START: Instant = Instant::now();
 }
 
 fn codes(rng: &mut Rng, len: usize) -> Vec<i8> {
@@ -186,7 +234,51 @@ fn convs() {
             med[0] * 1e6,
             med[1] * 1e6
         );
+        drop(runs);
+        conv_parts(h, c, n, &input, &packed);
     }
+}
+
+/// One image's im2col, GEMM, fused 2×2 max-pool of the sums and output stage, each
+/// timed alone (µs, alternating).
+fn conv_parts(h: usize, c: usize, n: usize, input: &[i8], packed: &PackedMatrix) {
+    let k = 9 * c;
+    let (mut cols, mut sums) = (vec![0i8; h * h * k], vec![0i32; h * h * n]);
+    im2col_nhwc_s8(input, h, h, c, 3, 1, 1, 0, &mut cols, k);
+    let mut pooled = vec![0i32; h * h * n / 4];
+    let mut out = vec![0i8; h * h * n / 4];
+    let bias = vec![1000; n];
+    let mult = [RequantMultiplier::from_real(0.0007).expect("valid")];
+    let stage = OutputStage {
+        bias: &bias,
+        mult: &mult,
+        zp_out: -128,
+        lo: -128,
+        hi: 127,
+    };
+    let mut cols2 = cols.clone();
+    let sums_in = sums.clone();
+    let pooled_in = pooled.clone();
+    let med = alternate(
+        200,
+        &mut [
+            Box::new(|| im2col_nhwc_s8(black_box(input), h, h, c, 3, 1, 1, 0, &mut cols2, k)),
+            Box::new(|| {
+                gemm_s8(black_box(&cols), k, h * h, packed, &mut sums, n);
+            }),
+            Box::new(|| max_pool2x2_s32(black_box(&sums_in), h, h, n, &mut pooled)),
+            Box::new(|| {
+                requantize_s8_rows(&stage, black_box(&pooled_in), n, h * h / 4, &mut out, n)
+            }),
+        ],
+    );
+    println!(
+        "    im2col {:.1} us, GEMM {:.1} us, 2x2 pool of the sums {:.1} us, output stage {:.1} us",
+        med[0] * 1e6,
+        med[1] * 1e6,
+        med[2] * 1e6,
+        med[3] * 1e6
+    );
 }
 
 fn model() {
@@ -197,7 +289,11 @@ fn model() {
         .expect("conversion")
         .with_conv_algorithm(ConvAlgorithm::Winograd)
         .expect("plan");
-    let options = SessionOptions { threads: 2 };
+    let threads = std::env::var("KERNEL_PATHS_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
+    let options = SessionOptions { threads };
     let mut session = model.session_with(options).expect("pool");
     let mut winograd = forced.session_with(options).expect("pool");
     for batch in [1, 64] {
@@ -217,10 +313,11 @@ fn model() {
             ],
         );
         println!(
-            "ConvNet int8 static, 2 threads, b{batch}, path {}: median {:.3} ms as planned, {:.3} ms with Winograd forced",
+            "ConvNet int8 static, {threads} threads, b{batch}, path {}: median {:.3} ms as planned, {:.3} ms with Winograd forced ({} time)",
             Isa::detect(),
             med[0] * 1e3,
-            med[1] * 1e3
+            med[1] * 1e3,
+            if cpu_clock() { "CPU" } else { "wall" }
         );
         print_profile(&mut session, &x, rounds);
     }

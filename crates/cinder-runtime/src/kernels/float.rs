@@ -6,17 +6,51 @@ use std::ops::Range;
 
 use cinder_tensor::QuantParams;
 
+use super::isa::dispatch;
+use super::work::Vectorizable;
 use crate::geometry::Window;
 
 /// `y = q(x)`, NCHW -> NHWC when `chw` is given (else element order kept).
 pub(crate) fn quantize_f32_s8(x: &[f32], chw: Option<[usize; 3]>, p: &QuantParams, y: &mut [i8]) {
-    let q = |v: f32| p.quantize(v) as i8;
-    match chw {
-        None => y.iter_mut().zip(x).for_each(|(o, &v)| *o = q(v)),
-        Some([c, h, w]) => {
-            for (ci, plane) in x.chunks_exact(h * w).enumerate().take(c) {
-                for (i, &v) in plane.iter().enumerate() {
-                    y[i * c + ci] = q(v);
+    dispatch(Quantize { x, chw, p, y });
+}
+
+/// Pixels quantized per block before they are interleaved into NHWC: the rounding runs
+/// over a plane's contiguous values (vectorized), the transpose over a block in L1.
+const QUANTIZE_BLOCK: usize = 64;
+
+/// The work of [`quantize_f32_s8`].
+struct Quantize<'a> {
+    x: &'a [f32],
+    chw: Option<[usize; 3]>,
+    p: &'a QuantParams,
+    y: &'a mut [i8],
+}
+
+impl Vectorizable for Quantize<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Self { x, chw, p, y } = self;
+        let q = |v: f32| p.quantize(v) as i8;
+        let Some([c, h, w]) = chw else {
+            y.iter_mut().zip(x).for_each(|(o, &v)| *o = q(v));
+            return;
+        };
+        let hw = h * w;
+        let mut planar = [0i8; QUANTIZE_BLOCK];
+        for p0 in (0..hw).step_by(QUANTIZE_BLOCK) {
+            let len = QUANTIZE_BLOCK.min(hw - p0);
+            let out = &mut y[p0 * c..(p0 + len) * c];
+            for ci in 0..c {
+                let plane = &x[ci * hw + p0..][..len];
+                planar[..len]
+                    .iter_mut()
+                    .zip(plane)
+                    .for_each(|(o, &v)| *o = q(v));
+                for (px, &v) in out.chunks_exact_mut(c).zip(&planar[..len]) {
+                    px[ci] = v;
                 }
             }
         }

@@ -293,6 +293,25 @@ proptest! {
     }
 
     #[test]
+    fn input_quantizer_transposes_and_rounds_each_value(c in 1usize..5, h in 1usize..12, w in 1usize..12, scale in 0.001f32..1.0, zero_point in -128i32..=127, special in 0usize..4, seed in 1u64..u64::MAX) {
+        let mut rng = Rng(seed);
+        let mut x: Vec<f32> = (0..c * h * w).map(|_| (rng.below(2001) - 1000) as f32 * 0.37).collect();
+        // Ties, NaN and infinities where the case asks for them.
+        let at = rng.below(x.len() as u64) as usize;
+        x[at] = [2.5 * scale, f32::NAN, f32::INFINITY, f32::NEG_INFINITY][special];
+        let p = cinder_tensor::QuantParams::new(scale, zero_point, -128, 127).unwrap();
+        let mut got = vec![0x55; c * h * w];
+        quantize_f32_s8(&x, Some([c, h, w]), &p, &mut got);
+        for (i, &g) in got.iter().enumerate() {
+            let (pixel, ch) = (i / c, i % c);
+            prop_assert_eq!(i32::from(g), p.quantize(x[ch * h * w + pixel]), "value {}", i);
+        }
+        let mut flat = vec![0x55; x.len()];
+        quantize_f32_s8(&x, None, &p, &mut flat);
+        prop_assert!(flat.iter().zip(&x).all(|(&g, &v)| i32::from(g) == p.quantize(v)));
+    }
+
+    #[test]
     fn max_pool_matches((h, w, kernel, stride, _) in window(), c in prop_oneof![1usize..20, Just(64)], extreme: bool, seed in 1u64..u64::MAX) {
         prop_assume!(h >= kernel && w >= kernel);
         let input = Rng(seed).activations(h * w * c, extreme);
@@ -720,7 +739,7 @@ macro_rules! kernel_suite {
                 #![proptest_config(ProptestConfig::with_cases(512))]
 
                 #[test]
-                fn gemm_small_and_odd(case in gemm_case(0..14, 0..40, prop_oneof![0usize..70, Just(27)])) {
+                fn gemm_small_and_odd(case in gemm_case(0..14, 0..72, prop_oneof![0usize..70, Just(27)])) {
                     if ISA.supported() {
                         check_gemm(ISA, &case, 0..case.n)?;
                     }
@@ -747,7 +766,7 @@ macro_rules! kernel_suite {
 
                 /// Several row blocks and depth blocks, long sums at the extremes.
                 #[test]
-                fn gemm_blocked_depth(case in gemm_case(40..110, 1..36, prop_oneof![560usize..700, 1200usize..1300])) {
+                fn gemm_blocked_depth(case in gemm_case(40..110, 1..70, prop_oneof![560usize..700, 1200usize..1300])) {
                     if ISA.supported() {
                         check_gemm(ISA, &case, 0..case.n)?;
                     }
