@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cinder_datasets::{Dataset, Normalization};
+use cinder_datasets::{Dataset, DatasetSource, Normalization};
 use cinder_model::calibrate::calibrate;
 use cinder_model::{BackendKind, GraphNet};
 use cinder_observers::{CalibrationTable, Calibrator, ObserverSpec};
@@ -34,7 +34,7 @@ use crate::infer::{argmax, images, median_ms};
 use crate::sensitivity::Probe;
 use crate::train::{DatasetImages, dataset_source};
 use report::{Report, TestRow};
-use search::{Inputs, held_out};
+use search::{HeldOut, Inputs, held_out};
 
 #[derive(clap::Args, Debug)]
 pub struct AutoquantArgs {
@@ -88,15 +88,29 @@ fn parse_target(s: &str) -> Result<Target, String> {
         .map_err(|e: cinder_ptq::mixed::AllocError| e.to_string())
 }
 
-pub fn run(args: AutoquantArgs) -> anyhow::Result<()> {
-    crate::checks::threads("--threads", args.threads)?;
+/// The checkpoint's model, its data, the held-out split and the calibration table.
+struct Loaded {
+    graph: FloatGraph,
+    model: GraphNet,
+    test: Dataset,
+    held_out: HeldOut,
+    norm: Normalization,
+    table: CalibrationTable,
+}
+
+fn load(args: &AutoquantArgs) -> anyhow::Result<Loaded> {
     let dir = &args.checkpoint;
     let summary: TrainSummary = read_json(&dir.join("summary.json"))?;
     let graph = FloatGraph::load(&dir.join("graph.json"), &dir.join("graph.safetensors"))?;
-    let splits =
-        cinder_datasets::load(&dataset_source(&summary.dataset, args.data_dir.as_deref())?)?;
+    let mut source = dataset_source(&summary.dataset, args.data_dir.as_deref())?;
+    if let DatasetSource::Synthetic(spec) = &mut source {
+        // A smaller synthetic set is a prefix of a larger one: generate only the images
+        // trained on and the held-out ones after them.
+        spec.train = summary.train_images.saturating_add(args.held_out);
+    }
+    let splits = cinder_datasets::load(&source)?;
     let trained = summary.train_images.min(splits.train.len());
-    let split = held_out(
+    let held_out = held_out(
         &splits.train,
         trained,
         args.calibration_images,
@@ -105,7 +119,20 @@ pub fn run(args: AutoquantArgs) -> anyhow::Result<()> {
     )?;
     let model = GraphNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
     let norm = summary.normalization;
-    let table = calibration(&model, &splits.train.clone().limit(trained), norm, &args)?;
+    let table = calibration(&model, &splits.train.limit(trained), norm, args)?;
+    Ok(Loaded {
+        graph,
+        model,
+        test: splits.test,
+        held_out,
+        norm,
+        table,
+    })
+}
+
+pub fn run(args: AutoquantArgs) -> anyhow::Result<()> {
+    crate::checks::threads("--threads", args.threads)?;
+    let l = load(&args)?;
     let base = match &args.config {
         Some(path) => crate::quantize::read_config(path)?,
         None => QuantConfig::default(),
@@ -113,12 +140,12 @@ pub fn run(args: AutoquantArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let inputs = Inputs {
-        model: &model,
-        graph: &graph,
-        table: &table,
+        model: &l.model,
+        graph: &l.graph,
+        table: &l.table,
         base: &base,
-        held_out: &split.data,
-        norm,
+        held_out: &l.held_out.data,
+        norm: l.norm,
         batch: args.batch,
         threads: args.threads,
         target: args.target,
@@ -135,47 +162,27 @@ pub fn run(args: AutoquantArgs) -> anyhow::Result<()> {
         &args.out.join("config.toml"),
         toml::to_string(&found.config)?.as_bytes(),
     )?;
-    let models = [
-        ("autoquant", found.config.clone(), "model.cinder"),
-        (
-            "uniform W8",
-            search::uniform(&base, Width::Bits(8)),
-            "uniform-w8.cinder",
-        ),
-        (
-            "uniform W4",
-            search::uniform(&base, Width::Bits(4)),
-            "uniform-w4.cinder",
-        ),
-    ];
-    let mut built = Vec::new();
-    for (name, config, file) in models {
-        let m = convert(&graph, &table, &config)?;
-        m.save(&args.out.join(file))?;
-        built.push((name, m, args.out.join(file)));
-    }
-    let fp32_test_accuracy = Probe {
-        model: &model,
-        graph: &graph,
-        images: DatasetImages {
-            data: &splits.test,
-            norm,
-        },
-        batch: args.batch,
-    }
-    .float_accuracy()?;
-    let test = compare(&built, &splits.test, norm, &args)?;
+    let test = on_test(&l, &base, &found.config, &args)?;
     let report = Report {
         format_version: report::FORMAT_VERSION,
         budget_pp: args.budget,
         target: args.target,
         seed: args.seed,
         observer: args.observer.clone(),
-        held_out_images: split.data.len(),
-        held_out_unseen: split.unseen,
+        held_out_images: l.held_out.data.len(),
+        held_out_unseen: l.held_out.unseen,
         batch: args.batch,
-        fp32_test_accuracy,
-        fp32_bytes: file_bytes(&dir.join("graph.safetensors"))?,
+        fp32_test_accuracy: Probe {
+            model: &l.model,
+            graph: &l.graph,
+            images: DatasetImages {
+                data: &l.test,
+                norm: l.norm,
+            },
+            batch: args.batch,
+        }
+        .float_accuracy()?,
+        fp32_bytes: file_bytes(&args.checkpoint.join("graph.safetensors"))?,
         found,
         test,
         load: std::fs::read_to_string("/proc/loadavg")
@@ -186,6 +193,36 @@ pub fn run(args: AutoquantArgs) -> anyhow::Result<()> {
     println!("{}", report::summary(&report));
     println!("wrote {}", args.out.join("autoquant.md").display());
     Ok(())
+}
+
+/// The chosen model, uniform W8 and uniform W4, written beside the config and measured
+/// once on the test split.
+fn on_test(
+    l: &Loaded,
+    base: &QuantConfig,
+    chosen: &QuantConfig,
+    args: &AutoquantArgs,
+) -> anyhow::Result<Vec<TestRow>> {
+    let models = [
+        ("autoquant", chosen.clone(), "model.cinder"),
+        (
+            "uniform W8",
+            search::uniform(base, Width::Bits(8)),
+            "uniform-w8.cinder",
+        ),
+        (
+            "uniform W4",
+            search::uniform(base, Width::Bits(4)),
+            "uniform-w4.cinder",
+        ),
+    ];
+    let mut built = Vec::new();
+    for (name, config, file) in models {
+        let m = convert(&l.graph, &l.table, &config)?;
+        m.save(&args.out.join(file))?;
+        built.push((name, m, args.out.join(file)));
+    }
+    compare(&built, &l.test, l.norm, args)
 }
 
 /// The calibration table of `observer` on `calibration_images` of the model's training

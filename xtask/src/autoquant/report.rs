@@ -101,12 +101,21 @@ pub fn layer_table(md: &mut String, found: &Found) -> std::fmt::Result {
         write!(md, "| {} |", row.name)?;
         for w in &widths {
             let drop = row.drop_pp.get(w).map_or("-".into(), |d| format!("{d:.2}"));
-            write!(md, " {drop} | {:.4} |", row.cost[w])?;
+            write!(md, " {drop} | {} |", cost(row.cost[w]))?;
         }
         md.push('\n');
     }
     md.push('\n');
     Ok(())
+}
+
+/// A cost as bytes (whole) or milliseconds (three decimals).
+fn cost(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.3}")
+    }
 }
 
 /// Every evaluated candidate in order.
@@ -133,17 +142,17 @@ pub fn trajectory(md: &mut String, found: &Found, target: Target) -> std::fmt::R
         };
         let width = match (s.from, s.to) {
             (Some(f), Some(t)) => format!("{f} → {t}"),
-            _ => "all W8".into(),
+            _ => "-".into(),
         };
         writeln!(
             md,
-            "| {i} | {kind} | {} | {width} | {:.2} | {:.2} | {} | {:.2} | {:.0} | {} |",
+            "| {i} | {kind} | {} | {width} | {:.2} | {:.2} | {} | {:.2} | {} | {} |",
             s.layer.as_deref().unwrap_or("-"),
             100.0 * s.measured.accuracy,
             s.drop_pp,
             s.measured.model_bytes,
             s.measured.batch_ms,
-            s.predicted_cost,
+            cost(s.predicted_cost),
             if s.accepted { "yes" } else { "no" }
         )?;
     }

@@ -159,7 +159,7 @@ pub fn run(inputs: &Inputs<'_>) -> anyhow::Result<Found> {
             .map_err(|e| MeasureError::from(format!("{e:#}")))?;
         let drop_pp = 100.0 * (fp32_accuracy - candidate.accuracy);
         eprintln!(
-            "candidate: held-out {:.2}% ({drop_pp:+.2} pp below fp32), {} bytes, {:.2} ms per batch",
+            "candidate: held-out {:.2}%, drop {drop_pp:+.2} pp, {} bytes, {:.2} ms per batch",
             100.0 * candidate.accuracy,
             candidate.model_bytes,
             candidate.batch_ms
@@ -318,4 +318,73 @@ pub fn evaluate(
     let (predicted, times) = predict(&mut session, data, norm, batch)?;
     let accuracy = correct(&predicted, data) as f64 / data.len().max(1) as f64;
     Ok((accuracy, bytes, median_ms(times)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cinder_datasets::IMAGE_LEN;
+
+    /// `n` images whose first byte is their index.
+    fn numbered(n: usize) -> Dataset {
+        let mut images = vec![0u8; n * IMAGE_LEN];
+        for i in 0..n {
+            images[i * IMAGE_LEN] = i as u8;
+        }
+        Dataset::new(images, vec![0; n], vec!["a".into()]).unwrap()
+    }
+
+    fn ids(d: &Dataset) -> Vec<u8> {
+        d.images().chunks_exact(IMAGE_LEN).map(|im| im[0]).collect()
+    }
+
+    #[test]
+    fn the_held_out_split_avoids_training_or_calibration_images() {
+        let train = numbered(100);
+        let unseen = held_out(&train, 60, 10, 30, 7).unwrap();
+        assert!(unseen.unseen);
+        let got = ids(&unseen.data);
+        assert_eq!(got.len(), 30);
+        assert!(got.iter().all(|&i| i >= 60), "{got:?}");
+        assert_eq!(ids(&held_out(&train, 60, 10, 30, 7).unwrap().data), got);
+        assert_ne!(ids(&held_out(&train, 60, 10, 30, 8).unwrap().data), got);
+
+        let seen = held_out(&train, 100, 10, 500, 7).unwrap();
+        assert!(!seen.unseen);
+        let calibration = crate::calibrate::calibration_indices(100, 10, 7);
+        let got = ids(&seen.data);
+        assert_eq!(got.len(), 90);
+        assert!(got.iter().all(|&i| !calibration.contains(&usize::from(i))));
+
+        let e = held_out(&train, 100, 100, 5, 7).err().unwrap();
+        assert!(matches!(e, AutoquantError::EmptySplit { .. }), "{e}");
+        assert!(e.to_string().contains("5 images asked for"), "{e}");
+    }
+
+    #[test]
+    fn allocations_become_per_layer_overrides_of_the_base() {
+        let base = QuantConfig::default().with_layer(
+            "fc2",
+            LayerOverride {
+                weight_bits: Some(6),
+                ..Default::default()
+            },
+        );
+        let allocation: Allocation = [
+            ("conv1".to_owned(), Width::Bits(4)),
+            ("fc2".to_owned(), Width::Float),
+        ]
+        .into();
+        let q = config_of(&base, &allocation);
+        assert_eq!(q.layer("conv1").weight_bits, 4);
+        assert_eq!(q.layer("fc2").mode, Mode::Float);
+        assert_eq!(q.layer("fc1"), base.layer("fc1"));
+        let w2 = uniform(&base, Width::Bits(2));
+        assert!(
+            ["conv1", "fc2"]
+                .iter()
+                .all(|l| w2.layer(l).weight_bits == 2)
+        );
+        assert_eq!(uniform(&base, Width::Float).layer("fc2").mode, Mode::Float);
+    }
 }
