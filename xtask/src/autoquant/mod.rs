@@ -16,7 +16,6 @@ pub mod report;
 pub mod search;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cinder_datasets::{Dataset, DatasetSource, Normalization};
@@ -25,12 +24,12 @@ use cinder_model::{BackendKind, GraphNet};
 use cinder_observers::{CalibrationTable, Calibrator, ObserverSpec};
 use cinder_ptq::mixed::{GreedyOptions, Target, Width};
 use cinder_runtime::{QuantConfig, QuantizedModel, SessionOptions, convert};
+use cinder_tensor::QuantScheme;
 use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::io::{read_json, write_atomic};
-use cinder_tensor::{QuantScheme, Tensor};
 
 use crate::calibrate::{TrainSummary, calibration_indices};
-use crate::infer::{argmax, images, median_ms};
+use crate::infer::{correct, images, median_ms, predict, single_latencies};
 use crate::sensitivity::Probe;
 use crate::train::{DatasetImages, dataset_source};
 use report::{Report, TestRow};
@@ -247,8 +246,14 @@ fn file_bytes(path: &Path) -> anyhow::Result<u64> {
         .len())
 }
 
-/// Test accuracy, size and latency of every model, the models alternating batch by batch
-/// and image by image so that they share the machine's load.
+/// Images per turn of one model in [`compare`]: switching models every batch would time
+/// the previous session's worker threads winding down, not the model.
+const TURN_IMAGES: usize = 1024;
+/// Single images per turn of one model.
+const TURN_SINGLES: usize = 25;
+
+/// Test accuracy, size and latency of every model, the models taking turns over the test
+/// split (and the single images) so that they share the machine's load.
 fn compare(
     models: &[(&str, QuantizedModel, PathBuf)],
     test: &Dataset,
@@ -263,32 +268,24 @@ fn compare(
         .map(|(_, m, _)| m.session_with(options))
         .collect::<Result<Vec<_>, _>>()?;
     let n = models.len();
-    let (mut right, mut batch_times, mut single_times) = (
-        vec![0usize; n],
-        vec![Vec::new(); n],
-        vec![Vec::<Duration>::new(); n],
-    );
-    for start in (0..test.len()).step_by(args.batch) {
-        let (x, labels) = images(test, &norm, start..(start + args.batch).min(test.len()))?;
+    let (mut right, mut batch_times, mut single_times) =
+        (vec![0; n], vec![Vec::new(); n], vec![Vec::new(); n]);
+    let turn = TURN_IMAGES.max(args.batch);
+    for start in (0..test.len()).step_by(turn) {
+        let chunk = test.subset(&(start..(start + turn).min(test.len())).collect::<Vec<_>>());
         for (i, session) in sessions.iter_mut().enumerate() {
-            let t = Instant::now();
-            let logits = session.run(&x)?;
-            batch_times[i].push(t.elapsed());
-            let classes = logits.shape()[1];
-            right[i] += logits
-                .data()
-                .chunks_exact(classes)
-                .zip(&labels)
-                .filter(|(row, l)| argmax(row) == usize::from(**l))
-                .count();
+            session.run(&images(&chunk, &norm, 0..args.batch.min(chunk.len()))?.0)?;
+            let (predicted, times) = predict(session, &chunk, &norm, args.batch)?;
+            right[i] += correct(&predicted, &chunk);
+            batch_times[i].extend(times);
         }
     }
-    for image in 0..args.single.min(test.len()) {
-        let (x, _) = images(test, &norm, image..image + 1)?;
+    let singles = args.single.min(test.len());
+    for start in (0..singles).step_by(TURN_SINGLES) {
+        let chunk = test.subset(&(start..(start + TURN_SINGLES).min(singles)).collect::<Vec<_>>());
         for (i, session) in sessions.iter_mut().enumerate() {
-            let t = Instant::now();
-            session.run(&x)?;
-            single_times[i].push(t.elapsed());
+            single_latencies(session, &chunk, &norm, 1)?;
+            single_times[i].extend(single_latencies(session, &chunk, &norm, chunk.len())?);
         }
     }
     models

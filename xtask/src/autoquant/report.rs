@@ -178,8 +178,8 @@ pub fn widths(md: &mut String, found: &Found) -> std::fmt::Result {
 fn test_table(md: &mut String, r: &Report) -> std::fmt::Result {
     writeln!(
         md,
-        "## Test split (measured once)\n\nLatency: medians, the models alternating batch by \
-         batch and image by image in one run; load {}.\n",
+        "## Test split (measured once)\n\nLatency: medians, the models taking turns (1,024 \
+         images, then 25 single images, each) in one run; load {}.\n",
         r.load.as_deref().unwrap_or("unknown")
     )?;
     writeln!(

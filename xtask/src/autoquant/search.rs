@@ -252,34 +252,60 @@ fn size_costs(
     Ok(costs)
 }
 
-/// Batches profiled per width for the latency table.
-const PROFILE_BATCHES: usize = 8;
+/// Profiled runs per width for the latency table.
+const PROFILE_ROUNDS: usize = 9;
 
-/// Each layer's mean time per batch in the runtime's profile of the model with every
-/// layer at each width.
+/// Each layer's median time per batch in the runtime's stage profile of the models with
+/// every layer at each width, the models alternating run by run so that they share the
+/// machine's load.
 fn latency_costs(
     inputs: &Inputs<'_>,
     widths: &[Width],
 ) -> anyhow::Result<BTreeMap<(String, Width), f64>> {
     let batch = inputs.batch.min(inputs.held_out.len());
     let (x, _) = crate::infer::images(inputs.held_out, &inputs.norm, 0..batch)?;
-    let mut costs = BTreeMap::new();
-    for &w in widths {
-        let model = convert(inputs.graph, inputs.table, &uniform(inputs.base, w))?;
-        let mut session = model.session_with(SessionOptions {
-            threads: inputs.threads,
-        })?;
-        session.run(&x)?;
-        session.set_profiling(true);
-        for _ in 0..PROFILE_BATCHES {
+    let models = widths
+        .iter()
+        .map(|&w| {
+            Ok(convert(
+                inputs.graph,
+                inputs.table,
+                &uniform(inputs.base, w),
+            )?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let options = SessionOptions {
+        threads: inputs.threads,
+    };
+    let mut sessions = models
+        .iter()
+        .map(|m| m.session_with(options))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut samples: BTreeMap<(String, Width), Vec<f64>> = BTreeMap::new();
+    for round in 0..=PROFILE_ROUNDS {
+        for (session, &w) in sessions.iter_mut().zip(widths) {
+            session.set_profiling(true);
             session.run(&x)?;
-        }
-        for stage in session.profile().unwrap_or_default() {
-            let ms = stage.mean.as_secs_f64() * 1e3;
-            *costs.entry((stage.name, w)).or_insert(0.0) += ms;
+            if round == 0 {
+                continue; // warm-up: first-run allocations
+            }
+            // A layer's stages (a float layer's, say) add up.
+            let mut layer_ms: BTreeMap<String, f64> = BTreeMap::new();
+            for stage in session.profile().unwrap_or_default() {
+                *layer_ms.entry(stage.name).or_default() += stage.mean.as_secs_f64() * 1e3;
+            }
+            for (layer, ms) in layer_ms {
+                samples.entry((layer, w)).or_default().push(ms);
+            }
         }
     }
-    Ok(costs)
+    Ok(samples
+        .into_iter()
+        .map(|(key, mut ms)| {
+            ms.sort_by(f64::total_cmp);
+            (key, ms[ms.len() / 2])
+        })
+        .collect())
 }
 
 /// Converts `config`, writes the model to the scratch file (its size) and runs it on the
