@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod allocator;
+mod autoquant;
 mod calibrate;
 mod checks;
 mod data;
@@ -15,6 +16,7 @@ mod onnx;
 mod ptq;
 mod qat;
 mod quantize;
+mod sensitivity;
 mod train;
 
 #[derive(Parser)]
@@ -42,6 +44,8 @@ enum Command {
     Qat(qat::QatArgs),
     /// ONNX interop: import a float ONNX model as a float graph, export a graph as ONNX.
     Onnx(onnx::OnnxArgs),
+    /// Accuracy-driven mixed precision: per-layer weight widths within an accuracy budget.
+    Autoquant(autoquant::AutoquantArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Experiment(args) => experiment::run(args),
         Command::Qat(args) => qat::run(args),
         Command::Onnx(args) => onnx::run(args),
+        Command::Autoquant(args) => autoquant::run(args),
     }
 }
 

@@ -16,6 +16,10 @@
 //!   or down, minimizing its output reconstruction error on calibration images; the
 //!   learned codes reach conversion unchanged ([`AdaRounded::apply`]).
 //!
+//! - [`mixed::greedy()`]: accuracy-driven mixed precision. Given each layer's measured
+//!   sensitivity and cost at every weight width, a greedy search chooses one width (or
+//!   float) per layer that minimizes model size or latency within an accuracy budget.
+//!
 //! They read the per-layer switches `equalize`, `bias_correction` and `adaround` of the
 //! runtime's [`cinder_runtime::QuantConfig`].
 
@@ -25,6 +29,7 @@ pub mod equalize;
 pub mod error;
 mod layer;
 mod matmul;
+pub mod mixed;
 mod patches;
 mod reconstruction;
 mod rounding;

@@ -9,10 +9,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 use cinder_model::GraphNet;
-use cinder_model::{Batch, ImageSource};
 use cinder_runtime::{Mode, QuantConfig, QuantizedModel, convert, convert_with_weights};
-use cinder_tensor::graph::{FloatGraph, Op};
-use cinder_tensor::{ErrorAccumulator, ErrorMetrics, Tensor, TensorBuf};
+use cinder_tensor::graph::FloatGraph;
+use cinder_tensor::{ErrorMetrics, Tensor};
 use indicatif::ProgressBar;
 
 use super::calibration::{Calibrated, Calibrations};
@@ -23,8 +22,10 @@ use super::ptq;
 use super::qat;
 use super::results::{Baseline, CellMetrics, CellResult, LayerSensitivity, Outcome};
 use super::store::Key;
-use crate::infer::argmax;
+use crate::autoquant::search::{self, Found, Inputs, held_out};
+use crate::sensitivity::{Probe, weight_sensitivity};
 use crate::train::DatasetImages;
+use cinder_ptq::mixed::GreedyOptions;
 
 /// Everything the cells share.
 pub struct Context<'a> {
@@ -73,6 +74,7 @@ struct Built {
     float: Option<FloatGraph>,
     calibration: Option<Calibrated>,
     sensitivity: Vec<LayerSensitivity>,
+    autoquant: Option<Found>,
 }
 
 /// Runs `cell`; failures become a failed result, never an error of the run.
@@ -123,6 +125,7 @@ fn build(
             float: Some(tuned.graph),
             calibration: tuned.calibration,
             sensitivity: Vec::new(),
+            autoquant: None,
         });
     }
     bar.set_message(format!("calibrating ({})", cell.observer));
@@ -136,15 +139,21 @@ fn build(
             float: Some(p.float),
             calibration: Some(p.calibrated),
             sensitivity: Vec::new(),
+            autoquant: None,
         });
     }
-    let (quant, sensitivity) = match cell.method {
+    let (quant, sensitivity, autoquant) = match cell.method {
         Method::Sensitivity => {
             bar.set_message("sensitivity analysis");
             let s = sensitivity(ctx, &calibrated, &cell.quant)?;
-            (keep_float(&cell.quant, &s, cell.keep_float), s)
+            (keep_float(&cell.quant, &s, cell.keep_float), s, None)
         }
-        _ => (cell.quant.clone(), Vec::new()),
+        Method::Autoquant => {
+            bar.set_message("autoquant search");
+            let found = autoquant(ctx, cell, &calibrated)?;
+            (found.config.clone(), Vec::new(), Some(found))
+        }
+        _ => (cell.quant.clone(), Vec::new(), None),
     };
     bar.set_message("converting");
     let model = convert(ctx.graph, &calibrated.table, &quant)?;
@@ -153,6 +162,7 @@ fn build(
         float: None,
         calibration: Some(calibrated),
         sensitivity,
+        autoquant,
     })
 }
 
@@ -187,6 +197,7 @@ fn measure_cell(
         activation_errors,
         calibration: built.calibration.map(|c| c.time),
         sensitivity: built.sensitivity,
+        autoquant: built.autoquant.map(Box::new),
         measured,
     })
 }
@@ -227,10 +238,7 @@ fn weight_errors(
     Ok(errors)
 }
 
-/// Quantizes one layer's weights at a time as `quant` does (the rest of the model, and
-/// all activations, float) and scores each layer by the SQNR of the logits of burn's
-/// forward against the fp32 logits on the first test images: weight sensitivity, cheap
-/// because every forward runs on burn's fast float path.
+/// The experiment's sensitivity analysis: each layer alone on the first test images.
 fn sensitivity(
     ctx: &Context<'_>,
     calibrated: &Calibrated,
@@ -238,68 +246,53 @@ fn sensitivity(
 ) -> anyhow::Result<Vec<LayerSensitivity>> {
     let eval = &ctx.config.evaluation;
     let subset = ctx.data.test.clone().limit(eval.sensitivity_images);
-    let images = DatasetImages {
-        data: &subset,
-        norm: ctx.data.norm,
+    let probe = Probe {
+        model: ctx.model,
+        graph: ctx.graph,
+        images: DatasetImages {
+            data: &subset,
+            norm: ctx.data.norm,
+        },
+        batch: eval.batch,
     };
-    let batches: Vec<Batch> = (0..subset.len())
-        .collect::<Vec<_>>()
-        .chunks(eval.batch)
-        .map(|chunk| images.gather(chunk))
-        .collect::<Result<_, _>>()?;
-    let logits_of = |net: &GraphNet| -> anyhow::Result<Vec<f32>> {
-        let per_batch = batches.iter().map(|b| measure::float_logits(net, b));
-        Ok(per_batch.collect::<anyhow::Result<Vec<_>>>()?.concat())
-    };
-    let reference = logits_of(ctx.model)?;
-    let classes = reference.len() / subset.len().max(1);
-    let model = convert(ctx.graph, &calibrated.table, quant)?;
-    model
-        .steps()
-        .iter()
-        .filter_map(|s| Some((&s.name, s.op.layer()?.quant_weights()?.dequantized())))
-        .map(|(layer, weight)| {
-            let graph = with_weight(ctx.graph, layer, weight)?;
-            let got = logits_of(&GraphNet::from_float_graph(&graph, &ctx.model.device())?)?;
-            let mut noise = ErrorAccumulator::default();
-            reference
-                .iter()
-                .zip(&got)
-                .for_each(|(&x, &y)| noise.add(x, y));
-            let right = got
-                .chunks_exact(classes)
-                .zip(subset.labels())
-                .filter(|(row, l)| argmax(row) == usize::from(**l))
-                .count();
-            Ok(LayerSensitivity {
-                layer: layer.clone(),
-                logits_sqnr_db: noise.metrics().sqnr_db,
-                accuracy: right as f64 / subset.len().max(1) as f64,
-            })
-        })
-        .collect()
+    weight_sensitivity(&probe, &calibrated.table, quant)
 }
 
-/// `graph` with the weight of `layer` replaced.
-fn with_weight(
-    graph: &FloatGraph,
-    layer: &str,
-    weight: TensorBuf<f32>,
-) -> anyhow::Result<FloatGraph> {
-    let nodes = graph.nodes().iter().cloned().map(|mut node| {
-        if node.name == layer {
-            match &mut node.op {
-                Op::Conv2d(c) => c.weight = weight.clone(),
-                Op::Linear(l) => l.weight = weight.clone(),
-                _ => {}
-            }
-        }
-        node
+/// The autoquant search of `cell` on held-out training images: those past the ones the
+/// model trained on where the data set has them, else ones outside the calibration.
+fn autoquant(
+    ctx: &Context<'_>,
+    cell: &CellConfig,
+    calibrated: &Calibrated,
+) -> anyhow::Result<Found> {
+    let settings = cell.autoquant.clone().unwrap_or_default();
+    let (c, eval) = (&ctx.config.calibration, &ctx.config.evaluation);
+    let trained = ctx.data.train.len();
+    let pool = ExperimentData::with_unseen(&ctx.config.data, trained, settings.held_out_images)?;
+    let split = held_out(&pool, trained, c.images, settings.held_out_images, c.seed)?;
+    let scratch = ctx
+        .out
+        .join("models")
+        .join(format!("{}-candidate.cinder", cell.name));
+    let found = search::run(&Inputs {
+        model: ctx.model,
+        graph: ctx.graph,
+        table: &calibrated.table,
+        base: &cell.quant,
+        held_out: &split.data,
+        norm: ctx.data.norm,
+        batch: eval.batch,
+        threads: eval.threads,
+        target: settings.target,
+        options: GreedyOptions {
+            widths: settings.widths,
+            budget_pp: settings.budget_pp,
+            allow_float: settings.allow_float,
+        },
+        scratch: &scratch,
     });
-    Ok(FloatGraph::new(
-        graph.input_shape().to_vec(),
-        nodes.collect(),
-    )?)
+    std::fs::remove_file(&scratch).ok();
+    found
 }
 
 /// `quant` with the `n` layers of lowest logit SQNR set to float.

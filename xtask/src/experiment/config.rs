@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use cinder_model::{ConvNetConfig, TrainConfig, zoo};
 use cinder_observers::ObserverSpec;
 use cinder_ptq::AdaRoundOptions;
+use cinder_ptq::mixed::Target;
 use cinder_runtime::QuantConfig;
 use cinder_tensor::graph::GraphSpec;
 use serde::{Deserialize, Serialize};
@@ -178,6 +179,9 @@ pub enum Method {
     Qat,
     /// The QAT control: the same extra fine-tuning without fake-quant, then PTQ.
     QatControl,
+    /// `cargo xtask autoquant`'s search on `quant`: each layer's weight width (or float)
+    /// chosen within the cell's `autoquant` accuracy budget on held-out training images.
+    Autoquant,
 }
 
 /// One named strategy of the matrix.
@@ -198,6 +202,37 @@ pub struct CellConfig {
     /// Layers kept float by a sensitivity cell.
     #[serde(default)]
     pub keep_float: usize,
+    /// The search of an autoquant cell (its defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoquant: Option<AutoquantCell>,
+}
+
+/// The settings of an autoquant cell's search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoquantCell {
+    /// The largest accuracy drop against fp32 on the held-out split, pp.
+    pub budget_pp: f64,
+    pub target: Target,
+    /// The weight widths a layer may take, highest first.
+    pub widths: Vec<u8>,
+    /// Whether a layer may fall back to float weights.
+    pub allow_float: bool,
+    /// Training images, beyond the ones trained on where the data has them, that every
+    /// decision is measured on.
+    pub held_out_images: usize,
+}
+
+impl Default for AutoquantCell {
+    fn default() -> Self {
+        Self {
+            budget_pp: 0.5,
+            target: Target::Size,
+            widths: vec![8, 6, 4, 2],
+            allow_float: true,
+            held_out_images: 2000,
+        }
+    }
 }
 
 fn minmax() -> ObserverSpec {
@@ -277,6 +312,23 @@ impl ExperimentConfig {
             check_file_name(&format!("cells[{i}].name"), &cell.name)?;
             if let Some(j) = seen.insert(cell.name.as_str(), i) {
                 bail!("cells[{j}] and cells[{i}] are both named `{}`", cell.name);
+            }
+            if let Some(a) = &cell.autoquant {
+                if cell.method != Method::Autoquant {
+                    bail!(
+                        "cells[{i}] (`{}`): `autoquant` settings need method = \"autoquant\"",
+                        cell.name
+                    );
+                }
+                if !(a.budget_pp.is_finite() && a.budget_pp >= 0.0) || a.held_out_images == 0 {
+                    bail!(
+                        "cells[{i}] (`{}`): autoquant.budget_pp = {} and held_out_images = {}: \
+                         expected a finite budget >= 0 and at least 1 image",
+                        cell.name,
+                        a.budget_pp,
+                        a.held_out_images
+                    );
+                }
             }
             if cell.method == Method::Sensitivity && cell.keep_float == 0 {
                 bail!(

@@ -44,6 +44,22 @@ impl ExperimentData {
         })
     }
 
+    /// The first `trained + extra` training images of `config`'s data set (fewer where it
+    /// has fewer): the ones the model trained on, then images it never saw.
+    pub fn with_unseen(
+        config: &DataConfig,
+        trained: usize,
+        extra: usize,
+    ) -> anyhow::Result<Dataset> {
+        let mut source = dataset_source(&config.dataset, config.dir.as_deref())?;
+        let n = trained.saturating_add(extra);
+        if let DatasetSource::Synthetic(spec) = &mut source {
+            spec.train = n;
+            spec.test = 1;
+        }
+        Ok(cinder_datasets::load(&source)?.train.limit(n))
+    }
+
     pub fn train_images(&self) -> DatasetImages<'_> {
         DatasetImages {
             data: &self.train,

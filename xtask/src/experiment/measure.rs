@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cinder_model::{Batch, GraphNet, ImageSource};
+use cinder_model::{GraphNet, ImageSource};
 use cinder_runtime::{QuantizedModel, SessionOptions};
 
 use super::config::EvaluationConfig;
@@ -14,6 +14,7 @@ use super::data::ExperimentData;
 use super::memory;
 use super::results::Measured;
 use crate::infer::{argmax, correct, images, median_ms, predict, single_latencies};
+use crate::sensitivity::float_logits;
 
 fn file_bytes(path: &Path) -> anyhow::Result<u64> {
     Ok(std::fs::metadata(path)
@@ -62,16 +63,6 @@ pub fn int8(
     let single = single_latencies(&mut session, test, norm, eval.single)?;
     let m = measured(data, eval, &predicted, batch_times, single, path, path)?;
     Ok((m, predicted))
-}
-
-/// The logits of burn's forward of `model` on `batch`, row-major.
-pub fn float_logits(model: &GraphNet, batch: &Batch) -> anyhow::Result<Vec<f32>> {
-    let (x, _) = batch.to_tensors(&model.device());
-    model
-        .forward(x)
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))
 }
 
 /// The float model on burn (flex); `graph_json` is its saved graph (size and memory).

@@ -13,9 +13,10 @@ use cinder_tensor::graph::{GraphSpec, OpSpec};
 use cinder_tensor::io::write_atomic;
 use cinder_tensor::{ErrorMetrics, Mapping};
 
-use super::config::Method;
+use super::config::{AutoquantCell, Method};
 use super::results::{CellMetrics, CellResult, Measured, Outcome, Results};
 use super::training::TrainingSummary;
+use crate::autoquant::search::Found;
 
 const MB: f64 = 1e6;
 
@@ -28,6 +29,7 @@ pub fn write(results: &Results, path: &Path) -> anyhow::Result<()> {
     weight_errors(&mut md, results)?;
     activation_errors(&mut md, results)?;
     sensitivity(&mut md, results)?;
+    autoquant(&mut md, results)?;
     md.push_str(
         "## Plots\n\n![accuracy vs size](plots/accuracy_vs_size.svg)\n\n\
          ![latency](plots/latency.svg)\n\n![per-layer SQNR](plots/sqnr.svg)\n",
@@ -238,14 +240,18 @@ fn ranked(md: &mut String, r: &Results) -> std::fmt::Result {
         let calib = m.calibration.as_ref().map_or("–".into(), |t| {
             format!("{:.2}", t.forward_seconds + t.observe_seconds)
         });
-        let quant = if c.method != Method::Sensitivity {
-            describe(&c.quant)
-        } else {
-            format!(
+        let quant = match (c.method, &m.autoquant) {
+            (Method::Sensitivity, _) => format!(
                 "{} (float: {})",
                 describe(&c.quant),
                 m.float_layers.join(", ")
-            )
+            ),
+            (Method::Autoquant, Some(found)) => format!(
+                "{} (autoquant: {})",
+                describe(&c.quant),
+                chosen_widths(found)
+            ),
+            _ => describe(&c.quant),
         };
         writeln!(
             md,
@@ -393,4 +399,52 @@ fn sensitivity(md: &mut String, r: &Results) -> std::fmt::Result {
         md.push('\n');
     }
     Ok(())
+}
+
+/// `layer width` of every layer an autoquant search allocated.
+fn chosen_widths(found: &Found) -> String {
+    let widths = found
+        .search
+        .allocation
+        .iter()
+        .map(|(l, w)| format!("{l} {w}"));
+    widths.collect::<Vec<_>>().join(", ")
+}
+
+fn autoquant(md: &mut String, r: &Results) -> std::fmt::Result {
+    for (c, m) in r.done() {
+        let Some(found) = &m.autoquant else { continue };
+        let settings = autoquant_settings(r, &c.name);
+        writeln!(
+            md,
+            "## Autoquant search of `{}`\n\nThe smallest {} within {} pp of fp32 on {} held-out \
+             training images (fp32 on them {:.2}%), weights of each layer at {} or float; \
+             the cell's test figures are in the ranking above.\n",
+            c.name,
+            settings.target,
+            settings.budget_pp,
+            settings.held_out_images,
+            100.0 * found.fp32_accuracy,
+            settings
+                .widths
+                .iter()
+                .map(|b| format!("W{b}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        )?;
+        crate::autoquant::report::layer_table(md, found)?;
+        crate::autoquant::report::trajectory(md, found, settings.target)?;
+        crate::autoquant::report::widths(md, found)?;
+    }
+    Ok(())
+}
+
+/// The autoquant settings of cell `name` (their defaults when the cell has none).
+fn autoquant_settings(r: &Results, name: &str) -> AutoquantCell {
+    r.config
+        .cells
+        .iter()
+        .find(|c| c.name == name)
+        .and_then(|c| c.autoquant.clone())
+        .unwrap_or_default()
 }

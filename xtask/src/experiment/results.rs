@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{ExperimentConfig, Method};
 use super::memory::PeakMemory;
 use super::training::TrainingSummary;
+pub use crate::sensitivity::LayerSensitivity;
 
 /// Version of `results.json`; bumped on incompatible changes.
 pub const RESULTS_FORMAT_VERSION: u32 = 2;
@@ -48,15 +49,6 @@ pub struct CalibrationTime {
     pub observe_seconds: f64,
 }
 
-/// How much quantizing one layer alone (the rest float) moves the logits.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LayerSensitivity {
-    pub layer: String,
-    /// SQNR of the logits against the all-float model's (higher: less sensitive).
-    pub logits_sqnr_db: Option<f64>,
-    pub accuracy: f64,
-}
-
 /// The figures of a finished cell.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellMetrics {
@@ -78,6 +70,9 @@ pub struct CellMetrics {
     pub calibration: Option<CalibrationTime>,
     /// The per-layer analysis of a sensitivity cell.
     pub sensitivity: Vec<LayerSensitivity>,
+    /// An autoquant cell's layer table, trajectory and chosen widths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoquant: Option<Box<crate::autoquant::search::Found>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
