@@ -2,7 +2,9 @@
 """Training speed of cinder against PyTorch, side by side on the same data and recipe.
 
 Both train the reference ConvNet (conv 3->64 k3 p1, ReLU, maxpool 2, conv 64->128 k3 p1,
-ReLU, maxpool 2, fc 8192->1024, ReLU, fc 1024->10) for a fixed number of steps with SGD
+ReLU, maxpool 2, fc 8192->1024, ReLU, fc 1024->10), or with `--model resnet20` the
+ResNet-20 of cinder's zoo (He et al., "Deep Residual Learning for Image Recognition":
+bias-free 3x3 convs with BatchNorm, 1x1 projection shortcuts), for a fixed number of steps with SGD
 lr 0.01, momentum 0.9, batch 64, on 2 threads, over the same images: a seeded synthetic
 set written in CIFAR-10's binary format, which `cargo xtask train --dataset cifar10`
 reads and this script reads too, both normalising per channel with the training split's
@@ -37,6 +39,7 @@ CLASSES = 10
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=["convnet", "resnet20"], default="convnet")
     p.add_argument("--steps", type=int, default=40, help="optimizer steps per training run")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3, help="alternating runs of each side")
@@ -98,7 +101,7 @@ def cinder_train(data_dir, args, run):
     """images/s of one `cargo xtask train` epoch (its own figure: data and metrics
     included, test evaluation excluded)."""
     out = Path(tempfile.mkdtemp(prefix=f"cinder-train-{run}-"))
-    train = ["train", "--dataset", "cifar10", "--data-dir", str(data_dir),
+    train = ["train", "--model", args.model, "--dataset", "cifar10", "--data-dir", str(data_dir),
              "--epochs", "1", "--batch", str(args.batch), "--lr", "0.01", "--momentum", "0.9",
              "--seed", str(args.seed), "--test-limit", str(args.batch), "--out", str(out)]
     if args.xtask is None:
@@ -117,11 +120,39 @@ def reference_convnet(torch):
         nn.Flatten(), nn.Linear(128 * 8 * 8, 1024), nn.ReLU(), nn.Linear(1024, CLASSES))
 
 
+def resnet20(torch):
+    """cinder's `resnet20` zoo architecture for 3x32x32 inputs and 10 classes."""
+    nn = torch.nn
+
+    def conv_bn(cin, cout, k, stride):
+        return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.main = nn.Sequential(*conv_bn(cin, cout, 3, stride), nn.ReLU(),
+                                      *conv_bn(cout, cout, 3, 1))
+            project = stride != 1 or cin != cout
+            self.shortcut = nn.Sequential(*conv_bn(cin, cout, 1, stride)) if project else nn.Identity()
+
+        def forward(self, x):
+            return torch.relu(self.main(x) + self.shortcut(x))
+
+    layers, cin = [*conv_bn(3, 16, 3, 1), nn.ReLU()], 16
+    for stage, width in enumerate([16, 32, 64]):
+        for block in range(3):
+            layers.append(Block(cin, width, 2 if stage > 0 and block == 0 else 1))
+            cin = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, CLASSES)]
+    return nn.Sequential(*layers)
+
+
 def torch_train(torch, images, labels, args, run):
     """images/s of one PyTorch epoch over the same images: each batch gathered from the
     uint8 set and normalised inside the timed loop, as cinder does."""
     torch.manual_seed(args.seed + run)
-    model = reference_convnet(torch)
+    model = resnet20(torch) if args.model == "resnet20" else reference_convnet(torch)
+    model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     mean = images.float().mean(dim=(0, 2, 3), keepdim=True)
     std = images.float().std(dim=(0, 2, 3), keepdim=True)
@@ -181,7 +212,7 @@ def main():
     torch.set_num_threads(args.threads)
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     print(f"PyTorch {torch.__version__}, {args.threads} threads; "
-          f"{args.steps} steps of batch {args.batch}, {args.rounds} alternating rounds")
+          f"{args.model}, {args.steps} steps of batch {args.batch}, {args.rounds} alternating rounds")
     print("building ...", flush=True)
     if args.xtask is None:
         cargo("build", "--release", "-p", "xtask")

@@ -11,6 +11,7 @@
 //!   tensor trait on burn data.
 //! - [`calibrate`]: the calibration driver (observers fed from the burn forward).
 //! - [`backend`]: `flex` / `ndarray` / `wgpu` chosen at run time.
+//! - [`flex`]: convolution (im2col + GEMM) and BatchNorm with hand-written backward steps on flex.
 
 pub mod augment;
 pub mod backend;
@@ -19,6 +20,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod export;
+pub mod flex;
 pub mod net;
 pub mod rng;
 pub mod train;

@@ -26,6 +26,7 @@ use cinder_tensor::{Tensor as _, TensorBuf};
 
 use crate::error::ModelError;
 use crate::export::{Activations, host, transpose};
+use crate::flex::{batch_norm::batch_norm, conv2d::conv2d};
 use crate::rng::SplitMix64;
 
 /// Generator stream for weight initialisation (data order uses other streams).
@@ -307,10 +308,12 @@ impl GraphNet {
 
     fn apply(&self, kind: &Kind, mut inputs: Vec<Value>) -> Value {
         match kind {
-            Kind::Conv(i) => Value::Map(self.convs[*i].forward(inputs.remove(0).map())),
+            Kind::Conv(i) => Value::Map(conv2d(&self.convs[*i], inputs.remove(0).map())),
             Kind::Norm(i) => {
                 let bn = &self.norms[*i];
-                inputs.remove(0).unary(|t| bn.forward(t), |t| bn.forward(t))
+                inputs
+                    .remove(0)
+                    .unary(|t| batch_norm(bn, t), |t| bn.forward(t))
             }
             Kind::Linear(i) => Value::Vector(self.linears[*i].forward(inputs.remove(0).vector())),
             free => apply_free(free, inputs),

@@ -1,0 +1,158 @@
+//! Training-mode BatchNorm on contiguous NCHW `f32` slices: batch statistics, the
+//! normalisation, and its gradients, each in one or two passes over the activation with no
+//! layout change.
+//!
+//! Channels are spread over rayon's pool; a channel's sums add `f32` partial sums of its
+//! planes (one `[H, W]` image channel each) in `f64`, in plane order, so a result does not
+//! depend on the number of threads.
+
+use rayon::prelude::*;
+
+/// Shape of a BatchNorm input `[B, C, H, W]` seen as `batch` × `channels` planes of `plane`
+/// values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NormGeometry {
+    pub batch: usize,
+    pub channels: usize,
+    pub plane: usize,
+}
+
+impl NormGeometry {
+    fn len(&self) -> usize {
+        self.batch * self.channels * self.plane
+    }
+
+    /// Values per channel.
+    fn count(&self) -> f64 {
+        (self.batch * self.plane) as f64
+    }
+
+    /// `f(plane)` summed over the planes of channel `c`, in plane order.
+    fn channel_sum(&self, c: usize, mut f: impl FnMut(usize) -> f64) -> f64 {
+        (0..self.batch)
+            .map(|b| f((b * self.channels + c) * self.plane))
+            .sum()
+    }
+}
+
+/// Per channel mean and biased variance of `input`.
+pub fn batch_stats(geom: &NormGeometry, input: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(input.len(), geom.len(), "batch_stats: input size");
+    let count = geom.count().max(1.0);
+    (0..geom.channels)
+        .into_par_iter()
+        .map(|c| {
+            let plane = |at: usize| &input[at..at + geom.plane];
+            let sum = geom.channel_sum(c, |at| f64::from(plane(at).iter().sum::<f32>()));
+            let mean = sum / count;
+            let centred = mean as f32;
+            let squares = geom.channel_sum(c, |at| {
+                f64::from(
+                    plane(at)
+                        .iter()
+                        .map(|&v| (v - centred) * (v - centred))
+                        .sum::<f32>(),
+                )
+            });
+            (mean as f32, (squares / count) as f32)
+        })
+        .unzip()
+}
+
+/// `(x − mean) / √(var + ε) · γ + β` per channel.
+pub fn normalize(
+    geom: &NormGeometry,
+    input: &[f32],
+    [mean, var, gamma, beta]: [&[f32]; 4],
+    epsilon: f64,
+) -> Vec<f32> {
+    assert_eq!(input.len(), geom.len(), "batch_norm: input size");
+    let (scale, shift): (Vec<f32>, Vec<f32>) = (0..geom.channels)
+        .map(|c| {
+            let scale = f64::from(gamma[c]) / (f64::from(var[c]) + epsilon).sqrt();
+            (
+                scale as f32,
+                (f64::from(beta[c]) - f64::from(mean[c]) * scale) as f32,
+            )
+        })
+        .unzip();
+    let mut out = vec![0.0; input.len()];
+    per_plane(geom, &mut out, input, |i, dst, src| {
+        let (scale, shift) = (scale[i % geom.channels], shift[i % geom.channels]);
+        dst.iter_mut()
+            .zip(src)
+            .for_each(|(d, &x)| *d = x * scale + shift);
+    });
+    out
+}
+
+/// The gradients of [`normalize`] with the batch's own statistics (`mean`, `var` from
+/// [`batch_stats`] of `input`) with respect to the input, γ and β, given the output
+/// gradient.
+pub fn normalize_backward(
+    geom: &NormGeometry,
+    input: &[f32],
+    output_grad: &[f32],
+    [mean, var, gamma]: [&[f32]; 3],
+    epsilon: f64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    assert_eq!(input.len(), geom.len(), "batch_norm: input size");
+    assert_eq!(output_grad.len(), geom.len(), "batch_norm: gradient size");
+    let inv_std: Vec<f64> = var
+        .iter()
+        .map(|&v| 1.0 / (f64::from(v) + epsilon).sqrt())
+        .collect();
+    let (beta_grad, gamma_grad): (Vec<f32>, Vec<f32>) = (0..geom.channels)
+        .into_par_iter()
+        .map(|c| {
+            let m = mean[c];
+            let sum_dy = geom.channel_sum(c, |at| {
+                f64::from(output_grad[at..at + geom.plane].iter().sum::<f32>())
+            });
+            let sum_dy_centred = geom.channel_sum(c, |at| {
+                let (x, dy) = (
+                    &input[at..at + geom.plane],
+                    &output_grad[at..at + geom.plane],
+                );
+                f64::from(x.iter().zip(dy).map(|(&x, &g)| (x - m) * g).sum::<f32>())
+            });
+            (sum_dy as f32, (sum_dy_centred * inv_std[c]) as f32)
+        })
+        .unzip();
+    // dx = γ·s·(dy − Σdy/n − x̂·Σ(dy·x̂)/n) with x̂ = (x − mean)·s, as a·dy + b·x + k.
+    let count = geom.count().max(1.0);
+    let coefficients: Vec<[f32; 3]> = (0..geom.channels)
+        .map(|c| {
+            let gs = f64::from(gamma[c]) * inv_std[c];
+            let b = -gs * inv_std[c] * f64::from(gamma_grad[c]) / count;
+            let k = -gs * f64::from(beta_grad[c]) / count - b * f64::from(mean[c]);
+            [gs as f32, b as f32, k as f32]
+        })
+        .collect();
+    let mut input_grad = vec![0.0; input.len()];
+    per_plane(geom, &mut input_grad, input, |i, dst, x| {
+        let [a, b, k] = coefficients[i % geom.channels];
+        let dy = &output_grad[i * geom.plane..][..geom.plane];
+        dst.iter_mut()
+            .zip(x)
+            .zip(dy)
+            .for_each(|((d, &x), &g)| *d = a * g + b * x + k);
+    });
+    (input_grad, gamma_grad, beta_grad)
+}
+
+/// `f(plane index, dst plane, src plane)` over the planes of `dst` and `src` in parallel.
+fn per_plane(
+    geom: &NormGeometry,
+    dst: &mut [f32],
+    src: &[f32],
+    f: impl Fn(usize, &mut [f32], &[f32]) + Sync,
+) {
+    if geom.plane == 0 {
+        return;
+    }
+    dst.par_chunks_mut(geom.plane)
+        .zip(src.par_chunks(geom.plane))
+        .enumerate()
+        .for_each(|(i, (d, s))| f(i, d, s));
+}

@@ -1,0 +1,592 @@
+//! 2-D convolution and both of its gradients on contiguous NCHW `f32` slices, by im2col and
+//! GEMM (the `gemm` crate, the multiply burn flex uses).
+//!
+//! Each image is lowered to a column matrix `[K, N]` (`K` = input channels of a group × kernel
+//! height × kernel width, `N` = output pixels), so that per image and group
+//! - the output is `W [C_out, K] · cols [K, N]`,
+//! - the weight gradient accumulates `dY [C_out, N] · colsᵀ [N, K]`,
+//! - the input gradient is `Wᵀ [K, C_out] · dY [C_out, N]` folded back onto the image (col2im).
+//!
+//! Images run in parallel on rayon's pool and each multiply is single-threaded. The weight
+//! gradient is summed over a fixed split of the batch (not over threads), so its value does
+//! not depend on the number of threads. A 1×1 convolution with stride 1 and no padding uses
+//! the image itself as its column matrix.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// The batch is split into at most this many parts for the weight gradient: each part sums its
+/// images into its own buffer, then the parts are added in order.
+const WEIGHT_GRAD_PARTS: usize = 8;
+
+/// Shapes and hyper-parameters of one convolution (dilation 1, symmetric padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub batch: usize,
+    pub channels_in: usize,
+    pub height: usize,
+    pub width: usize,
+    pub channels_out: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub groups: usize,
+}
+
+impl ConvGeometry {
+    /// Output height and width.
+    pub fn output_size(&self) -> [usize; 2] {
+        let out = |size: usize, k: usize, s: usize, p: usize| (size + 2 * p - k) / s + 1;
+        [
+            out(self.height, self.kernel[0], self.stride[0], self.padding[0]),
+            out(self.width, self.kernel[1], self.stride[1], self.padding[1]),
+        ]
+    }
+
+    /// Whether the shapes describe a valid convolution with a non-empty output.
+    pub fn is_valid(&self) -> bool {
+        let [kh, kw] = self.kernel;
+        let fits = |size: usize, k: usize, p: usize| k >= 1 && size + 2 * p >= k;
+        self.groups >= 1
+            && self.channels_in % self.groups == 0
+            && self.channels_out % self.groups == 0
+            && self.stride.iter().all(|&s| s >= 1)
+            && fits(self.height, kh, self.padding[0])
+            && fits(self.width, kw, self.padding[1])
+    }
+
+    /// Input elements of one image.
+    fn image_len(&self) -> usize {
+        self.channels_in * self.height * self.width
+    }
+
+    fn group_in(&self) -> usize {
+        self.channels_in / self.groups
+    }
+
+    fn group_out(&self) -> usize {
+        self.channels_out / self.groups
+    }
+
+    /// Rows `K` of an image's column matrix for one group.
+    fn col_rows(&self) -> usize {
+        self.group_in() * self.kernel[0] * self.kernel[1]
+    }
+
+    /// Output pixels `N` of one channel.
+    fn out_pixels(&self) -> usize {
+        let [oh, ow] = self.output_size();
+        oh * ow
+    }
+
+    /// Output elements of one image.
+    fn output_image_len(&self) -> usize {
+        self.channels_out * self.out_pixels()
+    }
+
+    /// Elements of the weight `[C_out, C_in / groups, kh, kw]`.
+    pub fn weight_len(&self) -> usize {
+        self.channels_out * self.col_rows()
+    }
+
+    /// A 1×1, stride-1, unpadded convolution: the image is its own column matrix.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
+    /// The range of output positions `o` along one axis whose input position
+    /// `o·stride + k − pad` falls inside `0..size`.
+    fn valid_outputs(&self, axis: usize, k: usize) -> (usize, usize) {
+        let (size, stride, pad) = match axis {
+            0 => (self.height, self.stride[0], self.padding[0]),
+            _ => (self.width, self.stride[1], self.padding[1]),
+        };
+        let out = self.output_size()[axis];
+        let lo = pad.saturating_sub(k).div_ceil(stride).min(out);
+        let hi = (size + pad).saturating_sub(k).div_ceil(stride).min(out);
+        (lo, hi.max(lo))
+    }
+}
+
+/// A read-only matrix view: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
+#[derive(Clone, Copy)]
+struct MatRef<'a> {
+    data: &'a [f32],
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// Row-major `rows × cols`.
+    fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `dst [m × n, row-major] = (dst if accumulate) + lhs [m × k] · rhs [k × n]`, single-threaded.
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: MatRef,
+    rhs: MatRef,
+) {
+    assert!(
+        dst.len() >= m * n && lhs.covers(m, k) && rhs.covers(k, n),
+        "matmul: views too short"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the assertion above keeps every index gemm touches inside the three slices, and
+    // `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// Fills `cols [K, N]` with the patches of one group's input channels `image [C_in/g, H, W]`.
+fn im2col(geom: &ConvGeometry, image: &[f32], cols: &mut [f32]) {
+    let [kh, kw] = geom.kernel;
+    let [oh, ow] = geom.output_size();
+    let [sh, sw] = geom.stride;
+    let (h, w) = (geom.height, geom.width);
+    let mut rows = cols.chunks_exact_mut(oh * ow);
+    for channel in image.chunks_exact(h * w).take(geom.group_in()) {
+        for i in 0..kh {
+            let (y_lo, y_hi) = geom.valid_outputs(0, i);
+            for j in 0..kw {
+                let (x_lo, x_hi) = geom.valid_outputs(1, j);
+                let row = rows.next().expect("cols holds K rows");
+                for (y, out_row) in row.chunks_exact_mut(ow).enumerate() {
+                    if y < y_lo || y >= y_hi {
+                        out_row.fill(0.0);
+                        continue;
+                    }
+                    let src = &channel[(y * sh + i - geom.padding[0]) * w..][..w];
+                    out_row[..x_lo].fill(0.0);
+                    out_row[x_hi..].fill(0.0);
+                    let first = x_lo * sw + j - geom.padding[1];
+                    let dst = &mut out_row[x_lo..x_hi];
+                    if sw == 1 {
+                        dst.copy_from_slice(&src[first..first + dst.len()]);
+                    } else {
+                        let taps = src[first..].iter().step_by(sw);
+                        dst.iter_mut().zip(taps).for_each(|(d, &v)| *d = v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds `cols [K, N]` back onto one group's input channels `image [C_in/g, H, W]` (the
+/// adjoint of [`im2col`]).
+fn col2im(geom: &ConvGeometry, cols: &[f32], image: &mut [f32]) {
+    let [kh, kw] = geom.kernel;
+    let [oh, ow] = geom.output_size();
+    let [sh, sw] = geom.stride;
+    let (h, w) = (geom.height, geom.width);
+    let mut rows = cols.chunks_exact(oh * ow);
+    for channel in image.chunks_exact_mut(h * w).take(geom.group_in()) {
+        for i in 0..kh {
+            let (y_lo, y_hi) = geom.valid_outputs(0, i);
+            for j in 0..kw {
+                let (x_lo, x_hi) = geom.valid_outputs(1, j);
+                let row = rows.next().expect("cols holds K rows");
+                for y in y_lo..y_hi {
+                    let dst = &mut channel[(y * sh + i - geom.padding[0]) * w..][..w];
+                    let first = x_lo * sw + j - geom.padding[1];
+                    let src = &row[y * ow + x_lo..y * ow + x_hi];
+                    if sw == 1 {
+                        let dst = &mut dst[first..first + src.len()];
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
+                    } else {
+                        let taps = dst[first..].iter_mut().step_by(sw);
+                        taps.zip(src).for_each(|(d, &v)| *d += v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The convolution of `input [B, C_in, H, W]` with `weight [C_out, C_in/g, kh, kw]`:
+/// `[B, C_out, H_out, W_out]`, no bias.
+pub fn conv2d_forward(geom: &ConvGeometry, input: &[f32], weight: &[f32]) -> Vec<f32> {
+    assert_eq!(
+        input.len(),
+        geom.batch * geom.image_len(),
+        "conv2d: input size"
+    );
+    assert_eq!(weight.len(), geom.weight_len(), "conv2d: weight size");
+    let (k, n) = (geom.col_rows(), geom.out_pixels());
+    let mut output = vec![0.0; geom.batch * geom.output_image_len()];
+    if output.is_empty() {
+        return output;
+    }
+    let buffer_len = if geom.is_pointwise() { 0 } else { k * n };
+    output
+        .par_chunks_mut(geom.output_image_len())
+        .zip(input.par_chunks(geom.image_len().max(1)))
+        .for_each_init(
+            || vec![0.0; buffer_len],
+            |cols, (out_image, image)| {
+                for g in 0..geom.groups {
+                    let group_image = group_input(geom, image, g);
+                    let lhs = MatRef::rows(&weight[g * geom.group_out() * k..], k);
+                    let out = &mut out_image[g * geom.group_out() * n..][..geom.group_out() * n];
+                    let cols = columns(geom, group_image, cols);
+                    matmul(
+                        geom.group_out(),
+                        n,
+                        k,
+                        out,
+                        false,
+                        lhs,
+                        MatRef::rows(cols, n),
+                    );
+                }
+            },
+        );
+    output
+}
+
+/// One group's input channels of one image.
+fn group_input<'a>(geom: &ConvGeometry, image: &'a [f32], group: usize) -> &'a [f32] {
+    let len = geom.group_in() * geom.height * geom.width;
+    &image[group * len..][..len]
+}
+
+/// The column matrix of one group's channels: the channels themselves for a pointwise
+/// convolution, else [`im2col`] into `buffer`.
+fn columns<'a>(geom: &ConvGeometry, group_image: &'a [f32], buffer: &'a mut [f32]) -> &'a [f32] {
+    if geom.is_pointwise() {
+        group_image
+    } else {
+        im2col(geom, group_image, buffer);
+        buffer
+    }
+}
+
+/// Which gradients [`conv2d_backward`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    pub input: bool,
+    pub weight: bool,
+}
+
+/// The gradients of the convolution with respect to its input (`[B, C_in, H, W]`) and its
+/// weight (`[C_out, C_in/g, kh, kw]`), given the output gradient `[B, C_out, H_out, W_out]`;
+/// each only where `wanted`.
+pub fn conv2d_backward(
+    geom: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    output_grad: &[f32],
+    wanted: Wanted,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    assert_eq!(
+        input.len(),
+        geom.batch * geom.image_len(),
+        "conv2d: input size"
+    );
+    assert_eq!(weight.len(), geom.weight_len(), "conv2d: weight size");
+    assert_eq!(
+        output_grad.len(),
+        geom.batch * geom.output_image_len(),
+        "conv2d: gradient size"
+    );
+    let mut input_grad = wanted.input.then(|| vec![0.0; input.len()]);
+    let weight_grad = match wanted.weight {
+        true => Some(weight_gradient(geom, input, output_grad)),
+        false => None,
+    };
+    if let Some(grad) = input_grad.as_mut() {
+        input_gradient(geom, weight, output_grad, grad);
+    }
+    (input_grad, weight_grad)
+}
+
+/// `Σ_b dY_b · cols_bᵀ` per group, summed over [`WEIGHT_GRAD_PARTS`] fixed parts of the batch.
+fn weight_gradient(geom: &ConvGeometry, input: &[f32], output_grad: &[f32]) -> Vec<f32> {
+    let (k, n) = (geom.col_rows(), geom.out_pixels());
+    let per_part = geom.batch.div_ceil(WEIGHT_GRAD_PARTS).max(1);
+    let image_len = geom.image_len().max(1);
+    let out_len = geom.output_image_len().max(1);
+    let parts: Vec<Vec<f32>> = input
+        .par_chunks(per_part * image_len)
+        .zip(output_grad.par_chunks(per_part * out_len))
+        .map(|(images, grads)| {
+            let mut part = vec![0.0; geom.weight_len()];
+            let mut buffer = vec![0.0; if geom.is_pointwise() { 0 } else { k * n }];
+            for (image, grad) in images
+                .chunks_exact(image_len)
+                .zip(grads.chunks_exact(out_len))
+            {
+                for g in 0..geom.groups {
+                    let cols = columns(geom, group_input(geom, image, g), &mut buffer);
+                    let rows = geom.group_out();
+                    let dy = MatRef::rows(&grad[g * rows * n..][..rows * n], n);
+                    let dw = &mut part[g * rows * k..][..rows * k];
+                    matmul(rows, k, n, dw, true, dy, MatRef::transposed(cols, n));
+                }
+            }
+            part
+        })
+        .collect();
+    let mut parts = parts.into_iter();
+    let mut total = parts.next().unwrap_or_else(|| vec![0.0; geom.weight_len()]);
+    for part in parts {
+        total.iter_mut().zip(&part).for_each(|(t, p)| *t += p);
+    }
+    total
+}
+
+/// `col2im(Wᵀ · dY_b)` per image and group, written into `input_grad` (zeroed).
+fn input_gradient(
+    geom: &ConvGeometry,
+    weight: &[f32],
+    output_grad: &[f32],
+    input_grad: &mut [f32],
+) {
+    let (k, n) = (geom.col_rows(), geom.out_pixels());
+    let buffer_len = if geom.is_pointwise() { 0 } else { k * n };
+    input_grad
+        .par_chunks_mut(geom.image_len().max(1))
+        .zip(output_grad.par_chunks(geom.output_image_len().max(1)))
+        .for_each_init(
+            || vec![0.0; buffer_len],
+            |dcols, (dx_image, grad)| {
+                for g in 0..geom.groups {
+                    let rows = geom.group_out();
+                    let lhs = MatRef::transposed(&weight[g * rows * k..][..rows * k], k);
+                    let dy = MatRef::rows(&grad[g * rows * n..][..rows * n], n);
+                    let len = geom.group_in() * geom.height * geom.width;
+                    let dx = &mut dx_image[g * len..][..len];
+                    if geom.is_pointwise() {
+                        matmul(k, n, rows, dx, false, lhs, dy);
+                    } else {
+                        matmul(k, n, rows, dcols, false, lhs, dy);
+                        col2im(geom, dcols, dx);
+                    }
+                }
+            },
+        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The convolution's defining sum, in f64, visiting every (output, kernel tap) pair; calls
+    /// `tap(b, c_in, iy, ix, c_out, oy, ox, weight index)` for each tap inside the image.
+    fn for_each_tap(geom: &ConvGeometry, mut tap: impl FnMut([usize; 7], usize)) {
+        let [oh, ow] = geom.output_size();
+        let [kh, kw] = geom.kernel;
+        for b in 0..geom.batch {
+            for co in 0..geom.channels_out {
+                let g = co / geom.group_out();
+                for ci in 0..geom.group_in() {
+                    for (oy, ox, i, j) in output_taps(oh, ow, kh, kw) {
+                        let iy = (oy * geom.stride[0] + i).checked_sub(geom.padding[0]);
+                        let ix = (ox * geom.stride[1] + j).checked_sub(geom.padding[1]);
+                        let (Some(iy), Some(ix)) = (iy, ix) else {
+                            continue;
+                        };
+                        if iy >= geom.height || ix >= geom.width {
+                            continue;
+                        }
+                        let w_at = ((co * geom.group_in() + ci) * kh + i) * kw + j;
+                        tap([b, g * geom.group_in() + ci, iy, ix, co, oy, ox], w_at);
+                    }
+                }
+            }
+        }
+    }
+
+    fn output_taps(
+        oh: usize,
+        ow: usize,
+        kh: usize,
+        kw: usize,
+    ) -> Vec<(usize, usize, usize, usize)> {
+        let mut all = Vec::new();
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for i in 0..kh {
+                    for j in 0..kw {
+                        all.push((oy, ox, i, j));
+                    }
+                }
+            }
+        }
+        all
+    }
+
+    /// Output, input gradient and weight gradient by the defining sums.
+    fn reference(geom: &ConvGeometry, x: &[f32], w: &[f32], dy: &[f32]) -> [Vec<f64>; 3] {
+        let [oh, ow] = geom.output_size();
+        let mut y = vec![0.0; geom.batch * geom.channels_out * oh * ow];
+        let mut dx = vec![0.0; x.len()];
+        let mut dw = vec![0.0; w.len()];
+        for_each_tap(geom, |[b, ci, iy, ix, co, oy, ox], w_at| {
+            let x_at = ((b * geom.channels_in + ci) * geom.height + iy) * geom.width + ix;
+            let y_at = ((b * geom.channels_out + co) * oh + oy) * ow + ox;
+            y[y_at] += f64::from(x[x_at]) * f64::from(w[w_at]);
+            dx[x_at] += f64::from(dy[y_at]) * f64::from(w[w_at]);
+            dw[w_at] += f64::from(dy[y_at]) * f64::from(x[x_at]);
+        });
+        [y, dx, dw]
+    }
+
+    fn assert_close(got: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (f64::from(*g) - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{g} vs {w}"
+            );
+        }
+    }
+
+    fn geometry() -> impl Strategy<Value = ConvGeometry> {
+        (
+            (1usize..4, 1usize..4, 1usize..3, 1usize..4, 0usize..3),
+            (
+                1usize..9,
+                1usize..9,
+                1usize..4,
+                1usize..4,
+                1usize..3,
+                1usize..3,
+            ),
+            (any::<bool>(), 0usize..3),
+        )
+            .prop_map(
+                |(
+                    (batch, groups, per_in, per_out, pad_h),
+                    (h, w, kh, kw, sh, sw),
+                    (depthwise, pad_w),
+                )| {
+                    let per_out = if depthwise { 1 } else { per_out };
+                    let per_in = if depthwise { 1 } else { per_in };
+                    ConvGeometry {
+                        batch,
+                        channels_in: groups * per_in,
+                        height: h,
+                        width: w,
+                        channels_out: groups * per_out,
+                        kernel: [kh, kw],
+                        stride: [sh, sw],
+                        padding: [pad_h, pad_w],
+                        groups,
+                    }
+                },
+            )
+            .prop_filter("a valid convolution", ConvGeometry::is_valid)
+    }
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::rng::SplitMix64::stream(seed, 0);
+        (0..len).map(|_| rng.symmetric(1.0)).collect()
+    }
+
+    proptest! {
+        #[test]
+        fn gemm_convolution_matches_the_defining_sums(geom in geometry(), seed in any::<u64>()) {
+            let [oh, ow] = geom.output_size();
+            let x = values(geom.batch * geom.image_len(), seed);
+            let w = values(geom.weight_len(), seed ^ 1);
+            let dy = values(geom.batch * geom.channels_out * oh * ow, seed ^ 2);
+            let [y_ref, dx_ref, dw_ref] = reference(&geom, &x, &w, &dy);
+            assert_close(&conv2d_forward(&geom, &x, &w), &y_ref);
+            let all = Wanted { input: true, weight: true };
+            let (dx, dw) = conv2d_backward(&geom, &x, &w, &dy, all);
+            assert_close(&dx.unwrap(), &dx_ref);
+            assert_close(&dw.unwrap(), &dw_ref);
+            let only_weight = Wanted { input: false, weight: true };
+            let (none, dw_alone) = conv2d_backward(&geom, &x, &w, &dy, only_weight);
+            prop_assert!(none.is_none());
+            assert_close(&dw_alone.unwrap(), &dw_ref);
+        }
+    }
+
+    #[test]
+    fn the_weight_gradient_does_not_depend_on_the_thread_count() {
+        let geom = ConvGeometry {
+            batch: 13,
+            channels_in: 4,
+            height: 6,
+            width: 5,
+            channels_out: 3,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            groups: 1,
+        };
+        let x = values(geom.batch * geom.image_len(), 7);
+        let w = values(geom.weight_len(), 8);
+        let dy = values(geom.batch * geom.output_image_len(), 9);
+        let wanted = Wanted {
+            input: true,
+            weight: true,
+        };
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| conv2d_backward(&geom, &x, &w, &dy, wanted))
+        };
+        assert_eq!(run(1), run(3));
+    }
+}
