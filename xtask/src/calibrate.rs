@@ -16,15 +16,15 @@ use std::path::PathBuf;
 use anyhow::Context;
 use cinder_datasets::{Dataset, Normalization};
 use cinder_model::calibrate::{CalibrationTiming, activation_errors, calibrate};
-use cinder_model::data::epoch_order;
 use cinder_model::{BackendKind, GraphNet};
 use cinder_observers::{Calibrator, ErrorReport, ObserverSpec, weight_errors};
 use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::io::read_json;
 use cinder_tensor::{ErrorMetrics, Granularity, Mapping, QuantScheme, Signedness};
-use serde::Deserialize;
 
-use crate::train::{DatasetImages, dataset_source, normalization_for};
+use crate::dataset::{
+    DatasetImages, TrainSummary, calibration_indices, dataset_source, training_split,
+};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActivationScheme {
@@ -85,14 +85,6 @@ impl CalibrationSample {
     }
 }
 
-/// The parts of `cargo xtask train`'s summary.json that calibration needs.
-#[derive(Deserialize)]
-pub struct TrainSummary {
-    pub dataset: String,
-    pub train_images: usize,
-    pub normalization: Normalization,
-}
-
 impl CalibrateArgs {
     fn activation_scheme(&self) -> anyhow::Result<QuantScheme> {
         let (signedness, mapping) = match self.scheme {
@@ -131,19 +123,6 @@ fn graph_and_data(args: &CalibrateArgs) -> anyhow::Result<(FloatGraph, Dataset, 
     Ok((graph, train, summary.normalization))
 }
 
-/// The training split of `dataset` and the normalization `cargo xtask train` gives it
-/// (`half` for Fashion-MNIST, the split's statistics otherwise): the calibration data of
-/// a model that comes without a checkpoint.
-pub fn training_split(
-    dataset: &str,
-    data_dir: Option<&std::path::Path>,
-) -> anyhow::Result<(Dataset, Normalization)> {
-    let source = dataset_source(dataset, data_dir)?;
-    let train = cinder_datasets::load(&source)?.train;
-    let norm = normalization_for(dataset == "fashion-mnist", &train)?;
-    Ok((train, norm))
-}
-
 pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     let (graph, train, norm) = graph_and_data(&args)?;
     let model = GraphNet::from_float_graph(&graph, &BackendKind::Flex.device()?)?;
@@ -180,13 +159,6 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     print_errors(&report);
     println!("wrote {}/calibration.json and errors.json", out.display());
     Ok(())
-}
-
-/// `n` of `len` training images, in a seeded random order.
-pub fn calibration_indices(len: usize, n: usize, seed: u64) -> Vec<usize> {
-    let mut order = epoch_order(seed, 0, len);
-    order.truncate(n);
-    order
 }
 
 fn print_timing(spec: &ObserverSpec, t: &CalibrationTiming) {

@@ -133,6 +133,30 @@ pub fn differences(
     }
 }
 
+/// The manifest to resume from, or `None` for a fresh run: `manifest` is what the
+/// checkpoint directory `dir` holds (a `what`), `resume` whether `--resume` was given. A
+/// resume without a checkpoint, or a checkpoint without `--resume`, is an error saying what
+/// to do, so that no run continues or overwrites another by accident.
+pub fn resumable<M>(
+    dir: &Path,
+    manifest: Option<M>,
+    resume: bool,
+    what: &str,
+) -> anyhow::Result<Option<M>> {
+    match (manifest, resume) {
+        (None, false) => Ok(None),
+        (None, true) => bail!(
+            "--resume: {} holds no {what} (the run finished no epoch): run without --resume to start it",
+            dir.display()
+        ),
+        (Some(_), false) => bail!(
+            "{} already holds a {what}: pass --resume to continue it or choose another --out",
+            dir.display()
+        ),
+        (Some(m), true) => Ok(Some(m)),
+    }
+}
+
 /// Refuses to resume the run saved as `saved` with the settings `given` (both
 /// serialized), naming every field that differs.
 pub fn same_run(

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use cinder_datasets::{DatasetSource, Summary, class_grid, load};
 
-use crate::train::dataset_source;
+use crate::dataset::dataset_source;
 
 #[derive(clap::Args, Debug)]
 pub struct DataArgs {

@@ -1,22 +1,23 @@
 //! `cargo xtask infer`: runs an int8 model file on a data set's test split and reports
 //! accuracy, latency (median time of a `--batch` batch and of a single image), optionally
-//! the argmax agreement with the fake-quant simulation and a per-stage time breakdown.
+//! the argmax agreement with the fake-quant simulation, the share of outputs equal to the
+//! reference interpreter's bit for bit, and a per-stage time breakdown.
 //!
 //! `cargo xtask infer --model runs/fmnist/int8.cinder --dataset fashion-mnist
 //!  --summary runs/fmnist/summary.json [--batch 64 --threads 2 --simulate 1000 --profile]`
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cinder_datasets::{Dataset, Normalization};
-use cinder_runtime::{QuantizedModel, Session, SessionOptions, simulate};
+use cinder_runtime::{QuantizedModel, Session, SessionOptions, reference_forward, simulate};
+use cinder_tensor::Tensor;
 use cinder_tensor::io::{read_json, write_json_atomic};
-use cinder_tensor::{Tensor, TensorBuf};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::checks;
-use crate::train::{NormArg, dataset_source, normalization_for};
+use crate::dataset::{NormArg, TrainSummary, dataset_source, normalization_for};
+use crate::evaluate::{argmax, correct, images, median_ms, predict, single_latencies};
 
 #[derive(clap::Args, Debug)]
 pub struct InferArgs {
@@ -46,8 +47,8 @@ pub struct InferArgs {
     /// Single images timed for the batch-1 latency.
     #[arg(long, default_value_t = 200)]
     pub single: usize,
-    /// Compare the argmax with the fake-quant simulation on the first N test images (plain
-    /// f32, slow).
+    /// On the first N test images, compare the argmax with the fake-quant simulation and
+    /// the outputs with the reference interpreter's, bit for bit (both plain, slow).
     #[arg(long, default_value_t = 0)]
     pub simulate: usize,
     /// Print the mean time of every stage.
@@ -70,11 +71,8 @@ struct Report {
     single_median_ms: f64,
     simulation_images: usize,
     simulation_agreement: Option<f64>,
-}
-
-#[derive(Deserialize)]
-struct TrainSummary {
-    normalization: Normalization,
+    /// Share of those images whose outputs equal the reference interpreter's bit for bit.
+    reference_identical: Option<f64>,
 }
 
 fn normalization(args: &InferArgs, train: &Dataset) -> anyhow::Result<Normalization> {
@@ -99,94 +97,39 @@ pub fn check_classes(path: &Path, model: &QuantizedModel, classes: usize) -> any
     Ok(())
 }
 
-pub fn argmax(row: &[f32]) -> usize {
-    (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best })
-}
-
-pub fn median_ms(mut times: Vec<Duration>) -> f64 {
-    times.sort();
-    times
-        .get(times.len() / 2)
-        .map_or(0.0, |t| t.as_secs_f64() * 1e3)
-}
-
-/// Images `range` of `test`, normalized.
-pub fn images(
-    test: &Dataset,
-    norm: &Normalization,
-    range: std::ops::Range<usize>,
-) -> anyhow::Result<(TensorBuf<f32>, Vec<u8>)> {
-    let subset = test.subset(&range.collect::<Vec<_>>());
-    Ok((norm.normalize(subset.images())?, subset.labels().to_vec()))
-}
-
-/// The predicted class of every image of the split, and the per-batch times.
-pub fn predict(
-    session: &mut Session<'_>,
-    test: &Dataset,
-    norm: &Normalization,
-    batch: usize,
-) -> anyhow::Result<(Vec<usize>, Vec<Duration>)> {
-    let (mut predicted, mut times) = (Vec::with_capacity(test.len()), Vec::new());
-    for start in (0..test.len()).step_by(batch) {
-        let (x, _) = images(test, norm, start..(start + batch).min(test.len()))?;
-        let t = Instant::now();
-        let logits = session.run(&x)?;
-        times.push(t.elapsed());
-        let classes = logits.shape()[1];
-        predicted.extend(logits.data().chunks_exact(classes).map(argmax));
-    }
-    Ok((predicted, times))
-}
-
-/// How many of `predicted` equal the split's labels.
-pub fn correct(predicted: &[usize], test: &Dataset) -> usize {
-    predicted
-        .iter()
-        .zip(test.labels())
-        .filter(|(p, label)| **p == usize::from(**label))
-        .count()
-}
-
-/// The times of single-image runs of the first `n` images.
-pub fn single_latencies(
-    session: &mut Session<'_>,
-    test: &Dataset,
-    norm: &Normalization,
-    n: usize,
-) -> anyhow::Result<Vec<Duration>> {
-    (0..n.min(test.len()))
-        .map(|i| {
-            let (x, _) = images(test, norm, i..i + 1)?;
-            let t = Instant::now();
-            session.run(&x)?;
-            Ok(t.elapsed())
-        })
-        .collect()
-}
-
-/// Share of the first `n` images whose runtime and simulation argmax agree.
-fn agreement(
+/// The runtime against the interpreters on the first `n` images: the share whose argmax
+/// agrees with the fake-quant simulation, and the share whose outputs equal the reference
+/// interpreter's bit for bit.
+fn interpreter_checks(
     model: &QuantizedModel,
     session: &mut Session<'_>,
     test: &Dataset,
     norm: &Normalization,
     n: usize,
-) -> anyhow::Result<f64> {
-    let mut agree = 0;
+) -> anyhow::Result<(f64, f64)> {
+    let (mut agree, mut identical) = (0, 0);
     for start in (0..n).step_by(64) {
         let (x, _) = images(test, norm, start..(start + 64).min(n))?;
         let sim = simulate(model, &x)?;
+        let reference = reference_forward(model, &x)?;
         let logits = session.run(&x)?;
         let classes = logits.shape()[1];
-        agree += logits
-            .data()
-            .chunks_exact(classes)
+        let rows = || logits.data().chunks_exact(classes);
+        agree += rows()
             .zip(sim.data().chunks_exact(classes))
             .filter(|(r, s)| argmax(r) == argmax(s))
             .count();
+        identical += rows()
+            .zip(reference.data().chunks_exact(classes))
+            .filter(|(r, s)| {
+                r.iter()
+                    .map(|v| v.to_bits())
+                    .eq(s.iter().map(|v| v.to_bits()))
+            })
+            .count();
     }
-    Ok(agree as f64 / n.max(1) as f64)
+    let share = |count: usize| count as f64 / n.max(1) as f64;
+    Ok((share(agree), share(identical)))
 }
 
 pub fn run(args: InferArgs) -> anyhow::Result<()> {
@@ -219,8 +162,8 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
     session.set_profiling(false);
     let single = single_latencies(&mut session, &test, &norm, args.single)?;
     let simulated = args.simulate.min(test.len());
-    let simulation_agreement = (simulated > 0)
-        .then(|| agreement(&model, &mut session, &test, &norm, simulated))
+    let checks = (simulated > 0)
+        .then(|| interpreter_checks(&model, &mut session, &test, &norm, simulated))
         .transpose()?;
     let report = Report {
         model: args.model.display().to_string(),
@@ -232,7 +175,8 @@ pub fn run(args: InferArgs) -> anyhow::Result<()> {
         batch_median_ms: median_ms(times),
         single_median_ms: median_ms(single),
         simulation_images: simulated,
-        simulation_agreement,
+        simulation_agreement: checks.map(|(agree, _)| agree),
+        reference_identical: checks.map(|(_, identical)| identical),
     };
     print_report(&report);
     if let Some(path) = &args.report {
@@ -257,6 +201,13 @@ fn print_report(r: &Report) {
         println!(
             "argmax agreement with the fake-quant simulation: {:.2}% of {} images",
             a * 100.0,
+            r.simulation_images
+        );
+    }
+    if let Some(identical) = r.reference_identical {
+        println!(
+            "outputs equal to the reference interpreter's bit for bit: {:.2}% of {} images",
+            identical * 100.0,
             r.simulation_images
         );
     }

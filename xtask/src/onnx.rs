@@ -28,7 +28,7 @@ use cinder_tensor::io::write_atomic;
 use cinder_tensor::{Tensor, TensorBuf};
 
 use crate::calibrate::CalibrationSample;
-use crate::train::DatasetImages;
+use crate::dataset::DatasetImages;
 
 #[derive(clap::Args, Debug)]
 pub struct OnnxArgs {
@@ -227,7 +227,7 @@ fn run_model(args: RunArgs) -> anyhow::Result<()> {
 
 fn calibration_images(args: CalibrationImagesArgs) -> anyhow::Result<()> {
     let (train, norm) =
-        crate::calibrate::training_split(&args.dataset, args.sample.data_dir.as_deref())?;
+        crate::dataset::training_split(&args.dataset, args.sample.data_dir.as_deref())?;
     let indices = args.sample.indices(train.len());
     let images = DatasetImages { data: &train, norm }
         .gather(&indices)?

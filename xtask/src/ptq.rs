@@ -28,8 +28,7 @@ use cinder_tensor::io::{read_json, write_json_atomic};
 use cinder_tensor::{ErrorMetrics, QuantScheme, Tensor as _, TensorBuf, TensorQuantParams};
 use serde::Serialize;
 
-use crate::calibrate::{TrainSummary, calibration_indices};
-use crate::train::{DatasetImages, dataset_source};
+use crate::dataset::{DatasetImages, TrainSummary, calibration_indices, dataset_source};
 
 /// The options of the post-training steps on the command line.
 #[derive(clap::Args, Debug)]

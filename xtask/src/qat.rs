@@ -12,9 +12,9 @@
 //!
 //! `cargo xtask qat --checkpoint results/fmnist --epochs 1 --lr 0.001 --bits 4 --out results/qat-w4`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use cinder_datasets::{Dataset, Normalization};
@@ -34,10 +34,10 @@ use cinder_tensor::{QuantScheme, Tensor as _, TensorBuf};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::calibrate::{TrainSummary, calibration_indices};
 use crate::checks;
-use crate::infer::{argmax, correct, images, predict};
-use crate::train::{DatasetImages, dataset_source, epoch_line, show, step_bar};
+use crate::dataset::{DatasetImages, TrainSummary, calibration_indices, dataset_source};
+use crate::evaluate::{argmax, correct, images, predict};
+use crate::progress::{epoch_line, show, step_bar};
 
 #[derive(clap::Args, Debug)]
 pub struct QatArgs {
@@ -168,18 +168,7 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
         DatasetImages { data: &test, norm },
     );
     let mut trainer = start_or_resume(&args, &start_net)?;
-    let ckpt = args.out.join("checkpoint");
-    while !trainer.is_finished() {
-        let bar = epoch_bar(&trainer, train.len());
-        let m = trainer.run_epoch(&train_src, None, &mut |p| show(&bar, p))?;
-        bar.finish_and_clear();
-        eprintln!("{}", epoch_line(m));
-        trainer.save_checkpoint(&ckpt)?;
-        write_metrics_log(&args.out.join("metrics.jsonl"), trainer.history())?;
-    }
-    // Again from the checkpoint's history: a run killed between its last checkpoint and
-    // this log's update resumes with nothing left to train.
-    write_metrics_log(&args.out.join("metrics.jsonl"), trainer.history())?;
+    fine_tune_all(&mut trainer, &train_src, &args.out)?;
     let history = trainer.history().to_vec();
     let model = trainer.into_model();
     let calib = calibration_indices(train.len(), args.calibration_images, args.seed);
@@ -189,38 +178,7 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
         runtime_accuracy(&ptq(&start_net, &train_src, &calib, quant)?, &test, &norm)?;
     let float_accuracy = cinder_model::evaluate(&start_net, &test_src, 256)?.accuracy;
     eprintln!("evaluating the fine-tuned model ...");
-    let (int8, comparison) = if model.config().fake_quant {
-        let export = model.export()?;
-        export.save(&args.out)?;
-        let int8 = export.convert()?;
-        let output = model
-            .plan()
-            .output_point()
-            .and_then(|p| export.table.get(p))
-            .context("the QAT model does not end in int8: no logit step to compare in")?;
-        let c = compare(&model, &int8, &test, &norm, output.params.scale)?;
-        (int8, c)
-    } else {
-        let tuned = GraphNet::from_float_graph(&model.net().valid().to_float_graph()?, &device)?;
-        let int8 = ptq(&tuned, &train_src, &calib, quant)?;
-        tuned.to_float_graph()?.save(
-            &args.out.join("graph.json"),
-            &args.out.join("graph.safetensors"),
-        )?;
-        let float = cinder_model::evaluate(&tuned, &test_src, 256)?.accuracy;
-        let runtime = runtime_accuracy(&int8, &test, &norm)?;
-        (
-            int8,
-            Comparison {
-                finetuned: float,
-                runtime,
-                agreement: None,
-                max_steps: None,
-                deployed_agreement: None,
-                deployed_identical: None,
-            },
-        )
-    };
+    let (int8, comparison) = deploy(&model, &args.out, (&train_src, &calib), &test_src)?;
     int8.save(&args.out.join("model.cinder"))?;
     let out = Summary {
         config: model.config().clone(),
@@ -239,6 +197,71 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
         images_per_sec: history.last().map_or(0.0, |m| m.images_per_sec),
     };
     write_json_atomic(&args.out.join("summary.json"), &out)?;
+    print_summary(&out);
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Fine-tunes the remaining epochs, checkpointing and logging each.
+fn fine_tune_all(
+    trainer: &mut QatTrainer,
+    train: &DatasetImages<'_>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let (ckpt, log) = (out.join("checkpoint"), out.join("metrics.jsonl"));
+    while !trainer.is_finished() {
+        let bar = epoch_bar(trainer, train.data.len());
+        let m = trainer.run_epoch(train, None, &mut |p| show(&bar, p))?;
+        bar.finish_and_clear();
+        eprintln!("{}", epoch_line(m));
+        trainer.save_checkpoint(&ckpt)?;
+        write_metrics_log(&log, trainer.history())?;
+    }
+    // Again from the checkpoint's history: a run killed between its last checkpoint and
+    // this log's update resumes with nothing left to train.
+    write_metrics_log(&log, trainer.history())?;
+    Ok(())
+}
+
+/// The fine-tuned model in int8, written to `out`, and how it compares: QAT's export
+/// (its float graph and table saved) against the fake-quant forward, or for a control
+/// the PTQ of its fine-tuned float model (the graph saved) on the `calibration` images.
+fn deploy(
+    model: &QatModel,
+    out: &Path,
+    (train, calib): (&DatasetImages<'_>, &[usize]),
+    test: &DatasetImages<'_>,
+) -> anyhow::Result<(QuantizedModel, Comparison)> {
+    if model.config().fake_quant {
+        let export = model.export()?;
+        export.save(out)?;
+        let int8 = export.convert()?;
+        let output = model
+            .plan()
+            .output_point()
+            .and_then(|p| export.table.get(p))
+            .context("the QAT model does not end in int8: no logit step to compare in")?;
+        let c = compare(model, &int8, test.data, &test.norm, output.params.scale)?;
+        return Ok((int8, c));
+    }
+    let device = model.net().device().without_autodiff();
+    let tuned = GraphNet::from_float_graph(&model.net().valid().to_float_graph()?, &device)?;
+    let int8 = ptq(&tuned, train, calib, &model.config().quant)?;
+    tuned
+        .to_float_graph()?
+        .save(&out.join("graph.json"), &out.join("graph.safetensors"))?;
+    let comparison = Comparison {
+        finetuned: cinder_model::evaluate(&tuned, test, 256)?.accuracy,
+        runtime: runtime_accuracy(&int8, test.data, &test.norm)?,
+        agreement: None,
+        max_steps: None,
+        deployed_agreement: None,
+        deployed_identical: None,
+    };
+    Ok((int8, comparison))
+}
+
+fn print_summary(out: &Summary) {
     println!(
         "float {:.2}% | PTQ {:.2}% | {} {:.2}% | runtime {:.2}%{}",
         100.0 * out.float_accuracy,
@@ -259,24 +282,19 @@ pub fn run(args: QatArgs) -> anyhow::Result<()> {
             100.0 * out.deployed_identical.unwrap_or(0.0),
         ))
     );
-    println!("wrote {}", args.out.display());
-    Ok(())
 }
 
 fn start_or_resume(args: &QatArgs, start: &GraphNet) -> anyhow::Result<QatTrainer> {
     let ckpt = args.out.join("checkpoint");
     let config = args.config();
-    match (read_qat_manifest(&ckpt)?, args.resume) {
-        (None, false) => Ok(QatTrainer::new(start, config, BackendKind::Flex)?),
-        (None, true) => bail!(
-            "--resume: {} holds no QAT checkpoint (the run finished no epoch): run without --resume to start it",
-            ckpt.display()
-        ),
-        (Some(_), false) => bail!(
-            "{} already holds a QAT checkpoint: pass --resume or choose another --out",
-            ckpt.display()
-        ),
-        (Some(m), true) => {
+    match checks::resumable(
+        &ckpt,
+        read_qat_manifest(&ckpt)?,
+        args.resume,
+        "QAT checkpoint",
+    )? {
+        None => Ok(QatTrainer::new(start, config, BackendKind::Flex)?),
+        Some(m) => {
             checks::same_run("config", &m.config, &config)?;
             Ok(QatTrainer::resume(&ckpt, BackendKind::Flex)?)
         }

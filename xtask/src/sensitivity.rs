@@ -11,8 +11,8 @@ use cinder_tensor::graph::{FloatGraph, Op};
 use cinder_tensor::{ErrorAccumulator, TensorBuf};
 use serde::{Deserialize, Serialize};
 
-use crate::infer::argmax;
-use crate::train::DatasetImages;
+use crate::dataset::DatasetImages;
+use crate::evaluate::argmax;
 
 /// How much quantizing one layer alone (the rest float) moves the logits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

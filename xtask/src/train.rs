@@ -16,26 +16,25 @@
 //! `cargo xtask train --model resnet20 --dataset fashion-mnist --epochs 30 --batch 128 --lr 0.1
 //! --weight-decay 5e-4 --schedule cosine --augment --out runs/resnet20`
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
 use burn::module::Module;
-use cinder_datasets::{Dataset, DatasetSource, Normalization, SyntheticSpec};
+use cinder_datasets::{Dataset, Normalization};
 use cinder_model::checkpoint::read_manifest;
 use cinder_model::train::write_metrics_log;
 use cinder_model::zoo;
 use cinder_model::{
-    Augmentation, BackendKind, Batch, EpochMetrics, ImageSource, LrSchedule, ModelError,
-    OptimizerConfig, StepProgress, TrainConfig, Trainer,
+    Augmentation, BackendKind, ImageSource, LrSchedule, OptimizerConfig, TrainConfig, Trainer,
 };
 use cinder_tensor::graph::GraphSpec;
 use cinder_tensor::io::{read_json, write_json_atomic};
 use cinder_tensor::lock::DirLock;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
+use crate::dataset::{DatasetImages, NormArg, dataset_source, normalization_for};
+use crate::progress::{epoch_bar, epoch_line, show};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptimizerArg {
@@ -48,14 +47,6 @@ pub enum ScheduleArg {
     Constant,
     Cosine,
     Step,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NormArg {
-    /// Per-channel mean/std fitted on the training split.
-    Fit,
-    /// mean 0.5, std 0.5 (the Fashion-MNIST transform of PyTorch's usual recipe).
-    Half,
 }
 
 /// Defaults are the reference ConvNet's original recipe: SGD lr 0.001, momentum 0.9, batch 32, 10 epochs.
@@ -113,67 +104,6 @@ pub struct TrainArgs {
     pub resume: bool,
 }
 
-/// A split of `cinder-datasets` seen through the model crate's batch interface.
-pub struct DatasetImages<'a> {
-    pub data: &'a Dataset,
-    pub norm: Normalization,
-}
-
-impl ImageSource for DatasetImages<'_> {
-    fn len(&self) -> usize {
-        self.data.len()
-    }
-    fn classes(&self) -> usize {
-        self.data.classes()
-    }
-    fn image_shape(&self) -> [usize; 3] {
-        [
-            cinder_datasets::CHANNELS,
-            cinder_datasets::HEIGHT,
-            cinder_datasets::WIDTH,
-        ]
-    }
-    fn gather(&self, indices: &[usize]) -> Result<Batch, ModelError> {
-        if let Some(i) = indices.iter().find(|&&i| i >= self.data.len()) {
-            return Err(ModelError::Batch(format!(
-                "sample {i} out of range (len {})",
-                self.data.len()
-            )));
-        }
-        let subset = self.data.subset(indices);
-        let images = self
-            .norm
-            .normalize(subset.images())
-            .map_err(|e| ModelError::Batch(e.to_string()))?;
-        let labels = subset.labels().iter().map(|&l| u32::from(l)).collect();
-        Ok(Batch { images, labels })
-    }
-}
-
-/// The data set named on the command line.
-pub fn dataset_source(name: &str, dir_arg: Option<&Path>) -> anyhow::Result<DatasetSource> {
-    let dir = |what: &str| {
-        dir_arg
-            .map(Path::to_path_buf)
-            .with_context(|| format!("--data-dir is required for {what}"))
-    };
-    Ok(match name {
-        "synthetic" => DatasetSource::Synthetic(SyntheticSpec::default()),
-        "fashion-mnist" => match dir_arg {
-            Some(d) => DatasetSource::FashionMnist(d.to_path_buf()),
-            None => DatasetSource::fashion_mnist_default(),
-        },
-        "cifar10" => DatasetSource::Cifar10(dir("cifar10")?),
-        "cifar100" => DatasetSource::Cifar100 {
-            dir: dir("cifar100")?,
-            labels: cinder_datasets::Cifar100Labels::Fine,
-        },
-        other => bail!(
-            "unknown dataset `{other}` (expected synthetic, fashion-mnist, cifar10 or cifar100)"
-        ),
-    })
-}
-
 impl TrainArgs {
     fn train_config(&self) -> TrainConfig {
         let optimizer = match self.optimizer {
@@ -212,15 +142,6 @@ impl TrainArgs {
             .map_or(self.dataset == "fashion-mnist", |n| n == NormArg::Half);
         normalization_for(half, train)
     }
-}
-
-/// mean 0.5 / std 0.5 when `half`, else per-channel statistics fitted on `train`.
-pub fn normalization_for(half: bool, train: &Dataset) -> anyhow::Result<Normalization> {
-    Ok(if half {
-        Normalization::new([0.5; 3], [0.5; 3])?
-    } else {
-        Normalization::fit(train)?
-    })
 }
 
 #[derive(Serialize)]
@@ -350,79 +271,24 @@ fn start_or_resume(
 ) -> anyhow::Result<Trainer> {
     let ckpt_dir = args.out.join("checkpoint");
     let data_path = args.out.join(RUN_DATA);
-    match (read_manifest(&ckpt_dir)?, args.resume) {
-        (None, false) => {
+    match checks::resumable(
+        &ckpt_dir,
+        read_manifest(&ckpt_dir)?,
+        args.resume,
+        "checkpoint",
+    )? {
+        None => {
             let trainer = Trainer::new(spec, config, backend)?;
             write_json_atomic(&data_path, data)?;
             Ok(trainer)
         }
-        (None, true) => bail!(
-            "--resume: {} holds no checkpoint (the run finished no epoch): run without --resume to start it",
-            ckpt_dir.display()
-        ),
-        (Some(_), false) => bail!(
-            "{} already holds a checkpoint: pass --resume to continue it or choose another --out",
-            ckpt_dir.display()
-        ),
-        (Some(m), true) => {
+        Some(m) => {
             checks::same_run("model", &m.model, spec)?;
             checks::same_run("training", &m.training, &config)?;
             checks::same_run("data", &read_json::<RunData>(&data_path)?, data)?;
             Ok(Trainer::resume(&ckpt_dir, backend)?)
         }
     }
-}
-
-pub fn epoch_bar(trainer: &Trainer, images: usize) -> ProgressBar {
-    let steps = images.div_ceil(trainer.config().batch_size);
-    step_bar(
-        steps,
-        format!(
-            "epoch {}/{}",
-            trainer.epochs_done() + 1,
-            trainer.config().epochs
-        ),
-    )
-}
-
-/// A bar over the `steps` optimizer steps of one epoch, named `prefix`.
-pub fn step_bar(steps: usize, prefix: String) -> ProgressBar {
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix);
-    bar
-}
-
-/// One line for a finished epoch: training figures, test figures when evaluated, speed.
-pub fn epoch_line(m: &EpochMetrics) -> String {
-    let test = m.test.as_ref().map_or(String::new(), |t| {
-        format!(" | test loss {:.4} acc {:.2}%", t.loss, 100.0 * t.accuracy)
-    });
-    format!(
-        "epoch {}: train loss {:.4} acc {:.2}%{test} | {:.1} img/s, {:.0} s",
-        m.epoch,
-        m.train_loss,
-        100.0 * m.train_accuracy,
-        m.images_per_sec,
-        m.seconds
-    )
-}
-
-pub fn show(bar: &ProgressBar, p: &StepProgress) {
-    bar.set_position(p.step as u64);
-    bar.set_message(format!(
-        "loss {:.4} acc {:.1}% {:.1} img/s lr {:.2e}",
-        p.running_loss,
-        100.0 * p.running_accuracy,
-        p.images_per_sec,
-        p.lr
-    ));
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

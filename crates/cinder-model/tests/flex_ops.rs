@@ -106,17 +106,22 @@ fn run(case: &Case, forward: impl Fn(&Conv2d, Tensor<4>) -> Tensor<4>) -> Vec<Ve
     let upstream = Tensor::<4>::from_data(random(output.dims(), &mut rng), &device);
     let grads = (output.clone() * upstream).sum().backward();
     let mut all = vec![
-        output.into_data().to_vec().unwrap(),
-        input.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+        output.into_data().try_to_vec().unwrap(),
+        input
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap(),
         conv.weight
             .grad(&grads)
             .unwrap()
             .into_data()
-            .to_vec()
+            .try_to_vec()
             .unwrap(),
     ];
     if let Some(bias) = &conv.bias {
-        all.push(bias.grad(&grads).unwrap().into_data().to_vec().unwrap());
+        all.push(bias.grad(&grads).unwrap().into_data().try_to_vec().unwrap());
     }
     all
 }
@@ -212,10 +217,15 @@ fn run_norm(
     let output = forward(&bn, input.clone());
     let upstream = Tensor::<4>::from_data(random(shape, &mut rng), &device);
     let grads = (output.clone() * upstream).sum().backward();
-    let values = |t: Tensor<1>| t.into_data().to_vec::<f32>().unwrap();
+    let values = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
     vec![
-        output.into_data().to_vec().unwrap(),
-        input.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+        output.into_data().try_to_vec().unwrap(),
+        input
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap(),
         values(bn.gamma.grad(&grads).unwrap()),
         values(bn.beta.grad(&grads).unwrap()),
         values(bn.running_mean.value()),

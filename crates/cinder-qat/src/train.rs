@@ -22,6 +22,7 @@ use cinder_model::train::{
 use cinder_model::{
     BackendKind, Batch, EpochMetrics, Evaluation, GraphNet, ImageSource, ModelError, StepProgress,
 };
+use cinder_observers::ObserverError;
 use cinder_tensor::graph::GraphSpec;
 use cinder_tensor::io::{read_json, write_json_atomic};
 use serde::{Deserialize, Serialize};
@@ -125,11 +126,13 @@ impl QatTrainer {
         let net = self.model().net();
         check_source(net.input_shape(), net.classes(), train)?;
         // The step's own error is kept typed; train_epoch only sees that it failed.
+        let (epoch, mut step) = (self.epochs_done() + 1, 0);
         let mut failure = None;
         let result = train_epoch(&config, self.epochs_done(), train, progress, |batch, lr| {
+            step += 1;
             self.step(batch, lr).map_err(|e| {
                 let message = ModelError::Training(e.to_string());
-                failure = Some(e);
+                failure = Some(diverged_or(e, epoch, step));
                 message
             })
         });
@@ -303,5 +306,21 @@ fn checkpoint_error(path: &Path, message: impl std::fmt::Display) -> QatError {
     QatError::Checkpoint {
         path: PathBuf::from(path),
         message: message.to_string(),
+    }
+}
+
+/// A non-finite value met by an observer in a training step means that earlier steps
+/// overflowed the weights (image sources refuse non-finite pixels): the run diverged, and
+/// is reported as such, with the NaN loss the step would have had.
+fn diverged_or(e: QatError, epoch: usize, step: usize) -> QatError {
+    match e {
+        QatError::Observer(ObserverError::NonFiniteValue { .. }) => {
+            QatError::Model(ModelError::Diverged {
+                epoch,
+                step,
+                loss: f64::NAN,
+            })
+        }
+        other => other,
     }
 }

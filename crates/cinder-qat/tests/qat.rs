@@ -6,10 +6,11 @@ use burn::tensor::{Device, Tensor, TensorData};
 use cinder_model::calibrate::calibrate;
 use cinder_model::rng::SplitMix64;
 use cinder_model::{
-    BackendKind, ConvNetConfig, GraphNet, ImageSource, InMemoryImages, TrainConfig, Trainer,
+    BackendKind, ConvNetConfig, GraphNet, ImageSource, InMemoryImages, ModelError, TrainConfig,
+    Trainer,
 };
 use cinder_observers::{Calibrator, ObserverSpec};
-use cinder_qat::{QatConfig, QatModel, QatTrainer, fine_tune};
+use cinder_qat::{QatConfig, QatError, QatModel, QatTrainer, fine_tune};
 use cinder_runtime::{LayerConfig, QuantConfig, QuantizedModel, WeightGranularity, convert};
 use cinder_tensor::{QuantScheme, Tensor as _, TensorBuf};
 
@@ -282,6 +283,29 @@ fn resumed_run_equals_the_uninterrupted_one() {
     assert_eq!(a.weights, b.weights);
     assert_eq!(a.table.tensors, b.table.tensors);
     assert_eq!(a.graph, b.graph);
+}
+
+/// A fine-tuning run that diverges (learning rate 1e30: the weights overflow after the
+/// first steps) stops with the typed `Diverged` error naming the epoch and step, instead
+/// of going on to export non-finite weights.
+#[test]
+fn a_diverging_run_is_a_typed_error() {
+    let net = trained();
+    let mut config = qat_config(8, true, false);
+    config.training.lr = 1e30;
+    let err = fine_tune(
+        &net,
+        &images(96, 3),
+        &config,
+        BackendKind::Flex,
+        &mut |_| {},
+    )
+    .expect_err("the run diverges");
+    assert!(
+        matches!(err, QatError::Model(ModelError::Diverged { epoch: 1, .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("training diverged"), "{err}");
 }
 
 /// Applies `edit` to the `qat.json` of `dir` (a JSON value).

@@ -28,10 +28,9 @@ use cinder_tensor::QuantScheme;
 use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::io::{read_json, write_atomic};
 
-use crate::calibrate::{TrainSummary, calibration_indices};
-use crate::infer::{correct, images, median_ms, predict, single_latencies};
+use crate::dataset::{DatasetImages, TrainSummary, calibration_indices, dataset_source};
+use crate::evaluate::{correct, images, median_ms, predict, single_latencies};
 use crate::sensitivity::Probe;
-use crate::train::{DatasetImages, dataset_source};
 use report::{Report, TestRow};
 use search::{HeldOut, Inputs, held_out};
 

@@ -20,9 +20,9 @@ use cinder_tensor::graph::FloatGraph;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::infer::{correct, median_ms, predict};
+use crate::dataset::DatasetImages;
+use crate::evaluate::{correct, median_ms, predict};
 use crate::sensitivity::{Probe, weight_sensitivity};
-use crate::train::DatasetImages;
 
 #[derive(Debug, Error)]
 pub enum AutoquantError {
@@ -263,7 +263,7 @@ fn latency_costs(
     widths: &[Width],
 ) -> anyhow::Result<BTreeMap<(String, Width), f64>> {
     let batch = inputs.batch.min(inputs.held_out.len());
-    let (x, _) = crate::infer::images(inputs.held_out, &inputs.norm, 0..batch)?;
+    let (x, _) = crate::evaluate::images(inputs.held_out, &inputs.norm, 0..batch)?;
     let models = widths
         .iter()
         .map(|&w| {
@@ -339,7 +339,7 @@ pub fn evaluate(
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         .len();
     let mut session = model.session_with(SessionOptions { threads })?;
-    let (x, _) = crate::infer::images(data, norm, 0..batch.min(data.len()))?;
+    let (x, _) = crate::evaluate::images(data, norm, 0..batch.min(data.len()))?;
     session.run(&x)?;
     let (predicted, times) = predict(&mut session, data, norm, batch)?;
     let accuracy = correct(&predicted, data) as f64 / data.len().max(1) as f64;
@@ -377,7 +377,7 @@ mod tests {
 
         let seen = held_out(&train, 100, 10, 500, 7).unwrap();
         assert!(!seen.unseen);
-        let calibration = crate::calibrate::calibration_indices(100, 10, 7);
+        let calibration = crate::dataset::calibration_indices(100, 10, 7);
         let got = ids(&seen.data);
         assert_eq!(got.len(), 90);
         assert!(got.iter().all(|&i| !calibration.contains(&usize::from(i))));

@@ -16,7 +16,7 @@ use super::config::CalibrationConfig;
 use super::data::ExperimentData;
 use super::results::CalibrationTime;
 use super::store::{Key, read_cached, write_cached};
-use crate::calibrate::calibration_indices;
+use crate::dataset::calibration_indices;
 
 /// What one observer's calibration produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

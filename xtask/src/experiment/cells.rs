@@ -4,68 +4,27 @@
 //! support, say) is recorded as failed and the run goes on.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
-use cinder_model::GraphNet;
 use cinder_runtime::{Mode, QuantConfig, QuantizedModel, convert, convert_with_weights};
 use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::{ErrorMetrics, Tensor};
 use indicatif::ProgressBar;
 
 use super::calibration::{Calibrated, Calibrations};
-use super::config::{CellConfig, ExperimentConfig, Method};
+use super::config::{CellConfig, Method};
+use super::context::Context;
 use super::data::ExperimentData;
 use super::measure;
 use super::ptq;
 use super::qat;
-use super::results::{Baseline, CellMetrics, CellResult, LayerSensitivity, Outcome};
-use super::store::Key;
+use super::results::{CellMetrics, CellResult, LayerSensitivity, Outcome};
 use crate::autoquant::search::{self, Found, Inputs, held_out};
+use crate::dataset::DatasetImages;
 use crate::sensitivity::{Probe, weight_sensitivity};
-use crate::train::DatasetImages;
 use cinder_ptq::mixed::GreedyOptions;
-
-/// Everything the cells share.
-pub struct Context<'a> {
-    pub config: &'a ExperimentConfig,
-    /// The trained float model (inference mode).
-    pub model: &'a GraphNet,
-    pub data: &'a ExperimentData,
-    pub graph: &'a FloatGraph,
-    pub graph_key: &'a str,
-    pub baseline: &'a Baseline,
-    pub out: &'a Path,
-}
-
-impl Context<'_> {
-    /// The key of `cell`'s result: the cell, the model, the data and every setting used.
-    pub fn cell_key(&self, cell: &CellConfig) -> anyhow::Result<String> {
-        let c = self.config;
-        let mut key = Key::new("cell");
-        // A new model format means new runtime arithmetic: cached cells are stale.
-        key.json(&cinder_runtime::MODEL_FORMAT_VERSION)?
-            .json(cell)?
-            .bytes(self.graph_key.as_bytes())
-            .bytes(self.data.key.as_bytes())
-            .json(&c.calibration)?
-            .json(&c.evaluation)?;
-        if matches!(cell.method, Method::Qat | Method::QatControl) {
-            key.json(&c.qat)?;
-        }
-        if crate::ptq::steps(self.graph, &cell.quant).adaround {
-            key.json(&c.adaround)?;
-        }
-        Ok(key.hex())
-    }
-
-    pub fn model_path(&self, cell: &CellConfig) -> PathBuf {
-        self.out
-            .join("models")
-            .join(format!("{}.cinder", cell.name))
-    }
-}
 
 /// A built model and what building it found out.
 struct Built {

@@ -5,7 +5,7 @@ use cinder_datasets::{Dataset, DatasetSource, Normalization};
 
 use super::config::DataConfig;
 use super::store::Key;
-use crate::train::{DatasetImages, dataset_source, normalization_for};
+use crate::dataset::{DatasetImages, dataset_source, normalization_for};
 
 pub struct ExperimentData {
     pub name: &'static str,

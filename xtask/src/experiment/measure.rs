@@ -13,7 +13,7 @@ use super::config::EvaluationConfig;
 use super::data::ExperimentData;
 use super::memory;
 use super::results::Measured;
-use crate::infer::{argmax, correct, images, median_ms, predict, single_latencies};
+use crate::evaluate::{argmax, correct, images, median_ms, predict, single_latencies};
 use crate::sensitivity::float_logits;
 
 fn file_bytes(path: &Path) -> anyhow::Result<u64> {

@@ -32,6 +32,7 @@
 mod calibration;
 mod cells;
 mod config;
+mod context;
 mod data;
 mod measure;
 mod memory;
@@ -51,8 +52,8 @@ use cinder_tensor::lock::DirLock;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use calibration::Calibrations;
-use cells::Context;
 use config::ExperimentConfig;
+use context::Context;
 use data::ExperimentData;
 use results::{
     Baseline, CellResult, DataSummary, Machine, Outcome, RESULTS_FORMAT_VERSION, Results,

@@ -13,10 +13,10 @@ use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::{TensorBuf, TensorQuantParams};
 
 use super::calibration::{Calibrated, Calibrations};
-use super::cells::Context;
 use super::config::CellConfig;
+use super::context::Context;
 use super::training::graph_key;
-use crate::calibrate::calibration_indices;
+use crate::dataset::calibration_indices;
 use crate::ptq::steps;
 
 /// Whether the cell asks for any post-training step.

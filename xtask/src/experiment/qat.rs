@@ -13,10 +13,11 @@ use cinder_tensor::graph::FloatGraph;
 use indicatif::ProgressBar;
 
 use super::calibration::{Calibrated, Calibrations};
-use super::cells::Context;
 use super::config::{CellConfig, Method};
+use super::context::Context;
 use super::training::graph_key;
-use crate::train::{DatasetImages, show};
+use crate::dataset::DatasetImages;
+use crate::progress::show;
 
 /// A fine-tuned cell's int8 model, the float graph it was made from, and (control) the
 /// calibration of its PTQ.

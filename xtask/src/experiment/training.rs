@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::config::ExperimentConfig;
 use super::data::ExperimentData;
 use super::store::{Key, read_cached, write_cached};
-use crate::train::{epoch_bar, show};
+use crate::progress::{epoch_bar, show};
 
 /// What the report says about training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

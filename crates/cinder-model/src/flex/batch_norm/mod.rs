@@ -1,4 +1,4 @@
-//! Training-mode BatchNorm of feature maps on flex ([`kernels`]) as two backend-extension
+//! Training-mode BatchNorm of feature maps on flex (the `kernels` module) as two backend-extension
 //! operations: the batch statistics (not differentiated: they feed the running statistics
 //! and, as saved state, the backward step) and the normalisation, whose backward step
 //! differentiates through the statistics as burn's `batch_norm_train` does.
@@ -82,30 +82,22 @@ impl<C: CheckpointStrategy> FlexBatchNorm for Autodiff<Flex, C> {
         stats: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self> {
-        let stats = stats.into_primitive();
-        match NormBackward
+        let prep = NormBackward
             .prepare::<C>([input.node(), gamma.node(), beta.node()])
             .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (x, g) = (input.into_primitive(), gamma.into_primitive());
-                let out = Flex::batch_norm_train(
-                    x.clone(),
-                    g.clone(),
-                    beta.into_primitive(),
-                    stats.clone(),
-                    epsilon,
-                );
-                prep.finish((x, g, stats, epsilon), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::batch_norm_train(
-                input.into_primitive(),
-                gamma.into_primitive(),
-                beta.into_primitive(),
-                stats,
-                epsilon,
-            )),
+            .stateful();
+        let (x, g) = (input.into_primitive(), gamma.into_primitive());
+        let stats = stats.into_primitive();
+        let out = Flex::batch_norm_train(
+            x.clone(),
+            g.clone(),
+            beta.into_primitive(),
+            stats.clone(),
+            epsilon,
+        );
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish((x, g, stats, epsilon), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 }
@@ -170,7 +162,7 @@ pub fn batch_norm(bn: &BatchNorm, input: Tensor<4>) -> Tensor<4> {
     let stats = stats.detach();
     let update = |running: &burn::module::RunningState<Tensor<1>>, row: usize| {
         let device = stats.device();
-        let batch = stats.clone().slice([row..row + 1]).reshape([channels]);
+        let batch = stats.clone().narrow(0, row, 1).reshape([channels]);
         let old = running.value_sync().to_device(&device);
         let new = old.mul_scalar(1.0 - bn.momentum) + batch.mul_scalar(bn.momentum);
         running.update(new.detach());

@@ -48,8 +48,8 @@ impl ConvGeometry {
         let [kh, kw] = self.kernel;
         let fits = |size: usize, k: usize, p: usize| k >= 1 && size + 2 * p >= k;
         self.groups >= 1
-            && self.channels_in % self.groups == 0
-            && self.channels_out % self.groups == 0
+            && self.channels_in.is_multiple_of(self.groups)
+            && self.channels_out.is_multiple_of(self.groups)
             && self.stride.iter().all(|&s| s >= 1)
             && fits(self.height, kh, self.padding[0])
             && fits(self.width, kw, self.padding[1])

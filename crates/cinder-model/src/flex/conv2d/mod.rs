@@ -1,5 +1,5 @@
 //! A 2-D convolution for burn's flex backend whose forward and backward passes are im2col +
-//! GEMM ([`kernels`]), as a burn backend extension with a hand-written backward step.
+//! GEMM (the `kernels` module), as a burn backend extension with a hand-written backward step.
 //!
 //! burn 0.22 computes a convolution's weight gradient as another convolution whose kernel is
 //! the output gradient (flex runs it as a direct loop), and its input gradient as a transposed
@@ -92,21 +92,15 @@ impl<C: CheckpointStrategy> GemmConv2d for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         params: ConvParams,
     ) -> FloatTensor<Self> {
-        match ConvBackward
+        let prep = ConvBackward
             .prepare::<C>([input.node(), weight.node()])
             .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (x, w) = (input.into_primitive(), weight.into_primitive());
-                let out = Flex::gemm_conv2d(x.clone(), w.clone(), params);
-                prep.finish((x, w, params), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::gemm_conv2d(
-                input.into_primitive(),
-                weight.into_primitive(),
-                params,
-            )),
+            .stateful();
+        let (x, w) = (input.into_primitive(), weight.into_primitive());
+        let out = Flex::gemm_conv2d(x.clone(), w.clone(), params);
+        match prep {
+            OpsKind::Tracked(prep) => prep.finish((x, w, params), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 }
