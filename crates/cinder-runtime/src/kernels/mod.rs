@@ -96,7 +96,7 @@ pub use isa::{ISA_VARIABLE, Isa, UnknownIsa};
 pub use output::{OutputStage, requantize_s8, requantize_s8_rows, row_sums_s8};
 pub use pack::{MAX_DEPTH, NR, PackedMatrix};
 pub use pool::{avg_pool_nhwc_s8, div_round_even, max_pool_nhwc_s8, pool_reference};
-pub use rescale::{Clamp, Rescale, RescaleTable, add_s8, rescale_s8};
+pub use rescale::{AddTable, Clamp, Rescale, rescale_s8};
 pub use window::NhwcWindow;
 pub use winograd::{
     MAX_WINOGRAD_CHANNELS, WINOGRAD_POSITIONS, WinogradFilter, WinogradGeometry,

@@ -11,9 +11,9 @@
 //! is within half a code (plus `2^-32`) of the exact sum. Then the output zero point is
 //! added and the result clamped (a fused ReLU or clip narrows the clamp).
 //!
-//! An operand's rescale depends on its code alone, so the residual `Add` looks it up in a
-//! [`RescaleTable`] of the 256 codes, built once per plan, without a 64-bit multiply
-//! per element.
+//! An `Add`'s output depends on its two operand codes alone, so it is an [`AddTable`] of
+//! all 65,536 pairs (64 KiB, built once per plan, from L2 at run time): one byte load
+//! per element instead of two 64-bit rescales, a rounding and a clamp.
 
 use cinder_tensor::{RequantMultiplier, round_sum};
 
@@ -40,23 +40,6 @@ impl Rescale {
     }
 }
 
-/// [`Rescale::apply_fraction`] of every int8 code, indexed by the code's bits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RescaleTable(Box<[i64; 256]>);
-
-impl RescaleTable {
-    pub fn new(rescale: &Rescale) -> Self {
-        Self(Box::new(std::array::from_fn(|bits| {
-            rescale.apply_fraction(bits as u8 as i8)
-        })))
-    }
-
-    #[inline]
-    fn get(&self, q: i8) -> i64 {
-        self.0[usize::from(q as u8)]
-    }
-}
-
 /// The output side: zero point and clamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Clamp {
@@ -80,11 +63,40 @@ pub fn rescale_s8(x: &[i8], a: &Rescale, clamp: &Clamp, out: &mut [i8]) {
     }
 }
 
-/// `out[i] = clamp(zp_out + round_sum(a.apply_fraction(x[i]) + b.apply_fraction(y[i])))`,
-/// the operands' rescales looked up in their tables.
-pub fn add_s8(x: &[i8], y: &[i8], [a, b]: [&RescaleTable; 2], clamp: &Clamp, out: &mut [i8]) {
-    for ((o, &p), &q) in out.iter_mut().zip(x).zip(y) {
-        *o = clamp.code(round_sum(a.get(p).saturating_add(b.get(q))));
+/// The output code of a residual `Add` for every pair of operand codes:
+/// `clamp(zp_out + round_sum(a.apply_fraction(p) + b.apply_fraction(q)))` at
+/// `(p as u8) << 8 | (q as u8)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddTable(Box<[i8]>);
+
+impl AddTable {
+    pub fn new([a, b]: [&Rescale; 2], clamp: &Clamp) -> Self {
+        let terms = |r: &Rescale| -> [i64; 256] {
+            std::array::from_fn(|bits| r.apply_fraction(bits as u8 as i8))
+        };
+        let (p_terms, q_terms) = (terms(a), terms(b));
+        let codes = p_terms
+            .iter()
+            .flat_map(|&p| {
+                q_terms
+                    .iter()
+                    .map(move |&q| clamp.code(round_sum(p.saturating_add(q))))
+            })
+            .collect();
+        Self(codes)
+    }
+
+    /// The output code of operand codes `p` and `q`.
+    #[inline]
+    pub fn get(&self, p: i8, q: i8) -> i8 {
+        self.0[usize::from(p as u8) << 8 | usize::from(q as u8)]
+    }
+
+    /// `out[i] = self.get(x[i], y[i])`.
+    pub fn add(&self, x: &[i8], y: &[i8], out: &mut [i8]) {
+        for ((o, &p), &q) in out.iter_mut().zip(x).zip(y) {
+            *o = self.get(p, q);
+        }
     }
 }
 
@@ -93,19 +105,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_equals_the_fixed_point_rescale_for_every_code() {
-        for (real, zero_point) in [(0.37, -3), (1.0, 0), (2.9, 120), (1e-4, -128)] {
-            let rescale = Rescale {
-                zero_point,
-                multiplier: RequantMultiplier::from_real(real).unwrap(),
-            };
-            let table = RescaleTable::new(&rescale);
-            for q in i8::MIN..=i8::MAX {
-                assert_eq!(
-                    table.get(q),
-                    rescale.apply_fraction(q),
-                    "{real} {zero_point} {q}"
-                );
+    fn add_table_equals_the_fixed_point_sum_for_every_pair_of_codes() {
+        let rescale = |real: f64, zero_point: i32| Rescale {
+            zero_point,
+            multiplier: RequantMultiplier::from_real(real).unwrap(),
+        };
+        let cases = [
+            (
+                rescale(0.37, -3),
+                rescale(1.9, 7),
+                Clamp {
+                    zero_point: -128,
+                    lo: -128,
+                    hi: 127,
+                },
+            ),
+            (
+                rescale(1.0, 0),
+                rescale(1.0, 0),
+                Clamp {
+                    zero_point: 0,
+                    lo: 0,
+                    hi: 127,
+                },
+            ),
+            (
+                rescale(2.9, 120),
+                rescale(1e-4, -128),
+                Clamp {
+                    zero_point: 5,
+                    lo: -20,
+                    hi: 90,
+                },
+            ),
+        ];
+        for (a, b, clamp) in cases {
+            let table = AddTable::new([&a, &b], &clamp);
+            for p in i8::MIN..=i8::MAX {
+                for q in i8::MIN..=i8::MAX {
+                    let sum = round_sum(a.apply_fraction(p) + b.apply_fraction(q));
+                    let want = (i64::from(clamp.zero_point) + i64::from(sum))
+                        .clamp(i64::from(clamp.lo), i64::from(clamp.hi));
+                    assert_eq!(
+                        i64::from(table.get(p, q)),
+                        want,
+                        "{a:?} {b:?} {clamp:?} {p} {q}"
+                    );
+                }
             }
         }
     }

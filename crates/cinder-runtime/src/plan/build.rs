@@ -19,7 +19,7 @@ use super::{
 use crate::arith::PoolKind;
 use crate::error::Invalid;
 use crate::geometry::{Geometry, Window, chw};
-use crate::kernels::{Clamp, DepthwiseFilter, Isa, Rescale, RescaleTable};
+use crate::kernels::{AddTable, Clamp, DepthwiseFilter, Isa, Rescale};
 use crate::model::{
     Activation, DynamicLayer, Layer, LayerExec, Merge, QuantWeights, StaticLayer, Step, StepOp,
 };
@@ -392,8 +392,7 @@ impl<'a> Builder<'a> {
         };
         match concat {
             false => Stage::IntAdd(IntAdd {
-                operands: [0, 1].map(|k| RescaleTable::new(&rescale(k))),
-                clamp,
+                table: AddTable::new([&rescale(0), &rescale(1)], &clamp),
             }),
             true => Stage::IntConcat(IntConcat {
                 parts: (0..reads.len())

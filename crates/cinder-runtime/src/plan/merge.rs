@@ -1,29 +1,21 @@
 //! The int8 merges of a graph: the residual `Add` (both operands rescaled to the output's
-//! parameters, [`add_s8`]) and `Concat` along channels (each input's channels rescaled
+//! parameters, looked up in an [`AddTable`]) and `Concat` along channels (each input's channels rescaled
 //! into its place in every NHWC pixel; a vector is one pixel).
 
 use super::par::{BLOCKS_PER_SLOT, Scratch, par_blocks};
-use crate::kernels::{Clamp, Rescale, RescaleTable, add_s8, rescale_s8};
+use crate::kernels::{AddTable, Clamp, Rescale, rescale_s8};
 
-/// An int8 `Add`: each operand's rescale as a table of its codes.
+/// An int8 `Add`: the output code of every pair of operand codes.
 #[derive(Debug)]
 pub(crate) struct IntAdd {
-    pub(super) operands: [RescaleTable; 2],
-    pub(super) clamp: Clamp,
+    pub(super) table: AddTable,
 }
 
 impl IntAdd {
     pub fn run(&self, a: &[i8], b: &[i8], y: &mut [i8], slots: &mut [Scratch]) {
         par_blocks(y, 1, 64, BLOCKS_PER_SLOT, slots, |first, block, _| {
             let n = block.len();
-            let [p, q] = &self.operands;
-            add_s8(
-                &a[first..][..n],
-                &b[first..][..n],
-                [p, q],
-                &self.clamp,
-                block,
-            );
+            self.table.add(&a[first..][..n], &b[first..][..n], block);
         });
     }
 }
