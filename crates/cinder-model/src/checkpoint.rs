@@ -66,6 +66,11 @@ impl Trainer {
         let epoch = self.epochs_done();
         let (model_file, optimizer_file) = part_names(epoch);
         let model_path = dir.join(&model_file);
+        // burn's RunningState keeps a BatchNorm's last statistics update pending until the
+        // state is read for inference, and a record does not read it that way: without
+        // this the checkpoint would lag one step behind the model it saves. `valid()`
+        // settles every running state (the copies share their storage).
+        let _ = self.model().valid();
         let model_bytes = self
             .model()
             .clone()

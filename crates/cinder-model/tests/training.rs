@@ -12,7 +12,7 @@ use cinder_model::{
     Trainer, evaluate,
 };
 use cinder_tensor::Tensor as _;
-use cinder_tensor::graph::Op;
+use cinder_tensor::graph::{FloatGraph, Op};
 use common::{host, quadrant_images, tiny_config, tiny_spec};
 
 fn quick_config(optimizer: OptimizerConfig, epochs: usize) -> TrainConfig {
@@ -32,7 +32,11 @@ fn quick_config(optimizer: OptimizerConfig, epochs: usize) -> TrainConfig {
 }
 
 fn all_weights(model: &GraphNet) -> Vec<Vec<f32>> {
-    let graph = model.to_float_graph().unwrap();
+    graph_weights(&model.to_float_graph().unwrap())
+}
+
+/// Every weight and bias of `graph`, in node order.
+fn graph_weights(graph: &FloatGraph) -> Vec<Vec<f32>> {
     graph
         .nodes()
         .iter()
@@ -152,6 +156,21 @@ fn batchnorm_variant_trains_and_updates_running_statistics() {
         evaluate(&folded, &data, 64).unwrap(),
     );
     assert!((a.loss - b.loss).abs() < 1e-4, "{} vs {}", a.loss, b.loss);
+}
+
+#[test]
+fn a_checkpoint_holds_the_batchnorm_statistics_of_its_last_step() {
+    let data = quadrant_images(64, 3);
+    let spec = tiny_config().with_batch_norm(true).spec().unwrap();
+    let config = quick_config(OptimizerConfig::sgd(), 2);
+    let mut trainer = Trainer::new(&spec, config, BackendKind::Flex).unwrap();
+    train(&mut trainer, &data, 1);
+    let dir = tempfile::tempdir().unwrap();
+    trainer.save_checkpoint(dir.path()).unwrap();
+    let resumed = Trainer::resume(dir.path(), BackendKind::Flex).unwrap();
+    // Folded, so the running statistics are in the weights.
+    let folded = |t: &Trainer| graph_weights(&t.model().valid().to_inference_graph().unwrap());
+    assert_eq!(folded(&resumed), folded(&trainer));
 }
 
 #[test]
