@@ -52,7 +52,7 @@ fn train(trainer: &mut Trainer, data: &dyn ImageSource, epochs: usize) {
 }
 
 #[test]
-fn default_recipe_is_the_articles() {
+fn default_recipe_is_the_reference_recipe() {
     let c = TrainConfig::default();
     assert_eq!((c.epochs, c.batch_size, c.lr), (10, 32, 0.001));
     assert_eq!(

@@ -67,7 +67,7 @@ pub fn rescale_s8(x: &[i8], a: &Rescale, clamp: &Clamp, out: &mut [i8]) {
 /// `clamp(zp_out + round_sum(a.apply_fraction(p) + b.apply_fraction(q)))` at
 /// `(p as u8) << 8 | (q as u8)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AddTable(Box<[i8]>);
+pub struct AddTable(Box<[i8; 1 << 16]>);
 
 impl AddTable {
     pub fn new([a, b]: [&Rescale; 2], clamp: &Clamp) -> Self {
@@ -75,21 +75,20 @@ impl AddTable {
             std::array::from_fn(|bits| r.apply_fraction(bits as u8 as i8))
         };
         let (p_terms, q_terms) = (terms(a), terms(b));
-        let codes = p_terms
-            .iter()
-            .flat_map(|&p| {
-                q_terms
-                    .iter()
-                    .map(move |&q| clamp.code(round_sum(p.saturating_add(q))))
-            })
-            .collect();
+        let mut codes = Box::new([0i8; 1 << 16]);
+        for (row, &p) in codes.chunks_exact_mut(256).zip(&p_terms) {
+            for (code, &q) in row.iter_mut().zip(&q_terms) {
+                *code = clamp.code(round_sum(p.saturating_add(q)));
+            }
+        }
         Self(codes)
     }
 
-    /// The output code of operand codes `p` and `q`.
+    /// The output code of operand codes `p` and `q` (the index is below `2^16`, so the
+    /// fixed-size table needs no bounds check).
     #[inline]
     pub fn get(&self, p: i8, q: i8) -> i8 {
-        self.0[usize::from(p as u8) << 8 | usize::from(q as u8)]
+        self.0[usize::from(u16::from_le_bytes([q as u8, p as u8]))]
     }
 
     /// `out[i] = self.get(x[i], y[i])`.
