@@ -335,7 +335,8 @@ fn weights(u: &mut Unstructured, spec: &GraphSpec) -> Result<Vec<(String, Stored
         match u.int_in_range(0..=31)? {
             0 => continue,
             1 => shape.push(1),
-            2 if !shape.is_empty() => shape[0] += 1,
+            // Saturating: an empty tensor may declare a dimension of usize::MAX.
+            2 if !shape.is_empty() => shape[0] = shape[0].saturating_add(1),
             3 => {
                 let len: usize = shape.iter().product();
                 let t = TensorBuf::new(shape, vec![1i32; len]).expect("length matches");

@@ -75,14 +75,14 @@ fn markdown(md: &mut String, r: &Report) -> std::fmt::Result {
         100.0 * r.found.fp32_accuracy,
         r.observer
     )?;
-    layer_table(md, &r.found)?;
+    layer_table(md, &r.found, r.target)?;
     trajectory(md, &r.found, r.target)?;
     widths(md, &r.found)?;
     test_table(md, r)
 }
 
 /// The predicted drop and cost of every layer at every width.
-pub fn layer_table(md: &mut String, found: &Found) -> std::fmt::Result {
+pub fn layer_table(md: &mut String, found: &Found, target: Target) -> std::fmt::Result {
     let Some(first) = found.table.first() else {
         return Ok(());
     };
@@ -101,7 +101,7 @@ pub fn layer_table(md: &mut String, found: &Found) -> std::fmt::Result {
         write!(md, "| {} |", row.name)?;
         for w in &widths {
             let drop = row.drop_pp.get(w).map_or("-".into(), |d| format!("{d:.2}"));
-            write!(md, " {drop} | {} |", cost(row.cost[w]))?;
+            write!(md, " {drop} | {} |", cost(row.cost[w], target))?;
         }
         md.push('\n');
     }
@@ -109,12 +109,11 @@ pub fn layer_table(md: &mut String, found: &Found) -> std::fmt::Result {
     Ok(())
 }
 
-/// A cost as bytes (whole) or milliseconds (three decimals).
-fn cost(value: f64) -> String {
-    if value >= 100.0 {
-        format!("{value:.0}")
-    } else {
-        format!("{value:.3}")
+/// A cost in the target's unit: whole bytes, or milliseconds to three decimals.
+fn cost(value: f64, target: Target) -> String {
+    match target {
+        Target::Size => format!("{value:.0}"),
+        Target::Latency => format!("{value:.3}"),
     }
 }
 
@@ -152,7 +151,7 @@ pub fn trajectory(md: &mut String, found: &Found, target: Target) -> std::fmt::R
             s.drop_pp,
             s.measured.model_bytes,
             s.measured.batch_ms,
-            cost(s.predicted_cost),
+            cost(s.predicted_cost, target),
             if s.accepted { "yes" } else { "no" }
         )?;
     }

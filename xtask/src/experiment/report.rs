@@ -432,7 +432,7 @@ fn autoquant(md: &mut String, r: &Results) -> std::fmt::Result {
                 .collect::<Vec<_>>()
                 .join(" / ")
         )?;
-        crate::autoquant::report::layer_table(md, found)?;
+        crate::autoquant::report::layer_table(md, found, settings.target)?;
         crate::autoquant::report::trajectory(md, found, settings.target)?;
         crate::autoquant::report::widths(md, found)?;
     }
