@@ -76,6 +76,18 @@ fn check_report_files(out: &Path, results: &serde_json::Value) {
     ] {
         assert!(report.contains(heading), "report.md lacks {heading}");
     }
+    // Fine-tuned cells are compared with their controls, never ranked with the others.
+    let (ranked, rest) = report
+        .split_once("## Fine-tuned cells: QAT against its control")
+        .expect("report.md lacks the fine-tuned cells' table");
+    assert!(
+        !ranked.contains("| qat-w8 |"),
+        "qat-w8 ranked with the PTQ cells"
+    );
+    assert!(
+        rest.contains("| qat-w8 | QAT |"),
+        "qat-w8 not in its own table"
+    );
     for plot in ["accuracy_vs_size", "latency", "sqnr"] {
         let svg = std::fs::read_to_string(out.join("plots").join(format!("{plot}.svg"))).unwrap();
         assert!(

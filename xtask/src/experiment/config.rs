@@ -184,6 +184,15 @@ pub enum Method {
     Autoquant,
 }
 
+impl Method {
+    /// Whether the cell trains the model further before quantizing it (QAT and its
+    /// control): its accuracy then includes what the extra training adds, so it is
+    /// compared with its control, not ranked with the post-training cells.
+    pub fn fine_tunes(self) -> bool {
+        matches!(self, Method::Qat | Method::QatControl)
+    }
+}
+
 /// One named strategy of the matrix.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

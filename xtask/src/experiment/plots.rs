@@ -84,7 +84,7 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
         .collect();
     chart
         .draw_series(LineSeries::new(front, GREEN.stroke_width(2)))?
-        .label("Pareto front (int8 cells)")
+        .label("Pareto front (post-training int8 cells)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
     chart.draw_series(points.iter().map(|(name, x, y)| {
         let color = if name == "fp32" { RED } else { BLUE };

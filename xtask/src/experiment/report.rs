@@ -1,7 +1,7 @@
 //! `report.md`: the experiment for people. The machine, the data and training, the fp32
-//! baseline, every finished cell ranked by accuracy, the Pareto front, cells that failed
-//! or did not run, per-layer weight and activation errors, the sensitivity analyses
-//! and the plots.
+//! baseline, the finished post-training cells ranked by accuracy with their Pareto front,
+//! the fine-tuned cells (QAT beside its control) apart, cells that failed or did not run,
+//! per-layer weight and activation errors, the sensitivity analyses and the plots.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -25,6 +25,7 @@ pub fn write(results: &Results, path: &Path) -> anyhow::Result<()> {
     header(&mut md, results)?;
     baseline(&mut md, &results.fp32)?;
     ranked(&mut md, results)?;
+    fine_tuned(&mut md, results)?;
     not_done(&mut md, results)?;
     weight_errors(&mut md, results)?;
     activation_errors(&mut md, results)?;
@@ -211,9 +212,11 @@ fn mapping(m: Mapping) -> &'static str {
     }
 }
 
-/// Finished cells, best accuracy first (smaller model first on ties).
-fn ranking(r: &Results) -> Vec<(&CellResult, &CellMetrics)> {
-    let mut done: Vec<_> = r.done().collect();
+/// `cells`, best accuracy first (smaller model first on ties).
+fn ranking<'a>(
+    cells: impl Iterator<Item = (&'a CellResult, &'a CellMetrics)>,
+) -> Vec<(&'a CellResult, &'a CellMetrics)> {
+    let mut done: Vec<_> = cells.collect();
     done.sort_by(|(_, a), (_, b)| {
         b.measured
             .accuracy
@@ -227,16 +230,17 @@ fn ranked(md: &mut String, r: &Results) -> std::fmt::Result {
     let fp32 = &r.fp32;
     md.push_str("## Cells, ranked by accuracy\n\n");
     md.push_str(
-        "Δ: accuracy change vs fp32 in percentage points; agree: predictions equal to fp32's; \
-         size: model file vs the fp32 weights file; speed-up: fp32 (burn) time / int8 time; \
-         memory: the model's share of the peak resident set; calib: observer + float forward \
-         time of the calibration.\n\n",
+        "Post-training cells: the trained model quantized as it is (fine-tuned cells follow \
+         in their own table). Δ: accuracy change vs fp32 in percentage points; agree: \
+         predictions equal to fp32's; size: model file vs the fp32 weights file; speed-up: \
+         fp32 (burn) time / int8 time; memory: the model's share of the peak resident set; \
+         calib: observer + float forward time of the calibration.\n\n",
     );
     md.push_str(
         "| # | cell | group | quantization | observer | acc % | Δ pp | agree % | MB | size % | b1 ms | b64 ms | images/s | speed-up b1 / b64 | memory MB | calib s |\n",
     );
     md.push_str("|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for (i, (c, m)) in ranking(r).into_iter().enumerate() {
+    for (i, (c, m)) in ranking(r.post_training()).into_iter().enumerate() {
         let calib = m.calibration.as_ref().map_or("–".into(), |t| {
             format!("{:.2}", t.forward_seconds + t.observe_seconds)
         });
@@ -285,6 +289,57 @@ fn ranked(md: &mut String, r: &Results) -> std::fmt::Result {
             front.join(" → ")
         }
     )
+}
+
+/// The fine-tuned cells apart from the ranking: each QAT cell beside the control with
+/// the same quantization, whose difference is what fake-quant training adds.
+fn fine_tuned(md: &mut String, r: &Results) -> std::fmt::Result {
+    let cells = ranking(r.done().filter(|(c, _)| c.method.fine_tunes()));
+    if cells.is_empty() {
+        return Ok(());
+    }
+    md.push_str(
+        "## Fine-tuned cells: QAT against its control\n\nThese cells train the model \
+         further before quantization (QAT with fake-quant; its control the same steps in \
+         float, then PTQ), so their Δ against fp32 includes what the extra training adds. \
+         What QAT itself adds is its difference from the control.\n\n\
+         | cell | method | quantization | acc % | Δ pp vs fp32 | Δ pp vs control | agree % | size % | b64 ms |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (c, m) in &cells {
+        let control = (c.method == Method::Qat)
+            .then(|| {
+                cells
+                    .iter()
+                    .find(|(o, _)| o.method == Method::QatControl && o.quant == c.quant)
+            })
+            .flatten();
+        let vs_control = control.map_or("–".into(), |(_, o)| {
+            format!(
+                "{:+.2}",
+                100.0 * (m.measured.accuracy - o.measured.accuracy)
+            )
+        });
+        writeln!(
+            md,
+            "| {} | {} | {} | {:.2} | {:+.2} | {} | {:.2} | {:.2} | {:.2} |",
+            c.name,
+            if c.method == Method::Qat {
+                "QAT"
+            } else {
+                "control"
+            },
+            describe(&c.quant),
+            100.0 * m.measured.accuracy,
+            m.accuracy_delta_pp,
+            vs_control,
+            100.0 * m.agreement,
+            100.0 * m.size_ratio,
+            m.measured.batch_ms,
+        )?;
+    }
+    md.push('\n');
+    Ok(())
 }
 
 fn observer(c: &CellResult) -> &str {

@@ -191,11 +191,16 @@ impl Results {
             .collect()
     }
 
-    /// Names of the finished cells on the accuracy-vs-size Pareto front (no other cell
-    /// is both smaller or as small and more accurate), smallest first.
+    /// The finished cells that quantize the trained model as it is (not fine-tuned).
+    pub fn post_training(&self) -> impl Iterator<Item = (&CellResult, &CellMetrics)> {
+        self.done().filter(|(c, _)| !c.method.fine_tunes())
+    }
+
+    /// Names of the finished post-training cells on the accuracy-vs-size Pareto front (no
+    /// other such cell is both smaller or as small and more accurate), smallest first.
     pub fn pareto_front(&self) -> Vec<&str> {
         let mut points: Vec<(u64, f64, &str)> = self
-            .done()
+            .post_training()
             .map(|(c, m)| (m.measured.model_bytes, m.measured.accuracy, c.name.as_str()))
             .collect();
         points.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
