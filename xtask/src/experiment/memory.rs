@@ -7,7 +7,7 @@
 //! A `.json` file is a float graph (its weights next to it in `graph.safetensors`), run
 //! with burn's flex backend; anything else is an int8 model file run by the runtime.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -34,8 +34,7 @@ impl PeakMemory {
 
 /// Runs the child on `model` at `batch` images with `threads` runtime threads.
 pub fn measure(model: &Path, batch: usize, threads: usize) -> anyhow::Result<PeakMemory> {
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
-    let output = Command::new(exe)
+    let output = Command::new(this_binary()?)
         .arg("experiment")
         .arg("--measure-memory")
         .arg(model)
@@ -51,6 +50,17 @@ pub fn measure(model: &Path, batch: usize, threads: usize) -> anyhow::Result<Pea
         );
     }
     serde_json::from_slice(&output.stdout).context("reading the memory probe's report")
+}
+
+/// The running program: `/proc/self/exe` where there is one, which still names it after
+/// a rebuild replaced or removed the file it was started from (the probe then runs the
+/// same code as the experiment), else the path it was started from.
+fn this_binary() -> anyhow::Result<PathBuf> {
+    let running = Path::new("/proc/self/exe");
+    if running.exists() {
+        return Ok(running.to_path_buf());
+    }
+    std::env::current_exe().context("locating the xtask binary")
 }
 
 /// The child's side: prints a [`PeakMemory`] as JSON.
