@@ -58,6 +58,7 @@ pub fn run(
         method: cell.method,
         observer: cell.observer.to_string(),
         quant: cell.quant.clone(),
+        relu6_as_relu: cell.relu6_as_relu,
         seconds: start.elapsed().as_secs_f64(),
         finished_unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -77,7 +78,7 @@ fn build(
     if post_training && cell.method != Method::Ptq {
         bail!("equalize, adaround and bias_correction apply to PTQ cells only");
     }
-    if matches!(cell.method, Method::Qat | Method::QatControl) {
+    if cell.method.fine_tunes() {
         let tuned = qat::fine_tuned(ctx, cell, bar)?;
         return Ok(Built {
             model: tuned.model,

@@ -214,6 +214,18 @@ pub struct CellConfig {
     /// The search of an autoquant cell (its defaults when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoquant: Option<AutoquantCell>,
+    /// Cross-layer equalization through ReLU6 by replacing it with ReLU (Nagel et al.'s
+    /// MobileNetV2 recipe; changes the float model where activations exceed 6). Without
+    /// it, pairs through ReLU6 are left alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relu6_as_relu: bool,
+}
+
+impl CellConfig {
+    /// Whether any layer of the cell is equalized.
+    pub fn equalizes(&self) -> bool {
+        self.quant.default.equalize || self.quant.layers.values().any(|o| o.equalize == Some(true))
+    }
 }
 
 /// The settings of an autoquant cell's search.
@@ -338,6 +350,12 @@ impl ExperimentConfig {
                         a.held_out_images
                     );
                 }
+            }
+            if cell.relu6_as_relu && !cell.equalizes() {
+                bail!(
+                    "cells[{i}] (`{}`): relu6_as_relu needs equalize = true on some layer",
+                    cell.name
+                );
             }
             if cell.method == Method::Sensitivity && cell.keep_float == 0 {
                 bail!(
@@ -478,6 +496,13 @@ mod tests {
                 .contains("qat.train_images")
         );
         c.qat.train_images = 10;
+        c.cells[0].relu6_as_relu = true;
+        c.cells[0].quant.default.equalize = false;
+        c.cells[0].quant.layers.clear();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("relu6_as_relu needs equalize"), "{err}");
+        c.cells[0].quant.default.equalize = true;
+        c.validate().unwrap();
         c.evaluation.batch = 0;
         assert!(
             c.validate()

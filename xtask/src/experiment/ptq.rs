@@ -1,13 +1,13 @@
 //! The post-training steps of a PTQ cell (`equalize`, `adaround` and `bias_correction`
 //! in its `quant` config, crate `cinder-ptq`): cross-layer equalization of the trained
-//! graph, recalibrated with the cell's observer (cached per equalized graph like the
-//! trained model's calibrations), then AdaRound and bias correction on the calibration
-//! images.
+//! graph (through ReLU6 taken as ReLU where the cell says `relu6_as_relu`), recalibrated
+//! with the cell's observer (cached per equalized graph like the trained model's
+//! calibrations), then AdaRound and bias correction on the calibration images.
 
 use std::collections::BTreeMap;
 
 use cinder_model::{GraphNet, ImageSource};
-use cinder_ptq::{EqualizeOptions, adaround, correct_biases_rounded, equalize};
+use cinder_ptq::{ClipPolicy, EqualizeOptions, adaround, correct_biases_rounded, equalize};
 use cinder_runtime::QuantConfig;
 use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::{TensorBuf, TensorQuantParams};
@@ -45,9 +45,15 @@ pub fn prepare(
     let quant = &cell.quant;
     let steps = steps(ctx.graph, quant);
     let (graph, calibrated) = if steps.equalize {
-        let eq = equalize(ctx.graph, &EqualizeOptions::default(), |n| {
-            quant.layer(n).equalize
-        })?;
+        let options = EqualizeOptions {
+            clip: if cell.relu6_as_relu {
+                ClipPolicy::AsRelu
+            } else {
+                ClipPolicy::Refuse
+            },
+            ..EqualizeOptions::default()
+        };
+        let eq = equalize(ctx.graph, &options, |n| quant.layer(n).equalize)?;
         let net = GraphNet::from_float_graph(&eq.graph, &ctx.model.device())?;
         let key = graph_key(&eq.graph)?;
         let dir = ctx.out.join("calibration").join("equalized");

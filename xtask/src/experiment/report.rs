@@ -255,6 +255,7 @@ fn ranked(md: &mut String, r: &Results) -> std::fmt::Result {
                 describe(&c.quant),
                 chosen_widths(found)
             ),
+            _ if c.relu6_as_relu => format!("{} (ReLU6 as ReLU)", describe(&c.quant)),
             _ => describe(&c.quant),
         };
         writeln!(

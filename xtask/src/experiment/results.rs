@@ -93,6 +93,9 @@ pub struct CellResult {
     pub method: Method,
     pub observer: String,
     pub quant: QuantConfig,
+    /// Equalization took ReLU6 as ReLU.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relu6_as_relu: bool,
     /// Wall time of the cell (calibration shared with other cells not included).
     pub seconds: f64,
     /// Milliseconds since the Unix epoch when the cell finished.
