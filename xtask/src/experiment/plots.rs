@@ -11,7 +11,7 @@ use cinder_tensor::io::write_atomic;
 use plotters::prelude::*;
 
 use super::report::columns;
-use super::results::Results;
+use super::results::{CellMetrics, CellResult, Results};
 
 const FONT: &str = "sans-serif";
 const MB: f64 = 1e6;
@@ -39,22 +39,35 @@ fn padded(lo: f64, hi: f64, pad: f64) -> std::ops::Range<f64> {
     (lo - pad * span)..(hi + pad * span)
 }
 
+/// A cell's name, model size (MB) and accuracy (%).
+type Point<'a> = (&'a str, f64, f64);
+
+fn point<'a>((c, m): (&'a CellResult, &'a CellMetrics)) -> Point<'a> {
+    let mb = m.measured.model_bytes as f64 / MB;
+    (c.name.as_str(), mb, 100.0 * m.measured.accuracy)
+}
+
+/// Accuracy against model size on a log axis: the post-training cells with their Pareto
+/// front joined and named, the fine-tuned cells (QAT and control) as triangles, fp32 as a
+/// dashed reference line. The other cells' names are in the report's tables, so their
+/// labels do not pile up on one point.
 fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
-    let mut points: Vec<(String, f64, f64)> = r
+    let post: Vec<Point> = r.post_training().map(point).collect();
+    let tuned: Vec<Point> = r
         .done()
-        .map(|(c, m)| {
-            let mb = m.measured.model_bytes as f64 / MB;
-            (c.name.clone(), mb, 100.0 * m.measured.accuracy)
-        })
+        .filter(|(c, _)| c.method.fine_tunes())
+        .map(point)
         .collect();
-    points.push((
-        "fp32".into(),
-        r.fp32.model_bytes as f64 / MB,
-        100.0 * r.fp32.accuracy,
-    ));
-    let (xs, ys): (Vec<f64>, Vec<f64>) = points.iter().map(|p| (p.1, p.2)).unzip();
+    let fp32 = (r.fp32.model_bytes as f64 / MB, 100.0 * r.fp32.accuracy);
+    let (xs, ys): (Vec<f64>, Vec<f64>) = post
+        .iter()
+        .chain(&tuned)
+        .map(|p| (p.1, p.2))
+        .chain([fp32])
+        .unzip();
     let fold = |v: &[f64], f: fn(f64, f64) -> f64, init| v.iter().copied().fold(init, f);
-    let x_range = 0.0..fold(&xs, f64::max, 0.0) * 1.15;
+    let x_lo = fold(&xs, f64::min, f64::INFINITY).max(1e-6);
+    let (x_min, x_max) = (x_lo / 1.6, fold(&xs, f64::max, x_lo) * 1.6);
     let y_range = padded(
         fold(&ys, f64::min, f64::INFINITY),
         fold(&ys, f64::max, f64::NEG_INFINITY),
@@ -70,28 +83,60 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(x_range, y_range)?;
+        .build_cartesian_2d((x_min..x_max).log_scale(), y_range)?;
     chart
         .configure_mesh()
-        .x_desc("model file (MB)")
+        .x_desc("model file (MB, log scale)")
         .y_desc("top-1 accuracy (%)")
+        // Log-axis ticks are sums like 0.30000000000000004: three decimals at most.
+        .x_label_formatter(&|mb| format!("{}", (mb * 1e3).round() / 1e3))
+        .light_line_style(RGBColor(238, 238, 238))
         .draw()?;
-    let front: Vec<(f64, f64)> = r
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(x_min, fp32.1), (x_max, fp32.1)],
+            8,
+            5,
+            RED.stroke_width(2),
+        ))?
+        .label(format!("fp32: {:.2}%, {:.2} MB", fp32.1, fp32.0))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    chart.draw_series([Circle::new(fp32, 5, RED.filled())])?;
+    let front: Vec<&Point> = r
         .pareto_front()
         .iter()
-        .filter_map(|name| points.iter().find(|p| p.0 == *name))
-        .map(|p| (p.1, p.2))
+        .filter_map(|name| post.iter().find(|p| p.0 == *name))
         .collect();
     chart
-        .draw_series(LineSeries::new(front, GREEN.stroke_width(2)))?
-        .label("Pareto front (post-training int8 cells)")
+        .draw_series(LineSeries::new(
+            front.iter().map(|p| (p.1, p.2)),
+            GREEN.stroke_width(2),
+        ))?
+        .label("Pareto front of the post-training cells")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
-    chart.draw_series(points.iter().map(|(name, x, y)| {
-        let color = if name == "fp32" { RED } else { BLUE };
-        EmptyElement::at((*x, *y))
-            + Circle::new((0, 0), 4, color.filled())
-            + Text::new(name.clone(), (6, -12), (FONT, 11))
-    }))?;
+    chart
+        .draw_series(
+            post.iter()
+                .map(|p| Circle::new((p.1, p.2), 4, BLUE.filled())),
+        )?
+        .label("post-training cells")
+        .legend(|(x, y)| Circle::new((x + 10, y), 4, BLUE.filled()));
+    let orange = RGBColor(230, 120, 0);
+    if !tuned.is_empty() {
+        chart
+            .draw_series(
+                tuned
+                    .iter()
+                    .map(|p| TriangleMarker::new((p.1, p.2), 6, orange.filled())),
+            )?
+            .label("fine-tuned cells (QAT, control)")
+            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, orange.filled()));
+    }
+    chart.draw_series(
+        front.iter().map(|p| {
+            EmptyElement::at((p.1, p.2)) + Text::new(p.0.to_owned(), (6, -14), (FONT, 12))
+        }),
+    )?;
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
