@@ -1,5 +1,5 @@
-//! SVG plots with plotters: accuracy against model size with the Pareto front, latency
-//! per strategy (batch 1 and batch N), and per-layer SQNR (weights per cell,
+//! SVG plots with plotters: accuracy against model size with the Pareto front, speed-up
+//! over fp32 per strategy (batch 1 and batch N), and per-layer SQNR (weights per cell,
 //! activations per observer). Each is rendered to a string and written atomically.
 
 use std::collections::BTreeMap;
@@ -15,6 +15,8 @@ use super::results::{CellMetrics, CellResult, Results};
 
 const FONT: &str = "sans-serif";
 const MB: f64 = 1e6;
+/// The colour of the fine-tuned cells (QAT and control) in every plot.
+const FINE_TUNED: RGBColor = RGBColor(230, 120, 0);
 
 /// Renders one plot of the results into an SVG string.
 type Draw = fn(&Results, &mut String) -> anyhow::Result<()>;
@@ -121,16 +123,15 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
         )?
         .label("post-training cells")
         .legend(|(x, y)| Circle::new((x + 10, y), 4, BLUE.filled()));
-    let orange = RGBColor(230, 120, 0);
     if !tuned.is_empty() {
         chart
             .draw_series(
                 tuned
                     .iter()
-                    .map(|p| TriangleMarker::new((p.1, p.2), 6, orange.filled())),
+                    .map(|p| TriangleMarker::new((p.1, p.2), 6, FINE_TUNED.filled())),
             )?
             .label("fine-tuned cells (QAT, control)")
-            .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, orange.filled()));
+            .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, FINE_TUNED.filled()));
     }
     chart.draw_series(
         front.iter().map(|p| {
@@ -147,37 +148,52 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Speed-up of every cell over fp32 (burn) at batch 1 and batch N, one bar per cell with
+/// its value (fine-tuned cells in their own colour), fp32 as the dashed line at 1x.
 fn latency(r: &Results, svg: &mut String) -> anyhow::Result<()> {
-    let mut rows: Vec<(String, f64, f64)> =
-        vec![("fp32 (burn)".into(), r.fp32.single_ms, r.fp32.batch_ms)];
-    rows.extend(
-        r.done()
-            .map(|(c, m)| (c.name.clone(), m.measured.single_ms, m.measured.batch_ms)),
-    );
-    let root =
-        SVGBackend::with_string(svg, (1200, 120 + 24 * rows.len() as u32)).into_drawing_area();
+    let rows: Vec<(&str, [f64; 2], RGBColor)> = r
+        .done()
+        .map(|(c, m)| {
+            let speed_up = |fp32: f64, ms: f64| fp32 / ms.max(1e-9);
+            (
+                c.name.as_str(),
+                [
+                    speed_up(r.fp32.single_ms, m.measured.single_ms),
+                    speed_up(r.fp32.batch_ms, m.measured.batch_ms),
+                ],
+                if c.method.fine_tunes() {
+                    FINE_TUNED
+                } else {
+                    BLUE
+                },
+            )
+        })
+        .collect();
+    let n = rows.len();
+    let root = SVGBackend::with_string(svg, (1200, 120 + 24 * n as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(
-        &format!("{}: median latency per strategy", r.experiment),
+        &format!(
+            "{}: speed-up over fp32 (burn), median latencies",
+            r.experiment
+        ),
         (FONT, 22),
     )?;
     let (left, right) = root.split_horizontally(600);
-    let batch = format!("batch {} (ms)", r.fp32.batch);
-    for (area, title, pick) in [
-        (&left, "batch 1 (ms)", 1usize),
-        (&right, batch.as_str(), 2usize),
-    ] {
-        let value = |row: &(String, f64, f64)| if pick == 1 { row.1 } else { row.2 };
-        let max = rows.iter().map(value).fold(0.0, f64::max) * 1.1;
-        let n = rows.len();
+    let titles = [
+        format!("batch 1 (fp32 {:.3} ms)", r.fp32.single_ms),
+        format!("batch {} (fp32 {:.2} ms)", r.fp32.batch, r.fp32.batch_ms),
+    ];
+    for (pick, (area, title)) in [&left, &right].into_iter().zip(&titles).enumerate() {
+        let max = rows.iter().map(|row| row.1[pick]).fold(1.0, f64::max) * 1.15;
         let mut chart = ChartBuilder::on(area)
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(190)
-            .build_cartesian_2d(0.0..max.max(1e-6), (0..n).into_segmented())?;
-        // Row 0 (fp32) at the top.
+            .build_cartesian_2d(0.0..max, (0..n.max(1)).into_segmented())?;
+        // The first cell at the top.
         let label = |y: &SegmentValue<usize>| match y {
-            SegmentValue::CenterOf(i) if *i < n => rows[n - 1 - i].0.clone(),
+            SegmentValue::CenterOf(i) if *i < n => rows[n - 1 - i].0.to_owned(),
             _ => String::new(),
         };
         chart
@@ -185,19 +201,29 @@ fn latency(r: &Results, svg: &mut String) -> anyhow::Result<()> {
             .disable_y_mesh()
             .y_labels(n)
             .y_label_formatter(&label)
-            .x_desc(title)
+            .x_desc(format!("{title}: speed-up (x)"))
             .draw()?;
         chart.draw_series(rows.iter().enumerate().map(|(i, row)| {
             let y = n - 1 - i;
-            let color = if i == 0 { RED } else { BLUE };
             let corners = [
                 (0.0, SegmentValue::Exact(y)),
-                (value(row), SegmentValue::Exact(y + 1)),
+                (row.1[pick], SegmentValue::Exact(y + 1)),
             ];
-            let mut bar = Rectangle::new(corners, color.filled());
+            let mut bar = Rectangle::new(corners, row.2.filled());
             bar.set_margin(3, 3, 0, 0);
             bar
         }))?;
+        chart.draw_series(rows.iter().enumerate().map(|(i, row)| {
+            let at = (row.1[pick], SegmentValue::CenterOf(n - 1 - i));
+            EmptyElement::at(at) + Text::new(format!("{:.1}x", row.1[pick]), (4, -6), (FONT, 11))
+        }))?;
+        let top = SegmentValue::Exact(n);
+        chart.draw_series(DashedLineSeries::new(
+            [(1.0, SegmentValue::Exact(0)), (1.0, top)],
+            6,
+            4,
+            RED.stroke_width(2),
+        ))?;
     }
     root.present()?;
     Ok(())
