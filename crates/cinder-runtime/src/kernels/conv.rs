@@ -8,13 +8,19 @@ use super::isa::dispatch;
 use super::work::Vectorizable;
 
 /// Output size of a window sliding over `input` positions: `(input + 2·padding − kernel)
-/// / stride + 1`, or `None` if the kernel or stride is 0 or the window does not fit once.
+/// / stride + 1`, or `None` if the kernel or stride is 0, the window does not fit once or
+/// the padded size overflows.
 pub fn out_dim(input: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
     if kernel == 0 {
         return None;
     }
-    let span = (input + 2 * padding).checked_sub(kernel)?;
+    let span = padded(input, padding)?.checked_sub(kernel)?;
     Some(span.checked_div(stride)? + 1)
+}
+
+/// `input + 2·padding`, or `None` if it overflows.
+fn padded(input: usize, padding: usize) -> Option<usize> {
+    input.checked_add(padding.checked_mul(2)?)
 }
 
 /// A square `kernel × kernel` window sliding over an `h × w × c` NHWC image.
@@ -55,12 +61,16 @@ impl Geometry {
             "{name}: input holds {} values, need {h}x{w}x{c}",
             input.len()
         );
+        // Every stride beyond the padded image places the one window at the origin; the
+        // smallest of them keeps `stride · c` and `ox · stride` within the image's size
+        // (a model may hold any stride, 2^63 included).
+        let extent = padded(h.max(w), padding).expect("out_dim checked the padded size");
         Self {
             h,
             w,
             c,
             kernel,
-            stride,
+            stride: stride.min(extent),
             padding,
             oh,
             ow,

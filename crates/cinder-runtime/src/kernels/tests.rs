@@ -256,9 +256,11 @@ fn check_requantize(isa: Isa, case: &RequantCase) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Window geometry where the window fits the padded image at least once.
+/// Window geometry where the window fits the padded image at least once; strides beyond
+/// the image (one window) up to `usize::MAX` included.
 fn window() -> impl Strategy<Value = (usize, usize, usize, usize, usize)> {
-    (1usize..9, 1usize..9, 1usize..5, 1usize..4, 0usize..3)
+    let stride = prop_oneof![8 => 1usize..4, 1 => 9usize..13, 1 => Just(usize::MAX / 3), 1 => Just(usize::MAX)];
+    (1usize..9, 1usize..9, 1usize..5, stride, 0usize..3)
         .prop_filter("window must fit", |&(h, w, k, _, p)| {
             h + 2 * p >= k && w + 2 * p >= k
         })
