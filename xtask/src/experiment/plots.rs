@@ -55,11 +55,7 @@ fn point<'a>((c, m): (&'a CellResult, &'a CellMetrics)) -> Point<'a> {
 /// labels do not pile up on one point.
 fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
     let post: Vec<Point> = r.post_training().map(point).collect();
-    let tuned: Vec<Point> = r
-        .done()
-        .filter(|(c, _)| c.method.fine_tunes())
-        .map(point)
-        .collect();
+    let tuned: Vec<Point> = r.fine_tuned().map(point).collect();
     let fp32 = (r.fp32.model_bytes as f64 / MB, 100.0 * r.fp32.accuracy);
     let (xs, ys): (Vec<f64>, Vec<f64>) = post
         .iter()

@@ -295,7 +295,7 @@ fn ranked(md: &mut String, r: &Results) -> std::fmt::Result {
 /// The fine-tuned cells apart from the ranking: each QAT cell beside the control with
 /// the same quantization, whose difference is what fake-quant training adds.
 fn fine_tuned(md: &mut String, r: &Results) -> std::fmt::Result {
-    let cells = ranking(r.done().filter(|(c, _)| c.method.fine_tunes()));
+    let cells = ranking(r.fine_tuned());
     if cells.is_empty() {
         return Ok(());
     }

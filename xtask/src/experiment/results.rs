@@ -199,6 +199,11 @@ impl Results {
         self.done().filter(|(c, _)| !c.method.fine_tunes())
     }
 
+    /// The finished cells that train the model further first (QAT and its control).
+    pub fn fine_tuned(&self) -> impl Iterator<Item = (&CellResult, &CellMetrics)> {
+        self.done().filter(|(c, _)| c.method.fine_tunes())
+    }
+
     /// Names of the finished post-training cells on the accuracy-vs-size Pareto front (no
     /// other such cell is both smaller or as small and more accurate), smallest first.
     pub fn pareto_front(&self) -> Vec<&str> {
