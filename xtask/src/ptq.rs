@@ -190,6 +190,16 @@ pub fn prepare(
     })
 }
 
+/// What equalization does with ReLU6: replace it with ReLU where asked, else leave its
+/// pairs alone.
+pub fn clip_policy(relu6_as_relu: bool) -> ClipPolicy {
+    if relu6_as_relu {
+        ClipPolicy::AsRelu
+    } else {
+        ClipPolicy::Refuse
+    }
+}
+
 /// `graph` equalized where `config` says, with what was done recorded in `report`.
 fn equalize_graph(
     graph: &FloatGraph,
@@ -198,11 +208,7 @@ fn equalize_graph(
     report: &mut Report,
 ) -> anyhow::Result<FloatGraph> {
     let options = EqualizeOptions {
-        clip: if relu6_as_relu {
-            ClipPolicy::AsRelu
-        } else {
-            ClipPolicy::Refuse
-        },
+        clip: clip_policy(relu6_as_relu),
         ..EqualizeOptions::default()
     };
     let eq = equalize(graph, &options, |n| config.layer(n).equalize)?;

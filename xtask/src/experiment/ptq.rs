@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use cinder_model::{GraphNet, ImageSource};
-use cinder_ptq::{ClipPolicy, EqualizeOptions, adaround, correct_biases_rounded, equalize};
+use cinder_ptq::{EqualizeOptions, adaround, correct_biases_rounded, equalize};
 use cinder_runtime::QuantConfig;
 use cinder_tensor::graph::FloatGraph;
 use cinder_tensor::{TensorBuf, TensorQuantParams};
@@ -17,7 +17,7 @@ use super::config::CellConfig;
 use super::context::Context;
 use super::training::graph_key;
 use crate::dataset::calibration_indices;
-use crate::ptq::steps;
+use crate::ptq::{clip_policy, steps};
 
 /// Whether the cell asks for any post-training step.
 pub fn any(graph: &FloatGraph, quant: &QuantConfig) -> bool {
@@ -46,11 +46,7 @@ pub fn prepare(
     let steps = steps(ctx.graph, quant);
     let (graph, calibrated) = if steps.equalize {
         let options = EqualizeOptions {
-            clip: if cell.relu6_as_relu {
-                ClipPolicy::AsRelu
-            } else {
-                ClipPolicy::Refuse
-            },
+            clip: clip_policy(cell.relu6_as_relu),
             ..EqualizeOptions::default()
         };
         let eq = equalize(ctx.graph, &options, |n| quant.layer(n).equalize)?;
