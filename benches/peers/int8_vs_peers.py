@@ -35,24 +35,8 @@ import tempfile
 import time
 
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.quantization import (
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from peer_data import Batches, fashion_mnist
-
-
-def session(path, threads):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+from peer_data import fashion_mnist, quantize_u8s8, session
 
 
 def accuracy(sess, images, labels, batch=256):
@@ -97,18 +81,10 @@ def export_models(args, work, norm):
          "--out", float_onnx],
         check=True, stdout=subprocess.DEVNULL,
     )
-    prepared = os.path.join(work, "float.prep.onnx")
-    quant_pre_process(float_onnx, prepared)
     train, _ = fashion_mnist("train", norm)
-    name = session(float_onnx, 1).get_inputs()[0].name
     int8_onnx = os.path.join(work, "int8.qdq.onnx")
     start = time.perf_counter()
-    quantize_static(
-        prepared, int8_onnx, Batches(name, train[: args.calibration], 64),
-        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
+    quantize_u8s8(float_onnx, int8_onnx, train[: args.calibration], 64)
     print(f"ONNX Runtime quantize_static: {time.perf_counter() - start:.2f} s "
           f"({args.calibration} calibration images)")
     return float_onnx, int8_onnx

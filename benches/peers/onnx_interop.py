@@ -38,27 +38,13 @@ import time
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
-from onnxruntime.quantization import (
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_static,
-)
 
-from peer_data import Batches, fashion_mnist
+from peer_data import fashion_mnist, quantize_u8s8, session
 
 
 def xtask(args, *command):
     subprocess.run([args.xtask, *command], check=True, stdout=subprocess.DEVNULL)
-
-
-def session(path, threads):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def ort_logits(path, images, threads, batch=256):
@@ -97,20 +83,6 @@ def compare(what, cinder, onnxruntime, scale, labels):
     )
 
 
-def ort_quantize(float_path, out, calibration):
-    name = onnx.load(float_path).graph.input[0].name
-    quantize_static(
-        float_path,
-        out,
-        Batches(name, calibration, 32),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
-
-
 def calibration_images(args, work):
     path = os.path.join(work, "calibration.f32")
     xtask(
@@ -135,7 +107,7 @@ def round_trips(args, work, test, labels, calibration):
     )
     float_path, ort_qdq = os.path.join(work, "float.onnx"), os.path.join(work, "ort_qdq.onnx")
     xtask(args, "onnx", "export", "--graph", os.path.join(args.run, "graph.json"), "--out", float_path)
-    ort_quantize(float_path, ort_qdq, calibration)
+    quantize_u8s8(float_path, ort_qdq, calibration, 32, prepare=False)
     imported = os.path.join(work, "ort_imported")
     xtask(args, "onnx", "import", "--onnx", ort_qdq, "--out", imported)
     compare(
@@ -213,7 +185,7 @@ def outside_model(args, work, test, labels, calibration):
     )
     cinder = accuracy(cinder_logits(args, int8, test, work))
     ort_qdq = os.path.join(work, "outside_ort_qdq.onnx")
-    ort_quantize(float_path, ort_qdq, calibration)
+    quantize_u8s8(float_path, ort_qdq, calibration, 32, prepare=False)
     ort_int8 = ort_logits(ort_qdq, test, args.threads)
     print(
         f"(d) outside CNN on {len(labels)} test images, {len(calibration)} calibration "

@@ -1,10 +1,19 @@
-"""Shared by the peer scripts: Fashion-MNIST as cinder reads it, and the calibration
-reader ONNX Runtime's quantize_static takes."""
+"""Shared by the peer scripts: Fashion-MNIST as cinder reads it, ONNX Runtime sessions,
+and ONNX Runtime's own static quantization with the calibration reader it takes."""
 
 import gzip
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -42,3 +51,31 @@ class Batches(CalibrationDataReader):
 
     def get_next(self):
         return next(self.items, None)
+
+
+def session(path, threads):
+    """A CPU session of `path` on `threads` threads, all graph optimizations on (the
+    fusion of QDQ pairs into integer kernels among them)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def quantize_u8s8(float_path, out, calibration, batch, prepare=True):
+    """ONNX Runtime's `quantize_static` as its documentation recommends for x86: QDQ,
+    u8 activations, s8 weights per output channel, MinMax over `calibration`, no
+    reduce_range (its VNNI path); `prepare` runs its pre-processing (shape inference and
+    graph optimization) first, in a file beside `out`."""
+    source = float_path
+    if prepare:
+        source = out + ".prep.onnx"
+        quant_pre_process(float_path, source, skip_symbolic_shape=True)
+    name = onnx.load(source).graph.input[0].name
+    quantize_static(
+        source, out, Batches(name, calibration, batch),
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
+        calibrate_method=CalibrationMethod.MinMax,
+    )

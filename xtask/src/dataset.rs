@@ -115,3 +115,17 @@ pub fn calibration_indices(len: usize, n: usize, seed: u64) -> Vec<usize> {
     order.truncate(n);
     order
 }
+
+/// `(all but the last n, the last n)` of `data`: the validation images held out right
+/// after the trained ones, so that "images past the trained ones" are unseen.
+pub fn hold_out_tail(data: &Dataset, n: usize) -> anyhow::Result<(Dataset, Dataset)> {
+    if n >= data.len() {
+        anyhow::bail!(
+            "{n} validation images: expected fewer than the {} training images",
+            data.len()
+        );
+    }
+    let indices: Vec<usize> = (0..data.len()).collect();
+    let (train, validation) = indices.split_at(data.len() - n);
+    Ok((data.subset(train), data.subset(validation)))
+}

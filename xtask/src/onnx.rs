@@ -241,7 +241,8 @@ fn calibration_images(args: CalibrationImagesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_f32(path: &Path, values: &[f32]) -> anyhow::Result<()> {
+/// `values` as little-endian float32, written atomically.
+pub fn write_f32(path: &Path, values: &[f32]) -> anyhow::Result<()> {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     Ok(write_atomic(path, &bytes)?)
 }

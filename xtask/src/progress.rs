@@ -1,7 +1,7 @@
 //! Progress bars and epoch lines shared by the training commands (`train`, `qat`, the
 //! experiment's training and fine-tuning cells).
 
-use cinder_model::{EpochMetrics, StepProgress, Trainer};
+use cinder_model::{EpochMetrics, Evaluation, StepProgress, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A bar over the next epoch of `trainer` on `images` training images.
@@ -31,13 +31,22 @@ pub fn step_bar(steps: usize, prefix: String) -> ProgressBar {
     bar
 }
 
-/// One line for a finished epoch: training figures, test figures when evaluated, speed.
+/// One line for a finished epoch: training figures, validation and test figures when
+/// evaluated, speed.
 pub fn epoch_line(m: &EpochMetrics) -> String {
-    let test = m.test.as_ref().map_or(String::new(), |t| {
-        format!(" | test loss {:.4} acc {:.2}%", t.loss, 100.0 * t.accuracy)
-    });
+    let held_out = |name: &str, e: Option<&Evaluation>| {
+        e.map_or(String::new(), |e| {
+            format!(
+                " | {name} loss {:.4} acc {:.2}%",
+                e.loss,
+                100.0 * e.accuracy
+            )
+        })
+    };
+    let validation = held_out("validation", m.validation.as_ref());
+    let test = held_out("test", m.test.as_ref());
     format!(
-        "epoch {}: train loss {:.4} acc {:.2}%{test} | {:.1} img/s, {:.0} s",
+        "epoch {}: train loss {:.4} acc {:.2}%{validation}{test} | {:.1} img/s, {:.0} s",
         m.epoch,
         m.train_loss,
         100.0 * m.train_accuracy,

@@ -9,6 +9,10 @@
 //!   architecture and weights, from which every later command rebuilds the model,
 //! - `summary.json`: data set, normalization, configs and the final figures.
 //!
+//! With `--validation-images N` the last N training images are held out and evaluated
+//! after every epoch; `--patience P` then stops training once their accuracy has not
+//! improved for P epochs (`--epochs` is the cap).
+//!
 //! Example (the Fashion-MNIST recipe PyTorch and ONNX Runtime were compared on):
 //! `cargo xtask train --dataset fashion-mnist --limit 20000 --epochs 2 --batch 64 --lr 0.01 --out runs/fmnist`
 //!
@@ -19,13 +23,16 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use burn::module::Module;
 use cinder_datasets::{Dataset, Normalization};
 use cinder_model::checkpoint::read_manifest;
+use cinder_model::stopping::best_epoch;
 use cinder_model::train::write_metrics_log;
 use cinder_model::zoo;
 use cinder_model::{
-    Augmentation, BackendKind, ImageSource, LrSchedule, OptimizerConfig, TrainConfig, Trainer,
+    Augmentation, BackendKind, EarlyStopping, ImageSource, LrSchedule, OptimizerConfig,
+    StepProgress, TrainConfig, Trainer,
 };
 use cinder_tensor::graph::GraphSpec;
 use cinder_tensor::io::{read_json, write_json_atomic};
@@ -33,7 +40,7 @@ use cinder_tensor::lock::DirLock;
 use serde::{Deserialize, Serialize};
 
 use crate::checks;
-use crate::dataset::{DatasetImages, NormArg, dataset_source, normalization_for};
+use crate::dataset::{DatasetImages, NormArg, dataset_source, hold_out_tail, normalization_for};
 use crate::progress::{epoch_bar, epoch_line, show};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +88,18 @@ pub struct TrainArgs {
     /// Use only the first N test images.
     #[arg(long, value_parser = checks::positive)]
     pub test_limit: Option<usize>,
+    /// Hold the last N training images out of training and evaluate on them after every
+    /// epoch (needed by --patience).
+    #[arg(long, default_value_t = 0)]
+    pub validation_images: usize,
+    /// Stop early once the validation accuracy has not improved for this many epochs
+    /// (--epochs stays the cap).
+    #[arg(long, value_parser = checks::positive, requires = "validation_images")]
+    pub patience: Option<usize>,
+    /// The rise in validation accuracy, in percentage points, that counts as an
+    /// improvement for --patience.
+    #[arg(long, default_value_t = 0.0, value_parser = checks::finite_non_negative, requires = "patience")]
+    pub min_delta_pp: f64,
     /// Input normalization; default: `half` for fashion-mnist, `fit` otherwise.
     #[arg(long, value_enum)]
     pub norm: Option<NormArg>,
@@ -133,6 +152,10 @@ impl TrainArgs {
             schedule,
             seed: self.seed,
             augment: self.augment.then(Augmentation::crop_flip),
+            early_stopping: self.patience.map(|patience| EarlyStopping {
+                patience,
+                min_delta: self.min_delta_pp / 100.0,
+            }),
         }
     }
 
@@ -156,6 +179,10 @@ struct Summary<'a> {
     parameters: usize,
     training: &'a TrainConfig,
     epochs_done: usize,
+    /// Whether early stopping ended the run before `training.epochs`.
+    stopped_early: bool,
+    /// The epoch with the best validation accuracy, when there was a validation set.
+    best_epoch: Option<usize>,
     test_accuracy: Option<f64>,
     test_loss: Option<f64>,
     confusion: Option<&'a Vec<Vec<u64>>>,
@@ -173,6 +200,8 @@ struct Summary<'a> {
 struct RunData {
     dataset: String,
     train_images: usize,
+    #[serde(default)]
+    validation_images: usize,
     test_images: usize,
     normalization: Normalization,
 }
@@ -187,13 +216,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let source = dataset_source(&args.dataset, args.data_dir.as_deref())?;
     eprintln!("loading {} ...", source.name());
     let splits = cinder_datasets::load(&source)?;
-    let train = splits.train.limit(args.limit.unwrap_or(usize::MAX));
+    let limited = splits.train.limit(args.limit.unwrap_or(usize::MAX));
+    let (train, validation) =
+        hold_out_tail(&limited, args.validation_images).context("--validation-images")?;
     let test = splits.test.limit(args.test_limit.unwrap_or(usize::MAX));
     let norm = args.normalization(&train)?;
     let (train_src, test_src) = (
         DatasetImages { data: &train, norm },
         DatasetImages { data: &test, norm },
     );
+    let validation_src = (!validation.is_empty()).then_some(DatasetImages {
+        data: &validation,
+        norm,
+    });
     let image_shape = train_src.image_shape();
     let spec = zoo::by_name(&args.model, image_shape, train.classes(), args.batch_norm)?;
     let config = args.train_config();
@@ -201,6 +236,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let data = RunData {
         dataset: source.name().to_owned(),
         train_images: train.len(),
+        validation_images: validation.len(),
         test_images: test.len(),
         normalization: norm,
     };
@@ -216,7 +252,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     );
     while !trainer.is_finished() {
         let bar = epoch_bar(&trainer, train.len());
-        let metrics = trainer.run_epoch(&train_src, Some(&test_src), &mut |p| show(&bar, p))?;
+        let progress = &mut |p: &StepProgress| show(&bar, p);
+        let metrics = match &validation_src {
+            Some(v) => trainer.run_epoch_validated(&train_src, v, Some(&test_src), progress)?,
+            None => trainer.run_epoch(&train_src, Some(&test_src), progress)?,
+        };
         bar.finish_and_clear();
         eprintln!("{}", epoch_line(metrics));
         trainer.save_checkpoint(&ckpt_dir)?;
@@ -241,6 +281,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         parameters: trainer.model().num_params(),
         training: trainer.config(),
         epochs_done: trainer.epochs_done(),
+        stopped_early: trainer.stopped_early(),
+        best_epoch: best_epoch(
+            history,
+            trainer.config().early_stopping.map_or(0.0, |r| r.min_delta),
+        ),
         test_accuracy: last.map(|e| e.accuracy),
         test_loss: last.map(|e| e.loss),
         confusion: last.map(|e| &e.confusion),

@@ -3,7 +3,8 @@
 //! report.md has its tables, the plots are SVG) without redoing the finished cells or
 //! retraining; a rerun after one cell's result is deleted and another cell's config is
 //! changed redoes exactly those two. Fanned out: two processes running disjoint cells
-//! into one directory at once, then `--report-only`, give the whole report.
+//! into one directory at once, then `--report-only`, give the whole report. The float
+//! model trains with early stopping; ONNX Runtime's rows appear where it is installed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -88,7 +89,9 @@ fn check_report_files(out: &Path, results: &serde_json::Value) {
         rest.contains("| qat-w8 | QAT |"),
         "qat-w8 not in its own table"
     );
-    for plot in ["accuracy_vs_size", "latency", "sqnr"] {
+    check_training(&report, results);
+    check_peers(&report, results);
+    for plot in ["accuracy_vs_size", "latency", "sqnr", "training"] {
         let svg = std::fs::read_to_string(out.join("plots").join(format!("{plot}.svg"))).unwrap();
         assert!(
             svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
@@ -104,6 +107,73 @@ fn check_report_files(out: &Path, results: &serde_json::Value) {
         assert!(model.metadata().unwrap().len() > 0, "{}", model.display());
     }
     assert!(out.join("fp32/graph.safetensors").exists());
+}
+
+/// The quick config trains with early stopping on 500 held-out images: the summary has a
+/// validation result per epoch and a best epoch, the report its curve.
+fn check_training(report: &str, results: &serde_json::Value) {
+    let t = &results["training"];
+    assert_eq!(t["validation_images"], 500);
+    assert_eq!(results["data"]["train_images"], 3500);
+    let history = t["history"].as_array().unwrap();
+    let epochs = t["epochs"].as_u64().unwrap() as usize;
+    assert_eq!(history.len(), epochs);
+    assert!((1..=3).contains(&epochs), "{epochs} epochs, the cap is 3");
+    assert!(history.iter().all(|m| m["validation"]["samples"] == 500));
+    let best = t["best_epoch"].as_u64().unwrap() as usize;
+    assert!((1..=epochs).contains(&best));
+    // Stopped early exactly when the last epoch did not beat the best (patience 1).
+    assert_eq!(t["stopped_early"], best < epochs);
+    assert!(report.contains("## Training of the float model"));
+    assert!(
+        report.contains(&format!("| {best} (best) |")),
+        "best epoch not marked"
+    );
+}
+
+/// The Python with ONNX Runtime that `CINDER_ONNX_PYTHON` names, if any.
+fn onnxruntime_here() -> bool {
+    std::env::var_os("CINDER_ONNX_PYTHON").is_some_and(|python| {
+        Command::new(python)
+            .args(["-c", "import onnxruntime, onnx, numpy"])
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// With ONNX Runtime installed, its rows are in the report and it runs each of cinder's
+/// static 8-bit models (exported as QDQ ONNX) within one percentage point of cinder's
+/// accuracy; without it, the report says how to add them.
+fn check_peers(report: &str, results: &serde_json::Value) {
+    let peers = &results["peers"];
+    if !onnxruntime_here() {
+        assert_ne!(peers["status"], "measured");
+        assert!(report.contains("To add ONNX Runtime's rows"), "{peers}");
+        return;
+    }
+    assert_eq!(peers["status"], "measured", "{peers}");
+    assert!(report.contains("| fp32, ONNX Runtime |"));
+    assert!(report.contains("| int8 `quantize_static`, ONNX Runtime |"));
+    let fp32 = results["fp32"]["accuracy"].as_f64().unwrap();
+    let ort_fp32 = peers["fp32"]["accuracy"].as_f64().unwrap();
+    assert!(
+        (fp32 - ort_fp32).abs() <= 0.01,
+        "burn {fp32}, ONNX Runtime {ort_fp32}"
+    );
+    for cell in results["cells"].as_array().unwrap() {
+        let name = cell["name"].as_str().unwrap();
+        let static_w8 = cell["quant"]["default"]["mode"] == "static"
+            && cell["quant"]["default"]["weight_bits"] == 8;
+        if cell["outcome"]["status"] != "done" || !static_w8 {
+            continue;
+        }
+        let cinder = cell["outcome"]["measured"]["accuracy"].as_f64().unwrap();
+        let ort = peers["cells"][name]["accuracy"].as_f64().unwrap();
+        assert!(
+            (cinder - ort).abs() <= 0.01,
+            "{name}: cinder {cinder}, ONNX Runtime {ort}"
+        );
+    }
 }
 
 #[test]
@@ -232,4 +302,51 @@ fn an_outside_onnx_model_goes_through_the_matrix_instead_of_training() {
     assert!(!out.join("checkpoint").exists());
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("the float ONNX model"), "{report}");
+}
+
+/// A suite runs each member config into its own directory and sets them side by side.
+#[test]
+fn a_suite_runs_each_member_and_reports_them_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let quick = std::fs::read_to_string(quick_config()).unwrap();
+    // The quick config's first two cells, under two names and seeds.
+    let cut = quick.find("[[cells]]\nname = \"w4\"").unwrap();
+    for (name, seed) in [("small-a", 0), ("small-b", 1)] {
+        let member = quick[..cut]
+            .replace("name = \"quick\"", &format!("name = \"{name}\""))
+            .replacen("seed = 0", &format!("seed = {seed}"), 1);
+        std::fs::write(dir.path().join(format!("{name}.toml")), member).unwrap();
+    }
+    let suite = dir.path().join("suite.toml");
+    std::fs::write(
+        &suite,
+        "name = \"pair\"\nexperiments = [\"small-a.toml\", \"small-b.toml\"]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("pair");
+    experiment(&out, &["--config", suite.to_str().unwrap(), "--no-peers"]);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for name in ["small-a", "small-b"] {
+        let member = results(&out.join(name));
+        assert_eq!(member["experiment"], name);
+        let fp32 = 100.0 * member["fp32"]["accuracy"].as_f64().unwrap();
+        assert!(
+            report.contains(&format!("| {name} | convnet ("))
+                && report.contains(&format!("{fp32:.2}")),
+            "{name} missing from the suite's report:\n{report}"
+        );
+        let row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")));
+        assert!(row.unwrap().contains("(W8 "), "no best W8 cell:\n{report}");
+    }
+    // A cell of a suite is a cell of one of its members.
+    let output = experiment_command(
+        &out,
+        &["--config", suite.to_str().unwrap(), "--cell", "w8-minmax"],
+    )
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is a suite of experiments"));
 }

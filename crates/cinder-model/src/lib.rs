@@ -5,6 +5,7 @@
 //! - [`zoo`]: the architectures by name (`convnet`, `resnet20`, `mobilenetv2-tiny`).
 //! - [`train`]: SGD/Adam training with schedules, evaluation, metrics.
 //! - [`augment`]: random crop and flip of training images.
+//! - [`stopping`]: early stopping on a validation set.
 //! - [`checkpoint`]: atomic per-epoch checkpoints and exact resume.
 //! - [`data`]: the batch interface training reads ([`data::ImageSource`]).
 //! - [`export`]: the float graph hand-off, activations for calibration, and the common
@@ -23,6 +24,7 @@ pub mod export;
 pub mod flex;
 pub mod net;
 pub mod rng;
+pub mod stopping;
 pub mod train;
 pub mod zoo;
 
@@ -32,6 +34,7 @@ pub use data::{Batch, ImageSource, InMemoryImages};
 pub use error::ModelError;
 pub use export::{Activations, BurnData, INPUT_NAME};
 pub use net::GraphNet;
+pub use stopping::EarlyStopping;
 pub use train::{
     EpochMetrics, Evaluation, LrSchedule, OptimizerConfig, StepProgress, TrainConfig, Trainer,
     evaluate,

@@ -28,6 +28,7 @@ use crate::backend::BackendKind;
 use crate::data::{Batch, ImageSource, epoch_batches, prefetch};
 use crate::error::ModelError;
 use crate::net::GraphNet;
+use crate::stopping::EarlyStopping;
 
 /// The update rule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -156,6 +157,10 @@ pub struct TrainConfig {
     /// Random crop and flip of the training images, if any.
     #[serde(default)]
     pub augment: Option<Augmentation>,
+    /// Stop before `epochs` once the validation accuracy stops improving; the epochs
+    /// then need a validation set ([`Trainer::run_epoch_validated`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
 }
 
 impl Default for TrainConfig {
@@ -170,6 +175,7 @@ impl Default for TrainConfig {
             schedule: LrSchedule::Constant,
             seed: 0,
             augment: None,
+            early_stopping: None,
         }
     }
 }
@@ -187,6 +193,9 @@ impl TrainConfig {
             return bad("weight decay must be finite and non-negative");
         }
         self.optimizer.validate()?;
+        if let Some(stopping) = &self.early_stopping {
+            stopping.validate()?;
+        }
         self.schedule.validate()
     }
 }
@@ -296,6 +305,9 @@ pub struct EpochMetrics {
     pub seconds: f64,
     /// Training images per second, data preparation and metrics included.
     pub images_per_sec: f64,
+    /// On the validation set, when the epoch had one (early stopping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Evaluation>,
     pub test: Option<Evaluation>,
 }
 
@@ -413,8 +425,16 @@ impl Trainer {
         self.history.len()
     }
 
+    /// Whether the run is done: all `epochs`, or stopped early.
     pub fn is_finished(&self) -> bool {
-        self.epochs_done() >= self.config.epochs
+        self.epochs_done() >= self.config.epochs || self.stopped_early()
+    }
+
+    /// Whether the early-stopping rule ended the run before its epoch cap.
+    pub fn stopped_early(&self) -> bool {
+        self.config
+            .early_stopping
+            .is_some_and(|rule| rule.should_stop(&self.history))
     }
 
     pub fn history(&self) -> &[EpochMetrics] {
@@ -422,28 +442,63 @@ impl Trainer {
     }
 
     /// Trains the next epoch on `train`, then evaluates on `test` when given, and appends
-    /// the epoch's metrics to the history. `progress` is called after every step.
+    /// the epoch's metrics to the history. `progress` is called after every step. A run
+    /// with early stopping takes [`Self::run_epoch_validated`] instead.
     pub fn run_epoch(
         &mut self,
         train: &dyn ImageSource,
         test: Option<&dyn ImageSource>,
         progress: &mut dyn FnMut(&StepProgress),
     ) -> Result<&EpochMetrics, ModelError> {
+        if self.config.early_stopping.is_some() {
+            return Err(ModelError::Training(
+                "early stopping needs a validation set in every epoch: use run_epoch_validated"
+                    .to_owned(),
+            ));
+        }
+        self.epoch(train, None, test, progress)
+    }
+
+    /// [`Self::run_epoch`], also evaluating on `validation`, which early stopping watches.
+    pub fn run_epoch_validated(
+        &mut self,
+        train: &dyn ImageSource,
+        validation: &dyn ImageSource,
+        test: Option<&dyn ImageSource>,
+        progress: &mut dyn FnMut(&StepProgress),
+    ) -> Result<&EpochMetrics, ModelError> {
+        self.epoch(train, Some(validation), test, progress)
+    }
+
+    fn epoch(
+        &mut self,
+        train: &dyn ImageSource,
+        validation: Option<&dyn ImageSource>,
+        test: Option<&dyn ImageSource>,
+        progress: &mut dyn FnMut(&StepProgress),
+    ) -> Result<&EpochMetrics, ModelError> {
         if self.is_finished() {
             return Err(ModelError::Training(format!(
-                "all {} epochs are done",
+                "the run is done after {} of at most {} epochs",
+                self.epochs_done(),
                 self.config.epochs
             )));
         }
-        check_source(self.model().input_shape(), self.model().classes(), train)?;
+        let (shape, classes) = (self.model().input_shape(), self.model().classes());
+        for source in std::iter::once(train).chain(validation).chain(test) {
+            check_source(shape, classes, source)?;
+        }
         let config = self.config.clone();
         let mut metrics =
             train_epoch(&config, self.epochs_done(), train, progress, |batch, lr| {
                 self.step(batch, lr)
             })?;
-        metrics.test = test
-            .map(|t| evaluate(self.model(), t, self.config.batch_size.max(64)))
-            .transpose()?;
+        let batch = self.config.batch_size.max(64);
+        let held_out = |source: Option<&dyn ImageSource>| {
+            source.map(|s| evaluate(self.model(), s, batch)).transpose()
+        };
+        metrics.validation = held_out(validation)?;
+        metrics.test = held_out(test)?;
         self.history.push(metrics);
         Ok(self.history.last().expect("just pushed"))
     }
@@ -484,7 +539,7 @@ pub fn check_source(
 /// Trains epoch `epoch` (0-based) of a run under `config` for any model: the seeded
 /// batch plan, the learning-rate schedule, the running metrics and the progress callback.
 /// `step` trains on one batch at the given rate and returns the batch's mean loss and
-/// its number of correct guesses. The metrics have no test evaluation.
+/// its number of correct guesses. The metrics have no held-out evaluation.
 pub fn train_epoch(
     config: &TrainConfig,
     epoch: usize,
@@ -537,6 +592,7 @@ pub fn train_epoch(
         train_images: images,
         seconds,
         images_per_sec: images as f64 / seconds.max(1e-9),
+        validation: None,
         test: None,
     })
 }

@@ -6,10 +6,11 @@ use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use cinder_model::checkpoint::{MANIFEST, read_manifest};
+use cinder_model::stopping::best_epoch;
 use cinder_model::train::write_metrics_log;
 use cinder_model::{
-    BackendKind, GraphNet, ImageSource, LrSchedule, ModelError, OptimizerConfig, TrainConfig,
-    Trainer, evaluate,
+    BackendKind, EarlyStopping, GraphNet, ImageSource, LrSchedule, ModelError, OptimizerConfig,
+    TrainConfig, Trainer, evaluate,
 };
 use cinder_tensor::Tensor as _;
 use cinder_tensor::graph::{FloatGraph, Op};
@@ -28,6 +29,7 @@ fn quick_config(optimizer: OptimizerConfig, epochs: usize) -> TrainConfig {
         schedule: LrSchedule::Cosine { min_lr: 1e-4 },
         seed: 42,
         augment: None,
+        early_stopping: None,
     }
 }
 
@@ -187,6 +189,43 @@ fn ndarray_runs_are_deterministic_for_a_seed() {
         all_weights(t.model())
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn early_stopping_ends_the_run_once_the_validation_accuracy_stalls() {
+    let (train_set, validation) = (quadrant_images(256, 1), quadrant_images(64, 3));
+    let config = TrainConfig {
+        early_stopping: Some(EarlyStopping {
+            patience: 2,
+            min_delta: 0.0,
+        }),
+        ..quick_config(OptimizerConfig::sgd(), 40)
+    };
+    let mut trainer = Trainer::new(&tiny_spec(), config, BackendKind::Flex).unwrap();
+    let err = trainer
+        .run_epoch(&train_set, None, &mut |_| {})
+        .unwrap_err();
+    assert!(err.to_string().contains("validation"), "{err}");
+    while !trainer.is_finished() {
+        trainer
+            .run_epoch_validated(&train_set, &validation, None, &mut |_| {})
+            .unwrap();
+    }
+    let history = trainer.history();
+    assert!(
+        trainer.stopped_early() && history.len() < 40,
+        "{} epochs",
+        history.len()
+    );
+    let best = best_epoch(history, 0.0).unwrap();
+    assert_eq!(best + 2, history.len(), "stops two epochs after its best");
+    let accuracy = |e: usize| history[e - 1].validation.as_ref().unwrap().accuracy;
+    assert!((best + 1..=history.len()).all(|e| accuracy(e) <= accuracy(best)));
+    // The decision is in the history: a restored run is finished too.
+    let dir = tempfile::tempdir().unwrap();
+    trainer.save_checkpoint(dir.path()).unwrap();
+    let resumed = Trainer::resume(dir.path(), BackendKind::Flex).unwrap();
+    assert!(resumed.is_finished() && resumed.stopped_early());
 }
 
 #[test]

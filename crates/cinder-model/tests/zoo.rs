@@ -184,6 +184,7 @@ fn quick(seed: u64) -> TrainConfig {
         schedule: LrSchedule::Cosine { min_lr: 0.0 },
         seed,
         augment: None,
+        early_stopping: None,
     }
 }
 

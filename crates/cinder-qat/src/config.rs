@@ -70,6 +70,11 @@ impl QatConfig {
     pub fn validate(&self, layers: &[String]) -> Result<(), QatError> {
         let bad = |m: String| Err(QatError::Config(m));
         self.training.validate()?;
+        if self.training.early_stopping.is_some() {
+            return bad(
+                "training.early_stopping: fine-tuning runs its fixed number of epochs".to_owned(),
+            );
+        }
         for layer in layers {
             self.weight_scheme(layer)?;
             if self.quant.layer(layer).mode != Mode::Static {

@@ -15,6 +15,8 @@ use cinder_runtime::QuantConfig;
 use cinder_tensor::graph::GraphSpec;
 use serde::{Deserialize, Serialize};
 
+use super::suite::SuiteConfig;
+
 /// The whole experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +53,10 @@ pub struct DataConfig {
     /// The first N test images (all when absent).
     #[serde(default)]
     pub test_images: Option<usize>,
+    /// The last N of the training images, held out of training for early stopping
+    /// (`training.early_stopping`) and the report's validation curve.
+    #[serde(default)]
+    pub validation_images: Option<usize>,
     /// `half` (mean 0.5, std 0.5) or `fit` (per-channel statistics of the training
     /// split); default `half` for Fashion-MNIST, `fit` otherwise.
     #[serde(default)]
@@ -278,6 +284,28 @@ pub fn experiments_dir() -> PathBuf {
         .join("experiments")
 }
 
+/// The suite that `path` holds, or `None` when it is a single experiment's config (a
+/// suite is a table with an `experiments` list).
+pub fn load_suite(path: &Path) -> anyhow::Result<Option<SuiteConfig>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("{}: invalid experiment config", path.display()))?;
+    if !table.contains_key("experiments") {
+        return Ok(None);
+    }
+    let suite: SuiteConfig = toml::from_str(&text)
+        .with_context(|| format!("{}: invalid suite of experiments", path.display()))?;
+    check_file_name("name", &suite.name)?;
+    if suite.experiments.is_empty() {
+        bail!(
+            "{}: experiments: expected at least one config",
+            path.display()
+        );
+    }
+    Ok(Some(suite))
+}
+
 /// Reads and checks a config file.
 pub fn load(path: &Path) -> anyhow::Result<ExperimentConfig> {
     let text =
@@ -302,9 +330,16 @@ impl ExperimentConfig {
         let optional = [
             ("data.train_images", self.data.train_images),
             ("data.test_images", self.data.test_images),
+            ("data.validation_images", self.data.validation_images),
         ];
         if let Some((name, _)) = optional.iter().find(|(_, v)| *v == Some(0)) {
-            bail!("{name} must be at least 1 (or absent: all images)");
+            bail!("{name} must be at least 1 (or absent)");
+        }
+        if self.training.early_stopping.is_some() && self.data.validation_images.is_none() {
+            bail!(
+                "training.early_stopping watches the validation accuracy: set \
+                 data.validation_images"
+            );
         }
         if let Some(problem) = self.adaround.problem() {
             bail!("adaround: {problem}");
@@ -391,6 +426,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .filter(|p| load_suite(p).unwrap().is_none())
             .collect();
         paths.sort();
         paths
@@ -434,6 +470,20 @@ mod tests {
             .collect();
         for b in [8, 6, 4, 2] {
             assert!(bits.contains(&b), "bits {b} missing: {bits:?}");
+        }
+    }
+
+    #[test]
+    fn the_zoo_suite_names_a_config_of_every_zoo_model() {
+        let path = experiments_dir().join("zoo.toml");
+        let suite = load_suite(&path).unwrap().expect("zoo.toml is a suite");
+        let models: Vec<String> = suite
+            .experiments
+            .iter()
+            .map(|member| load(&experiments_dir().join(member)).unwrap().model.name)
+            .collect();
+        for name in zoo::MODELS {
+            assert!(models.iter().any(|m| m == name), "{name} not in {models:?}");
         }
     }
 

@@ -1,18 +1,24 @@
 //! The experiment's data: both splits loaded (or generated) once, limited as the config
-//! says, normalized, and hashed so that a changed data set retrains.
+//! says, the validation images held out of the training ones, normalized, and hashed so
+//! that a changed data set retrains.
 
+use anyhow::Context;
 use cinder_datasets::{Dataset, DatasetSource, Normalization};
 
 use super::config::DataConfig;
 use super::store::Key;
-use crate::dataset::{DatasetImages, dataset_source, normalization_for};
+use crate::dataset::{DatasetImages, dataset_source, hold_out_tail, normalization_for};
 
 pub struct ExperimentData {
     pub name: &'static str,
+    /// The images the model trains on.
     pub train: Dataset,
+    /// The last `validation_images` of the configured training images, held out for
+    /// early stopping; empty when the config holds none out.
+    pub validation: Dataset,
     pub test: Dataset,
     pub norm: Normalization,
-    /// SHA-256 of both splits' images and labels and the normalization.
+    /// SHA-256 of the three sets' images and labels and the normalization.
     pub key: String,
 }
 
@@ -25,13 +31,15 @@ impl ExperimentData {
             spec.test = config.test_images.unwrap_or(spec.test);
         }
         let splits = cinder_datasets::load(&source)?;
-        let train = splits
+        let configured = splits
             .train
             .limit(config.train_images.unwrap_or(usize::MAX));
+        let (train, validation) = hold_out_tail(&configured, config.validation_images.unwrap_or(0))
+            .context("data.validation_images")?;
         let test = splits.test.limit(config.test_images.unwrap_or(usize::MAX));
         let norm = normalization_for(config.half_normalization(), &train)?;
         let mut key = Key::new("data");
-        for split in [&train, &test] {
+        for split in [&train, &validation, &test] {
             key.bytes(split.images()).bytes(split.labels());
         }
         key.json(&norm)?;
@@ -39,6 +47,7 @@ impl ExperimentData {
             name: source.name(),
             key: key.hex(),
             train,
+            validation,
             test,
             norm,
         })
@@ -65,6 +74,14 @@ impl ExperimentData {
             data: &self.train,
             norm: self.norm,
         }
+    }
+
+    /// The validation images, when the config holds any out.
+    pub fn validation_images(&self) -> Option<DatasetImages<'_>> {
+        (!self.validation.is_empty()).then_some(DatasetImages {
+            data: &self.validation,
+            norm: self.norm,
+        })
     }
 
     pub fn test_images(&self) -> DatasetImages<'_> {

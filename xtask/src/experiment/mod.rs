@@ -36,12 +36,14 @@ mod context;
 mod data;
 mod measure;
 mod memory;
+mod peers;
 mod plots;
 mod ptq;
 mod qat;
 mod report;
 mod results;
 mod store;
+mod suite;
 mod training;
 
 use std::path::{Path, PathBuf};
@@ -55,13 +57,14 @@ use calibration::Calibrations;
 use config::ExperimentConfig;
 use context::Context;
 use data::ExperimentData;
+use peers::Peers;
 use results::{
     Baseline, CellResult, DataSummary, Machine, Outcome, RESULTS_FORMAT_VERSION, Results,
 };
 use store::{Key, read_cached, write_cached};
 use training::Trained;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct ExperimentArgs {
     /// The data set, overriding the config's: synthetic, fashion-mnist (DIR optional), cifar10 DIR
     /// or cifar100 DIR.
@@ -92,6 +95,9 @@ pub struct ExperimentArgs {
     /// normalized as the config says, and its output one logit per class.
     #[arg(long, value_name = "FILE")]
     pub model_onnx: Option<PathBuf>,
+    /// Leave ONNX Runtime's rows out of the report even where it is installed.
+    #[arg(long)]
+    pub no_peers: bool,
     /// Stop before running cell N+1, as if killed (resume tests).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
@@ -113,6 +119,9 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         let name = if args.quick { "quick" } else { "default" };
         config::experiments_dir().join(format!("{name}.toml"))
     });
+    if let Some(suite) = config::load_suite(&path)? {
+        return suite::run(&suite, &path, &args, run);
+    }
     let config = config::load(&path)?.with_dataset(&args.dataset)?;
     if args.list_cells {
         config.cells.iter().for_each(|c| println!("{}", c.name));
@@ -166,8 +175,16 @@ pub fn run(args: ExperimentArgs) -> anyhow::Result<()> {
         total.finish_and_clear();
         return check_cells(&cells);
     }
+    total.set_message("ONNX Runtime peers");
+    let peers = if args.no_peers {
+        Peers::Unavailable {
+            reason: "left out (--no-peers)".to_owned(),
+        }
+    } else {
+        peers::measure(&ctx, &cells)?
+    };
     total.set_message("report");
-    let results = shared.results(&config, cells, wall.elapsed().as_secs_f64());
+    let results = shared.results(&config, cells, peers, wall.elapsed().as_secs_f64());
     write_report(&results, &out, &total)?;
     check_cells(&results.cells)
 }
@@ -225,7 +242,13 @@ fn shared_stages(
 }
 
 impl Shared {
-    fn results(self, config: &ExperimentConfig, cells: Vec<CellResult>, wall: f64) -> Results {
+    fn results(
+        self,
+        config: &ExperimentConfig,
+        cells: Vec<CellResult>,
+        peers: Peers,
+        wall: f64,
+    ) -> Results {
         Results {
             format_version: RESULTS_FORMAT_VERSION,
             experiment: config.name.clone(),
@@ -241,6 +264,7 @@ impl Shared {
             fp32: self.baseline.measured,
             fp32_model_file: self.baseline.model_file,
             cells,
+            peers,
             wall_seconds: wall,
         }
     }

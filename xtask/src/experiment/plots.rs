@@ -1,22 +1,40 @@
 //! SVG plots with plotters: accuracy against model size with the Pareto front, speed-up
-//! over fp32 per strategy (batch 1 and batch N), and per-layer SQNR (weights per cell,
-//! activations per observer). Each is rendered to a string and written atomically.
+//! over fp32 per strategy (batch 1 and batch N), per-layer SQNR (weights per cell,
+//! activations per observer) and the float model's training curve. Each is rendered to a
+//! string and written atomically.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use cinder_model::EpochMetrics;
 use cinder_tensor::ErrorMetrics;
 use cinder_tensor::graph::GraphSpec;
 use cinder_tensor::io::write_atomic;
 use plotters::prelude::*;
 
-use super::report::columns;
-use super::results::{CellMetrics, CellResult, Results};
+use super::peers::{PeerRun, Peers};
+use super::results::{CellMetrics, CellResult, Results, columns};
 
 const FONT: &str = "sans-serif";
 const MB: f64 = 1e6;
 /// The colour of the fine-tuned cells (QAT and control) in every plot.
 const FINE_TUNED: RGBColor = RGBColor(230, 120, 0);
+/// The colour of ONNX Runtime's models in every plot.
+const PEER: RGBColor = RGBColor(140, 60, 170);
+
+/// ONNX Runtime's fp32 and `quantize_static` models, when measured, by name.
+fn peer_runs(r: &Results) -> Vec<(&'static str, &PeerRun)> {
+    match &r.peers {
+        Peers::Measured(p) => vec![
+            ("ONNX Runtime fp32", &p.fp32),
+            ("ONNX Runtime quantize_static", &p.quantize_static),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// The training curve's file, written when the model was trained in this experiment.
+pub const TRAINING_PLOT: &str = "training.svg";
 
 /// Renders one plot of the results into an SVG string.
 type Draw = fn(&Results, &mut String) -> anyhow::Result<()>;
@@ -27,7 +45,9 @@ pub fn write_all(results: &Results, dir: &Path) -> anyhow::Result<()> {
         ("latency.svg", latency),
         ("sqnr.svg", sqnr),
     ];
-    for (name, draw) in plots {
+    let trained =
+        (!results.training.history.is_empty()).then_some((TRAINING_PLOT, training as Draw));
+    for (name, draw) in plots.into_iter().chain(trained) {
         let mut svg = String::new();
         draw(results, &mut svg)?;
         write_atomic(&dir.join(name), svg.as_bytes())?;
@@ -56,10 +76,15 @@ fn point<'a>((c, m): (&'a CellResult, &'a CellMetrics)) -> Point<'a> {
 fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
     let post: Vec<Point> = r.post_training().map(point).collect();
     let tuned: Vec<Point> = r.fine_tuned().map(point).collect();
+    let peers: Vec<Point> = peer_runs(r)
+        .into_iter()
+        .map(|(name, p)| (name, p.model_bytes as f64 / MB, 100.0 * p.accuracy))
+        .collect();
     let fp32 = (r.fp32.model_bytes as f64 / MB, 100.0 * r.fp32.accuracy);
     let (xs, ys): (Vec<f64>, Vec<f64>) = post
         .iter()
         .chain(&tuned)
+        .chain(&peers)
         .map(|p| (p.1, p.2))
         .chain([fp32])
         .unzip();
@@ -129,6 +154,16 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
             .label("fine-tuned cells (QAT, control)")
             .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, FINE_TUNED.filled()));
     }
+    if !peers.is_empty() {
+        chart
+            .draw_series(peers.iter().map(|p| {
+                EmptyElement::at((p.1, p.2))
+                    + Rectangle::new([(-5, -5), (5, 5)], PEER.filled())
+                    + Text::new(p.0.to_owned(), (8, 6), (FONT, 12))
+            }))?
+            .label("ONNX Runtime on the same float model")
+            .legend(|(x, y)| Rectangle::new([(x + 5, y - 5), (x + 15, y + 5)], PEER.filled()));
+    }
     chart.draw_series(
         front.iter().map(|p| {
             EmptyElement::at((p.1, p.2)) + Text::new(p.0.to_owned(), (6, -14), (FONT, 12))
@@ -144,27 +179,106 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The float model's accuracy per epoch on its training images (running, while it
+/// learned) and on the held-out validation images, the best validation epoch marked,
+/// and the test accuracy of the final model as a dashed line.
+fn training(r: &Results, svg: &mut String) -> anyhow::Result<()> {
+    let history = &r.training.history;
+    let curve = |f: &dyn Fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
+        history
+            .iter()
+            .filter_map(|m| Some((m.epoch as f64, 100.0 * f(m)?)))
+            .collect()
+    };
+    let train = curve(&|m| Some(m.train_accuracy));
+    let validation = curve(&|m| m.validation.as_ref().map(|v| v.accuracy));
+    let test = 100.0 * r.fp32.accuracy;
+    let ys: Vec<f64> = train.iter().chain(&validation).map(|p| p.1).collect();
+    let lo = ys.iter().copied().fold(test, f64::min);
+    let hi = ys.iter().copied().fold(test, f64::max);
+    let last = history.len() as f64;
+    let root = SVGBackend::with_string(svg, (1000, 550)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{}: training of the float model", r.experiment),
+            (FONT, 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.5..last + 0.5, padded(lo, hi, 0.08))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("top-1 accuracy (%)")
+        .x_labels(history.len().min(20))
+        .x_label_formatter(&|x| format!("{}", x.round()))
+        .light_line_style(RGBColor(238, 238, 238))
+        .draw()?;
+    let series = [
+        (train, BLUE, "training images (running, during the epoch)"),
+        (validation.clone(), GREEN, "validation images (held out)"),
+    ];
+    for (points, color, name) in series.into_iter().filter(|s| !s.0.is_empty()) {
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    }
+    if let Some(best) = r.training.best_epoch {
+        let point = validation.iter().find(|p| p.0 == best as f64).copied();
+        chart.draw_series(point.map(|p| {
+            EmptyElement::at(p)
+                + Circle::new((0, 0), 7, GREEN.stroke_width(2))
+                + Text::new(format!("best: epoch {best}"), (8, 8), (FONT, 12))
+        }))?;
+    }
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(0.5, test), (last + 0.5, test)],
+            8,
+            5,
+            RED.stroke_width(2),
+        ))?
+        .label(format!("test accuracy of the final model: {test:.2}%"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 /// Speed-up of every cell over fp32 (burn) at batch 1 and batch N, one bar per cell with
-/// its value (fine-tuned cells in their own colour), fp32 as the dashed line at 1x.
+/// its value (fine-tuned cells and ONNX Runtime's models in their own colours), fp32 as
+/// the dashed line at 1x.
 fn latency(r: &Results, svg: &mut String) -> anyhow::Result<()> {
-    let rows: Vec<(&str, [f64; 2], RGBColor)> = r
-        .done()
-        .map(|(c, m)| {
-            let speed_up = |fp32: f64, ms: f64| fp32 / ms.max(1e-9);
-            (
-                c.name.as_str(),
-                [
-                    speed_up(r.fp32.single_ms, m.measured.single_ms),
-                    speed_up(r.fp32.batch_ms, m.measured.batch_ms),
-                ],
-                if c.method.fine_tunes() {
-                    FINE_TUNED
-                } else {
-                    BLUE
-                },
-            )
-        })
-        .collect();
+    let speed_up = |single_ms: f64, batch_ms: f64| {
+        [
+            r.fp32.single_ms / single_ms.max(1e-9),
+            r.fp32.batch_ms / batch_ms.max(1e-9),
+        ]
+    };
+    let cells = r.done().map(|(c, m)| {
+        (
+            c.name.as_str(),
+            speed_up(m.measured.single_ms, m.measured.batch_ms),
+            if c.method.fine_tunes() {
+                FINE_TUNED
+            } else {
+                BLUE
+            },
+        )
+    });
+    let peers = peer_runs(r)
+        .into_iter()
+        .map(|(name, p)| (name, speed_up(p.single_ms, p.batch_ms), PEER));
+    let rows: Vec<(&str, [f64; 2], RGBColor)> = cells.chain(peers).collect();
     let n = rows.len();
     let root = SVGBackend::with_string(svg, (1200, 120 + 24 * n as u32)).into_drawing_area();
     root.fill(&WHITE)?;

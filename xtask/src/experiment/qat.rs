@@ -36,6 +36,8 @@ fn qat_config(ctx: &Context<'_>, cell: &CellConfig) -> QatConfig {
         training: TrainConfig {
             epochs: recipe.epochs,
             lr: recipe.lr,
+            // Fine-tuning runs its fixed number of epochs.
+            early_stopping: None,
             ..ctx.config.training.clone()
         },
         ..QatConfig::default()

@@ -1,20 +1,22 @@
 //! `report.md`: the experiment for people. The machine, the data and training, the fp32
-//! baseline, the finished post-training cells ranked by accuracy with their Pareto front,
-//! the fine-tuned cells (QAT beside its control) apart, cells that failed or did not run,
-//! per-layer weight and activation errors, the sensitivity analyses and the plots.
+//! baseline, the float model's training curve, the finished post-training cells ranked by
+//! accuracy with their Pareto front, the fine-tuned cells (QAT beside its control) apart,
+//! ONNX Runtime on the same models, cells that failed or did not run, per-layer weight
+//! and activation errors, the sensitivity analyses and the plots.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use cinder_model::INPUT_NAME;
 use cinder_runtime::{LayerConfig, LayerOverride, Mode, QuantConfig, WeightGranularity};
 use cinder_tensor::graph::{GraphSpec, OpSpec};
 use cinder_tensor::io::write_atomic;
 use cinder_tensor::{ErrorMetrics, Mapping};
 
 use super::config::{AutoquantCell, Method};
-use super::results::{CellMetrics, CellResult, Measured, Outcome, Results};
+use super::peers::{HOW_TO_ENABLE, PeerRuns, Peers};
+use super::plots::TRAINING_PLOT;
+use super::results::{CellMetrics, CellResult, Measured, Outcome, Results, columns};
 use super::training::TrainingSummary;
 use crate::autoquant::search::Found;
 
@@ -24,8 +26,10 @@ pub fn write(results: &Results, path: &Path) -> anyhow::Result<()> {
     let mut md = String::new();
     header(&mut md, results)?;
     baseline(&mut md, &results.fp32)?;
+    training_curve(&mut md, &results.training)?;
     ranked(&mut md, results)?;
     fine_tuned(&mut md, results)?;
+    peers(&mut md, results)?;
     not_done(&mut md, results)?;
     weight_errors(&mut md, results)?;
     activation_errors(&mut md, results)?;
@@ -35,6 +39,9 @@ pub fn write(results: &Results, path: &Path) -> anyhow::Result<()> {
         "## Plots\n\n![accuracy vs size](plots/accuracy_vs_size.svg)\n\n\
          ![latency](plots/latency.svg)\n\n![per-layer SQNR](plots/sqnr.svg)\n",
     );
+    if !results.training.history.is_empty() {
+        writeln!(md, "\n![training](plots/{TRAINING_PLOT})")?;
+    }
     Ok(write_atomic(path, md.as_bytes())?)
 }
 
@@ -55,8 +62,15 @@ fn header(md: &mut String, r: &Results) -> std::fmt::Result {
     )?;
     writeln!(
         md,
-        "- Data: {}, {} training / {} test images, {} classes.",
-        d.dataset, d.train_images, d.test_images, d.classes
+        "- Data: {}, {} training{} / {} test images, {} classes.",
+        d.dataset,
+        d.train_images,
+        match t.validation_images {
+            0 => String::new(),
+            n => format!(" (and {n} more held out for validation)"),
+        },
+        d.test_images,
+        d.classes
     )?;
     match &t.imported_from {
         Some(file) => model_imported(md, file, t)?,
@@ -89,15 +103,89 @@ fn model_trained(md: &mut String, t: &TrainingSummary) -> std::fmt::Result {
     writeln!(md, "- Model: {}.", model_line(t))?;
     writeln!(
         md,
-        "- Training (burn, flex): {} epochs, batch {}, lr {}, {:?}; {:.0} s at a median {:.1} images/s{}.",
-        t.epochs,
+        "- Training (burn, flex): {}, batch {}, lr {} ({:?} schedule), {:?}; {:.0} s at a median {:.1} images/s{}.",
+        convergence(t),
         t.training.batch_size,
         t.training.lr,
+        t.training.schedule,
         t.training.optimizer,
         t.seconds,
         t.images_per_sec,
         if t.reused { " (checkpoint reused)" } else { "" }
     )?;
+    Ok(())
+}
+
+/// How long the float model trained and why it stopped.
+fn convergence(t: &TrainingSummary) -> String {
+    let cap = t.training.epochs;
+    let best = t.best_epoch.and_then(|e| {
+        let v = t.history.get(e - 1)?.validation.as_ref()?;
+        Some(format!(
+            "the accuracy on {} held-out training images best at epoch {e}, {:.2}%",
+            t.validation_images,
+            100.0 * v.accuracy
+        ))
+    });
+    match (t.training.early_stopping, best) {
+        (Some(rule), Some(best)) if t.stopped_early => format!(
+            "{} of at most {cap} epochs, stopped early ({best}, and none better by more \
+             than {:.1} pp in the {} epochs after)",
+            t.epochs,
+            100.0 * rule.min_delta,
+            rule.patience
+        ),
+        (Some(_), Some(best)) => format!(
+            "{} epochs, the cap, before early stopping ended the run ({best}): longer \
+             training may still gain",
+            t.epochs
+        ),
+        (_, best) => format!(
+            "{} epochs{}",
+            t.epochs,
+            best.map_or(String::new(), |b| format!(" ({b})"))
+        ),
+    }
+}
+
+/// Every epoch of the float model's training: the curve the training plot draws.
+fn training_curve(md: &mut String, t: &TrainingSummary) -> std::fmt::Result {
+    if t.history.is_empty() {
+        return Ok(());
+    }
+    md.push_str(
+        "## Training of the float model
+
+",
+    );
+    md.push_str(
+        "Train accuracy is the running accuracy over the epoch, while the model learned; \
+         validation accuracy is that of the model at the end of the epoch on the held-out \
+         training images.\n\n",
+    );
+    md.push_str("| epoch | lr | train loss | train acc % | validation acc % | s |\n");
+    md.push_str("|---:|---:|---:|---:|---:|---:|\n");
+    for m in &t.history {
+        let validation = m
+            .validation
+            .as_ref()
+            .map_or("–".to_owned(), |v| format!("{:.2}", 100.0 * v.accuracy));
+        let best = if t.best_epoch == Some(m.epoch) {
+            " (best)"
+        } else {
+            ""
+        };
+        writeln!(
+            md,
+            "| {}{best} | {:.2e} | {:.4} | {:.2} | {validation} | {:.0} |",
+            m.epoch,
+            m.lr,
+            m.train_loss,
+            100.0 * m.train_accuracy,
+            m.seconds
+        )?;
+    }
+    md.push('\n');
     Ok(())
 }
 
@@ -308,13 +396,7 @@ fn fine_tuned(md: &mut String, r: &Results) -> std::fmt::Result {
          |---|---|---|---:|---:|---:|---:|---:|---:|\n",
     );
     for (c, m) in &cells {
-        let control = (c.method == Method::Qat)
-            .then(|| {
-                cells
-                    .iter()
-                    .find(|(o, _)| o.method == Method::QatControl && o.quant == c.quant)
-            })
-            .flatten();
+        let control = r.control_of(c);
         let vs_control = control.map_or("–".into(), |(_, o)| {
             format!(
                 "{:+.2}",
@@ -338,6 +420,108 @@ fn fine_tuned(md: &mut String, r: &Results) -> std::fmt::Result {
             100.0 * m.size_ratio,
             m.measured.batch_ms,
         )?;
+    }
+    md.push('\n');
+    Ok(())
+}
+
+/// ONNX Runtime's rows: its fp32 and its own int8 quantization of the same float model,
+/// then cinder's int8 models run by both runtimes; or how to enable them.
+fn peers(md: &mut String, r: &Results) -> std::fmt::Result {
+    md.push_str("## ONNX Runtime on the same models, images and machine\n\n");
+    let p = match &r.peers {
+        Peers::Measured(p) => p,
+        Peers::Unavailable { reason } => {
+            return writeln!(
+                md,
+                "Not measured ({reason}). To add ONNX Runtime's rows: `{HOW_TO_ENABLE}`.\n"
+            );
+        }
+        Peers::Failed { error } => {
+            return writeln!(md, "ONNX Runtime's measurement failed: {error}\n");
+        }
+    };
+    let (f, n) = (&r.fp32, r.fp32.batch);
+    writeln!(
+        md,
+        "ONNX Runtime {}, {} threads, timed as the cells are (median of the batch-{n} \
+         evaluation batches and of {} single images) after them in the same run. Δ, agree \
+         and speed-up are against fp32 in burn; `quantize_static`: ONNX Runtime's own \
+         post-training quantization of the exported float model (QDQ, u8 activations, s8 \
+         weights per channel, MinMax, no reduce_range) on the cells' {} calibration \
+         images, which took {:.1} s.\n",
+        p.onnxruntime_version,
+        r.config.evaluation.threads,
+        r.config.evaluation.single,
+        r.config.calibration.images,
+        p.quantize_seconds
+    )?;
+    writeln!(
+        md,
+        "| model | acc % | Δ pp | agree % | MB | b1 ms | b{n} ms | speed-up b1 / b{n} |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
+    writeln!(
+        md,
+        "| fp32, burn (flex) | {:.2} | – | 100.00 | {:.2} | {:.3} | {:.2} | 1.00 / 1.00 |",
+        100.0 * f.accuracy,
+        f.model_bytes as f64 / MB,
+        f.single_ms,
+        f.batch_ms
+    )?;
+    for (name, run) in [
+        ("fp32, ONNX Runtime", &p.fp32),
+        ("int8 `quantize_static`, ONNX Runtime", &p.quantize_static),
+    ] {
+        writeln!(
+            md,
+            "| {name} | {:.2} | {:+.2} | {:.2} | {:.2} | {:.3} | {:.2} | {:.2} / {:.2} |",
+            100.0 * run.accuracy,
+            100.0 * (run.accuracy - f.accuracy),
+            100.0 * run.agreement,
+            run.model_bytes as f64 / MB,
+            run.single_ms,
+            run.batch_ms,
+            f.single_ms / run.single_ms.max(1e-9),
+            f.batch_ms / run.batch_ms.max(1e-9)
+        )?;
+    }
+    md.push('\n');
+    cells_on_both(md, r, p)
+}
+
+/// Each of cinder's int8 models run by cinder's runtime and by ONNX Runtime (its QDQ
+/// export): accuracy and latency side by side.
+fn cells_on_both(md: &mut String, r: &Results, p: &PeerRuns) -> std::fmt::Result {
+    let n = r.fp32.batch;
+    writeln!(
+        md,
+        "cinder's int8 models exported as QDQ ONNX and run by ONNX Runtime (ratio: \
+         cinder's time over ONNX Runtime's, below 1 where cinder is faster):\n\n\
+         | cell | acc % cinder | acc % ONNX Runtime | b1 ms cinder / ORT | b{n} ms cinder / ORT | ratio b1 / b{n} |\n\
+         |---|---:|---:|---:|---:|---:|"
+    )?;
+    for (c, m) in r.done() {
+        let Some(o) = p.cells.get(&c.name) else {
+            continue;
+        };
+        let (mine, theirs) = (&m.measured, o);
+        writeln!(
+            md,
+            "| {} | {:.2} | {:.2} | {:.3} / {:.3} | {:.2} / {:.2} | {:.2} / {:.2} |",
+            c.name,
+            100.0 * mine.accuracy,
+            100.0 * theirs.accuracy,
+            mine.single_ms,
+            theirs.single_ms,
+            mine.batch_ms,
+            theirs.batch_ms,
+            mine.single_ms / theirs.single_ms.max(1e-9),
+            mine.batch_ms / theirs.batch_ms.max(1e-9)
+        )?;
+    }
+    for (name, reason) in &p.not_exported {
+        writeln!(md, "\n- `{name}` not exported: {reason}")?;
     }
     md.push('\n');
     Ok(())
@@ -379,27 +563,6 @@ fn sqnr(m: Option<&ErrorMetrics>) -> String {
             format!("{db:.1} ({:.1e})", m.mean_abs_error)
         }),
     }
-}
-
-/// The union of the keys of `maps`, in graph order (input, then the nodes of `spec`, the
-/// model the experiment measures).
-pub fn columns<'a>(
-    spec: &GraphSpec,
-    maps: impl Iterator<Item = &'a BTreeMap<String, ErrorMetrics>>,
-) -> Vec<String> {
-    let rank = |name: &String| {
-        std::iter::once(INPUT_NAME)
-            .chain(spec.nodes.iter().map(|n| n.name.as_str()))
-            .position(|n| n == name)
-            .unwrap_or(usize::MAX)
-    };
-    let mut names: Vec<String> = maps
-        .flat_map(|m| m.keys().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    names.sort_by_key(rank);
-    names
 }
 
 fn weight_errors(md: &mut String, r: &Results) -> std::fmt::Result {

@@ -2,14 +2,17 @@
 //! (each saved on its own as soon as it finishes), and [`Results`], the versioned
 //! `results.json` the report and the plots are written from.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use cinder_model::INPUT_NAME;
 use cinder_runtime::QuantConfig;
 use cinder_tensor::ErrorMetrics;
+use cinder_tensor::graph::GraphSpec;
 use serde::{Deserialize, Serialize};
 
 use super::config::{ExperimentConfig, Method};
 use super::memory::PeakMemory;
+use super::peers::Peers;
 use super::training::TrainingSummary;
 pub use crate::sensitivity::LayerSensitivity;
 
@@ -143,6 +146,9 @@ pub struct Results {
     pub fp32: Measured,
     pub fp32_model_file: String,
     pub cells: Vec<CellResult>,
+    /// ONNX Runtime on the same models and images, or why not.
+    #[serde(default)]
+    pub peers: Peers,
     /// Wall time of this run of the command (cells reused from earlier runs cost ~0).
     pub wall_seconds: f64,
 }
@@ -206,6 +212,16 @@ impl Results {
 
     /// Names of the finished post-training cells on the accuracy-vs-size Pareto front (no
     /// other such cell is both smaller or as small and more accurate), smallest first.
+    /// The control of QAT cell `cell`: the control cell with the same quantization.
+    pub fn control_of(&self, cell: &CellResult) -> Option<(&CellResult, &CellMetrics)> {
+        (cell.method == Method::Qat)
+            .then(|| {
+                self.fine_tuned()
+                    .find(|(o, _)| o.method == Method::QatControl && o.quant == cell.quant)
+            })
+            .flatten()
+    }
+
     pub fn pareto_front(&self) -> Vec<&str> {
         let mut points: Vec<(u64, f64, &str)> = self
             .post_training()
@@ -223,4 +239,25 @@ impl Results {
             .map(|(_, _, name)| name)
             .collect()
     }
+}
+
+/// The union of the keys of `maps`, in graph order (input, then the nodes of `spec`, the
+/// model the experiment measures).
+pub fn columns<'a>(
+    spec: &GraphSpec,
+    maps: impl Iterator<Item = &'a BTreeMap<String, ErrorMetrics>>,
+) -> Vec<String> {
+    let rank = |name: &String| {
+        std::iter::once(INPUT_NAME)
+            .chain(spec.nodes.iter().map(|n| n.name.as_str()))
+            .position(|n| n == name)
+            .unwrap_or(usize::MAX)
+    };
+    let mut names: Vec<String> = maps
+        .flat_map(|m| m.keys().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    names.sort_by_key(rank);
+    names
 }

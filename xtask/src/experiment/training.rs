@@ -8,8 +8,9 @@ use std::path::Path;
 use burn::module::Module;
 use cinder_datasets::{CHANNELS, HEIGHT, WIDTH};
 use cinder_model::checkpoint::read_manifest;
+use cinder_model::stopping::best_epoch;
 use cinder_model::train::write_metrics_log;
-use cinder_model::{BackendKind, GraphNet, ImageSource, TrainConfig, Trainer};
+use cinder_model::{BackendKind, EpochMetrics, GraphNet, ImageSource, TrainConfig, Trainer};
 use cinder_tensor::graph::{FloatGraph, GraphSpec};
 use cinder_tensor::{Tensor, TensorBuf};
 use indicatif::MultiProgress;
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::config::ExperimentConfig;
 use super::data::ExperimentData;
 use super::store::{Key, read_cached, write_cached};
-use crate::progress::{epoch_bar, show};
+use crate::progress::{epoch_bar, epoch_line, show};
 
 /// What the report says about training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +38,18 @@ pub struct TrainingSummary {
     pub images_per_sec: f64,
     pub final_train_loss: f64,
     pub final_train_accuracy: f64,
+    /// Images held out of training for early stopping (0: none).
+    #[serde(default)]
+    pub validation_images: usize,
+    /// The epoch of the best validation accuracy, when there was a validation set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<usize>,
+    /// Whether early stopping ended the run before its epoch cap.
+    #[serde(default)]
+    pub stopped_early: bool,
+    /// Every epoch's metrics (the report's training curve).
+    #[serde(default)]
+    pub history: Vec<EpochMetrics>,
     /// Whether this run found the finished checkpoint and did not train.
     pub reused: bool,
     /// The float ONNX file the model was imported from instead of trained (`model`
@@ -92,26 +105,22 @@ pub fn train_or_reuse(
         None => Trainer::new(&spec, config.training.clone(), BackendKind::Flex)?,
     };
     let reused = trainer.is_finished();
+    let validation = data.validation_images();
     while !trainer.is_finished() {
         let bar = bars.add(epoch_bar(&trainer, data.train.len()));
-        let m = trainer.run_epoch(&train, None, &mut |p| show(&bar, p))?;
+        let m = match &validation {
+            Some(v) => trainer.run_epoch_validated(&train, v, None, &mut |p| show(&bar, p))?,
+            None => trainer.run_epoch(&train, None, &mut |p| show(&bar, p))?,
+        };
         bar.finish_and_clear();
-        let line = format!(
-            "epoch {}: train loss {:.4} acc {:.2}%, {:.1} images/s, {:.0} s",
-            m.epoch,
-            m.train_loss,
-            100.0 * m.train_accuracy,
-            m.images_per_sec,
-            m.seconds
-        );
-        super::say(bars, &line);
+        super::say(bars, &epoch_line(m));
         trainer.save_checkpoint(&ckpt)?;
         write_metrics_log(&out.join("metrics.jsonl"), trainer.history())?;
     }
     // Again from the checkpoint's history: a run killed between its last checkpoint and
     // this log's update resumes with nothing left to train.
     write_metrics_log(&out.join("metrics.jsonl"), trainer.history())?;
-    let summary = summarize(&trainer, &config.model.name, data.train.len(), reused);
+    let summary = summarize(&trainer, &config.model.name, data, reused);
     trained(&trainer, summary)
 }
 
@@ -135,7 +144,7 @@ fn reuse_finished(
             ckpt.display()
         );
     }
-    let summary = summarize(&trainer, model, data.train.len(), true);
+    let summary = summarize(&trainer, model, data, true);
     trained(&trainer, summary)
 }
 
@@ -149,8 +158,17 @@ fn trained(trainer: &Trainer, summary: TrainingSummary) -> anyhow::Result<Traine
     })
 }
 
-fn summarize(trainer: &Trainer, model: &str, train_images: usize, reused: bool) -> TrainingSummary {
+fn summarize(
+    trainer: &Trainer,
+    model: &str,
+    data: &ExperimentData,
+    reused: bool,
+) -> TrainingSummary {
     let history = trainer.history();
+    let min_delta = trainer
+        .config()
+        .early_stopping
+        .map_or(0.0, |rule| rule.min_delta);
     let mut rates: Vec<f64> = history.iter().map(|m| m.images_per_sec).collect();
     rates.sort_by(f64::total_cmp);
     let last = history.last();
@@ -159,12 +177,16 @@ fn summarize(trainer: &Trainer, model: &str, train_images: usize, reused: bool) 
         spec: trainer.spec().clone(),
         parameters: trainer.model().num_params(),
         training: trainer.config().clone(),
-        train_images,
+        train_images: data.train.len(),
         epochs: history.len(),
         seconds: history.iter().map(|m| m.seconds).sum(),
         images_per_sec: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
         final_train_loss: last.map_or(0.0, |m| m.train_loss),
         final_train_accuracy: last.map_or(0.0, |m| m.train_accuracy),
+        validation_images: data.validation.len(),
+        best_epoch: best_epoch(history, min_delta),
+        stopped_early: trainer.stopped_early(),
+        history: history.to_vec(),
         reused,
         imported_from: None,
     }
@@ -201,6 +223,10 @@ pub fn imported(
         images_per_sec: 0.0,
         final_train_loss: 0.0,
         final_train_accuracy: 0.0,
+        validation_images: 0,
+        best_epoch: None,
+        stopped_early: false,
+        history: Vec::new(),
         reused: false,
         imported_from: Some(path.display().to_string()),
     };
