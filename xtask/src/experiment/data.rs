@@ -39,7 +39,10 @@ impl ExperimentData {
         let test = splits.test.limit(config.test_images.unwrap_or(usize::MAX));
         let norm = normalization_for(config.half_normalization(), &train)?;
         let mut key = Key::new("data");
-        for split in [&train, &validation, &test] {
+        // Without validation images the key is that of the two splits alone, so earlier
+        // runs' checkpoints stay valid.
+        let held_out = (!validation.is_empty()).then_some(&validation);
+        for split in std::iter::once(&train).chain(held_out).chain([&test]) {
             key.bytes(split.images()).bytes(split.labels());
         }
         key.json(&norm)?;

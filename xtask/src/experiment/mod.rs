@@ -1,13 +1,16 @@
 //! `cargo xtask experiment`: the train → quantize → evaluate matrix and its report.
 //!
-//! One command trains the reference ConvNet (or reuses its checkpoint), measures the
-//! fp32 baseline, runs every cell of the config's matrix (observers, static vs dynamic,
-//! symmetric vs asymmetric, per-tensor vs per-channel, weight bits, mixed precision,
-//! partial and sensitivity-chosen float layers, QAT and its control) and writes, under
-//! `results/NAME/` (or `--out`):
+//! One command trains the reference ConvNet (or reuses its checkpoint; with
+//! `validation_images` and `early_stopping` in the config, until the accuracy on the
+//! held-out images stops rising), measures the fp32 baseline, runs every cell of the
+//! config's matrix (observers, static vs dynamic, symmetric vs asymmetric, per-tensor vs
+//! per-channel, weight bits, mixed precision, partial and sensitivity-chosen float
+//! layers, QAT and its control), measures ONNX Runtime on the same models where it is
+//! installed ([`peers`]) and writes, under `results/NAME/` (or `--out`):
 //!
-//! - `report.md`: ranked tables, the fp32 baseline, the machine; `results.json`: all
-//!   figures (versioned schema, see [`results`]); `plots/*.svg`;
+//! - `report.md`: the machine, the training curve, the fp32 baseline, ranked tables,
+//!   ONNX Runtime's rows; `results.json`: all figures (versioned schema, see
+//!   [`results`]); `plots/*.svg`;
 //! - `fp32/graph.json` + `graph.safetensors`: the float model; `models/CELL.cinder`:
 //!   every int8 model; `checkpoint/`: the training checkpoint;
 //! - `cells/CELL.json`, `calibration/OBSERVER.json`, `fp32/baseline.json`: each result
@@ -21,6 +24,10 @@
 //! `cargo xtask experiment --model-onnx model.onnx --dataset fashion-mnist --out DIR` runs
 //! the matrix on an outside float model (e.g. from `torch.onnx.export`, input
 //! `[batch, 3, 32, 32]` normalized as the config's data) instead of training one.
+//!
+//! A config that lists other configs (`experiments = [...]`, e.g. experiments/zoo.toml)
+//! is a suite: each member runs into `OUT/MEMBER`, then one report sets them side by side
+//! ([`suite`]).
 //!
 //! Fan-out over a scheduler, all processes writing into one directory: `--list-cells`
 //! prints the cell names; `--cell NAME` (repeatable) runs only those cells, after the
@@ -86,8 +93,9 @@ pub struct ExperimentArgs {
     /// for the directory's lock while another process trains or measures the baseline.
     #[arg(long = "cell", value_name = "NAME", conflicts_with = "report_only")]
     pub cells: Vec<String>,
-    /// Build the report from the cells already saved in the output directory; run
-    /// nothing (the training must be finished).
+    /// Build the report from the cells already saved in the output directory; run no
+    /// cell (the training must be finished; ONNX Runtime's rows are measured when they
+    /// are not saved yet).
     #[arg(long)]
     pub report_only: bool,
     /// A float ONNX model (e.g. from `torch.onnx.export`) to quantize instead of the

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use cinder_model::ImageSource;
 use cinder_runtime::QuantizedModel;
 use cinder_tensor::Tensor;
-use cinder_tensor::io::write_json_atomic;
+use cinder_tensor::io::{read_json, write_json_atomic};
 use serde::{Deserialize, Serialize};
 
 use super::context::Context;
@@ -154,6 +154,33 @@ fn onnxruntime_python() -> Result<PathBuf, String> {
     }
 }
 
+/// What the script is asked to run (its job file).
+#[derive(Serialize)]
+struct Job<'a> {
+    float_onnx: &'a Path,
+    work_dir: &'a Path,
+    calibration: JobCalibration<'a>,
+    test_images: &'a Path,
+    test_labels: &'a Path,
+    image_shape: [usize; 3],
+    batch: usize,
+    single: usize,
+    threads: usize,
+    cells: Vec<JobCell<'a>>,
+}
+
+#[derive(Serialize)]
+struct JobCalibration<'a> {
+    path: &'a Path,
+    batch: usize,
+}
+
+#[derive(Serialize)]
+struct JobCell<'a> {
+    name: &'a str,
+    onnx: &'a Path,
+}
+
 /// Exports the models, writes the images, runs the script, removes the images.
 fn run(
     ctx: &Context<'_>,
@@ -166,18 +193,25 @@ fn run(
     cinder_onnx::export_file(ctx.graph, &float_onnx)?;
     let (exported, not_exported) = export_cells(ctx, cells, dir);
     let images = write_images(ctx, dir)?;
-    let job = serde_json::json!({
-        "float_onnx": float_onnx,
-        "work_dir": dir,
-        "calibration": { "path": images.calibration, "batch": ctx.config.calibration.batch_size },
-        "test_images": images.test,
-        "test_labels": images.labels,
-        "image_shape": ctx.data.test_images().image_shape(),
-        "batch": ctx.config.evaluation.batch,
-        "single": ctx.config.evaluation.single,
-        "threads": ctx.config.evaluation.threads,
-        "cells": exported.iter().map(|(name, onnx)| serde_json::json!({"name": name, "onnx": onnx})).collect::<Vec<_>>(),
-    });
+    let (c, e) = (&ctx.config.calibration, &ctx.config.evaluation);
+    let job = Job {
+        float_onnx: &float_onnx,
+        work_dir: dir,
+        calibration: JobCalibration {
+            path: &images.calibration,
+            batch: c.batch_size,
+        },
+        test_images: &images.test,
+        test_labels: &images.labels,
+        image_shape: ctx.data.test_images().image_shape(),
+        batch: e.batch,
+        single: e.single,
+        threads: e.threads,
+        cells: exported
+            .iter()
+            .map(|(name, onnx)| JobCell { name, onnx })
+            .collect(),
+    };
     let (job_path, result_path) = (dir.join("job.json"), dir.join("result.json"));
     write_json_atomic(&job_path, &job)?;
     let outcome = run_script(python, &job_path, &result_path);
@@ -185,10 +219,7 @@ fn run(
         std::fs::remove_file(file).ok();
     }
     outcome?;
-    let text = std::fs::read_to_string(&result_path)
-        .with_context(|| format!("reading {}", result_path.display()))?;
-    let result: ScriptResult = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not the script's result", result_path.display()))?;
+    let result: ScriptResult = read_json(&result_path)?;
     let row = |r: ScriptRun| peer_run(r, &ctx.baseline.predictions);
     Ok(PeerRuns {
         onnxruntime_version: result.onnxruntime_version,

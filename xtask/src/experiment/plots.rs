@@ -55,6 +55,36 @@ pub fn write_all(results: &Results, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A chart on the whole of `root` with the title and margins of the single-panel plots.
+fn titled<'a, 'b, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, plotters::coord::Shift>,
+    title: String,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, (FONT, 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60);
+    builder
+}
+
+/// The series' legend in the chart's lower right corner.
+fn legend_lower_right<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    Ok(())
+}
+
 /// `lo..hi` widened by `pad` of its span on both sides (and never empty).
 fn padded(lo: f64, hi: f64, pad: f64) -> std::ops::Range<f64> {
     let span = (hi - lo).max(1e-6);
@@ -98,14 +128,7 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
     );
     let root = SVGBackend::with_string(svg, (1000, 650)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{}: accuracy vs model size", r.experiment),
-            (FONT, 22),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
+    let mut chart = titled(&root, format!("{}: accuracy vs model size", r.experiment))
         .build_cartesian_2d((x_min..x_max).log_scale(), y_range)?;
     chart
         .configure_mesh()
@@ -169,12 +192,7 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
             EmptyElement::at((p.1, p.2)) + Text::new(p.0.to_owned(), (6, -14), (FONT, 12))
         }),
     )?;
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
+    legend_lower_right(&mut chart)?;
     root.present()?;
     Ok(())
 }
@@ -199,15 +217,11 @@ fn training(r: &Results, svg: &mut String) -> anyhow::Result<()> {
     let last = history.len() as f64;
     let root = SVGBackend::with_string(svg, (1000, 550)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{}: training of the float model", r.experiment),
-            (FONT, 22),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.5..last + 0.5, padded(lo, hi, 0.08))?;
+    let mut chart = titled(
+        &root,
+        format!("{}: training of the float model", r.experiment),
+    )
+    .build_cartesian_2d(0.5..last + 0.5, padded(lo, hi, 0.08))?;
     chart
         .configure_mesh()
         .x_desc("epoch")
@@ -244,12 +258,7 @@ fn training(r: &Results, svg: &mut String) -> anyhow::Result<()> {
         ))?
         .label(format!("test accuracy of the final model: {test:.2}%"))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
+    legend_lower_right(&mut chart)?;
     root.present()?;
     Ok(())
 }

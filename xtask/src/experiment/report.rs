@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use cinder_model::{LrSchedule, OptimizerConfig};
 use cinder_runtime::{LayerConfig, LayerOverride, Mode, QuantConfig, WeightGranularity};
 use cinder_tensor::graph::{GraphSpec, OpSpec};
 use cinder_tensor::io::write_atomic;
@@ -103,17 +104,47 @@ fn model_trained(md: &mut String, t: &TrainingSummary) -> std::fmt::Result {
     writeln!(md, "- Model: {}.", model_line(t))?;
     writeln!(
         md,
-        "- Training (burn, flex): {}, batch {}, lr {} ({:?} schedule), {:?}; {:.0} s at a median {:.1} images/s{}.",
+        "- Training (burn, flex): {}; batch {}, {}, lr {} {}; {:.0} s at a median {:.1} images/s{}.",
         convergence(t),
         t.training.batch_size,
+        optimizer(&t.training.optimizer),
         t.training.lr,
-        t.training.schedule,
-        t.training.optimizer,
+        schedule(&t.training.schedule, t.training.epochs),
         t.seconds,
         t.images_per_sec,
         if t.reused { " (checkpoint reused)" } else { "" }
     )?;
     Ok(())
+}
+
+fn optimizer(o: &OptimizerConfig) -> String {
+    match *o {
+        OptimizerConfig::Sgd {
+            momentum,
+            dampening,
+            nesterov,
+        } => format!(
+            "SGD momentum {momentum}{}{}",
+            if dampening > 0.0 {
+                format!(" dampening {dampening}")
+            } else {
+                String::new()
+            },
+            if nesterov { " (Nesterov)" } else { "" }
+        ),
+        OptimizerConfig::Adam { beta1, beta2, .. } => format!("Adam β = ({beta1}, {beta2})"),
+    }
+}
+
+fn schedule(s: &LrSchedule, epochs: usize) -> String {
+    match *s {
+        LrSchedule::Constant => "constant".to_owned(),
+        LrSchedule::Cosine { min_lr } => format!("cosine down to {min_lr} over {epochs} epochs"),
+        LrSchedule::Step {
+            every_epochs,
+            gamma,
+        } => format!("times {gamma} every {every_epochs} epochs"),
+    }
 }
 
 /// How long the float model trained and why it stopped.
@@ -136,8 +167,7 @@ fn convergence(t: &TrainingSummary) -> String {
             rule.patience
         ),
         (Some(_), Some(best)) => format!(
-            "{} epochs, the cap, before early stopping ended the run ({best}): longer \
-             training may still gain",
+            "{} epochs, the cap; early stopping had not triggered ({best})",
             t.epochs
         ),
         (_, best) => format!(
