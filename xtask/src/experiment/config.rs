@@ -15,8 +15,6 @@ use cinder_runtime::QuantConfig;
 use cinder_tensor::graph::GraphSpec;
 use serde::{Deserialize, Serialize};
 
-use super::suite::SuiteConfig;
-
 /// The whole experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -282,6 +280,16 @@ pub fn experiments_dir() -> PathBuf {
         .parent()
         .unwrap_or(Path::new("."))
         .join("experiments")
+}
+
+/// A suite of experiments (see `suite`): `name`, `description` and the member configs, relative to the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub experiments: Vec<PathBuf>,
 }
 
 /// The suite that `path` holds, or `None` when it is a single experiment's config (a

@@ -19,6 +19,8 @@ const FONT: &str = "sans-serif";
 const MB: f64 = 1e6;
 /// The colour of the fine-tuned cells (QAT and control) in every plot.
 const FINE_TUNED: RGBColor = RGBColor(230, 120, 0);
+/// How far below fp32 (percentage points) the accuracy axis reaches.
+const ACCURACY_WINDOW_PP: f64 = 5.0;
 /// The colour of ONNX Runtime's models in every plot.
 const PEER: RGBColor = RGBColor(140, 60, 170);
 
@@ -101,8 +103,9 @@ fn point<'a>((c, m): (&'a CellResult, &'a CellMetrics)) -> Point<'a> {
 
 /// Accuracy against model size on a log axis: the post-training cells with their Pareto
 /// front joined and named, the fine-tuned cells (QAT and control) as triangles, fp32 as a
-/// dashed reference line. The other cells' names are in the report's tables, so their
-/// labels do not pile up on one point.
+/// dashed reference line, ONNX Runtime's models as squares. The other cells' names are
+/// in the report's tables, so their labels do not pile up on one point; cells more than
+/// [`ACCURACY_WINDOW_PP`] below fp32 sit on the axis's floor.
 fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
     let post: Vec<Point> = r.post_training().map(point).collect();
     let tuned: Vec<Point> = r.fine_tuned().map(point).collect();
@@ -121,11 +124,11 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
     let fold = |v: &[f64], f: fn(f64, f64) -> f64, init| v.iter().copied().fold(init, f);
     let x_lo = fold(&xs, f64::min, f64::INFINITY).max(1e-6);
     let (x_min, x_max) = (x_lo / 1.6, fold(&xs, f64::max, x_lo) * 1.6);
-    let y_range = padded(
-        fold(&ys, f64::min, f64::INFINITY),
-        fold(&ys, f64::max, f64::NEG_INFINITY),
-        0.08,
-    );
+    // Cells far below fp32 (2-bit weights) would squeeze all the others into one line:
+    // they sit on the axis's floor, labelled with their accuracy.
+    let floor = fold(&ys, f64::min, f64::INFINITY).max(fp32.1 - ACCURACY_WINDOW_PP);
+    let y_range = padded(floor, fold(&ys, f64::max, f64::NEG_INFINITY), 0.08);
+    let at = |p: &Point| (p.1, p.2.max(floor));
     let root = SVGBackend::with_string(svg, (1000, 650)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = titled(&root, format!("{}: accuracy vs model size", r.experiment))
@@ -155,16 +158,13 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
         .collect();
     chart
         .draw_series(LineSeries::new(
-            front.iter().map(|p| (p.1, p.2)),
+            front.iter().map(|p| at(p)),
             GREEN.stroke_width(2),
         ))?
         .label("Pareto front of the post-training cells")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
     chart
-        .draw_series(
-            post.iter()
-                .map(|p| Circle::new((p.1, p.2), 4, BLUE.filled())),
-        )?
+        .draw_series(post.iter().map(|p| Circle::new(at(p), 4, BLUE.filled())))?
         .label("post-training cells")
         .legend(|(x, y)| Circle::new((x + 10, y), 4, BLUE.filled()));
     if !tuned.is_empty() {
@@ -172,7 +172,7 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
             .draw_series(
                 tuned
                     .iter()
-                    .map(|p| TriangleMarker::new((p.1, p.2), 6, FINE_TUNED.filled())),
+                    .map(|p| TriangleMarker::new(at(p), 6, FINE_TUNED.filled())),
             )?
             .label("fine-tuned cells (QAT, control)")
             .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, FINE_TUNED.filled()));
@@ -180,7 +180,7 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
     if !peers.is_empty() {
         chart
             .draw_series(peers.iter().map(|p| {
-                EmptyElement::at((p.1, p.2))
+                EmptyElement::at(at(p))
                     + Rectangle::new([(-5, -5), (5, 5)], PEER.filled())
                     + Text::new(p.0.to_owned(), (8, 6), (FONT, 12))
             }))?
@@ -188,8 +188,16 @@ fn accuracy_vs_size(r: &Results, svg: &mut String) -> anyhow::Result<()> {
             .legend(|(x, y)| Rectangle::new([(x + 5, y - 5), (x + 15, y + 5)], PEER.filled()));
     }
     chart.draw_series(
-        front.iter().map(|p| {
-            EmptyElement::at((p.1, p.2)) + Text::new(p.0.to_owned(), (6, -14), (FONT, 12))
+        // Neighbours on the front are often close: their labels go above and below in
+        // turn. A cell on the floor says its accuracy.
+        front.iter().enumerate().map(|(i, p)| {
+            let name = if p.2 < floor {
+                format!("{} ({:.1}%)", p.0, p.2)
+            } else {
+                p.0.to_owned()
+            };
+            let dy = if i % 2 == 0 { -16 } else { 6 };
+            EmptyElement::at(at(p)) + Text::new(name, (6, dy), (FONT, 12))
         }),
     )?;
     legend_lower_right(&mut chart)?;

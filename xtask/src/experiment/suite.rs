@@ -5,26 +5,16 @@
 //! bits, QAT against its control, and ONNX Runtime's own int8 where it was measured.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 use cinder_tensor::io::{read_json, write_atomic};
-use serde::{Deserialize, Serialize};
 
 use super::ExperimentArgs;
+use super::config::SuiteConfig;
 use super::peers::Peers;
 use super::report::describe;
 use super::results::{CellMetrics, CellResult, Results};
-
-/// A suite file: `name`, `description` and the member configs, relative to the file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SuiteConfig {
-    pub name: String,
-    #[serde(default)]
-    pub description: String,
-    pub experiments: Vec<PathBuf>,
-}
 
 /// Runs every member of `suite` (read from `path`) with the rest of `args`, then writes
 /// the suite's report.
