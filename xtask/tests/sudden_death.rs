@@ -144,6 +144,7 @@ const VARYING_KEYS: &[&str] = &[
     // See the optimizer files in `same_result`.
     "optimizer_sha256",
     "fine_tune_seconds",
+    "quantize_seconds",
 ];
 
 /// Whether a report column (by its header) holds a time, a speed or a memory figure.

@@ -164,7 +164,8 @@ pub struct TrainConfig {
 }
 
 impl Default for TrainConfig {
-    /// The article's recipe: SGD lr 0.001, momentum 0.9, dampening 0, batch 32, 10 epochs.
+    /// The reference ConvNet's original recipe: SGD lr 0.001, momentum 0.9, dampening 0,
+    /// batch 32, 10 epochs.
     fn default() -> Self {
         Self {
             epochs: 10,

@@ -115,8 +115,12 @@ pub fn measure(ctx: &Context<'_>, cells: &[CellResult]) -> anyhow::Result<Peers>
         .bytes(ctx.data.key.as_bytes())
         .json(&ctx.config.calibration)?
         .json(&ctx.config.evaluation)?;
-    for cell in cells.iter().filter(|c| c.metrics().is_some()) {
-        key.json(cell)?;
+    // The models themselves, not their results (which carry timings).
+    for (cell, metrics) in cells.iter().filter_map(|c| Some((c, c.metrics()?))) {
+        let model = ctx.out.join(&metrics.model_file);
+        let bytes =
+            std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
+        key.bytes(cell.name.as_bytes()).bytes(&bytes);
     }
     let key = key.hex();
     let saved = dir.join("peers.json");
@@ -214,12 +218,20 @@ fn run(
     };
     let (job_path, result_path) = (dir.join("job.json"), dir.join("result.json"));
     write_json_atomic(&job_path, &job)?;
-    let outcome = run_script(python, &job_path, &result_path);
-    for file in [&images.calibration, &images.test, &images.labels] {
+    let outcome = run_script(python, &job_path, &result_path)
+        .and_then(|()| Ok(read_json::<ScriptResult>(&result_path)?));
+    // The images, the job and the script's raw output are scaffolding: only
+    // `peers.json` (and the ONNX files) stay.
+    for file in [
+        &images.calibration,
+        &images.test,
+        &images.labels,
+        &job_path,
+        &result_path,
+    ] {
         std::fs::remove_file(file).ok();
     }
-    outcome?;
-    let result: ScriptResult = read_json(&result_path)?;
+    let result = outcome?;
     let row = |r: ScriptRun| peer_run(r, &ctx.baseline.predictions);
     Ok(PeerRuns {
         onnxruntime_version: result.onnxruntime_version,
