@@ -343,6 +343,14 @@ impl ExperimentConfig {
         if let Some((name, _)) = optional.iter().find(|(_, v)| *v == Some(0)) {
             bail!("{name} must be at least 1 (or absent)");
         }
+        if let (Some(train), Some(held_out)) = (self.data.train_images, self.data.validation_images)
+            && held_out >= train
+        {
+            bail!(
+                "data.validation_images = {held_out}: expected fewer than data.train_images = \
+                 {train} (they are held out of the training images)"
+            );
+        }
         if self.training.early_stopping.is_some() && self.data.validation_images.is_none() {
             bail!(
                 "training.early_stopping watches the validation accuracy: set \
@@ -542,6 +550,17 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("data.test_images"), "{err}");
         c.data.test_images = None;
+        (c.data.train_images, c.data.validation_images) = (Some(100), Some(100));
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("data.validation_images = 100"), "{err}");
+        c.data.validation_images = None;
+        c.training.early_stopping = Some(cinder_model::EarlyStopping {
+            patience: 2,
+            min_delta: 0.0,
+        });
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("set data.validation_images"), "{err}");
+        c.training.early_stopping = None;
         c.evaluation.threads = 100_000;
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("evaluation.threads = 100000"), "{err}");
