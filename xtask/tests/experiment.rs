@@ -340,6 +340,14 @@ fn a_suite_runs_each_member_and_reports_them_together() {
             .find(|l| l.starts_with(&format!("| {name} |")));
         assert!(row.unwrap().contains("(W8 "), "no best W8 cell:\n{report}");
     }
+    // A suite of suites (here: of itself) is refused, not recursed into.
+    let looping = dir.path().join("loop.toml");
+    std::fs::write(&looping, "name = \"loop\"\nexperiments = [\"loop.toml\"]\n").unwrap();
+    let output = experiment_command(&out, &["--config", looping.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is a suite itself"));
     // A cell of a suite is a cell of one of its members.
     let output = experiment_command(
         &out,

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use cinder_tensor::io::{read_json, write_atomic};
 
 use super::ExperimentArgs;
-use super::config::SuiteConfig;
+use super::config::{SuiteConfig, load_suite};
 use super::peers::Peers;
 use super::report::describe;
 use super::results::{CellMetrics, CellResult, Results};
@@ -39,6 +39,13 @@ pub fn run(
     let mut members = Vec::new();
     for member in &suite.experiments {
         let config = dir.join(member);
+        if load_suite(&config)?.is_some() {
+            anyhow::bail!(
+                "{}: member {} is a suite itself: list experiment configs only",
+                path.display(),
+                config.display()
+            );
+        }
         let name = config
             .file_stem()
             .with_context(|| format!("{}: no file name", config.display()))?;
