@@ -274,12 +274,17 @@ fn check_file_name(field: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The workspace's `experiments/` directory.
-pub fn experiments_dir() -> PathBuf {
+/// The workspace's root directory (the one above xtask's).
+pub fn workspace_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(Path::new("."))
-        .join("experiments")
+        .to_path_buf()
+}
+
+/// The workspace's `experiments/` directory.
+pub fn experiments_dir() -> PathBuf {
+    workspace_dir().join("experiments")
 }
 
 /// A suite of experiments (see `suite`): `name`, `description` and the member configs, relative to the file.

@@ -20,6 +20,7 @@ use cinder_tensor::Tensor;
 use cinder_tensor::io::{read_json, write_json_atomic};
 use serde::{Deserialize, Serialize};
 
+use super::config::workspace_dir;
 use super::context::Context;
 use super::results::CellResult;
 use super::store::{Key, read_cached, write_cached};
@@ -310,10 +311,7 @@ fn write_images(ctx: &Context<'_>, dir: &Path) -> anyhow::Result<ImageFiles> {
 
 /// Runs the script on `job`, failing with its last lines of output.
 fn run_script(python: &Path, job: &Path, result: &Path) -> anyhow::Result<()> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("benches/peers/experiment_peers.py");
+    let script = workspace_dir().join("benches/peers/experiment_peers.py");
     let out = Command::new(python)
         .arg(&script)
         .arg(job)
