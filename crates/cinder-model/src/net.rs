@@ -26,7 +26,7 @@ use cinder_tensor::{Tensor as _, TensorBuf};
 
 use crate::error::ModelError;
 use crate::export::{Activations, host, transpose};
-use crate::flex::{batch_norm::batch_norm, conv2d::conv2d};
+use crate::flex::{batch_norm::batch_norm, conv2d::conv2d, linear::linear, max_pool2d::max_pool2d};
 use crate::rng::SplitMix64;
 
 /// Generator stream for weight initialisation (data order uses other streams).
@@ -315,7 +315,7 @@ impl GraphNet {
                     .remove(0)
                     .unary(|t| batch_norm(bn, t), |t| bn.forward(t))
             }
-            Kind::Linear(i) => Value::Vector(self.linears[*i].forward(inputs.remove(0).vector())),
+            Kind::Linear(i) => Value::Vector(linear(&self.linears[*i], inputs.remove(0).vector())),
             free => apply_free(free, inputs),
         }
     }
@@ -592,7 +592,7 @@ fn apply_free(kind: &Kind, mut inputs: Vec<Value>) -> Value {
     match kind {
         Kind::Relu => x.unary(relu, relu),
         &Kind::Clip { min, max } => x.unary(|t| t.clamp(min, max), |t| t.clamp(min, max)),
-        Kind::MaxPool(p) => Value::Map(p.forward(x.map())),
+        Kind::MaxPool(p) => Value::Map(max_pool2d(p, x.map())),
         Kind::AvgPool(p) => Value::Map(p.forward(x.map())),
         Kind::GlobalAvgPool => {
             let [b, c, h, w] = x.clone().map().dims();

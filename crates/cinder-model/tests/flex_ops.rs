@@ -1,14 +1,19 @@
 //! The flex training operations against burn's own: the im2col + GEMM convolution against
 //! burn's `conv2d` (outputs and the gradients of input, weight and bias over strides,
-//! paddings and groups, depthwise included) and the training BatchNorm against burn's
-//! (output, gradients, running statistics), plus the fallback to burn's operations off flex.
+//! paddings and groups, depthwise included), the training BatchNorm against burn's
+//! (output, gradients, running statistics), the linear layer against burn's (output and
+//! gradients, across the GEMM's row and column blocks) and the max pooling against burn's
+//! (bit for bit, ties and NaNs included), plus the fallback to burn's operations off flex.
 
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::nn::pool::MaxPool2d;
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Tensor, TensorData};
 use cinder_model::flex::batch_norm::batch_norm;
 use cinder_model::flex::conv2d::conv2d;
+use cinder_model::flex::linear::linear;
+use cinder_model::flex::max_pool2d::max_pool2d;
 use cinder_model::rng::SplitMix64;
 use proptest::prelude::*;
 
@@ -261,4 +266,162 @@ fn batch_norm_in_inference_is_burns() {
         Tensor::<4>::from_data(random([2, 3, 4, 4], &mut SplitMix64::stream(9, 0)), &device);
     let ours = batch_norm(&bn, input.clone()).into_data();
     ours.assert_eq(&bn.forward(input).into_data(), true);
+}
+
+/// Output, input gradient (where the input requires one), weight and bias gradients of
+/// `forward` on a `d_in → d_out` linear layer and a batch of `batch` vectors.
+fn run_linear(
+    [batch, d_in, d_out]: [usize; 3],
+    input_grad: bool,
+    seed: u64,
+    forward: impl Fn(&Linear, Tensor<2>) -> Tensor<2>,
+) -> Vec<Vec<f32>> {
+    let device = Device::flex().autodiff();
+    let mut rng = SplitMix64::stream(seed, 2);
+    let mut values = |len: usize| (0..len).map(|_| rng.symmetric(1.0)).collect::<Vec<f32>>();
+    let layer = Linear {
+        weight: Param::from_data(
+            TensorData::new(values(d_in * d_out), [d_in, d_out]),
+            &device,
+        ),
+        bias: Some(Param::from_data(
+            TensorData::new(values(d_out), [d_out]),
+            &device,
+        )),
+    };
+    let input = Tensor::<2>::from_data(
+        TensorData::new(values(batch * d_in), [batch, d_in]),
+        &device,
+    );
+    let input = if input_grad {
+        input.require_grad()
+    } else {
+        input
+    };
+    let upstream = TensorData::new(values(batch * d_out), [batch, d_out]);
+    let output = forward(&layer, input.clone());
+    let grads = (output.clone() * Tensor::from_data(upstream, &device))
+        .sum()
+        .backward();
+    let values = |t: Option<Tensor<2>>| t.map(|t| t.into_data().try_to_vec::<f32>().unwrap());
+    let bias_grad = layer.bias.as_ref().and_then(|b| b.grad(&grads));
+    [
+        Some(output.into_data().try_to_vec().unwrap()),
+        values(input.grad(&grads)),
+        values(layer.weight.grad(&grads)),
+        bias_grad.map(|b| b.into_data().try_to_vec().unwrap()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn linear_matches_burns(
+        batch in 1usize..6, d_in in 1usize..40, d_out in 1usize..600,
+        input_grad in any::<bool>(), seed in any::<u64>()
+    ) {
+        let shape = [batch, d_in, d_out];
+        let ours = run_linear(shape, input_grad, seed, linear);
+        let burns = run_linear(shape, input_grad, seed, |l, x| l.forward(x));
+        prop_assert_eq!(ours.len(), 3 + usize::from(input_grad));
+        prop_assert_eq!(ours.len(), burns.len());
+        for (got, want) in ours.iter().zip(&burns) {
+            prop_assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(want) {
+                prop_assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{} vs {}", g, w);
+            }
+        }
+    }
+}
+
+/// Output and input gradient of `forward` on a max pooling over `shape`, with values drawn
+/// from a few integers (ties in most windows) and, where `nan` is set, some NaNs.
+fn run_pool(
+    shape: [usize; 4],
+    pool: &MaxPool2d,
+    nan: bool,
+    seed: u64,
+    forward: impl Fn(&MaxPool2d, Tensor<4>) -> Tensor<4>,
+) -> Vec<Vec<f32>> {
+    let device = Device::flex().autodiff();
+    let mut rng = SplitMix64::stream(seed, 3);
+    let values: Vec<f32> = (0..shape.iter().product())
+        .map(|_| {
+            let v = rng.symmetric(4.0).round();
+            if nan && v == 4.0 { f32::NAN } else { v }
+        })
+        .collect();
+    let input = Tensor::<4>::from_data(TensorData::new(values, shape), &device).require_grad();
+    let output = forward(pool, input.clone());
+    let upstream = random(output.dims(), &mut rng);
+    let grads = (output.clone() * Tensor::from_data(upstream, &device))
+        .sum()
+        .backward();
+    vec![
+        output.into_data().try_to_vec().unwrap(),
+        input
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec()
+            .unwrap(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn max_pooling_is_burns_bit_for_bit(
+        (batch, channels, h, w) in (1usize..3, 1usize..4, 1usize..9, 1usize..9),
+        (kh, kw, sh, sw) in (1usize..4, 1usize..4, 1usize..4, 1usize..4),
+        (ph, pw, nan, seed) in (0usize..2, 0usize..2, any::<bool>(), any::<u64>()),
+    ) {
+        let (kh, kw) = (kh.min(h), kw.min(w));
+        let pool = MaxPool2d {
+            stride: [sh, sw],
+            kernel_size: [kh, kw],
+            padding: PaddingConfig2d::Explicit(ph.min(kh / 2), pw.min(kw / 2), ph.min(kh / 2), pw.min(kw / 2)),
+            dilation: [1, 1],
+            ceil_mode: false,
+        };
+        let shape = [batch, channels, h, w];
+        let ours = run_pool(shape, &pool, nan, seed, max_pool2d);
+        let burns = run_pool(shape, &pool, nan, seed, |p, x| p.forward(x));
+        for (got, want) in ours.iter().zip(&burns) {
+            let bits = |v: &Vec<f32>| v.iter().map(|x| if x.is_nan() { u32::MAX } else { x.to_bits() }).collect::<Vec<_>>();
+            prop_assert_eq!(bits(got), bits(want));
+        }
+    }
+}
+
+#[test]
+fn off_flex_they_are_burns_linear_and_pooling() {
+    #[allow(deprecated)]
+    let device = Device::ndarray();
+    let mut rng = SplitMix64::stream(11, 0);
+    let mut values = |len: usize| (0..len).map(|_| rng.symmetric(1.0)).collect::<Vec<f32>>();
+    let layer = Linear {
+        weight: Param::from_data(TensorData::new(values(12), [4, 3]), &device),
+        bias: Some(Param::from_data(TensorData::new(values(3), [3]), &device)),
+    };
+    let x = Tensor::<2>::from_data(TensorData::new(values(8), [2, 4]), &device);
+    linear(&layer, x.clone())
+        .into_data()
+        .assert_eq(&layer.forward(x).into_data(), true);
+    let pool = MaxPool2d {
+        stride: [2, 2],
+        kernel_size: [2, 2],
+        padding: PaddingConfig2d::Explicit(0, 0, 0, 0),
+        dilation: [1, 1],
+        ceil_mode: false,
+    };
+    let image = Tensor::<4>::from_data(TensorData::new(values(32), [1, 2, 4, 4]), &device);
+    max_pool2d(&pool, image.clone())
+        .into_data()
+        .assert_eq(&pool.forward(image).into_data(), true);
 }

@@ -1,6 +1,8 @@
 //! Training operations for burn's flex backend with hand-written kernels and backward steps,
 //! added through burn's backend-extension mechanism: a convolution by im2col + GEMM
-//! ([`conv2d`]) and a training-mode BatchNorm without layout swaps ([`batch_norm`]).
+//! ([`conv2d`]), a linear layer by GEMMs in blocks over the thread pool ([`linear`]), a max
+//! pooling that remembers its maxima ([`max_pool2d`]) and a training-mode BatchNorm without
+//! layout swaps ([`batch_norm`]).
 //!
 //! burn 0.22's generic backward passes go through layout swaps and, for a convolution's
 //! weight gradient, a direct convolution with the output gradient as its kernel; these
@@ -10,6 +12,9 @@
 
 pub mod batch_norm;
 pub mod conv2d;
+mod gemm;
+pub mod linear;
+pub mod max_pool2d;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{DispatchDevice, Flex};

@@ -12,8 +12,9 @@
 //! not depend on the number of threads. A 1×1 convolution with stride 1 and no padding uses
 //! the image itself as its column matrix.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
+
+use crate::flex::gemm::{MatRef, matmul};
 
 /// The batch is split into at most this many parts for the weight gradient: each part sums its
 /// images into its own buffer, then the parts are added in order.
@@ -105,90 +106,6 @@ impl ConvGeometry {
         let lo = pad.saturating_sub(k).div_ceil(stride).min(out);
         let hi = (size + pad).saturating_sub(k).div_ceil(stride).min(out);
         (lo, hi.max(lo))
-    }
-}
-
-/// A read-only matrix view: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
-#[derive(Clone, Copy)]
-struct MatRef<'a> {
-    data: &'a [f32],
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> MatRef<'a> {
-    /// Row-major `rows × cols`.
-    fn rows(data: &'a [f32], cols: usize) -> Self {
-        Self {
-            data,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    /// The transpose of a row-major matrix with `cols` columns.
-    fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Self {
-            data,
-            row_stride: 1,
-            col_stride: cols,
-        }
-    }
-
-    fn covers(&self, rows: usize, cols: usize) -> bool {
-        rows == 0
-            || cols == 0
-            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
-    }
-}
-
-/// `dst [m × n, row-major] = (dst if accumulate) + lhs [m × k] · rhs [k × n]`, single-threaded.
-fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    lhs: MatRef,
-    rhs: MatRef,
-) {
-    assert!(
-        dst.len() >= m * n && lhs.covers(m, k) && rhs.covers(k, n),
-        "matmul: views too short"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    // SAFETY: the assertion above keeps every index gemm touches inside the three slices, and
-    // `dst` is borrowed mutably, so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.data.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
     }
 }
 

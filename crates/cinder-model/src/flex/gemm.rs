@@ -1,0 +1,189 @@
+//! The `f32` matrix multiply behind the flex operations: the `gemm` crate (the multiply burn
+//! flex uses) on strided slice views, single-threaded ([`matmul`]) or split into fixed blocks
+//! over rayon's pool ([`par_matmul`]).
+//!
+//! [`par_matmul`] exists because the `gemm` crate's own threading scales poorly on a short,
+//! wide product such as a linear layer's batch of 64 rows times 1,024 or 8,192 columns (on 2
+//! threads it ran some of those shapes slower than on one); independent single-threaded
+//! multiplies of column or row blocks run at twice the one-thread speed. The blocks do not
+//! depend on the number of threads, so neither do the results.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Output rows per task when [`par_matmul`] splits by rows.
+const ROW_BLOCK: usize = 512;
+/// Output columns per task when [`par_matmul`] splits by columns.
+const COLUMN_BLOCK: usize = 256;
+
+/// A read-only matrix view: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
+#[derive(Clone, Copy)]
+pub(crate) struct MatRef<'a> {
+    data: &'a [f32],
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// Row-major `rows × cols`.
+    pub(crate) fn rows(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub(crate) fn transposed(data: &'a [f32], cols: usize) -> Self {
+        Self {
+            data,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    /// The view starting at row `row` and column `col`.
+    fn from(self, row: usize, col: usize) -> Self {
+        Self {
+            data: &self.data[row * self.row_stride + col * self.col_stride..],
+            ..self
+        }
+    }
+
+    fn covers(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `dst [m × n, row-major] = (dst if accumulate) + lhs [m × k] · rhs [k × n]`, single-threaded.
+pub(crate) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    lhs: MatRef,
+    rhs: MatRef,
+) {
+    assert!(
+        dst.len() >= m * n && lhs.covers(m, k) && rhs.covers(k, n),
+        "matmul: views too short"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the assertion above keeps every index gemm touches inside the three slices, and
+    // `dst` is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// `lhs [m × k] · rhs [k × n]` as a new row-major `m × n` matrix, computed in blocks of
+/// [`ROW_BLOCK`] rows (when `m ≥ n`) or [`COLUMN_BLOCK`] columns on rayon's pool.
+pub(crate) fn par_matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32> {
+    let mut dst = vec![0.0; m * n];
+    if m == 0 || n == 0 {
+        return dst;
+    }
+    if m >= n {
+        dst.par_chunks_mut(ROW_BLOCK * n)
+            .enumerate()
+            .for_each(|(block, rows)| {
+                let lhs = lhs.from(block * ROW_BLOCK, 0);
+                matmul(rows.len() / n, n, k, rows, false, lhs, rhs);
+            });
+        return dst;
+    }
+    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(COLUMN_BLOCK))
+        .into_par_iter()
+        .map(|block| {
+            let first = block * COLUMN_BLOCK;
+            let width = COLUMN_BLOCK.min(n - first);
+            let mut out = vec![0.0; m * width];
+            matmul(m, width, k, &mut out, false, lhs, rhs.from(0, first));
+            out
+        })
+        .collect();
+    for (block, values) in blocks.iter().enumerate() {
+        let width = values.len() / m;
+        let columns = dst
+            .chunks_exact_mut(n)
+            .map(|row| &mut row[block * COLUMN_BLOCK..]);
+        for (row, src) in columns.zip(values.chunks_exact(width)) {
+            row[..width].copy_from_slice(src);
+        }
+    }
+    dst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7 + seed) % 13) as f32 - 6.0)
+            .collect()
+    }
+
+    /// The defining sum, exact for these small integers.
+    fn reference(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32> {
+        let at = |v: MatRef, r: usize, c: usize| v.data[r * v.row_stride + c * v.col_stride];
+        (0..m * n)
+            .map(|i| (0..k).map(|p| at(lhs, i / n, p) * at(rhs, p, i % n)).sum())
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn blocks_over_the_pool_equal_the_defining_sum(
+            m in 1usize..1100,
+            n in 1usize..600,
+            k in 1usize..6,
+            lhs_transposed in any::<bool>(),
+            seed in 0usize..13,
+        ) {
+            let a = values(m * k, seed);
+            let b = values(k * n, seed + 5);
+            let lhs = match lhs_transposed {
+                true => MatRef::transposed(&a, m),
+                false => MatRef::rows(&a, k),
+            };
+            let rhs = MatRef::rows(&b, n);
+            prop_assert_eq!(par_matmul(m, n, k, lhs, rhs), reference(m, n, k, lhs, rhs));
+        }
+    }
+}
