@@ -174,8 +174,10 @@ const SAMPLES: usize = 1000;
 /// The least share of inputs on which ONNX Runtime's and cinder's argmax agree.
 const MIN_AGREEMENT: f64 = 0.999;
 /// The largest logit difference, in steps of the output's scale: one-step differences
-/// inside a deep network (ResNet-20) reach the logits as a few steps.
-const MAX_STEPS: f32 = 4.0;
+/// inside a deep network (ResNet-20) reach the logits as a few steps. The count is a
+/// float quotient (difference over scale), so a whole number of steps may come out a few
+/// ulps above itself: the bound allows that much.
+const MAX_STEPS: f32 = 4.0 + 1e-3;
 
 /// `graph` (batch norms folded) calibrated by min/max on random inputs and converted
 /// under `config`.

@@ -2,7 +2,8 @@
 
   ort_helper.py run MODEL INPUT SHAPE OUTPUT  runs MODEL in ONNX Runtime (CPU) on the
       little-endian float32 file INPUT of SHAPE (comma separated) and writes the first
-      output as little-endian float32 to OUTPUT.
+      output as little-endian float32 to OUTPUT. On an x86 CPU without VNNI the QDQ nodes
+      are not fused into ONNX Runtime's integer kernels (see `saturating_u8s8`).
   ort_helper.py make OUTPUT SEED  builds, with the onnx helper API, a small CNN cinder never
       produced (BN, depthwise conv, ReLU6 by Clip with Constant bounds, residual Add,
       MaxPool, GlobalAveragePool, Reshape, Dropout, Identity, Gemm, MatMul + Add), checks
@@ -22,10 +23,27 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 
+def saturating_u8s8():
+    """Whether ONNX Runtime's fused u8 x s8 kernels are inexact here: on x86 without VNNI
+    they multiply with vpmaddubsw, whose 16-bit sums of two products saturate (ONNX
+    Runtime's documentation recommends reduce_range there). Such a CPU runs the QDQ model
+    unfused instead: DequantizeLinear, the float operator, QuantizeLinear, which is the
+    format's definition."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx2" in flags and "avx512_vnni" not in flags and "avx_vnni" not in flags
+
+
 def run(model, inp, shape, out):
     dims = [int(d) for d in shape.split(",")]
     x = np.fromfile(inp, dtype="<f4").reshape(dims)
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if saturating_u8s8():
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     y = session.run(None, {name: x})[0]
     np.asarray(y, dtype="<f4").tofile(out)
