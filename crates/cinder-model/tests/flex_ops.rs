@@ -67,6 +67,11 @@ fn cases() -> impl Strategy<Value = Case> {
         )
 }
 
+/// A tensor's values in row-major order.
+fn host<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor.into_data().try_to_vec().unwrap()
+}
+
 fn random(shape: [usize; 4], rng: &mut SplitMix64) -> TensorData {
     let values = (0..shape.iter().product())
         .map(|_| rng.symmetric(1.0))
@@ -111,22 +116,12 @@ fn run(case: &Case, forward: impl Fn(&Conv2d, Tensor<4>) -> Tensor<4>) -> Vec<Ve
     let upstream = Tensor::<4>::from_data(random(output.dims(), &mut rng), &device);
     let grads = (output.clone() * upstream).sum().backward();
     let mut all = vec![
-        output.into_data().try_to_vec().unwrap(),
-        input
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .try_to_vec()
-            .unwrap(),
-        conv.weight
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .try_to_vec()
-            .unwrap(),
+        host(output),
+        host(input.grad(&grads).unwrap()),
+        host(conv.weight.grad(&grads).unwrap()),
     ];
     if let Some(bias) = &conv.bias {
-        all.push(bias.grad(&grads).unwrap().into_data().try_to_vec().unwrap());
+        all.push(host(bias.grad(&grads).unwrap()));
     }
     all
 }
@@ -222,19 +217,13 @@ fn run_norm(
     let output = forward(&bn, input.clone());
     let upstream = Tensor::<4>::from_data(random(shape, &mut rng), &device);
     let grads = (output.clone() * upstream).sum().backward();
-    let values = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
     vec![
-        output.into_data().try_to_vec().unwrap(),
-        input
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .try_to_vec()
-            .unwrap(),
-        values(bn.gamma.grad(&grads).unwrap()),
-        values(bn.beta.grad(&grads).unwrap()),
-        values(bn.running_mean.value()),
-        values(bn.running_var.value()),
+        host(output),
+        host(input.grad(&grads).unwrap()),
+        host(bn.gamma.grad(&grads).unwrap()),
+        host(bn.beta.grad(&grads).unwrap()),
+        host(bn.running_mean.value()),
+        host(bn.running_var.value()),
     ]
 }
 
@@ -303,13 +292,12 @@ fn run_linear(
     let grads = (output.clone() * Tensor::from_data(upstream, &device))
         .sum()
         .backward();
-    let values = |t: Option<Tensor<2>>| t.map(|t| t.into_data().try_to_vec::<f32>().unwrap());
     let bias_grad = layer.bias.as_ref().and_then(|b| b.grad(&grads));
     [
-        Some(output.into_data().try_to_vec().unwrap()),
-        values(input.grad(&grads)),
-        values(layer.weight.grad(&grads)),
-        bias_grad.map(|b| b.into_data().try_to_vec().unwrap()),
+        Some(host(output)),
+        input.grad(&grads).map(host),
+        layer.weight.grad(&grads).map(host),
+        bias_grad.map(host),
     ]
     .into_iter()
     .flatten()
@@ -361,15 +349,7 @@ fn run_pool(
     let grads = (output.clone() * Tensor::from_data(upstream, &device))
         .sum()
         .backward();
-    vec![
-        output.into_data().try_to_vec().unwrap(),
-        input
-            .grad(&grads)
-            .unwrap()
-            .into_data()
-            .try_to_vec()
-            .unwrap(),
-    ]
+    vec![host(output), host(input.grad(&grads).unwrap())]
 }
 
 proptest! {

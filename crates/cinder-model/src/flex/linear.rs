@@ -84,10 +84,12 @@ impl Backward<Flex, 2> for LinearBackward {
 }
 
 /// `layer.forward(input)` for a batch of vectors `[B, in]`: by [`GemmLinear`] for `f32`
-/// tensors on flex (with or without autodiff), by burn's layer otherwise.
+/// tensors on flex (with or without autodiff), by burn's layer otherwise (and for an input
+/// of the wrong width, which burn's layer reports).
 pub fn linear(layer: &Linear, input: Tensor<2>) -> Tensor<2> {
     let weight = layer.weight.val();
-    if !on_flex_f32(&[&input, &weight]) {
+    let fits = input.dims()[1] == weight.dims()[0];
+    if !fits || !on_flex_f32(&[&input, &weight]) {
         return layer.forward(input);
     }
     let out = <burn::backend::Dispatch as GemmLinear>::gemm_linear(
