@@ -1,5 +1,5 @@
 //! A linear layer for burn's flex backend whose product and both gradients are single-threaded
-//! GEMMs over fixed blocks on rayon's pool ([`crate::flex::gemm::par_matmul`]), as a burn
+//! GEMMs over fixed blocks on rayon's pool (`par_matmul` of the flex GEMM module), as a burn
 //! backend extension with a hand-written backward step.
 //!
 //! burn 0.22's flex runs a linear layer's three products (`x·W`, `dy·Wᵀ`, `xᵀ·dy`) through
