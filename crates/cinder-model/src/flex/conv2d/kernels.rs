@@ -95,6 +95,18 @@ impl ConvGeometry {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
     }
 
+    /// Stride 1 and an output as wide as the input (`kernel width = 2 × padding + 1`), so
+    /// that a kernel tap shifts the flat image by a constant (see [`ShiftedSpan`]).
+    fn is_same_stride_one(&self) -> bool {
+        self.stride == [1, 1] && self.output_size()[1] == self.width
+    }
+
+    /// The kernel taps `(i, j)` in the order of a column matrix's rows.
+    fn taps(&self) -> impl Iterator<Item = [usize; 2]> + use<> {
+        let [kh, kw] = self.kernel;
+        (0..kh).flat_map(move |i| (0..kw).map(move |j| [i, j]))
+    }
+
     /// The range of output positions `o` along one axis whose input position
     /// `o·stride + k − pad` falls inside `0..size`.
     fn valid_outputs(&self, axis: usize, k: usize) -> (usize, usize) {
@@ -111,66 +123,149 @@ impl ConvGeometry {
 
 /// Fills `cols [K, N]` with the patches of one group's input channels `image [C_in/g, H, W]`.
 fn im2col(geom: &ConvGeometry, image: &[f32], cols: &mut [f32]) {
-    let [kh, kw] = geom.kernel;
-    let [oh, ow] = geom.output_size();
-    let [sh, sw] = geom.stride;
     let (h, w) = (geom.height, geom.width);
-    let mut rows = cols.chunks_exact_mut(oh * ow);
+    let mut rows = cols.chunks_exact_mut(geom.out_pixels());
     for channel in image.chunks_exact(h * w).take(geom.group_in()) {
-        for i in 0..kh {
-            let (y_lo, y_hi) = geom.valid_outputs(0, i);
-            for j in 0..kw {
-                let (x_lo, x_hi) = geom.valid_outputs(1, j);
-                let row = rows.next().expect("cols holds K rows");
-                for (y, out_row) in row.chunks_exact_mut(ow).enumerate() {
-                    if y < y_lo || y >= y_hi {
-                        out_row.fill(0.0);
-                        continue;
-                    }
-                    let src = &channel[(y * sh + i - geom.padding[0]) * w..][..w];
-                    out_row[..x_lo].fill(0.0);
-                    out_row[x_hi..].fill(0.0);
-                    let first = x_lo * sw + j - geom.padding[1];
-                    let dst = &mut out_row[x_lo..x_hi];
-                    if sw == 1 {
-                        dst.copy_from_slice(&src[first..first + dst.len()]);
-                    } else {
-                        let taps = src[first..].iter().step_by(sw);
-                        dst.iter_mut().zip(taps).for_each(|(d, &v)| *d = v);
-                    }
-                }
+        for tap in geom.taps() {
+            let row = rows.next().expect("cols holds K rows");
+            match ShiftedSpan::of(geom, tap, channel.len()) {
+                Some(span) => span.gather(channel, row),
+                None => strided_gather(geom, tap, channel, row),
             }
         }
     }
 }
 
 /// Adds `cols [K, N]` back onto one group's input channels `image [C_in/g, H, W]` (the
-/// adjoint of [`im2col`]).
-fn col2im(geom: &ConvGeometry, cols: &[f32], image: &mut [f32]) {
-    let [kh, kw] = geom.kernel;
-    let [oh, ow] = geom.output_size();
-    let [sh, sw] = geom.stride;
+/// adjoint of [`im2col`]). `cols` is scratch: a shifted row's taps outside the image are
+/// zeroed in it before the row is added as one span.
+fn col2im(geom: &ConvGeometry, cols: &mut [f32], image: &mut [f32]) {
     let (h, w) = (geom.height, geom.width);
-    let mut rows = cols.chunks_exact(oh * ow);
+    let mut rows = cols.chunks_exact_mut(geom.out_pixels());
     for channel in image.chunks_exact_mut(h * w).take(geom.group_in()) {
-        for i in 0..kh {
-            let (y_lo, y_hi) = geom.valid_outputs(0, i);
-            for j in 0..kw {
-                let (x_lo, x_hi) = geom.valid_outputs(1, j);
-                let row = rows.next().expect("cols holds K rows");
-                for y in y_lo..y_hi {
-                    let dst = &mut channel[(y * sh + i - geom.padding[0]) * w..][..w];
-                    let first = x_lo * sw + j - geom.padding[1];
-                    let src = &row[y * ow + x_lo..y * ow + x_hi];
-                    if sw == 1 {
-                        let dst = &mut dst[first..first + src.len()];
-                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
-                    } else {
-                        let taps = dst[first..].iter_mut().step_by(sw);
-                        taps.zip(src).for_each(|(d, &v)| *d += v);
-                    }
-                }
+        for tap in geom.taps() {
+            let row = rows.next().expect("cols holds K rows");
+            match ShiftedSpan::of(geom, tap, channel.len()) {
+                Some(span) => span.scatter_add(row, channel),
+                None => strided_scatter_add(geom, tap, row, channel),
             }
+        }
+    }
+}
+
+/// For a stride-1 convolution whose output is as wide as its input (`kernel width =
+/// 2 × padding + 1`), the kernel tap `(i, j)` maps output pixel `f` (flat) to input pixel
+/// `f + (i − pad_h)·W + (j − pad_w)`: one column-matrix row is one shifted span of the plane,
+/// except at the taps outside the image (whole output rows above or below it, and the
+/// columns that a horizontal shift wraps onto the neighbouring row), which read zero.
+/// One long copy or add instead of a short one per output row.
+struct ShiftedSpan {
+    /// Output pixels of the rows whose tap row lies inside the image.
+    rows: std::ops::Range<usize>,
+    /// Valid output columns `x_lo..x_hi` of each of those rows.
+    columns: std::ops::Range<usize>,
+    /// Output pixel `rows.start + skip` reads input pixel `input`, for `len` pixels.
+    skip: usize,
+    input: usize,
+    len: usize,
+    width: usize,
+}
+
+impl ShiftedSpan {
+    fn of(geom: &ConvGeometry, [i, j]: [usize; 2], plane_len: usize) -> Option<Self> {
+        if !geom.is_same_stride_one() {
+            return None;
+        }
+        let w = geom.width;
+        let (y_lo, y_hi) = geom.valid_outputs(0, i);
+        let (x_lo, x_hi) = geom.valid_outputs(1, j);
+        let (first, last) = (y_lo * w, y_hi * w);
+        let shift = (i * w + j) as isize - (geom.padding[0] * w + geom.padding[1]) as isize;
+        // The span's ends may fall before or after the plane: those pixels are wrapped
+        // columns, which read zero anyway.
+        let input = first as isize + shift;
+        let skip = input.min(0).unsigned_abs().min(last - first);
+        let input = (input.max(0) as usize).min(plane_len);
+        Some(Self {
+            rows: first..last,
+            columns: x_lo..x_hi,
+            skip,
+            input,
+            len: (last - first - skip).min(plane_len - input),
+            width: w,
+        })
+    }
+
+    /// Zeroes the wrapped columns of the valid rows of `row`, a column at a time (a
+    /// `fill` per output row would call `memset` for one or two pixels).
+    fn clear_wrapped(&self, row: &mut [f32]) {
+        let wrapped = (0..self.columns.start).chain(self.columns.end..self.width);
+        for x in wrapped {
+            let column = row[self.rows.clone()]
+                .iter_mut()
+                .skip(x)
+                .step_by(self.width);
+            column.for_each(|v| *v = 0.0);
+        }
+    }
+
+    fn gather(&self, channel: &[f32], row: &mut [f32]) {
+        row[..self.rows.start].fill(0.0);
+        row[self.rows.end..].fill(0.0);
+        let out = self.rows.start + self.skip;
+        row[out..][..self.len].copy_from_slice(&channel[self.input..][..self.len]);
+        self.clear_wrapped(row);
+    }
+
+    fn scatter_add(&self, row: &mut [f32], channel: &mut [f32]) {
+        self.clear_wrapped(row);
+        let out = &row[self.rows.start + self.skip..][..self.len];
+        let dst = &mut channel[self.input..][..self.len];
+        dst.iter_mut().zip(out).for_each(|(d, &v)| *d += v);
+    }
+}
+
+/// The output range `x_lo..x_hi` of one output row that tap `(i, j)` reads from inside the
+/// image, and the input row and column its first pixel reads; `None` when it reads nothing.
+fn row_taps(geom: &ConvGeometry, [i, j]: [usize; 2], y: usize) -> Option<(usize, usize, usize)> {
+    let (y_lo, y_hi) = geom.valid_outputs(0, i);
+    let (x_lo, x_hi) = geom.valid_outputs(1, j);
+    let inside = (y_lo..y_hi).contains(&y) && x_lo < x_hi;
+    inside.then(|| {
+        let first = (y * geom.stride[0] + i - geom.padding[0]) * geom.width;
+        (
+            x_lo,
+            x_hi,
+            first + x_lo * geom.stride[1] + j - geom.padding[1],
+        )
+    })
+}
+
+/// One row of [`im2col`] in general: a copy per output row, strided when the stride is.
+fn strided_gather(geom: &ConvGeometry, tap: [usize; 2], channel: &[f32], row: &mut [f32]) {
+    let (ow, sw) = (geom.output_size()[1], geom.stride[1]);
+    for (y, out_row) in row.chunks_exact_mut(ow).enumerate() {
+        let Some((x_lo, x_hi, first)) = row_taps(geom, tap, y) else {
+            out_row.fill(0.0);
+            continue;
+        };
+        out_row[..x_lo].fill(0.0);
+        out_row[x_hi..].fill(0.0);
+        let taps = channel[first..].iter().step_by(sw);
+        out_row[x_lo..x_hi]
+            .iter_mut()
+            .zip(taps)
+            .for_each(|(d, &v)| *d = v);
+    }
+}
+
+/// One row of [`col2im`] in general: an add per output row, strided when the stride is.
+fn strided_scatter_add(geom: &ConvGeometry, tap: [usize; 2], row: &[f32], channel: &mut [f32]) {
+    let (ow, sw) = (geom.output_size()[1], geom.stride[1]);
+    for (y, out_row) in row.chunks_exact(ow).enumerate() {
+        if let Some((x_lo, x_hi, first)) = row_taps(geom, tap, y) {
+            let taps = channel[first..].iter_mut().step_by(sw);
+            taps.zip(&out_row[x_lo..x_hi]).for_each(|(d, &v)| *d += v);
         }
     }
 }
@@ -273,6 +368,10 @@ pub fn conv2d_backward(
 }
 
 /// `Σ_b dY_b · cols_bᵀ` per group, summed over [`WEIGHT_GRAD_PARTS`] fixed parts of the batch.
+///
+/// Each part sums the transpose `cols_b · dY_bᵀ` (`[K, C_out/g]` per group) and the total is
+/// transposed once at the end: in that orientation the `gemm` crate packs the small `dY_b`
+/// instead of transposing the whole column matrix into its panels for every image.
 fn weight_gradient(geom: &ConvGeometry, input: &[f32], output_grad: &[f32]) -> Vec<f32> {
     let (k, n) = (geom.col_rows(), geom.out_pixels());
     let per_part = geom.batch.div_ceil(WEIGHT_GRAD_PARTS).max(1);
@@ -291,9 +390,9 @@ fn weight_gradient(geom: &ConvGeometry, input: &[f32], output_grad: &[f32]) -> V
                 for g in 0..geom.groups {
                     let cols = columns(geom, group_input(geom, image, g), &mut buffer);
                     let rows = geom.group_out();
-                    let dy = MatRef::rows(&grad[g * rows * n..][..rows * n], n);
-                    let dw = &mut part[g * rows * k..][..rows * k];
-                    matmul(rows, k, n, dw, true, dy, MatRef::transposed(cols, n));
+                    let dy_t = MatRef::transposed(&grad[g * rows * n..][..rows * n], n);
+                    let dw_t = &mut part[g * rows * k..][..rows * k];
+                    matmul(k, rows, n, dw_t, true, MatRef::rows(cols, n), dy_t);
                 }
             }
             part
@@ -304,7 +403,25 @@ fn weight_gradient(geom: &ConvGeometry, input: &[f32], output_grad: &[f32]) -> V
     for part in parts {
         total.iter_mut().zip(&part).for_each(|(t, p)| *t += p);
     }
-    total
+    untranspose_groups(geom, &total)
+}
+
+/// `[K, C_out/g]` per group (the transposed weight gradient) as `[C_out/g, K]` per group.
+fn untranspose_groups(geom: &ConvGeometry, transposed: &[f32]) -> Vec<f32> {
+    let (k, rows) = (geom.col_rows(), geom.group_out());
+    let mut out = vec![0.0; transposed.len()];
+    for (dst, src) in out
+        .chunks_exact_mut(rows * k)
+        .zip(transposed.chunks_exact(rows * k))
+    {
+        for (r, dst_row) in dst.chunks_exact_mut(k).enumerate() {
+            dst_row
+                .iter_mut()
+                .zip(src[r..].iter().step_by(rows))
+                .for_each(|(d, &v)| *d = v);
+        }
+    }
+    out
 }
 
 /// `col2im(Wᵀ · dY_b)` per image and group, written into `input_grad` (zeroed).
@@ -421,8 +538,8 @@ mod tests {
             (
                 1usize..9,
                 1usize..9,
-                1usize..4,
-                1usize..4,
+                1usize..6,
+                1usize..6,
                 1usize..3,
                 1usize..3,
             ),
