@@ -4,9 +4,31 @@
 //!
 //! Channels are spread over rayon's pool; a channel's sums add `f32` partial sums of its
 //! planes (one `[H, W]` image channel each) in `f64`, in plane order, so a result does not
-//! depend on the number of threads.
+//! depend on the number of threads. A plane's sum runs in [`LANES`] interleaved partial sums
+//! (see [`lane_sum`]).
 
 use rayon::prelude::*;
+
+/// Interleaved partial sums per plane: a single running `f32` sum cannot be vectorized (each
+/// add waits for the previous one), sixteen independent ones can.
+const LANES: usize = 16;
+
+/// `Σ f(a[i], b[i])` over two equally long slices, as [`LANES`] partial sums (lane `l` takes
+/// every index `≡ l` mod `LANES`) added in lane order, then the tail.
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = (a_chunks.remainder().iter())
+        .zip(b_chunks.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    let mut lanes = [0.0f32; LANES];
+    for (xs, ys) in a_chunks.zip(b_chunks) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(xs).zip(ys) {
+            *lane += f(x, y);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
 
 /// Shape of a BatchNorm input `[B, C, H, W]` seen as `batch` × `channels` planes of `plane`
 /// values.
@@ -43,16 +65,12 @@ pub fn batch_stats(geom: &NormGeometry, input: &[f32]) -> (Vec<f32>, Vec<f32>) {
         .into_par_iter()
         .map(|c| {
             let plane = |at: usize| &input[at..at + geom.plane];
-            let sum = geom.channel_sum(c, |at| f64::from(plane(at).iter().sum::<f32>()));
+            let sum = geom.channel_sum(c, |at| f64::from(lane_sum(plane(at), plane(at), |v, _| v)));
             let mean = sum / count;
             let centred = mean as f32;
             let squares = geom.channel_sum(c, |at| {
-                f64::from(
-                    plane(at)
-                        .iter()
-                        .map(|&v| (v - centred) * (v - centred))
-                        .sum::<f32>(),
-                )
+                let square = |v: f32, _| (v - centred) * (v - centred);
+                f64::from(lane_sum(plane(at), plane(at), square))
             });
             (mean as f32, (squares / count) as f32)
         })
@@ -107,14 +125,15 @@ pub fn normalize_backward(
         .map(|c| {
             let m = mean[c];
             let sum_dy = geom.channel_sum(c, |at| {
-                f64::from(output_grad[at..at + geom.plane].iter().sum::<f32>())
+                let dy = &output_grad[at..at + geom.plane];
+                f64::from(lane_sum(dy, dy, |g, _| g))
             });
             let sum_dy_centred = geom.channel_sum(c, |at| {
                 let (x, dy) = (
                     &input[at..at + geom.plane],
                     &output_grad[at..at + geom.plane],
                 );
-                f64::from(x.iter().zip(dy).map(|(&x, &g)| (x - m) * g).sum::<f32>())
+                f64::from(lane_sum(x, dy, |x, g| (x - m) * g))
             });
             (sum_dy as f32, (sum_dy_centred * inv_std[c]) as f32)
         })
@@ -155,4 +174,24 @@ fn per_plane(
         .zip(src.par_chunks(geom.plane))
         .enumerate()
         .for_each(|(i, (d, s))| f(i, d, s));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn lane_sums_are_the_sum(
+            pairs in proptest::collection::vec((-100.0f32..100.0, -4.0f32..4.0), 0..200),
+        ) {
+            let (a, b): (Vec<f32>, Vec<f32>) = pairs.into_iter().unzip();
+            let product = |x: f32, y: f32| x * y;
+            let exact: f64 = a.iter().zip(&b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+            let magnitude: f64 = a.iter().zip(&b).map(|(&x, &y)| f64::from(x * y).abs()).sum();
+            let got = f64::from(lane_sum(&a, &b, product));
+            prop_assert!((got - exact).abs() <= 1e-5 * (1.0 + magnitude), "{got} vs {exact}");
+        }
+    }
 }
