@@ -15,6 +15,11 @@ use rayon::prelude::*;
 const ROW_BLOCK: usize = 512;
 /// Output columns per task when [`par_matmul`] splits by columns.
 const COLUMN_BLOCK: usize = 256;
+/// Products with at most this many rows on the left and a row-major right operand run as
+/// [`few_rows_matmul`].
+const FEW_ROWS: usize = 4;
+/// Rows of the right operand per task of [`few_rows_matmul`].
+const DEPTH_BLOCK: usize = 1024;
 
 /// A read-only matrix view: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
 #[derive(Clone, Copy)]
@@ -108,9 +113,67 @@ pub(crate) fn matmul(
     }
 }
 
+/// `dst [m × n, row-major, zeroed] += lhs [m × k] · rhs [k × n]` for a row-major `rhs`, one
+/// row of `rhs` at a time: `dst_r += lhs[r, p] · rhs[p, ..]` for `p` in order.
+///
+fn row_updates(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: MatRef, rhs: MatRef) {
+    assert!(
+        dst.len() >= m * n && lhs.covers(m, k) && rhs.covers(k, n) && rhs.col_stride == 1,
+        "row_updates: views too short or rhs not row-major"
+    );
+    for p in 0..k {
+        let rhs_row = &rhs.data[p * rhs.row_stride..][..n];
+        for (r, dst_row) in dst.chunks_exact_mut(n.max(1)).take(m).enumerate() {
+            let a = lhs.data[r * lhs.row_stride + p * lhs.col_stride];
+            dst_row
+                .iter_mut()
+                .zip(rhs_row)
+                .for_each(|(d, &b)| *d += a * b);
+        }
+    }
+}
+
+/// `lhs [m × k] · rhs [k × n]` for at most [`FEW_ROWS`] rows and a row-major `rhs`: the
+/// depth split into fixed blocks of [`DEPTH_BLOCK`] rows of `rhs` on rayon's pool, each
+/// block's [`row_updates`] summed in block order.
+///
+/// A product of one or a few rows (a linear layer at batch 1) is one pass over `rhs`, bound
+/// by memory: each task streams a contiguous run of `rhs` rows. The `gemm` crate's path for
+/// a single row strode across `rhs` and ran fc1's 8192 × 1024 at a few GFLOP/s, most of the
+/// reference ConvNet's batch-1 forward.
+fn few_rows_matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32> {
+    let parts: Vec<Vec<f32>> = (0..k.div_ceil(DEPTH_BLOCK))
+        .into_par_iter()
+        .map(|block| {
+            let first = block * DEPTH_BLOCK;
+            let depth = DEPTH_BLOCK.min(k - first);
+            let mut part = vec![0.0; m * n];
+            row_updates(
+                m,
+                n,
+                depth,
+                &mut part,
+                lhs.from(0, first),
+                rhs.from(first, 0),
+            );
+            part
+        })
+        .collect();
+    let mut parts = parts.into_iter();
+    let mut total = parts.next().unwrap_or_else(|| vec![0.0; m * n]);
+    for part in parts {
+        total.iter_mut().zip(&part).for_each(|(t, p)| *t += p);
+    }
+    total
+}
+
 /// `lhs [m × k] · rhs [k × n]` as a new row-major `m × n` matrix, computed in blocks of
-/// [`ROW_BLOCK`] rows (when `m ≥ n`) or [`COLUMN_BLOCK`] columns on rayon's pool.
+/// [`ROW_BLOCK`] rows (when `m ≥ n`) or [`COLUMN_BLOCK`] columns on rayon's pool, or by
+/// [`few_rows_matmul`].
 pub(crate) fn par_matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Vec<f32> {
+    if m <= FEW_ROWS && rhs.col_stride == 1 && m * n > 0 {
+        return few_rows_matmul(m, n, k, lhs, rhs);
+    }
     let mut dst = vec![0.0; m * n];
     if m == 0 || n == 0 {
         return dst;
@@ -173,6 +236,24 @@ mod tests {
             m in 1usize..1100,
             n in 1usize..600,
             k in 1usize..6,
+            lhs_transposed in any::<bool>(),
+            seed in 0usize..13,
+        ) {
+            let a = values(m * k, seed);
+            let b = values(k * n, seed + 5);
+            let lhs = match lhs_transposed {
+                true => MatRef::transposed(&a, m),
+                false => MatRef::rows(&a, k),
+            };
+            let rhs = MatRef::rows(&b, n);
+            prop_assert_eq!(par_matmul(m, n, k, lhs, rhs), reference(m, n, k, lhs, rhs));
+        }
+
+        #[test]
+        fn few_rows_equal_the_defining_sum(
+            m in 1usize..=FEW_ROWS + 1,
+            n in 1usize..600,
+            k in 1usize..2100,
             lhs_transposed in any::<bool>(),
             seed in 0usize..13,
         ) {
