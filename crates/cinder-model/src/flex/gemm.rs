@@ -115,7 +115,6 @@ pub(crate) fn matmul(
 
 /// `dst [m × n, row-major, zeroed] += lhs [m × k] · rhs [k × n]` for a row-major `rhs`, one
 /// row of `rhs` at a time: `dst_r += lhs[r, p] · rhs[p, ..]` for `p` in order.
-///
 fn row_updates(m: usize, n: usize, k: usize, dst: &mut [f32], lhs: MatRef, rhs: MatRef) {
     assert!(
         dst.len() >= m * n && lhs.covers(m, k) && rhs.covers(k, n) && rhs.col_stride == 1,
@@ -159,8 +158,14 @@ fn few_rows_matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef) -> Ve
             part
         })
         .collect();
+    sum_in_order(parts, m * n)
+}
+
+/// The element-wise sum of `parts` (each `len` long), added in order: a sum over fixed
+/// blocks that does not depend on the number of threads.
+pub(crate) fn sum_in_order(parts: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     let mut parts = parts.into_iter();
-    let mut total = parts.next().unwrap_or_else(|| vec![0.0; m * n]);
+    let mut total = parts.next().unwrap_or_else(|| vec![0.0; len]);
     for part in parts {
         total.iter_mut().zip(&part).for_each(|(t, p)| *t += p);
     }
@@ -228,6 +233,19 @@ mod tests {
             .collect()
     }
 
+    /// [`par_matmul`] of small integers, with the left operand row-major or transposed,
+    /// equals the defining sum exactly.
+    fn check_product(m: usize, n: usize, k: usize, lhs_transposed: bool, seed: usize) {
+        let a = values(m * k, seed);
+        let b = values(k * n, seed + 5);
+        let lhs = match lhs_transposed {
+            true => MatRef::transposed(&a, m),
+            false => MatRef::rows(&a, k),
+        };
+        let rhs = MatRef::rows(&b, n);
+        assert_eq!(par_matmul(m, n, k, lhs, rhs), reference(m, n, k, lhs, rhs));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
 
@@ -239,14 +257,7 @@ mod tests {
             lhs_transposed in any::<bool>(),
             seed in 0usize..13,
         ) {
-            let a = values(m * k, seed);
-            let b = values(k * n, seed + 5);
-            let lhs = match lhs_transposed {
-                true => MatRef::transposed(&a, m),
-                false => MatRef::rows(&a, k),
-            };
-            let rhs = MatRef::rows(&b, n);
-            prop_assert_eq!(par_matmul(m, n, k, lhs, rhs), reference(m, n, k, lhs, rhs));
+            check_product(m, n, k, lhs_transposed, seed);
         }
 
         #[test]
@@ -257,14 +268,7 @@ mod tests {
             lhs_transposed in any::<bool>(),
             seed in 0usize..13,
         ) {
-            let a = values(m * k, seed);
-            let b = values(k * n, seed + 5);
-            let lhs = match lhs_transposed {
-                true => MatRef::transposed(&a, m),
-                false => MatRef::rows(&a, k),
-            };
-            let rhs = MatRef::rows(&b, n);
-            prop_assert_eq!(par_matmul(m, n, k, lhs, rhs), reference(m, n, k, lhs, rhs));
+            check_product(m, n, k, lhs_transposed, seed);
         }
     }
 }

@@ -14,7 +14,7 @@
 
 use rayon::prelude::*;
 
-use crate::flex::gemm::{MatRef, matmul};
+use crate::flex::gemm::{MatRef, matmul, sum_in_order};
 
 /// The batch is split into at most this many parts for the weight gradient: each part sums its
 /// images into its own buffer, then the parts are added in order.
@@ -398,12 +398,7 @@ fn weight_gradient(geom: &ConvGeometry, input: &[f32], output_grad: &[f32]) -> V
             part
         })
         .collect();
-    let mut parts = parts.into_iter();
-    let mut total = parts.next().unwrap_or_else(|| vec![0.0; geom.weight_len()]);
-    for part in parts {
-        total.iter_mut().zip(&part).for_each(|(t, p)| *t += p);
-    }
-    untranspose_groups(geom, &total)
+    untranspose_groups(geom, &sum_in_order(parts, geom.weight_len()))
 }
 
 /// `[K, C_out/g]` per group (the transposed weight gradient) as `[C_out/g, K]` per group.
