@@ -225,8 +225,8 @@ impl ShiftedSpan {
     }
 }
 
-/// The output range `x_lo..x_hi` of one output row that tap `(i, j)` reads from inside the
-/// image, and the input row and column its first pixel reads; `None` when it reads nothing.
+/// The output columns `x_lo..x_hi` of output row `y` whose tap `(i, j)` lies inside the
+/// image, and the flat index of the input pixel that `x_lo` reads; `None` when none does.
 fn row_taps(geom: &ConvGeometry, [i, j]: [usize; 2], y: usize) -> Option<(usize, usize, usize)> {
     let (y_lo, y_hi) = geom.valid_outputs(0, i);
     let (x_lo, x_hi) = geom.valid_outputs(1, j);
