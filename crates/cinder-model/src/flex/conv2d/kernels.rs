@@ -7,6 +7,9 @@
 //! - the weight gradient accumulates `dY [C_out, N] · colsᵀ [N, K]`,
 //! - the input gradient is `Wᵀ [K, C_out] · dY [C_out, N]` folded back onto the image (col2im).
 //!
+//! A stride-1 convolution whose output is as large as its input skips the column matrix for
+//! its output and input gradient where the CPU allows (the `direct` module).
+//!
 //! Images run in parallel on rayon's pool and each multiply is single-threaded. The weight
 //! gradient is summed over a fixed split of the batch (not over threads), so its value does
 //! not depend on the number of threads. A 1×1 convolution with stride 1 and no padding uses
@@ -14,6 +17,7 @@
 
 use rayon::prelude::*;
 
+use super::direct::{self, PackedWeight};
 use crate::flex::gemm::{MatRef, matmul, sum_in_order};
 
 /// The batch is split into at most this many parts for the weight gradient: each part sums its
@@ -279,6 +283,9 @@ pub fn conv2d_forward(geom: &ConvGeometry, input: &[f32], weight: &[f32]) -> Vec
         "conv2d: input size"
     );
     assert_eq!(weight.len(), geom.weight_len(), "conv2d: weight size");
+    if direct::applies(geom) {
+        return direct::convolve(geom, input, &PackedWeight::forward(geom, weight));
+    }
     let (k, n) = (geom.col_rows(), geom.out_pixels());
     let mut output = vec![0.0; geom.batch * geom.output_image_len()];
     if output.is_empty() {
@@ -356,14 +363,23 @@ pub fn conv2d_backward(
         geom.batch * geom.output_image_len(),
         "conv2d: gradient size"
     );
-    let mut input_grad = wanted.input.then(|| vec![0.0; input.len()]);
     let weight_grad = match wanted.weight {
         true => Some(weight_gradient(geom, input, output_grad)),
         false => None,
     };
-    if let Some(grad) = input_grad.as_mut() {
-        input_gradient(geom, weight, output_grad, grad);
-    }
+    let input_grad = match wanted.input {
+        true if direct::applies(geom) => Some(direct::convolve(
+            geom,
+            output_grad,
+            &PackedWeight::adjoint(geom, weight),
+        )),
+        true => {
+            let mut grad = vec![0.0; input.len()];
+            input_gradient(geom, weight, output_grad, &mut grad);
+            Some(grad)
+        }
+        false => None,
+    };
     (input_grad, weight_grad)
 }
 
@@ -586,6 +602,60 @@ mod tests {
             let (none, dw_alone) = conv2d_backward(&geom, &x, &w, &dy, only_weight);
             prop_assert!(none.is_none());
             assert_close(&dw_alone.unwrap(), &dw_ref);
+        }
+    }
+
+    /// Stride-1 convolutions whose output is as large as their input: the direct path where
+    /// the CPU has it.
+    fn same_size_geometry() -> impl Strategy<Value = ConvGeometry> {
+        (
+            1usize..3,
+            1usize..7,
+            1usize..11,
+            1usize..30,
+            1usize..30,
+            0usize..3,
+            0usize..3,
+        )
+            .prop_map(|(batch, channels_in, channels_out, h, w, pad_h, pad_w)| {
+                ConvGeometry {
+                    batch,
+                    channels_in,
+                    height: h,
+                    width: w,
+                    channels_out,
+                    kernel: [2 * pad_h + 1, 2 * pad_w + 1],
+                    stride: [1, 1],
+                    padding: [pad_h, pad_w],
+                    groups: 1,
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn same_size_convolutions_match_the_defining_sums(
+            geom in same_size_geometry(),
+            seed in any::<u64>(),
+        ) {
+            let x = values(geom.batch * geom.image_len(), seed);
+            let w = values(geom.weight_len(), seed ^ 1);
+            let dy = values(geom.batch * geom.output_image_len(), seed ^ 2);
+            let [y_ref, dx_ref, dw_ref] = reference(&geom, &x, &w, &dy);
+            assert_close(&conv2d_forward(&geom, &x, &w), &y_ref);
+            let all = Wanted { input: true, weight: true };
+            let (dx, dw) = conv2d_backward(&geom, &x, &w, &dy, all);
+            assert_close(&dx.unwrap(), &dx_ref);
+            assert_close(&dw.unwrap(), &dw_ref);
+            // The direct path itself, also where `conv2d_*` prefer the column matrix.
+            if direct::available() {
+                let forward = PackedWeight::forward(&geom, &w);
+                assert_close(&direct::convolve(&geom, &x, &forward), &y_ref);
+                let adjoint = PackedWeight::adjoint(&geom, &w);
+                assert_close(&direct::convolve(&geom, &dy, &adjoint), &dx_ref);
+            }
         }
     }
 

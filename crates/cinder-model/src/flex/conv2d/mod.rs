@@ -9,6 +9,7 @@
 //! floating-point reassociation. [`conv2d`] uses it for `f32` tensors on flex (plain or
 //! autodiff) and burn's own convolution everywhere else.
 
+mod direct;
 mod kernels;
 
 use super::{flex_tensor, host_f32, on_flex_f32, to4};

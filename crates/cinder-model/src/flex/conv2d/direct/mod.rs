@@ -1,0 +1,276 @@
+//! A stride-1 convolution whose output is as large as its input (every 3×3 convolution of
+//! ResNet-20 but the downsampling ones), computed directly from a zero-padded copy of each
+//! image: no column matrix, weights packed once per call.
+//!
+//! The padded image has `W_p = W + 2·pad_w` columns and `H_p = H + 2·pad_h` rows. The
+//! output is computed at padded-width positions `q = y·W_p + x` (the `2·pad_w` positions
+//! past each row's end are computed and dropped), so that kernel tap `(i, j)` reads the
+//! padded plane at `q + i·W_p + j`: a constant offset per tap, the same for every pixel.
+//! A tile of [`BLOCK`] output channels × [`PANEL`] consecutive positions then accumulates
+//! over input channels and taps with two vector loads of packed weights and a broadcast of
+//! each position's input value per tap (the micro-kernel's only work). Tiles store
+//! position-major (`[positions, BLOCK]` per block of channels); cropping the padded-width
+//! result into the `[C, H, W]` output transposes it back.
+//!
+//! The input gradient is the same convolution of the output gradient with the kernel
+//! turned 180° and its channel axes swapped ([`PackedWeight::adjoint`]).
+//!
+//! The tile kernel needs AVX2 and FMA ([`x86_64_fma`]); [`generic`] is its scalar reference,
+//! bit for bit (each step one fused multiply-add, in the same order).
+
+#[cfg(test)]
+mod generic;
+#[cfg(target_arch = "x86_64")]
+mod x86_64_fma;
+
+use rayon::prelude::*;
+
+use super::kernels::ConvGeometry;
+
+/// Consecutive output positions per tile.
+pub(super) const PANEL: usize = 6;
+/// Output channels per tile: two AVX2 vectors.
+pub(super) const BLOCK: usize = 16;
+
+/// Whether the direct path computes this convolution: one group, stride 1, an output as
+/// large as the input, a kernel larger than 1×1, on a CPU with AVX2 and FMA but without
+/// AVX-512 (where the `gemm` crate's 16-lane kernels run the column-matrix path, and an
+/// 8-lane direct kernel has not been measured against them).
+pub(super) fn applies(geom: &ConvGeometry) -> bool {
+    geom.groups == 1
+        && geom.stride == [1, 1]
+        && geom.kernel != [1, 1]
+        && geom.output_size() == [geom.height, geom.width]
+        && available()
+        && !has_avx512()
+}
+
+/// Whether the tile kernel runs on this CPU.
+pub(super) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The kernel as tiles read it: `[C_out / BLOCK (rounded up)][C_in][taps][BLOCK]`, the
+/// channels past `C_out` zero.
+pub(super) struct PackedWeight {
+    values: Vec<f32>,
+    channels_in: usize,
+    channels_out: usize,
+    kernel: [usize; 2],
+}
+
+impl PackedWeight {
+    /// The convolution's kernel `[C_out, C_in, kh, kw]`.
+    pub(super) fn forward(geom: &ConvGeometry, weight: &[f32]) -> Self {
+        let [kh, kw] = geom.kernel;
+        let (c_in, taps) = (geom.channels_in, kh * kw);
+        Self::pack(geom.channels_out, c_in, geom.kernel, |co, ci, t| {
+            weight[(co * c_in + ci) * taps + t]
+        })
+    }
+
+    /// The kernel of the input gradient: `w'[ci, co, i, j] = w[co, ci, kh−1−i, kw−1−j]`.
+    pub(super) fn adjoint(geom: &ConvGeometry, weight: &[f32]) -> Self {
+        let [kh, kw] = geom.kernel;
+        let (c_in, taps) = (geom.channels_in, kh * kw);
+        Self::pack(c_in, geom.channels_out, geom.kernel, |ci, co, t| {
+            weight[(co * c_in + ci) * taps + taps - 1 - t]
+        })
+    }
+
+    /// `at(output channel, input channel, tap)` in tile order.
+    fn pack(
+        channels_out: usize,
+        channels_in: usize,
+        kernel: [usize; 2],
+        at: impl Fn(usize, usize, usize) -> f32,
+    ) -> Self {
+        let taps = kernel[0] * kernel[1];
+        let blocks = channels_out.div_ceil(BLOCK);
+        let mut values = Vec::with_capacity(blocks * channels_in * taps * BLOCK);
+        for block in 0..blocks {
+            for ci in 0..channels_in {
+                for t in 0..taps {
+                    values.extend((block * BLOCK..(block + 1) * BLOCK).map(|co| match co {
+                        co if co < channels_out => at(co, ci, t),
+                        _ => 0.0,
+                    }));
+                }
+            }
+        }
+        Self {
+            values,
+            channels_in,
+            channels_out,
+            kernel,
+        }
+    }
+
+    fn block(&self, block: usize) -> &[f32] {
+        let len = self.channels_in * self.kernel[0] * self.kernel[1] * BLOCK;
+        &self.values[block * len..][..len]
+    }
+}
+
+/// The padded plane of one image channel and the positions a tile covers.
+#[derive(Debug, Clone, Copy)]
+struct Padded {
+    height: usize,
+    width: usize,
+    padding: [usize; 2],
+    /// `W_p`.
+    stride: usize,
+    /// Output positions `(H − 1)·W_p + W`, rounded up to whole panels.
+    positions: usize,
+    /// Values per padded channel: `H_p·W_p` and the zeros the last panel reads past them.
+    plane: usize,
+}
+
+impl Padded {
+    fn of(geom: &ConvGeometry) -> Self {
+        let [ph, pw] = geom.padding;
+        let (h, w) = (geom.height, geom.width);
+        let stride = w + 2 * pw;
+        let needed = (h - 1) * stride + w;
+        let positions = needed.div_ceil(PANEL) * PANEL;
+        Self {
+            height: h,
+            width: w,
+            padding: geom.padding,
+            stride,
+            positions,
+            plane: (h + 2 * ph) * stride + positions - needed,
+        }
+    }
+
+    /// Copies the channels `[C, H, W]` into the interiors of `padded` (`C` planes), whose
+    /// borders are zero: nothing writes them, so a scratch buffer zeroed once stays valid for
+    /// every image.
+    fn fill(&self, image: &[f32], padded: &mut [f32]) {
+        let [ph, pw] = self.padding;
+        let channels = image.chunks_exact(self.height * self.width);
+        for (channel, plane) in channels.zip(padded.chunks_exact_mut(self.plane)) {
+            let rows = plane[ph * self.stride..].chunks_mut(self.stride);
+            for (src, dst) in channel.chunks_exact(self.width).zip(rows) {
+                dst[pw..pw + self.width].copy_from_slice(src);
+            }
+        }
+    }
+
+    /// Copies the padded-width result, `[positions, BLOCK]` per block of channels, into
+    /// `out [C, H, W]`: a transpose, a row of positions at a time (in L1) into a row of each
+    /// channel.
+    fn crop(&self, result: &[f32], out: &mut [f32]) {
+        let channel_len = self.height * self.width;
+        let blocks = result.chunks_exact(self.positions * BLOCK);
+        for (block, planes) in blocks.zip(out.chunks_mut(BLOCK * channel_len)) {
+            for y in 0..self.height {
+                let row = &block[y * self.stride * BLOCK..][..self.width * BLOCK];
+                for (n, plane) in planes.chunks_exact_mut(channel_len).enumerate() {
+                    let dst = &mut plane[y * self.width..][..self.width];
+                    let values = row[n..].iter().step_by(BLOCK);
+                    dst.iter_mut().zip(values).for_each(|(d, &v)| *d = v);
+                }
+            }
+        }
+    }
+}
+
+/// The convolution of `input [B, C_in, H, W]` with a packed kernel, for a geometry where
+/// [`applies`] holds: `[B, C_out, H, W]`. The channel counts are the packed kernel's (the
+/// geometry's swapped for [`PackedWeight::adjoint`]).
+pub(super) fn convolve(geom: &ConvGeometry, input: &[f32], weight: &PackedWeight) -> Vec<f32> {
+    assert!(available(), "direct convolution: needs AVX2 and FMA");
+    let padded = Padded::of(geom);
+    let (c_in, c_out) = (weight.channels_in, weight.channels_out);
+    let (image_len, out_len) = (
+        c_in * geom.height * geom.width,
+        c_out * geom.height * geom.width,
+    );
+    assert_eq!(
+        input.len(),
+        geom.batch * image_len,
+        "direct convolution: input size"
+    );
+    let mut output = vec![0.0; geom.batch * out_len];
+    if output.is_empty() {
+        return output;
+    }
+    let scratch = || {
+        let result_rows = c_out.div_ceil(BLOCK) * BLOCK;
+        (
+            vec![0.0; c_in * padded.plane],
+            vec![0.0; result_rows * padded.positions],
+        )
+    };
+    output
+        .par_chunks_mut(out_len)
+        .zip(input.par_chunks(image_len))
+        .for_each_init(scratch, |(planes, result), (out, image)| {
+            padded.fill(image, planes);
+            convolve_image(&padded, planes, weight, result);
+            padded.crop(result, out);
+        });
+    output
+}
+
+/// Every tile of one padded image into `result`: `[positions, BLOCK]` per block of output
+/// channels.
+fn convolve_image(padded: &Padded, planes: &[f32], weight: &PackedWeight, result: &mut [f32]) {
+    let [kh, kw] = weight.kernel;
+    let taps: Vec<usize> = (0..kh)
+        .flat_map(|i| (0..kw).map(move |j| i * padded.stride + j))
+        .collect();
+    let block_len = padded.positions * BLOCK;
+    for (block, block_result) in result.chunks_exact_mut(block_len).enumerate() {
+        let block_weight = weight.block(block);
+        let tiles = block_result.chunks_exact_mut(PANEL * BLOCK);
+        for (q, out) in (0..padded.positions).step_by(PANEL).zip(tiles) {
+            tile(&planes[q..], padded.plane, &taps, block_weight, out);
+        }
+    }
+}
+
+/// One tile: `out[r·BLOCK + n] = Σ_c Σ_t w[(c·T + t)·BLOCK + n] · x[c·plane + taps[t] + r]`
+/// for `r < PANEL`, `n < BLOCK`, each sum in `(c, t)` order by fused multiply-adds.
+fn tile(x: &[f32], plane: usize, taps: &[usize], w: &[f32], out: &mut [f32]) {
+    let channels = w.len() / (taps.len() * BLOCK).max(1);
+    let reach = taps.iter().max().map_or(0, |&t| t + PANEL);
+    assert!(
+        channels == 0 || (channels - 1) * plane + reach <= x.len(),
+        "direct convolution: tile reads past the padded image"
+    );
+    assert!(
+        out.len() >= PANEL * BLOCK,
+        "direct convolution: tile writes past the result"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `convolve` checked that the CPU has AVX2 and FMA; the assertions above keep
+    // every read inside `x` and `w` and every write inside `out`.
+    unsafe {
+        x86_64_fma::tile(x, plane, taps, w, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("direct convolution: `available` is false off x86-64");
+}
+
+#[cfg(test)]
+mod tests;

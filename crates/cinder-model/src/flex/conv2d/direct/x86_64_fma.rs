@@ -1,0 +1,62 @@
+//! The tile kernel on AVX2 + FMA: [`BLOCK`] output channels as two 8-lane vectors times
+//! [`PANEL`] positions, twelve accumulators, two weight loads and a broadcast per step (15 of
+//! the 16 vector registers).
+
+use std::arch::x86_64::{
+    __m256, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps,
+    _mm256_storeu_ps,
+};
+
+use super::{BLOCK, PANEL};
+
+const _: () = assert!(
+    PANEL == 6 && BLOCK == 16,
+    "the kernel is written for 6 × 16 tiles"
+);
+
+/// See the parent module's `tile`.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `x` must hold `(C − 1)·plane + max(taps) + PANEL`
+/// values for `C = w.len() / (taps.len()·BLOCK)`, and `out` `PANEL·BLOCK`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile(x: &[f32], plane: usize, taps: &[usize], w: &[f32], out: &mut [f32]) {
+    // Named accumulators: LLVM keeps these in registers, an array of them it shuffles.
+    let [mut a0, mut a1, mut b0, mut b1, mut c0, mut c1] = [_mm256_setzero_ps(); 6];
+    let [mut d0, mut d1, mut e0, mut e1, mut f0, mut f1] = [_mm256_setzero_ps(); 6];
+    let x = x.as_ptr();
+    for (c, channel_weights) in w.chunks_exact(taps.len() * BLOCK).enumerate() {
+        for (&offset, tap) in taps.iter().zip(channel_weights.chunks_exact(BLOCK)) {
+            // SAFETY: the caller's bounds on `x`; `tap` holds `BLOCK` = 16 values.
+            let at = unsafe { x.add(c * plane + offset) };
+            let w0 = unsafe { _mm256_loadu_ps(tap.as_ptr()) };
+            let w1 = unsafe { _mm256_loadu_ps(tap.as_ptr().add(8)) };
+            let value = |r: usize| unsafe { _mm256_broadcast_ss(&*at.add(r)) };
+            let v = value(0);
+            (a0, a1) = (fma(w0, v, a0), fma(w1, v, a1));
+            let v = value(1);
+            (b0, b1) = (fma(w0, v, b0), fma(w1, v, b1));
+            let v = value(2);
+            (c0, c1) = (fma(w0, v, c0), fma(w1, v, c1));
+            let v = value(3);
+            (d0, d1) = (fma(w0, v, d0), fma(w1, v, d1));
+            let v = value(4);
+            (e0, e1) = (fma(w0, v, e0), fma(w1, v, e1));
+            let v = value(5);
+            (f0, f1) = (fma(w0, v, f0), fma(w1, v, f1));
+        }
+    }
+    let positions = [[a0, a1], [b0, b1], [c0, c1], [d0, d1], [e0, e1], [f0, f1]];
+    for (row, sums) in out.chunks_exact_mut(BLOCK).zip(positions) {
+        for (dst, sum) in row.chunks_exact_mut(8).zip(sums) {
+            // SAFETY: `dst` holds 8 values.
+            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), sum) };
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn fma(w: __m256, x: __m256, sum: __m256) -> __m256 {
+    _mm256_fmadd_ps(w, x, sum)
+}
