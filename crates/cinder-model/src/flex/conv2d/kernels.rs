@@ -18,112 +18,8 @@
 use rayon::prelude::*;
 
 use super::direct::{self, PackedWeight};
+use super::geometry::ConvGeometry;
 use crate::flex::gemm::{MatRef, matmul, sum_in_order};
-
-/// The batch is split into at most this many parts for the weight gradient: each part sums its
-/// images into its own buffer, then the parts are added in order.
-const WEIGHT_GRAD_PARTS: usize = 8;
-
-/// Shapes and hyper-parameters of one convolution (dilation 1, symmetric padding).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvGeometry {
-    pub batch: usize,
-    pub channels_in: usize,
-    pub height: usize,
-    pub width: usize,
-    pub channels_out: usize,
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    pub padding: [usize; 2],
-    pub groups: usize,
-}
-
-impl ConvGeometry {
-    /// Output height and width.
-    pub fn output_size(&self) -> [usize; 2] {
-        let out = |size: usize, k: usize, s: usize, p: usize| (size + 2 * p - k) / s + 1;
-        [
-            out(self.height, self.kernel[0], self.stride[0], self.padding[0]),
-            out(self.width, self.kernel[1], self.stride[1], self.padding[1]),
-        ]
-    }
-
-    /// Whether the shapes describe a valid convolution with a non-empty output.
-    pub fn is_valid(&self) -> bool {
-        let [kh, kw] = self.kernel;
-        let fits = |size: usize, k: usize, p: usize| k >= 1 && size + 2 * p >= k;
-        self.groups >= 1
-            && self.channels_in.is_multiple_of(self.groups)
-            && self.channels_out.is_multiple_of(self.groups)
-            && self.stride.iter().all(|&s| s >= 1)
-            && fits(self.height, kh, self.padding[0])
-            && fits(self.width, kw, self.padding[1])
-    }
-
-    /// Input elements of one image.
-    fn image_len(&self) -> usize {
-        self.channels_in * self.height * self.width
-    }
-
-    fn group_in(&self) -> usize {
-        self.channels_in / self.groups
-    }
-
-    fn group_out(&self) -> usize {
-        self.channels_out / self.groups
-    }
-
-    /// Rows `K` of an image's column matrix for one group.
-    fn col_rows(&self) -> usize {
-        self.group_in() * self.kernel[0] * self.kernel[1]
-    }
-
-    /// Output pixels `N` of one channel.
-    fn out_pixels(&self) -> usize {
-        let [oh, ow] = self.output_size();
-        oh * ow
-    }
-
-    /// Output elements of one image.
-    fn output_image_len(&self) -> usize {
-        self.channels_out * self.out_pixels()
-    }
-
-    /// Elements of the weight `[C_out, C_in / groups, kh, kw]`.
-    pub fn weight_len(&self) -> usize {
-        self.channels_out * self.col_rows()
-    }
-
-    /// A 1×1, stride-1, unpadded convolution: the image is its own column matrix.
-    fn is_pointwise(&self) -> bool {
-        self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
-    }
-
-    /// Stride 1 and an output as wide as the input (`kernel width = 2 × padding + 1`), so
-    /// that a kernel tap shifts the flat image by a constant (see [`ShiftedSpan`]).
-    fn is_same_stride_one(&self) -> bool {
-        self.stride == [1, 1] && self.output_size()[1] == self.width
-    }
-
-    /// The kernel taps `(i, j)` in the order of a column matrix's rows.
-    fn taps(&self) -> impl Iterator<Item = [usize; 2]> + use<> {
-        let [kh, kw] = self.kernel;
-        (0..kh).flat_map(move |i| (0..kw).map(move |j| [i, j]))
-    }
-
-    /// The range of output positions `o` along one axis whose input position
-    /// `o·stride + k − pad` falls inside `0..size`.
-    fn valid_outputs(&self, axis: usize, k: usize) -> (usize, usize) {
-        let (size, stride, pad) = match axis {
-            0 => (self.height, self.stride[0], self.padding[0]),
-            _ => (self.width, self.stride[1], self.padding[1]),
-        };
-        let out = self.output_size()[axis];
-        let lo = pad.saturating_sub(k).div_ceil(stride).min(out);
-        let hi = (size + pad).saturating_sub(k).div_ceil(stride).min(out);
-        (lo, hi.max(lo))
-    }
-}
 
 /// Fills `cols [K, N]` with the patches of one group's input channels `image [C_in/g, H, W]`.
 fn im2col(geom: &ConvGeometry, image: &[f32], cols: &mut [f32]) {
@@ -364,6 +260,7 @@ pub fn conv2d_backward(
         "conv2d: gradient size"
     );
     let weight_grad = match wanted.weight {
+        true if direct::applies(geom) => Some(direct::weight_gradient(geom, input, output_grad)),
         true => Some(weight_gradient(geom, input, output_grad)),
         false => None,
     };
@@ -383,14 +280,15 @@ pub fn conv2d_backward(
     (input_grad, weight_grad)
 }
 
-/// `Σ_b dY_b · cols_bᵀ` per group, summed over [`WEIGHT_GRAD_PARTS`] fixed parts of the batch.
+/// `Σ_b dY_b · cols_bᵀ` per group, summed over fixed parts of the batch
+/// ([`ConvGeometry::images_per_part`]).
 ///
 /// Each part sums the transpose `cols_b · dY_bᵀ` (`[K, C_out/g]` per group) and the total is
 /// transposed once at the end: in that orientation the `gemm` crate packs the small `dY_b`
 /// instead of transposing the whole column matrix into its panels for every image.
 fn weight_gradient(geom: &ConvGeometry, input: &[f32], output_grad: &[f32]) -> Vec<f32> {
     let (k, n) = (geom.col_rows(), geom.out_pixels());
-    let per_part = geom.batch.div_ceil(WEIGHT_GRAD_PARTS).max(1);
+    let per_part = geom.images_per_part();
     let image_len = geom.image_len().max(1);
     let out_len = geom.output_image_len().max(1);
     let parts: Vec<Vec<f32>> = input
@@ -655,6 +553,7 @@ mod tests {
                 assert_close(&direct::convolve(&geom, &x, &forward), &y_ref);
                 let adjoint = PackedWeight::adjoint(&geom, &w);
                 assert_close(&direct::convolve(&geom, &dy, &adjoint), &dx_ref);
+                assert_close(&direct::weight_gradient(&geom, &x, &dy), &dw_ref);
             }
         }
     }

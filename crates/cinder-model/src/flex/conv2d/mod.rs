@@ -10,6 +10,7 @@
 //! autodiff) and burn's own convolution everywhere else.
 
 mod direct;
+mod geometry;
 mod kernels;
 
 use super::{flex_tensor, host_f32, on_flex_f32, to4};
@@ -23,7 +24,8 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
-pub use kernels::{ConvGeometry, Wanted, conv2d_backward, conv2d_forward};
+pub use geometry::ConvGeometry;
+pub use kernels::{Wanted, conv2d_backward, conv2d_forward};
 
 /// Stride, symmetric padding and groups of a convolution (dilation 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,7 @@
-//! The scalar reference of the tile kernel: each step one fused multiply-add, in the order
-//! the vector kernels take, so that they agree with it bit for bit.
+//! The scalar references of the tile kernels: each step one fused multiply-add, in the order
+//! the vector kernels take, so that they agree with them bit for bit.
 
+use super::weight_gradient::PAIRS;
 use super::{BLOCK, PANEL};
 
 /// See the parent module's `tile`.
@@ -18,5 +19,17 @@ pub(super) fn tile(x: &[f32], plane: usize, taps: &[usize], w: &[f32], out: &mut
     }
     for (row, sums) in out.chunks_exact_mut(BLOCK).zip(&acc) {
         row.copy_from_slice(sums);
+    }
+}
+
+/// See the weight-gradient module's `tile`.
+pub(super) fn weight_tile(dy: &[f32], x: &[f32], offsets: &[usize], sums: &mut [f32]) {
+    for (q, grad) in dy.chunks_exact(BLOCK).enumerate() {
+        for (pair_sums, &offset) in sums.chunks_exact_mut(BLOCK).zip(&offsets[..PAIRS]) {
+            let value = x[offset + q];
+            for (sum, &g) in pair_sums.iter_mut().zip(grad) {
+                *sum = g.mul_add(value, *sum);
+            }
+        }
     }
 }

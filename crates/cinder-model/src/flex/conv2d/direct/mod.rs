@@ -20,12 +20,17 @@
 
 #[cfg(test)]
 mod generic;
+mod padded;
+mod weight_gradient;
 #[cfg(target_arch = "x86_64")]
 mod x86_64_fma;
 
 use rayon::prelude::*;
 
-use super::kernels::ConvGeometry;
+use super::geometry::ConvGeometry;
+use padded::Padded;
+
+pub(super) use weight_gradient::weight_gradient;
 
 /// Consecutive output positions per tile.
 pub(super) const PANEL: usize = 6;
@@ -130,70 +135,6 @@ impl PackedWeight {
     }
 }
 
-/// The padded plane of one image channel and the positions a tile covers.
-#[derive(Debug, Clone, Copy)]
-struct Padded {
-    height: usize,
-    width: usize,
-    padding: [usize; 2],
-    /// `W_p`.
-    stride: usize,
-    /// Output positions `(H − 1)·W_p + W`, rounded up to whole panels.
-    positions: usize,
-    /// Values per padded channel: `H_p·W_p` and the zeros the last panel reads past them.
-    plane: usize,
-}
-
-impl Padded {
-    fn of(geom: &ConvGeometry) -> Self {
-        let [ph, pw] = geom.padding;
-        let (h, w) = (geom.height, geom.width);
-        let stride = w + 2 * pw;
-        let needed = (h - 1) * stride + w;
-        let positions = needed.div_ceil(PANEL) * PANEL;
-        Self {
-            height: h,
-            width: w,
-            padding: geom.padding,
-            stride,
-            positions,
-            plane: (h + 2 * ph) * stride + positions - needed,
-        }
-    }
-
-    /// Copies the channels `[C, H, W]` into the interiors of `padded` (`C` planes), whose
-    /// borders are zero: nothing writes them, so a scratch buffer zeroed once stays valid for
-    /// every image.
-    fn fill(&self, image: &[f32], padded: &mut [f32]) {
-        let [ph, pw] = self.padding;
-        let channels = image.chunks_exact(self.height * self.width);
-        for (channel, plane) in channels.zip(padded.chunks_exact_mut(self.plane)) {
-            let rows = plane[ph * self.stride..].chunks_mut(self.stride);
-            for (src, dst) in channel.chunks_exact(self.width).zip(rows) {
-                dst[pw..pw + self.width].copy_from_slice(src);
-            }
-        }
-    }
-
-    /// Copies the padded-width result, `[positions, BLOCK]` per block of channels, into
-    /// `out [C, H, W]`: a transpose, a row of positions at a time (in L1) into a row of each
-    /// channel.
-    fn crop(&self, result: &[f32], out: &mut [f32]) {
-        let channel_len = self.height * self.width;
-        let blocks = result.chunks_exact(self.positions * BLOCK);
-        for (block, planes) in blocks.zip(out.chunks_mut(BLOCK * channel_len)) {
-            for y in 0..self.height {
-                let row = &block[y * self.stride * BLOCK..][..self.width * BLOCK];
-                for (n, plane) in planes.chunks_exact_mut(channel_len).enumerate() {
-                    let dst = &mut plane[y * self.width..][..self.width];
-                    let values = row[n..].iter().step_by(BLOCK);
-                    dst.iter_mut().zip(values).for_each(|(d, &v)| *d = v);
-                }
-            }
-        }
-    }
-}
-
 /// The convolution of `input [B, C_in, H, W]` with a packed kernel, for a geometry where
 /// [`applies`] holds: `[B, C_out, H, W]`. The channel counts are the packed kernel's (the
 /// geometry's swapped for [`PackedWeight::adjoint`]).
@@ -235,10 +176,7 @@ pub(super) fn convolve(geom: &ConvGeometry, input: &[f32], weight: &PackedWeight
 /// Every tile of one padded image into `result`: `[positions, BLOCK]` per block of output
 /// channels.
 fn convolve_image(padded: &Padded, planes: &[f32], weight: &PackedWeight, result: &mut [f32]) {
-    let [kh, kw] = weight.kernel;
-    let taps: Vec<usize> = (0..kh)
-        .flat_map(|i| (0..kw).map(move |j| i * padded.stride + j))
-        .collect();
+    let taps = padded.tap_offsets(weight.kernel);
     let block_len = padded.positions * BLOCK;
     for (block, block_result) in result.chunks_exact_mut(block_len).enumerate() {
         let block_weight = weight.block(block);

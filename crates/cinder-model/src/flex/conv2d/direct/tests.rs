@@ -1,5 +1,6 @@
 use proptest::prelude::*;
 
+use super::weight_gradient::PAIRS;
 use super::*;
 
 /// A tile's operands: `channels` padded planes of `plane` values, taps of a `kh × kw` kernel
@@ -30,6 +31,28 @@ proptest! {
         let (mut fast, mut reference) = (vec![f32::NAN; PANEL * BLOCK], vec![f32::NAN; PANEL * BLOCK]);
         tile(&x, plane, &taps, &w, &mut fast);
         generic::tile(&x, plane, &taps, &w, &mut reference);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&fast), bits(&reference));
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_fma_weight_tile_equals_its_scalar_reference_bit_for_bit(
+        positions in 0usize..40,
+        extra in 0usize..30,
+        offsets in proptest::array::uniform6(0usize..30),
+        seed in any::<u64>(),
+    ) {
+        prop_assume!(available());
+        let mut rng = crate::rng::SplitMix64::stream(seed, 0);
+        let mut draw = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.symmetric(1.0)).collect() };
+        let dy = draw(positions * BLOCK);
+        let x = draw(30 + positions + extra);
+        let start = draw(PAIRS * BLOCK);
+        let (mut fast, mut reference) = (start.clone(), start);
+        weight_gradient::tile(&dy, &x, &offsets, &mut fast);
+        generic::weight_tile(&dy, &x, &offsets, &mut reference);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         prop_assert_eq!(bits(&fast), bits(&reference));
     }

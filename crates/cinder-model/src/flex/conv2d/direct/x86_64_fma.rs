@@ -1,5 +1,6 @@
-//! The tile kernel on AVX2 + FMA: [`BLOCK`] output channels as two 8-lane vectors times
-//! [`PANEL`] positions, twelve accumulators, two weight loads and a broadcast per step (15 of
+//! The tile kernels on AVX2 + FMA: [`BLOCK`] output channels as two 8-lane vectors times six
+//! positions ([`PANEL`], the convolution) or six (input channel, tap) pairs ([`PAIRS`], its
+//! weight gradient): twelve accumulators, two vector loads and a broadcast per step (15 of
 //! the 16 vector registers).
 
 use std::arch::x86_64::{
@@ -7,11 +8,12 @@ use std::arch::x86_64::{
     _mm256_storeu_ps,
 };
 
+use super::weight_gradient::PAIRS;
 use super::{BLOCK, PANEL};
 
 const _: () = assert!(
-    PANEL == 6 && BLOCK == 16,
-    "the kernel is written for 6 × 16 tiles"
+    PANEL == 6 && BLOCK == 16 && PAIRS == 6,
+    "the kernels are written for 6 × 16 tiles"
 );
 
 /// See the parent module's `tile`.
@@ -52,6 +54,45 @@ pub(super) unsafe fn tile(x: &[f32], plane: usize, taps: &[usize], w: &[f32], ou
             // SAFETY: `dst` holds 8 values.
             unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), sum) };
         }
+    }
+}
+
+/// See the weight-gradient module's `tile`.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `offsets` must hold `PAIRS` = 6 offsets, each with
+/// `dy.len() / BLOCK` values of `x` from it, and `sums` `PAIRS·BLOCK` values.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn weight_tile(dy: &[f32], x: &[f32], offsets: &[usize], sums: &mut [f32]) {
+    let s = sums.as_mut_ptr();
+    // SAFETY (every pointer below): the caller's bounds.
+    let load = |at: usize| unsafe { _mm256_loadu_ps(s.add(at)) };
+    let [mut a0, mut a1, mut b0, mut b1, mut c0, mut c1] =
+        [load(0), load(8), load(16), load(24), load(32), load(40)];
+    let [mut d0, mut d1, mut e0, mut e1, mut f0, mut f1] =
+        [load(48), load(56), load(64), load(72), load(80), load(88)];
+    let x = x.as_ptr();
+    let [pa, pb, pc, pd, pe, pf] = [0, 1, 2, 3, 4, 5].map(|p| unsafe { x.add(offsets[p]) });
+    for (q, grad) in dy.chunks_exact(BLOCK).enumerate() {
+        let g0 = unsafe { _mm256_loadu_ps(grad.as_ptr()) };
+        let g1 = unsafe { _mm256_loadu_ps(grad.as_ptr().add(8)) };
+        let value = |p: *const f32| unsafe { _mm256_broadcast_ss(&*p.add(q)) };
+        let v = value(pa);
+        (a0, a1) = (fma(g0, v, a0), fma(g1, v, a1));
+        let v = value(pb);
+        (b0, b1) = (fma(g0, v, b0), fma(g1, v, b1));
+        let v = value(pc);
+        (c0, c1) = (fma(g0, v, c0), fma(g1, v, c1));
+        let v = value(pd);
+        (d0, d1) = (fma(g0, v, d0), fma(g1, v, d1));
+        let v = value(pe);
+        (e0, e1) = (fma(g0, v, e0), fma(g1, v, e1));
+        let v = value(pf);
+        (f0, f1) = (fma(g0, v, f0), fma(g1, v, f1));
+    }
+    let all = [a0, a1, b0, b1, c0, c1, d0, d1, e0, e1, f0, f1];
+    for (v, sum) in all.into_iter().enumerate() {
+        unsafe { _mm256_storeu_ps(s.add(8 * v), sum) };
     }
 }
 
