@@ -483,19 +483,36 @@ mod tests {
         (0..len).map(|_| rng.symmetric(1.0)).collect()
     }
 
+    /// Random operands of a convolution and their defining sums `[y, dx, dw]`.
+    struct Checked {
+        x: Vec<f32>,
+        w: Vec<f32>,
+        dy: Vec<f32>,
+        sums: [Vec<f64>; 3],
+    }
+
+    /// Checks [`conv2d_forward`] and both gradients of [`conv2d_backward`] against the
+    /// defining sums on random operands drawn from `seed`, and returns them.
+    fn check_convolution(geom: &ConvGeometry, seed: u64) -> Checked {
+        let x = values(geom.batch * geom.image_len(), seed);
+        let w = values(geom.weight_len(), seed ^ 1);
+        let dy = values(geom.batch * geom.output_image_len(), seed ^ 2);
+        let sums = reference(geom, &x, &w, &dy);
+        assert_close(&conv2d_forward(geom, &x, &w), &sums[0]);
+        let all = Wanted {
+            input: true,
+            weight: true,
+        };
+        let (dx, dw) = conv2d_backward(geom, &x, &w, &dy, all);
+        assert_close(&dx.unwrap(), &sums[1]);
+        assert_close(&dw.unwrap(), &sums[2]);
+        Checked { x, w, dy, sums }
+    }
+
     proptest! {
         #[test]
         fn gemm_convolution_matches_the_defining_sums(geom in geometry(), seed in any::<u64>()) {
-            let [oh, ow] = geom.output_size();
-            let x = values(geom.batch * geom.image_len(), seed);
-            let w = values(geom.weight_len(), seed ^ 1);
-            let dy = values(geom.batch * geom.channels_out * oh * ow, seed ^ 2);
-            let [y_ref, dx_ref, dw_ref] = reference(&geom, &x, &w, &dy);
-            assert_close(&conv2d_forward(&geom, &x, &w), &y_ref);
-            let all = Wanted { input: true, weight: true };
-            let (dx, dw) = conv2d_backward(&geom, &x, &w, &dy, all);
-            assert_close(&dx.unwrap(), &dx_ref);
-            assert_close(&dw.unwrap(), &dw_ref);
+            let Checked { x, w, dy, sums: [_, _, dw_ref] } = check_convolution(&geom, seed);
             let only_weight = Wanted { input: false, weight: true };
             let (none, dw_alone) = conv2d_backward(&geom, &x, &w, &dy, only_weight);
             prop_assert!(none.is_none());
@@ -538,15 +555,7 @@ mod tests {
             geom in same_size_geometry(),
             seed in any::<u64>(),
         ) {
-            let x = values(geom.batch * geom.image_len(), seed);
-            let w = values(geom.weight_len(), seed ^ 1);
-            let dy = values(geom.batch * geom.output_image_len(), seed ^ 2);
-            let [y_ref, dx_ref, dw_ref] = reference(&geom, &x, &w, &dy);
-            assert_close(&conv2d_forward(&geom, &x, &w), &y_ref);
-            let all = Wanted { input: true, weight: true };
-            let (dx, dw) = conv2d_backward(&geom, &x, &w, &dy, all);
-            assert_close(&dx.unwrap(), &dx_ref);
-            assert_close(&dw.unwrap(), &dw_ref);
+            let Checked { x, w, dy, sums: [y_ref, dx_ref, dw_ref] } = check_convolution(&geom, seed);
             // The direct path itself, also where `conv2d_*` prefer the column matrix.
             if direct::available() {
                 let forward = PackedWeight::forward(&geom, &w);
