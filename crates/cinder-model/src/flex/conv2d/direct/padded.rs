@@ -1,6 +1,8 @@
 //! The zero-padded layout of the direct convolution: the padded image planes a tile reads,
 //! and the position-major result it writes, with the copies between them and `[C, H, W]`.
 
+use std::mem::MaybeUninit;
+
 use super::{BLOCK, PANEL};
 use crate::flex::conv2d::geometry::ConvGeometry;
 
@@ -50,9 +52,9 @@ impl Padded {
     }
 
     /// Copies the padded-width result, `[positions, BLOCK]` per block of channels, into
-    /// `out [C, H, W]`: a transpose, a row of positions at a time (in L1) into a row of each
-    /// channel.
-    pub(super) fn crop(&self, result: &[f32], out: &mut [f32]) {
+    /// `out [C, H, W]`, writing every value of `out`: a transpose, a row of positions at a
+    /// time (in L1) into a row of each channel.
+    pub(super) fn crop(&self, result: &[f32], out: &mut [MaybeUninit<f32>]) {
         let channel_len = self.height * self.width;
         let blocks = result.chunks_exact(self.positions * BLOCK);
         for (block, planes) in blocks.zip(out.chunks_mut(BLOCK * channel_len)) {
@@ -61,7 +63,9 @@ impl Padded {
                 for (n, plane) in planes.chunks_exact_mut(channel_len).enumerate() {
                     let dst = &mut plane[y * self.width..][..self.width];
                     let values = row[n..].iter().step_by(BLOCK);
-                    dst.iter_mut().zip(values).for_each(|(d, &v)| *d = v);
+                    dst.iter_mut().zip(values).for_each(|(d, &v)| {
+                        d.write(v);
+                    });
                 }
             }
         }
