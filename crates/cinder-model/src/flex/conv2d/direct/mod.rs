@@ -15,8 +15,9 @@
 //! The input gradient is the same convolution of the output gradient with the kernel
 //! turned 180° and its channel axes swapped ([`PackedWeight::adjoint`]).
 //!
-//! The tile kernel needs AVX2 and FMA ([`x86_64_fma`]); [`generic`] is its scalar reference,
-//! bit for bit (each step one fused multiply-add, in the same order).
+//! The tile kernels (this one and the weight gradient's, `weight_gradient`) need AVX2 and
+//! FMA (`x86_64_fma`); `generic` holds their scalar references, equal bit for bit (each step
+//! one fused multiply-add, in the same order).
 
 #[cfg(test)]
 mod generic;
@@ -37,10 +38,10 @@ pub(super) const PANEL: usize = 6;
 /// Output channels per tile: two AVX2 vectors.
 pub(super) const BLOCK: usize = 16;
 
-/// Whether the direct path computes this convolution: one group, input and output
-/// channels, stride 1, an output as large as the input, a kernel larger than 1×1, on a CPU with AVX2 and FMA but without
-/// AVX-512 (where the `gemm` crate's 16-lane kernels run the column-matrix path, and an
-/// 8-lane direct kernel has not been measured against them).
+/// Whether the direct path computes this convolution: one group, at least one input and one
+/// output channel, stride 1, an output as large as the input, a kernel larger than 1×1, on a
+/// CPU with AVX2 and FMA but without AVX-512 (where the `gemm` crate's 16-lane kernels run
+/// the column-matrix path, and an 8-lane direct kernel has not been measured against them).
 pub(super) fn applies(geom: &ConvGeometry) -> bool {
     geom.groups == 1
         && geom.channels_in > 0
@@ -157,8 +158,8 @@ pub(super) fn convolve(geom: &ConvGeometry, input: &[f32], weight: &PackedWeight
     if len == 0 {
         return Vec::new();
     }
-    // Uninitialised: `crop` writes every value (zeroing 8 MiB per ResNet-20 stage-1 layer
-    // first was a pass of its own).
+    // Uninitialised: `crop` writes every value, so zeroing first would be a pass of its own
+    // (8 MiB per ResNet-20 stage-1 layer at batch 128).
     let mut output = Vec::with_capacity(len);
     let scratch = || {
         let result_rows = c_out.div_ceil(BLOCK) * BLOCK;

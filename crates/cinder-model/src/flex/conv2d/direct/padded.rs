@@ -21,6 +21,8 @@ pub(super) struct Padded {
 }
 
 impl Padded {
+    /// The layout for a same-size convolution (where `direct::applies` holds, so that the
+    /// image has at least one row and column).
     pub(super) fn of(geom: &ConvGeometry) -> Self {
         let [ph, pw] = geom.padding;
         let (h, w) = (geom.height, geom.width);
