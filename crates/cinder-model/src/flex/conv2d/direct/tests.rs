@@ -27,7 +27,9 @@ proptest! {
     fn the_fma_tile_equals_its_scalar_reference_bit_for_bit(
         (x, plane, taps, w) in tile_case(),
     ) {
-        prop_assume!(available());
+        if !available() {
+            return Ok(()); // no FMA kernel to compare on this CPU
+        }
         let (mut fast, mut reference) = (vec![f32::NAN; PANEL * BLOCK], vec![f32::NAN; PANEL * BLOCK]);
         tile(&x, plane, &taps, &w, &mut fast);
         generic::tile(&x, plane, &taps, &w, &mut reference);
@@ -44,7 +46,9 @@ proptest! {
         offsets in proptest::array::uniform6(0usize..30),
         seed in any::<u64>(),
     ) {
-        prop_assume!(available());
+        if !available() {
+            return Ok(()); // no FMA kernel to compare on this CPU
+        }
         let mut rng = crate::rng::SplitMix64::stream(seed, 0);
         let mut draw = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.symmetric(1.0)).collect() };
         let dy = draw(positions * BLOCK);
