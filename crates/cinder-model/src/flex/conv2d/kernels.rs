@@ -23,32 +23,43 @@ use crate::flex::gemm::{MatRef, matmul, sum_in_order};
 
 /// Fills `cols [K, N]` with the patches of one group's input channels `image [C_in/g, H, W]`.
 fn im2col(geom: &ConvGeometry, image: &[f32], cols: &mut [f32]) {
-    let (h, w) = (geom.height, geom.width);
-    let mut rows = cols.chunks_exact_mut(geom.out_pixels());
-    for channel in image.chunks_exact(h * w).take(geom.group_in()) {
-        for tap in geom.taps() {
-            let row = rows.next().expect("cols holds K rows");
-            match ShiftedSpan::of(geom, tap, channel.len()) {
-                Some(span) => span.gather(channel, row),
-                None => strided_gather(geom, tap, channel, row),
-            }
-        }
-    }
+    let channels = image.chunks_exact(geom.height * geom.width);
+    for_each_row(geom, cols, channels, |tap, span, row, channel| match span {
+        Some(span) => span.gather(channel, row),
+        None => strided_gather(geom, tap, channel, row),
+    });
 }
 
 /// Adds `cols [K, N]` back onto one group's input channels `image [C_in/g, H, W]` (the
 /// adjoint of [`im2col`]). `cols` is scratch: a shifted row's taps outside the image are
 /// zeroed in it before the row is added as one span.
 fn col2im(geom: &ConvGeometry, cols: &mut [f32], image: &mut [f32]) {
-    let (h, w) = (geom.height, geom.width);
+    let channels = image.chunks_exact_mut(geom.height * geom.width);
+    for_each_row(geom, cols, channels, |tap, span, row, channel| match span {
+        Some(span) => span.scatter_add(row, channel),
+        None => strided_scatter_add(geom, tap, row, channel),
+    });
+}
+
+/// `f(tap, shifted span, row, channel)` for each row of a column matrix `[K, N]`, in row
+/// order: the group's channels, each with every kernel tap.
+fn for_each_row<C>(
+    geom: &ConvGeometry,
+    cols: &mut [f32],
+    channels: impl Iterator<Item = C>,
+    mut f: impl FnMut([usize; 2], Option<ShiftedSpan>, &mut [f32], &mut C),
+) {
+    let plane_len = geom.height * geom.width;
     let mut rows = cols.chunks_exact_mut(geom.out_pixels());
-    for channel in image.chunks_exact_mut(h * w).take(geom.group_in()) {
+    for mut channel in channels.take(geom.group_in()) {
         for tap in geom.taps() {
             let row = rows.next().expect("cols holds K rows");
-            match ShiftedSpan::of(geom, tap, channel.len()) {
-                Some(span) => span.scatter_add(row, channel),
-                None => strided_scatter_add(geom, tap, row, channel),
-            }
+            f(
+                tap,
+                ShiftedSpan::of(geom, tap, plane_len),
+                row,
+                &mut channel,
+            );
         }
     }
 }
