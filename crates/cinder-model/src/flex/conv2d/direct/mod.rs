@@ -15,16 +15,23 @@
 //! The input gradient is the same convolution of the output gradient with the kernel
 //! turned 180° and its channel axes swapped ([`PackedWeight::adjoint`]).
 //!
-//! The tile kernels (this one and the weight gradient's, `weight_gradient`) need AVX2 and
-//! FMA (`x86_64_fma`); `generic` holds their scalar references, equal bit for bit (each step
-//! one fused multiply-add, in the same order).
+//! The tile kernels (this one and the weight gradient's, `weight_gradient`) come per
+//! instruction set, chosen once by [`Kernel::detect`]: AVX-512 (`x86_64_avx512`, a tile in
+//! twelve 16-lane accumulators) or AVX2 + FMA (`x86_64_fma`, the tile as two halves of
+//! twelve 8-lane accumulators each, since AVX2 has 16 vector registers). `generic` holds
+//! their scalar references, equal bit for bit (each step one fused multiply-add, in the same
+//! order).
 
 #[cfg(test)]
 mod generic;
 mod padded;
 mod weight_gradient;
 #[cfg(target_arch = "x86_64")]
+mod x86_64_avx512;
+#[cfg(target_arch = "x86_64")]
 mod x86_64_fma;
+
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -34,14 +41,47 @@ use padded::Padded;
 pub(super) use weight_gradient::weight_gradient;
 
 /// Consecutive output positions per tile.
-pub(super) const PANEL: usize = 6;
-/// Output channels per tile: two AVX2 vectors.
+pub(super) const PANEL: usize = 12;
+/// Output channels per tile: one AVX-512 vector, two AVX2 vectors.
 pub(super) const BLOCK: usize = 16;
+
+/// The tile kernels of one instruction set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kernel {
+    /// AVX2 and FMA: 8-lane vectors.
+    Fma,
+    /// AVX-512 (F): 16-lane vectors, 32 registers.
+    Avx512,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs, if any; detected once per process.
+    pub(super) fn detect() -> Option<Self> {
+        static DETECTED: OnceLock<Option<Kernel>> = OnceLock::new();
+        *DETECTED.get_or_init(|| Self::supported().last().copied())
+    }
+
+    /// Every kernel this CPU runs, slowest first.
+    pub(super) fn supported() -> Vec<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            let avx512 = is_x86_feature_detected!("avx512f");
+            [(Self::Fma, fma), (Self::Avx512, avx512)]
+                .into_iter()
+                .filter_map(|(kernel, runs)| runs.then_some(kernel))
+                .collect()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Vec::new()
+        }
+    }
+}
 
 /// Whether the direct path computes this convolution: one group, at least one input and one
 /// output channel, stride 1, an output as large as the input, a kernel larger than 1×1, on a
-/// CPU with AVX2 and FMA but without AVX-512 (where the `gemm` crate's 16-lane kernels run
-/// the column-matrix path, and an 8-lane direct kernel has not been measured against them).
+/// CPU with a tile kernel.
 pub(super) fn applies(geom: &ConvGeometry) -> bool {
     geom.groups == 1
         && geom.channels_in > 0
@@ -49,31 +89,7 @@ pub(super) fn applies(geom: &ConvGeometry) -> bool {
         && geom.stride == [1, 1]
         && geom.kernel != [1, 1]
         && geom.output_size() == [geom.height, geom.width]
-        && available()
-        && !has_avx512()
-}
-
-/// Whether the tile kernel runs on this CPU.
-pub(super) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+        && Kernel::detect().is_some()
 }
 
 /// The kernel as tiles read it: `[C_out / BLOCK (rounded up)][C_in][taps][BLOCK]`, the
@@ -142,7 +158,7 @@ impl PackedWeight {
 /// [`applies`] holds: `[B, C_out, H, W]`. The channel counts are the packed kernel's (the
 /// geometry's swapped for [`PackedWeight::adjoint`]).
 pub(super) fn convolve(geom: &ConvGeometry, input: &[f32], weight: &PackedWeight) -> Vec<f32> {
-    assert!(available(), "direct convolution: needs AVX2 and FMA");
+    let kernel = Kernel::detect().expect("direct convolution: needs AVX2 and FMA or AVX-512");
     let padded = Padded::of(geom);
     let (c_in, c_out) = (weight.channels_in, weight.channels_out);
     let (image_len, out_len) = (
@@ -173,7 +189,7 @@ pub(super) fn convolve(geom: &ConvGeometry, input: &[f32], weight: &PackedWeight
         .zip(input.par_chunks(image_len))
         .for_each_init(scratch, |(planes, result), (out, image)| {
             padded.fill(image, planes);
-            convolve_image(&padded, planes, weight, result);
+            convolve_image(kernel, &padded, planes, weight, result);
             padded.crop(result, out);
         });
     // SAFETY: the loop ran `crop` on every image's `out_len` values, which writes them all.
@@ -183,21 +199,27 @@ pub(super) fn convolve(geom: &ConvGeometry, input: &[f32], weight: &PackedWeight
 
 /// Every tile of one padded image into `result`: `[positions, BLOCK]` per block of output
 /// channels.
-fn convolve_image(padded: &Padded, planes: &[f32], weight: &PackedWeight, result: &mut [f32]) {
+fn convolve_image(
+    kernel: Kernel,
+    padded: &Padded,
+    planes: &[f32],
+    weight: &PackedWeight,
+    result: &mut [f32],
+) {
     let taps = padded.tap_offsets(weight.kernel);
     let block_len = padded.positions * BLOCK;
     for (block, block_result) in result.chunks_exact_mut(block_len).enumerate() {
         let block_weight = weight.block(block);
         let tiles = block_result.chunks_exact_mut(PANEL * BLOCK);
         for (q, out) in (0..padded.positions).step_by(PANEL).zip(tiles) {
-            tile(&planes[q..], padded.plane, &taps, block_weight, out);
+            tile(kernel, &planes[q..], padded.plane, &taps, block_weight, out);
         }
     }
 }
 
 /// One tile: `out[r·BLOCK + n] = Σ_c Σ_t w[(c·T + t)·BLOCK + n] · x[c·plane + taps[t] + r]`
 /// for `r < PANEL`, `n < BLOCK`, each sum in `(c, t)` order by fused multiply-adds.
-fn tile(x: &[f32], plane: usize, taps: &[usize], w: &[f32], out: &mut [f32]) {
+fn tile(kernel: Kernel, x: &[f32], plane: usize, taps: &[usize], w: &[f32], out: &mut [f32]) {
     let channels = w.len() / (taps.len() * BLOCK).max(1);
     let reach = taps.iter().max().map_or(0, |&t| t + PANEL);
     assert!(
@@ -209,13 +231,16 @@ fn tile(x: &[f32], plane: usize, taps: &[usize], w: &[f32], out: &mut [f32]) {
         "direct convolution: tile writes past the result"
     );
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `convolve` checked that the CPU has AVX2 and FMA; the assertions above keep
-    // every read inside `x` and `w` and every write inside `out`.
+    // SAFETY: `Kernel::supported` checked that the CPU has `kernel`'s instructions; the
+    // assertions above keep every read inside `x` and `w` and every write inside `out`.
     unsafe {
-        x86_64_fma::tile(x, plane, taps, w, out)
+        match kernel {
+            Kernel::Fma => x86_64_fma::tile(x, plane, taps, w, out),
+            Kernel::Avx512 => x86_64_avx512::tile(x, plane, taps, w, out),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("direct convolution: `available` is false off x86-64");
+    unreachable!("direct convolution: no tile kernel off x86-64 ({kernel:?})");
 }
 
 #[cfg(test)]

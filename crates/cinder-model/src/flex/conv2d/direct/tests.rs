@@ -1,3 +1,5 @@
+//! The tile kernels against their scalar references, on every kernel this CPU runs.
+
 use proptest::prelude::*;
 
 use super::weight_gradient::PAIRS;
@@ -22,42 +24,59 @@ fn tile_case() -> impl Strategy<Value = (Vec<f32>, usize, Vec<usize>, Vec<f32>)>
     )
 }
 
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn the_widest_kernel_this_cpu_has_is_the_one_detected() {
+    #[cfg(target_arch = "x86_64")]
+    let expected = if is_x86_feature_detected!("avx512f") {
+        Some(Kernel::Avx512)
+    } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        Some(Kernel::Fma)
+    } else {
+        None
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let expected = None;
+    assert_eq!(Kernel::detect(), expected);
+}
+
 proptest! {
     #[test]
-    fn the_fma_tile_equals_its_scalar_reference_bit_for_bit(
+    fn every_tile_kernel_equals_its_scalar_reference_bit_for_bit(
         (x, plane, taps, w) in tile_case(),
     ) {
-        if !available() {
-            return Ok(()); // no FMA kernel to compare on this CPU
-        }
-        let (mut fast, mut reference) = (vec![f32::NAN; PANEL * BLOCK], vec![f32::NAN; PANEL * BLOCK]);
-        tile(&x, plane, &taps, &w, &mut fast);
+        let mut reference = vec![f32::NAN; PANEL * BLOCK];
         generic::tile(&x, plane, &taps, &w, &mut reference);
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        prop_assert_eq!(bits(&fast), bits(&reference));
+        for kernel in Kernel::supported() {
+            let mut fast = vec![f32::NAN; PANEL * BLOCK];
+            tile(kernel, &x, plane, &taps, &w, &mut fast);
+            prop_assert_eq!(bits(&fast), bits(&reference), "{:?}", kernel);
+        }
     }
 }
 
 proptest! {
     #[test]
-    fn the_fma_weight_tile_equals_its_scalar_reference_bit_for_bit(
+    fn every_weight_tile_kernel_equals_its_scalar_reference_bit_for_bit(
         positions in 0usize..40,
         extra in 0usize..30,
-        offsets in proptest::array::uniform6(0usize..30),
+        offsets in proptest::array::uniform12(0usize..30),
         seed in any::<u64>(),
     ) {
-        if !available() {
-            return Ok(()); // no FMA kernel to compare on this CPU
-        }
         let mut rng = crate::rng::SplitMix64::stream(seed, 0);
         let mut draw = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.symmetric(1.0)).collect() };
         let dy = draw(positions * BLOCK);
         let x = draw(30 + positions + extra);
         let start = draw(PAIRS * BLOCK);
-        let (mut fast, mut reference) = (start.clone(), start);
-        weight_gradient::tile(&dy, &x, &offsets, &mut fast);
+        let mut reference = start.clone();
         generic::weight_tile(&dy, &x, &offsets, &mut reference);
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        prop_assert_eq!(bits(&fast), bits(&reference));
+        for kernel in Kernel::supported() {
+            let mut fast = start.clone();
+            weight_gradient::tile(kernel, &dy, &x, &offsets, &mut fast);
+            prop_assert_eq!(bits(&fast), bits(&reference), "{:?}", kernel);
+        }
     }
 }

@@ -2,20 +2,20 @@
 //! tap, `Σ_positions dY · x_padded[position + tap]`, with the output gradient in the
 //! position-major layout of the forward's result (zero at the dropped positions).
 //!
-//! A tile holds [`BLOCK`] output channels × [`PAIRS`] (input channel, tap) pairs in twelve
-//! vector accumulators and runs down every position of an image: two loads of the output
-//! gradient and a broadcast per pair for each position. The batch is summed over the same
+//! A tile holds [`BLOCK`] output channels × [`PAIRS`] (input channel, tap) pairs in vector
+//! accumulators and runs down every position of an image: a load of the output gradient and
+//! a broadcast per pair for each position. The batch is summed over the same
 //! fixed parts as the column-matrix path, so the result does not depend on the thread count.
 
 use rayon::prelude::*;
 
 use super::padded::Padded;
-use super::{BLOCK, available};
+use super::{BLOCK, Kernel};
 use crate::flex::conv2d::geometry::ConvGeometry;
 use crate::flex::gemm::sum_in_order;
 
 /// (input channel, tap) pairs per tile.
-pub(super) const PAIRS: usize = 6;
+pub(super) const PAIRS: usize = 12;
 
 /// `∂L/∂w [C_out, C_in, kh, kw]` of a convolution where `direct::applies` holds, from its
 /// input `[B, C_in, H, W]` and output gradient `[B, C_out, H, W]`.
@@ -24,7 +24,7 @@ pub(in crate::flex::conv2d) fn weight_gradient(
     input: &[f32],
     output_grad: &[f32],
 ) -> Vec<f32> {
-    assert!(available(), "direct convolution: needs AVX2 and FMA");
+    let kernel = Kernel::detect().expect("direct convolution: needs AVX2 and FMA or AVX-512");
     let padded = Padded::of(geom);
     let plane_len = geom.height * geom.width;
     let (image_len, grad_len) = (geom.channels_in * plane_len, geom.channels_out * plane_len);
@@ -43,7 +43,7 @@ pub(in crate::flex::conv2d) fn weight_gradient(
             for (image, grad) in images.zip(grads.chunks_exact(grad_len.max(1))) {
                 padded.fill(image, &mut planes);
                 padded.uncrop(grad, &mut dy);
-                accumulate_image(&padded, &planes, &dy, &pairs, &mut sums);
+                accumulate_image(kernel, &padded, &planes, &dy, &pairs, &mut sums);
             }
             sums
         })
@@ -64,6 +64,7 @@ fn pair_offsets(geom: &ConvGeometry, padded: &Padded) -> Vec<usize> {
 
 /// Adds one image's tiles to `sums`: `[pairs, BLOCK]` per block of output channels.
 fn accumulate_image(
+    kernel: Kernel,
     padded: &Padded,
     planes: &[f32],
     dy: &[f32],
@@ -74,14 +75,14 @@ fn accumulate_image(
     for (dy, block_sums) in block_dy.zip(sums.chunks_exact_mut(pairs.len() * BLOCK)) {
         let tiles = block_sums.chunks_exact_mut(PAIRS * BLOCK);
         for (offsets, tile_sums) in pairs.chunks_exact(PAIRS).zip(tiles) {
-            tile(dy, planes, offsets, tile_sums);
+            tile(kernel, dy, planes, offsets, tile_sums);
         }
     }
 }
 
 /// `sums[p·BLOCK + n] += Σ_q dy[q·BLOCK + n] · x[offsets[p] + q]` over every position `q` of
 /// `dy`, in order, by fused multiply-adds.
-pub(super) fn tile(dy: &[f32], x: &[f32], offsets: &[usize], sums: &mut [f32]) {
+pub(super) fn tile(kernel: Kernel, dy: &[f32], x: &[f32], offsets: &[usize], sums: &mut [f32]) {
     let positions = dy.len() / BLOCK;
     assert!(
         offsets.len() == PAIRS && offsets.iter().all(|&o| o + positions <= x.len()),
@@ -93,13 +94,16 @@ pub(super) fn tile(dy: &[f32], x: &[f32], offsets: &[usize], sums: &mut [f32]) {
         "direct weight gradient: tile sums"
     );
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `weight_gradient` checked that the CPU has AVX2 and FMA; the assertions above
-    // keep every read inside `x` and every access inside `sums`.
+    // SAFETY: `Kernel::supported` checked that the CPU has `kernel`'s instructions; the
+    // assertions above keep every read inside `x` and every access inside `sums`.
     unsafe {
-        super::x86_64_fma::weight_tile(dy, x, offsets, sums)
+        match kernel {
+            Kernel::Fma => super::x86_64_fma::weight_tile(dy, x, offsets, sums),
+            Kernel::Avx512 => super::x86_64_avx512::weight_tile(dy, x, offsets, sums),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("direct convolution: `available` is false off x86-64");
+    unreachable!("direct convolution: no tile kernel off x86-64 ({kernel:?})");
 }
 
 /// `[C_out, C_in, kh, kw]` from the tile sums.

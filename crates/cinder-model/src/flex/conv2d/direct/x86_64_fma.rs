@@ -1,7 +1,7 @@
-//! The tile kernels on AVX2 + FMA: [`BLOCK`] output channels as two 8-lane vectors times six
-//! positions ([`PANEL`], the convolution) or six (input channel, tap) pairs ([`PAIRS`], its
-//! weight gradient): twelve accumulators, two vector loads and a broadcast per step (15 of
-//! the 16 vector registers).
+//! The tile kernels on AVX2 + FMA: [`BLOCK`] output channels as two 8-lane vectors times
+//! [`PANEL`] positions (the convolution) or [`PAIRS`] (input channel, tap) pairs (its weight
+//! gradient), computed as two halves of six positions or pairs: twelve accumulators, two
+//! vector loads and a broadcast per step (15 of the 16 vector registers).
 
 use std::arch::x86_64::{
     __m256, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps,
@@ -11,9 +11,12 @@ use std::arch::x86_64::{
 use super::weight_gradient::PAIRS;
 use super::{BLOCK, PANEL};
 
+/// Positions or pairs per half tile.
+const HALF: usize = 6;
+
 const _: () = assert!(
-    PANEL == 6 && BLOCK == 16 && PAIRS == 6,
-    "the kernels are written for 6 × 16 tiles"
+    PANEL == 2 * HALF && BLOCK == 16 && PAIRS == 2 * HALF,
+    "the kernels are written for tiles of two 6 × 16 halves"
 );
 
 /// See the parent module's `tile`.
@@ -23,6 +26,17 @@ const _: () = assert!(
 /// values for `C = w.len() / (taps.len()·BLOCK)`, and `out` `PANEL·BLOCK`.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn tile(x: &[f32], plane: usize, taps: &[usize], w: &[f32], out: &mut [f32]) {
+    let (first, second) = out.split_at_mut(HALF * BLOCK);
+    // SAFETY: the caller's bounds, of which each half needs a part.
+    unsafe {
+        half_tile(x, plane, taps, w, first);
+        half_tile(&x[HALF..], plane, taps, w, second);
+    }
+}
+
+/// [`tile`] for `HALF` positions.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn half_tile(x: &[f32], plane: usize, taps: &[usize], w: &[f32], out: &mut [f32]) {
     // Named accumulators: LLVM keeps these in registers, an array of them it shuffles.
     let [mut a0, mut a1, mut b0, mut b1, mut c0, mut c1] = [_mm256_setzero_ps(); 6];
     let [mut d0, mut d1, mut e0, mut e1, mut f0, mut f1] = [_mm256_setzero_ps(); 6];
@@ -60,10 +74,21 @@ pub(super) unsafe fn tile(x: &[f32], plane: usize, taps: &[usize], w: &[f32], ou
 /// See the weight-gradient module's `tile`.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; `offsets` must hold `PAIRS` = 6 offsets, each with
+/// The CPU must have AVX2 and FMA; `offsets` must hold `PAIRS` offsets, each with
 /// `dy.len() / BLOCK` values of `x` from it, and `sums` `PAIRS·BLOCK` values.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn weight_tile(dy: &[f32], x: &[f32], offsets: &[usize], sums: &mut [f32]) {
+    let (first, second) = sums.split_at_mut(HALF * BLOCK);
+    // SAFETY: the caller's bounds, of which each half needs a part.
+    unsafe {
+        half_weight_tile(dy, x, &offsets[..HALF], first);
+        half_weight_tile(dy, x, &offsets[HALF..], second);
+    }
+}
+
+/// [`weight_tile`] for `HALF` pairs.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn half_weight_tile(dy: &[f32], x: &[f32], offsets: &[usize], sums: &mut [f32]) {
     let s = sums.as_mut_ptr();
     // SAFETY (every pointer below): the caller's bounds.
     let load = |at: usize| unsafe { _mm256_loadu_ps(s.add(at)) };
