@@ -6,11 +6,13 @@
 //! [`winograd_convolutions_equal_the_reference`]; and on
 //! random graphs ([`common::dag`]): residual adds, depthwise-separable pairs with ReLU6,
 //! rectangular strided convolutions, padded max and average pools, concatenations and
-//! global average pooling, in every mode; and static grouped convolutions (neither dense
-//! nor depthwise) in [`grouped_convolutions_equal_the_reference`].
+//! global average pooling, in every mode; static grouped convolutions (neither dense
+//! nor depthwise) in [`grouped_convolutions_equal_the_reference`]; and first layers of
+//! few channels, the direct kernel's, in [`few_channel_convolutions_equal_the_reference`].
 
 mod common;
 
+use cinder_runtime::kernels::Isa;
 use cinder_runtime::synthetic::{Rng, conv_node, linear_node, node};
 use cinder_runtime::{
     ConvAlgorithm, Mode, QuantizedModel, SessionOptions, StageTime, reference_forward,
@@ -70,6 +72,60 @@ fn winograd_convolutions_equal_the_reference() {
             assert_equals_reference(&graph, &model, case as u64, &what, |profile| {
                 let winograd = profile.iter().filter(|s| s.kind.contains("wino"));
                 assert_eq!(winograd.count(), winograd_stages, "{what}: {profile:?}");
+            });
+        }
+    }
+}
+
+/// First convolutions over one to four channels, planned as the kernel path prefers (the
+/// direct kernel on AVX-512 VNNI, for symmetric weights) and with im2col only: pooled and
+/// not, odd and even sizes, padding 0 and 1, 2- to 8-bit weights, symmetric and
+/// asymmetric, batches smaller and larger than the thread count.
+#[test]
+fn few_channel_convolutions_equal_the_reference() {
+    for case in 0..12usize {
+        let (padding, pool, symmetric) = (case % 2, case % 3 != 1, case % 4 != 3);
+        let input = [1 + case % 4, 6 + case % 3, 7 + case % 2];
+        let choice = |per_channel| LayerChoice {
+            mode: Mode::Static,
+            bits: 2 + (case % 7) as u8,
+            per_channel,
+            symmetric,
+        };
+        let spec = ModelSpec {
+            input,
+            convs: vec![ConvSpec {
+                out: [5, 16, 64, 33][case % 4],
+                kernel: 3,
+                stride: 1,
+                padding,
+                relu: case % 2 == 0,
+                pool,
+            }],
+            linears: vec![(3, false)],
+            choices: vec![choice(case % 2 == 0), choice(true)],
+            seed: case as u64,
+        };
+        let Some((graph, mut model)) = spec.model() else {
+            continue;
+        };
+        let [oh, ow] = [input[1], input[2]].map(|side| side + 2 * padding - 2);
+        let fits = pool || (oh % 2 == 0 && ow % 2 == 0);
+        // Asymmetric weights take the direct kernel only where every zero point is 0.
+        let direct = Isa::detect().direct_conv_pays() && fits;
+        let auto = match (direct, symmetric) {
+            (true, true) => 1..=1,
+            (true, false) => 0..=1,
+            (false, _) => 0..=0,
+        };
+        for (algorithm, direct_stages) in
+            [(ConvAlgorithm::Auto, auto), (ConvAlgorithm::Im2col, 0..=0)]
+        {
+            model = model.with_conv_algorithm(algorithm).unwrap();
+            let what = format!("{algorithm:?} {spec:?}");
+            assert_equals_reference(&graph, &model, case as u64, &what, |profile| {
+                let stages = profile.iter().filter(|s| s.kind.contains("direct")).count();
+                assert!(direct_stages.contains(&stages), "{what}: {profile:?}");
             });
         }
     }

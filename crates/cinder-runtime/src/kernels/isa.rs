@@ -112,6 +112,13 @@ impl Isa {
         self <= Self::Avx2
     }
 
+    /// Whether the direct kernel of few-channel inputs ([`super::direct_conv_nhwc_s8`])
+    /// beats im2col + GEMM on this path for the layers it fits: it has a SIMD kernel on
+    /// AVX-512 VNNI only. MEASURED
+    pub fn direct_conv_pays(self) -> bool {
+        self == Self::Avx512Vnni
+    }
+
     /// The AVX2 token, when this path computes in AVX2 at least.
     #[cfg(target_arch = "x86_64")]
     pub(super) fn avx2(self) -> Option<Avx2> {

@@ -1,6 +1,8 @@
 //! Compute kernels of the runtime: int8 GEMM, output stage, im2col, max-pool (of
 //! codes, or of a convolution's sums, fused before its output stage), depthwise
-//! convolution ([`depthwise_nhwc_s8`], per-channel multiply-adds along the window),
+//! convolution ([`depthwise_nhwc_s8`], per-channel multiply-adds along the window), the
+//! direct convolution of images of few channels ([`direct_conv_nhwc_s8`], a pixel's
+//! channels as one `vpdpbusd` quad),
 //! and exact integer Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions ([`winograd`]:
 //! input transform, 16 i16 GEMMs, output transform; its exactness and overflow bounds are
 //! argued there); and the f32 GEMM of float layers (`sgemm`), which sums in the
@@ -68,6 +70,7 @@
 
 mod conv;
 mod depthwise;
+mod direct;
 mod float;
 mod gemm;
 pub mod generic;
@@ -89,6 +92,7 @@ mod x86;
 
 pub use conv::{im2col_nhwc_s8, max_pool2d_nhwc_s8, max_pool2x2_s32, out_dim};
 pub use depthwise::{DepthwiseFilter, MAX_DEPTHWISE_TAPS, depthwise_nhwc_s8};
+pub use direct::{DirectFilter, MAX_DIRECT_CHANNELS, MAX_DIRECT_TAPS, direct_conv_nhwc_s8};
 pub(crate) use float::{im2col_f32, max_pool2x2_f32, quantize_f32_s8};
 pub use gemm::{gemm_s8, gemm_s8_cols, par_gemm_s8};
 pub use im2col::im2col_window_s8;

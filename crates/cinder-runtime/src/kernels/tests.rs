@@ -1,6 +1,6 @@
 //! Every kernel equals its scalar reference bit for bit: odd sizes, strides wider than
 //! rows, extreme values, every zero point. The suite of the path-specific kernels (int8
-//! GEMM, output stage, Winograd's GEMMs, depthwise convolution) is written once
+//! GEMM, output stage, Winograd's GEMMs, depthwise and direct convolution) is written once
 //! ([`kernel_suite`]) and instantiated for every path; a path the CPU lacks is skipped
 //! with a message, and a path the CPU has must be the one that ran. Winograd's reference
 //! is itself checked against the direct convolution sum.
@@ -720,6 +720,139 @@ fn check_depthwise(isa: Isa, case: &DepthwiseCase) -> Result<(), TestCaseError> 
     Ok(())
 }
 
+/// A direct convolution: an image of at most four channels, any window that fits at
+/// stride 1, `n` outputs, pooled or not.
+#[derive(Debug, Clone)]
+struct DirectCase {
+    window: NhwcWindow,
+    n: usize,
+    pool: bool,
+    zp_in: i8,
+    extreme: bool,
+    seed: u64,
+}
+
+/// Images of 1..14 pixels a side and 1..=4 channels, windows of 1..=5 taps a side,
+/// padding 0..=2, 1..70 outputs (whole and partial blocks of 16), any zero point,
+/// extreme inputs and weights among them.
+fn direct_case() -> impl Strategy<Value = DirectCase> {
+    let zp_in = prop_oneof![any::<i8>(), Just(-128), Just(127)];
+    let geometry = (
+        (1usize..14, 1usize..14),
+        (1usize..=5, 1usize..=5),
+        (0usize..3, 0usize..3),
+    );
+    let rest = (
+        1usize..=4,
+        prop_oneof![1usize..70, Just(64)],
+        any::<bool>(),
+        zp_in,
+    );
+    (geometry, rest, any::<bool>(), 1u64..u64::MAX)
+        .prop_map(
+            |(((h, w), kernel, (ph, pw)), (c, n, pool, zp_in), extreme, seed)| DirectCase {
+                window: NhwcWindow {
+                    input: [h, w, c],
+                    kernel: [kernel.0, kernel.1],
+                    stride: [1, 1],
+                    padding: [ph, pw],
+                },
+                n,
+                pool,
+                zp_in,
+                extreme,
+                seed,
+            },
+        )
+        .prop_filter("the kernel must fit", |case| {
+            DirectFilter::fits(&case.window, case.n, case.pool)
+        })
+}
+
+impl DirectCase {
+    /// The image and the codes `[n][ky][kx][c]`.
+    fn operands(&self) -> (Vec<i8>, Vec<i8>) {
+        let [h, w, c] = self.window.input;
+        let taps = self.window.kernel[0] * self.window.kernel[1];
+        let mut rng = Rng(self.seed);
+        (
+            rng.activations(h * w * c, self.extreme),
+            rng.weights(self.n * taps * c, self.extreme),
+        )
+    }
+
+    /// The plain sums `Σ_inside (x - zp_in) · w` of every output pixel, `[oh][ow][n]`,
+    /// then each 2×2 block's maximum when pooled.
+    fn reference(&self, image: &[i8], codes: &[i8]) -> Vec<i32> {
+        let [oh, ow] = self.window.output();
+        let ([_, _, c], kw) = (self.window.input, self.window.kernel[1]);
+        let taps = self.window.kernel[0] * kw;
+        let sum = |oy: usize, ox: usize, o: usize| -> i32 {
+            self.window
+                .inside(oy, ox)
+                .flat_map(|([ky, kx], p)| {
+                    let w = &codes[(o * taps + ky * kw + kx) * c..][..c];
+                    w.iter().zip(&image[p * c..][..c])
+                })
+                .map(|(&w, &x)| (i32::from(x) - i32::from(self.zp_in)) * i32::from(w))
+                .sum()
+        };
+        let mut sums = Vec::new();
+        match self.pool {
+            true => {
+                for (py, px, o) in grid(oh / 2, ow / 2, self.n) {
+                    let block = [(0, 0), (0, 1), (1, 0), (1, 1)];
+                    sums.push(
+                        block
+                            .map(|(dy, dx)| sum(2 * py + dy, 2 * px + dx, o))
+                            .into_iter()
+                            .max()
+                            .unwrap(),
+                    );
+                }
+            }
+            false => sums.extend(grid(oh, ow, self.n).map(|(y, x, o)| sum(y, x, o))),
+        }
+        sums
+    }
+}
+
+/// `(y, x, o)` in row-major order.
+fn grid(h: usize, w: usize, n: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..h).flat_map(move |y| (0..w).flat_map(move |x| (0..n).map(move |o| (y, x, o))))
+}
+
+/// The direct kernel packed for `isa` against the plain sums, on all rows and on a band
+/// of rows from an even one; the path that ran must be `isa`'s kernel (generic where the
+/// path has none).
+fn check_direct(isa: Isa, case: &DirectCase) -> Result<(), TestCaseError> {
+    let (image, codes) = case.operands();
+    let want = case.reference(&image, &codes);
+    let filter = DirectFilter::pack_for(isa, &codes, case.n, case.window, case.zp_in).unwrap();
+    let [oh, ow] = case.window.output();
+    let rows = if case.pool { oh / 2 * 2 } else { oh };
+    let mut padded = Vec::new();
+    let mut got = vec![0x5eed; want.len() + 1];
+    let ran = direct_conv_nhwc_s8(&filter, &image, 0..rows, case.pool, &mut padded, &mut got);
+    let expected = if isa == Isa::Avx512Vnni {
+        isa
+    } else {
+        Isa::Generic
+    };
+    prop_assert_eq!(ran, expected, "the path that ran");
+    prop_assert_eq!(&got[..want.len()], &want[..]);
+    prop_assert_eq!(got[want.len()], 0x5eed);
+    let band = rows / 4 * 2..rows;
+    let skipped = match case.pool {
+        true => band.start / 2 * (ow / 2) * case.n,
+        false => band.start * ow * case.n,
+    };
+    let mut part = vec![0x5eed; want.len() - skipped];
+    direct_conv_nhwc_s8(&filter, &image, band, case.pool, &mut padded, &mut part);
+    prop_assert_eq!(&part[..], &want[skipped..]);
+    Ok(())
+}
+
 /// The suite of the path-specific kernels, instantiated per path: `$name` runs every
 /// test on `$isa` (each test passes without running where the CPU lacks it, and
 /// `cpu_support` says so).
@@ -800,6 +933,13 @@ macro_rules! kernel_suite {
                     }
                 }
 
+                #[test]
+                fn direct_conv_matches(case in direct_case()) {
+                    if ISA.supported() {
+                        check_direct(ISA, &case)?;
+                    }
+                }
+
                 /// Windows of more taps than one pass takes.
                 #[test]
                 fn depthwise_long_windows(case in depthwise_case(prop_oneof![1usize..20, Just(33)], 5usize..9)) {
@@ -874,6 +1014,20 @@ fn the_best_path_runs() {
     let mut sums = [0];
     let ran = depthwise_nhwc_s8(&[1; 9], &shape, 0, &filter, 0..1, &mut sums);
     assert_eq!((ran, sums), (best, [9]), "depthwise");
+    let window = NhwcWindow {
+        input: [2, 2, 1],
+        padding: [1, 1],
+        ..shape
+    };
+    let filter = DirectFilter::pack_for(best, &[1; 9], 1, window, 0).unwrap();
+    let mut sums = [0; 4];
+    let ran = direct_conv_nhwc_s8(&filter, &[1; 4], 0..2, false, &mut Vec::new(), &mut sums);
+    let direct = if best == Isa::Avx512Vnni {
+        best
+    } else {
+        Isa::Generic
+    };
+    assert_eq!((ran, sums), (direct, [4; 4]), "direct convolution");
     eprintln!("the kernels take the {best} path on this CPU");
 }
 

@@ -8,18 +8,19 @@ use cinder_tensor::{QuantParams, Tensor};
 
 use super::dynamic::{DynConvKernel, DynMatmul};
 use super::int::{
-    ConvKernel, ConvShape, IntMatmul, IntParams, Requant, WinogradConv, WinogradSums, nonzero,
-    pack, winograd_geometry,
+    ConvKernel, ConvShape, DirectConv, IntMatmul, IntParams, Requant, WinogradConv, WinogradSums,
+    nonzero, pack, winograd_geometry,
 };
 use super::{
-    Buffer, ConvAlgorithm, DynConv, DynDepthwise, DynGroupedConv, DynLinear, FloatDirect,
-    FloatGemm, FloatPool, InputQuantizer, IntAdd, IntConcat, IntConv, IntDepthwise, IntGroupedConv,
-    IntLinear, IntPool, IntWindowPool, OutputDequantizer, Plan, PlannedStage, Stage,
+    Buffer, ConvAlgorithm, ConvKernels, DynConv, DynDepthwise, DynGroupedConv, DynLinear,
+    FloatDirect, FloatGemm, FloatPool, InputQuantizer, IntAdd, IntConcat, IntConv, IntDepthwise,
+    IntGroupedConv, IntLinear, IntPool, IntWindowPool, OutputDequantizer, Plan, PlannedStage,
+    Stage,
 };
 use crate::arith::PoolKind;
 use crate::error::Invalid;
 use crate::geometry::{Geometry, Window, chw};
-use crate::kernels::{AddTable, Clamp, DepthwiseFilter, Isa, Rescale};
+use crate::kernels::{AddTable, Clamp, DepthwiseFilter, DirectFilter, Isa, Rescale};
 use crate::model::{
     Activation, DynamicLayer, Layer, LayerExec, Merge, QuantWeights, StaticLayer, Step, StepOp,
 };
@@ -122,8 +123,8 @@ impl Plan {
         walk: &Walk,
         algorithm: ConvAlgorithm,
     ) -> Result<Self, Invalid> {
-        let winograd = algorithm.winograd_on(Isa::detect());
-        let mut builder = Builder::new(steps, walk, winograd);
+        let kernels = algorithm.kernels_on(Isa::detect());
+        let mut builder = Builder::new(steps, walk, kernels);
         for i in 0..steps.len() {
             builder.step(i)?;
         }
@@ -170,13 +171,13 @@ struct Builder<'a> {
     floats: Pool,
     /// Steps already run inside an earlier stage (a fused pool).
     fused: Vec<bool>,
-    /// Whether the convolutions Winograd can take take it.
-    winograd: bool,
+    /// The convolution kernels taken where a layer fits them.
+    kernels: ConvKernels,
     stages: Vec<PlannedStage>,
 }
 
 impl<'a> Builder<'a> {
-    fn new(steps: &'a [Step], walk: &'a Walk, winograd: bool) -> Self {
+    fn new(steps: &'a [Step], walk: &'a Walk, kernels: ConvKernels) -> Self {
         let tensors = steps.len() + 1;
         let mut readers = vec![Vec::new(); tensors];
         for i in 0..steps.len() {
@@ -197,7 +198,7 @@ impl<'a> Builder<'a> {
             ints: Pool::default(),
             floats: Pool::default(),
             fused: vec![false; steps.len()],
-            winograd,
+            kernels,
             stages: Vec::new(),
         }
     }
@@ -321,7 +322,7 @@ impl<'a> Builder<'a> {
                     layer,
                     geometry,
                     (int, layout),
-                    (pool.is_some(), self.winograd),
+                    (pool.is_some(), self.kernels),
                 )?;
                 if let Some(j) = pool {
                     self.fused[j] = true;
@@ -433,7 +434,8 @@ fn pool_stage(
 
 /// The stage of a convolution or linear layer reading a tensor of domain `int` and
 /// `layout`; a static or dynamic convolution runs the 2×2 stride-2 max-pool that reads it
-/// when `pool`, by Winograd where it can and `winograd`. Convolutions of several groups
+/// when `pool`, by Winograd or the direct kernel where `kernels` has them and the layer
+/// fits them. Convolutions of several groups
 /// take [`grouped_stage`].
 fn layer_stage(
     field: &str,
@@ -441,7 +443,7 @@ fn layer_stage(
     layer: &Layer,
     geometry: Geometry,
     (int, layout): (Option<QuantParams>, Layout),
-    (pool, winograd): (bool, bool),
+    (pool, kernels): (bool, ConvKernels),
 ) -> Result<Stage, Invalid> {
     if let Geometry::Conv {
         input,
@@ -470,16 +472,25 @@ fn layer_stage(
             let im2col = |params| IntMatmul::new(pack(&codes, n, k, field)?, params, field);
             match conv {
                 Some(shape) => {
-                    let kernel = match winograd_geometry(&shape).filter(|_| winograd) {
-                        Some(g) => {
+                    let zp_in = input.zero_point as i8;
+                    let direct = (kernels.direct && params.zp_w.iter().all(|&z| z == 0))
+                        .then(|| direct_filter(&shape, n, pool, &codes, zp_in, field))
+                        .transpose()?
+                        .flatten();
+                    let kernel = match (
+                        winograd_geometry(&shape).filter(|_| kernels.winograd),
+                        direct,
+                    ) {
+                        (Some(g), _) => {
                             let sums = WinogradSums::new(g, &codes, &params.zp_w, field)?;
                             ConvKernel::Winograd(WinogradConv::new(sums, params))
                         }
-                        None => ConvKernel::Im2col(im2col(params)?),
+                        (None, Some(filter)) => ConvKernel::Direct(DirectConv::new(filter, params)),
+                        (None, None) => ConvKernel::Im2col(im2col(params)?),
                     };
                     Stage::IntConv(IntConv {
                         shape,
-                        zp_in: input.zero_point as i8,
+                        zp_in,
                         kernel,
                         pool,
                     })
@@ -495,7 +506,7 @@ fn layer_stage(
             let zp_w_all = &mm.zp_w_all;
             match conv {
                 Some(shape) => {
-                    let kernel = match winograd_geometry(&shape).filter(|_| winograd) {
+                    let kernel = match winograd_geometry(&shape).filter(|_| kernels.winograd) {
                         Some(g) => {
                             DynConvKernel::Winograd(WinogradSums::new(g, &codes, zp_w_all, field)?)
                         }
@@ -620,4 +631,23 @@ fn grouped_stage(
             mm: dyn_matmul(name, d, layer.activation),
         }),
     })
+}
+
+/// The direct kernel's filter of a static convolution with symmetric weights (`codes` in
+/// engine order), when the layer fits the kernel ([`DirectFilter::fits`]).
+fn direct_filter(
+    shape: &ConvShape,
+    n: usize,
+    pool: bool,
+    codes: &[i8],
+    zp_in: i8,
+    field: &str,
+) -> Result<Option<DirectFilter>, Invalid> {
+    let window = shape.window.nhwc(shape.input);
+    if !DirectFilter::fits(&window, n, pool) {
+        return Ok(None);
+    }
+    DirectFilter::pack_for(Isa::detect(), codes, n, window, zp_in)
+        .map(Some)
+        .map_err(|e| Invalid::new(field, e.to_string()))
 }

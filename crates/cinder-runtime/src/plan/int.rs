@@ -17,7 +17,9 @@
 //! `Σ (q_in - zp_in)(q_w - zp_w)`, so the layer's own bias is used. Both paths equal the
 //! reference interpreter bit for bit; Winograd's overflow bounds are in
 //! [`crate::kernels::winograd`] (at most [`MAX_WINOGRAD_CHANNELS`] input channels, more
-//! take im2col).
+//! take im2col). A first layer over at most four input channels with symmetric weights
+//! may instead take the direct kernel ([`DirectConv`]), which subtracts the input's zero
+//! point itself, like Winograd, and pools inside its tiles.
 
 use std::ops::Range;
 
@@ -27,10 +29,10 @@ use super::par::{Accum, BLOCKS_PER_SLOT, Scratch, grow, par_blocks, par_images};
 use crate::error::Invalid;
 use crate::geometry::Window;
 use crate::kernels::{
-    MAX_WINOGRAD_CHANNELS, NR, OutputStage, PackedMatrix, WINOGRAD_POSITIONS, WinogradFilter,
-    WinogradGeometry, gemm_s8_cols, im2col_nhwc_s8, im2col_window_s8, max_pool2d_nhwc_s8,
-    max_pool2x2_s32, requantize_s8_rows, row_sums_s8, winograd_input_tiles, winograd_multiply,
-    winograd_output_tiles, winograd_products_stride,
+    DirectFilter, MAX_WINOGRAD_CHANNELS, NR, OutputStage, PackedMatrix, WINOGRAD_POSITIONS,
+    WinogradFilter, WinogradGeometry, direct_conv_nhwc_s8, gemm_s8_cols, im2col_nhwc_s8,
+    im2col_window_s8, max_pool2d_nhwc_s8, max_pool2x2_s32, requantize_s8_rows, row_sums_s8,
+    winograd_input_tiles, winograd_multiply, winograd_output_tiles, winograd_products_stride,
 };
 
 /// Fewest input channels for which a convolution takes Winograd. Its transforms cost per
@@ -386,6 +388,25 @@ impl ConvShape {
 pub(crate) enum ConvKernel {
     Im2col(IntMatmul),
     Winograd(WinogradConv),
+    Direct(DirectConv),
+}
+
+/// A static convolution over few input channels by the direct kernel
+/// ([`crate::kernels::direct_conv_nhwc_s8`]), which yields the exact sums
+/// `Σ (q_in - zp_in) q_w` (weights symmetric), so the layer's own bias is used.
+#[derive(Debug)]
+pub(crate) struct DirectConv {
+    filter: DirectFilter,
+    output: Requant,
+}
+
+impl DirectConv {
+    pub(super) fn new(filter: DirectFilter, p: IntParams<'_>) -> Self {
+        Self {
+            filter,
+            output: Requant::new(p.bias.to_vec(), &p),
+        }
+    }
 }
 
 /// A static convolution, with the 2×2, stride-2 max-pool that follows it fused when
@@ -408,6 +429,8 @@ impl IntConv {
             (ConvKernel::Im2col(_), true) => "int8 conv+pool",
             (ConvKernel::Winograd(_), false) => "int8 winograd",
             (ConvKernel::Winograd(_), true) => "int8 wino+pool",
+            (ConvKernel::Direct(_), false) => "int8 direct conv",
+            (ConvKernel::Direct(_), true) => "int8 direct+pool",
         }
     }
 
@@ -416,6 +439,7 @@ impl IntConv {
         match &self.kernel {
             ConvKernel::Im2col(mm) => mm.n(),
             ConvKernel::Winograd(w) => w.sums.n(),
+            ConvKernel::Direct(d) => d.filter.out_channels(),
         }
     }
 
@@ -423,11 +447,12 @@ impl IntConv {
         match &self.kernel {
             ConvKernel::Im2col(mm) => &mm.output,
             ConvKernel::Winograd(w) => &w.output,
+            ConvKernel::Direct(d) => &d.output,
         }
     }
 
     /// Convolution output rows per unit of work: one for im2col, a tile row (two) for
-    /// Winograd, a pooled row (two) when pooling.
+    /// Winograd and the direct kernel, a pooled row (two) when pooling.
     fn unit_rows(&self) -> usize {
         match (&self.kernel, self.pool) {
             (ConvKernel::Im2col(_), false) => 1,
@@ -459,11 +484,12 @@ impl IntConv {
         }
     }
 
-    /// What the kernel reads of one image: its im2col rows, or (Winograd) the image.
+    /// What the kernel reads of one image: its im2col rows, or (Winograd, direct) the
+    /// image.
     fn lhs<'a>(&self, image: &'a [i8], cols: &'a mut Vec<i8>) -> &'a [i8] {
         match self.kernel {
             ConvKernel::Im2col(_) => self.shape.lhs(image, self.zp_in, cols),
-            ConvKernel::Winograd(_) => image,
+            ConvKernel::Winograd(_) | ConvKernel::Direct(_) => image,
         }
     }
 
@@ -522,6 +548,10 @@ impl IntConv {
         let per = self.unit_rows();
         let rows = units.start * per..self.conv_rows().min(units.end * per);
         let (ow, n) = (self.shape.out_hw().1, self.n());
+        let pixels = match self.pool {
+            true => rows.len() / 2 * (ow / 2),
+            false => rows.len() * ow,
+        };
         let sums = match &self.kernel {
             ConvKernel::Im2col(mm) => {
                 let k = self.shape.depth();
@@ -532,16 +562,29 @@ impl IntConv {
                 let tile_rows = rows.start / 2..rows.end.div_ceil(2);
                 w.sums.accumulate(a, self.zp_in, tile_rows, accum)
             }
+            ConvKernel::Direct(d) => {
+                // Pooled in the kernel's tiles when `pool`.
+                let sums = grow(&mut accum.acc, pixels * n);
+                direct_conv_nhwc_s8(
+                    &d.filter,
+                    a,
+                    rows.clone(),
+                    self.pool,
+                    &mut accum.padded,
+                    sums,
+                );
+                sums
+            }
         };
-        let stage = self.output().stage(0..n);
-        if self.pool {
-            let pixels = rows.len() / 2 * (ow / 2);
-            let pooled = grow(pooled, pixels * n);
-            max_pool2x2_s32(sums, rows.len(), ow, n, pooled);
-            requantize_s8_rows(&stage, pooled, n, pixels, out, n);
-        } else {
-            requantize_s8_rows(&stage, sums, n, rows.len() * ow, out, n);
-        }
+        let sums = match (self.pool, &self.kernel) {
+            (true, ConvKernel::Im2col(_) | ConvKernel::Winograd(_)) => {
+                let pooled = grow(pooled, pixels * n);
+                max_pool2x2_s32(sums, rows.len(), ow, n, pooled);
+                pooled
+            }
+            _ => sums,
+        };
+        requantize_s8_rows(&self.output().stage(0..n), sums, n, pixels, out, n);
     }
 }
 

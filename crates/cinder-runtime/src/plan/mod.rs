@@ -47,7 +47,9 @@ pub enum ConvAlgorithm {
     Auto,
     /// Winograd wherever it can run.
     Winograd,
-    /// im2col + GEMM everywhere.
+    /// im2col + GEMM everywhere: neither Winograd nor the direct kernel of few-channel
+    /// inputs ([`crate::kernels::direct_conv_nhwc_s8`], which the other two take where
+    /// [`Isa::direct_conv_pays`]).
     Im2col,
 }
 
@@ -60,6 +62,23 @@ impl ConvAlgorithm {
             Self::Im2col => false,
         }
     }
+
+    /// The kernels besides im2col + GEMM that a plan takes on kernel path `isa`.
+    pub(crate) fn kernels_on(self, isa: Isa) -> ConvKernels {
+        ConvKernels {
+            winograd: self.winograd_on(isa),
+            direct: self != Self::Im2col && isa.direct_conv_pays(),
+        }
+    }
+}
+
+/// The convolution kernels a plan takes besides im2col + GEMM, where a layer fits them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvKernels {
+    /// Winograd F(2×2, 3×3).
+    pub winograd: bool,
+    /// The direct kernel of few-channel inputs (static layers with symmetric weights).
+    pub direct: bool,
 }
 
 /// One stage of the plan.

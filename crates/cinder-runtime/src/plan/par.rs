@@ -23,6 +23,8 @@ pub(crate) struct Accum {
     pub sums: Vec<i32>,
     /// A block of Winograd-transformed input tiles and their products.
     pub transformed: Vec<i16>,
+    /// The padded input rows of a direct convolution, as `u8` pixel quads.
+    pub padded: Vec<u8>,
     pub products: Vec<i32>,
     /// Per-column extremes of a dynamic layer's accumulators.
     pub col_lo: Vec<i32>,

@@ -5,4 +5,4 @@
 mod portable;
 pub mod reference;
 
-pub(super) use portable::{Portable, depthwise_rows, requantize_rows};
+pub(super) use portable::{Portable, depthwise_rows, direct_conv_rows, requantize_rows};

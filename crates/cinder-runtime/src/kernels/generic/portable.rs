@@ -1,11 +1,12 @@
 //! Portable code of the generic path: the micro-kernel (plain i32 arithmetic the
-//! compiler may vectorize, for every panel layout), the scalar output stage and the
-//! depthwise convolution along channels.
+//! compiler may vectorize, for every panel layout), the scalar output stage, the
+//! depthwise convolution along channels and the direct convolution of few-channel images.
 
 use std::ops::Range;
 
 use super::reference;
 use crate::kernels::NhwcWindow;
+use crate::kernels::direct::{DIRECT_BLOCK, DirectFilter, MAX_DIRECT_CHANNELS};
 use crate::kernels::output::OutputStage;
 use crate::kernels::pack::{LhsElem, NR, PanelRow};
 use crate::kernels::tile::{MicroKernel, Rows, TileOut, check_tile};
@@ -96,6 +97,51 @@ pub(in crate::kernels) fn depthwise_rows(
                         *a += (i32::from(q) - zp) * i32::from(f);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Direct convolution sums of output rows `rows` into `out` (see
+/// [`crate::kernels::direct_conv_nhwc_s8`]), scalar: per output pixel and channel, the
+/// taps inside the image. Operands checked by the caller.
+pub(in crate::kernels) fn direct_conv_rows(
+    filter: &DirectFilter,
+    image: &[i8],
+    rows: Range<usize>,
+    pool: bool,
+    out: &mut [i32],
+) {
+    let window = filter.window();
+    let ([_, _, c], kw) = (window.input, window.kernel[1]);
+    let (n, zp) = (filter.out_channels(), i32::from(filter.zp_in()));
+    let sum = |oy: usize, ox: usize, o: usize| -> i32 {
+        let quads = filter.block(o / DIRECT_BLOCK);
+        let lane = o % DIRECT_BLOCK;
+        let tap_sum = |([ky, kx], pixel): ([usize; 2], usize)| -> i32 {
+            let w = &quads[((ky * kw + kx) * DIRECT_BLOCK + lane) * MAX_DIRECT_CHANNELS..][..c];
+            let x = &image[pixel * c..][..c];
+            w.iter()
+                .zip(x)
+                .map(|(&w, &x)| (i32::from(x) - zp) * i32::from(w))
+                .sum::<i32>()
+        };
+        window.inside(oy, ox).map(tap_sum).sum()
+    };
+    let ow = window.output()[1];
+    let (step, cols) = if pool { (2, ow / 2) } else { (1, ow) };
+    for (r, oy) in rows.step_by(step).enumerate() {
+        for col in 0..cols {
+            let pixel = &mut out[(r * cols + col) * n..][..n];
+            for (o, value) in pixel.iter_mut().enumerate() {
+                *value = match pool {
+                    true => [(0, 0), (0, 1), (1, 0), (1, 1)]
+                        .map(|(dy, dx)| sum(oy + dy, 2 * col + dx, o))
+                        .into_iter()
+                        .max()
+                        .expect("four pixels"),
+                    false => sum(oy, col, o),
+                };
             }
         }
     }

@@ -1,0 +1,252 @@
+//! Direct convolution sums of one NHWC int8 image with at most [`MAX_DIRECT_CHANNELS`]
+//! channels (a network's first layer: RGB or grey images), stride 1, weights symmetric
+//! (zero point 0): `sum[p][n] = Σ_taps Σ_ch (x[tap][ch] - zp_in) · w[n][tap][ch]` over
+//! the taps inside the image, optionally max-pooled over 2×2 pixels before the output
+//! stage (exact, as for the im2col path: the output stage is non-decreasing in the sum).
+//!
+//! Through im2col such a layer is a GEMM of depth `taps · c` (27 for 3×3 RGB), too
+//! shallow for a GEMM tile to pay for its loads and stores, and the im2col rows are
+//! gathered three bytes at a time. Here the channels of one pixel, padded to four, are
+//! one `vpdpbusd` quad: a tile broadcasts each of four pixels' quads (a 2×2 block, so that
+//! a fused pool is a maximum of four registers) against the weight quads of 16 output
+//! channels per register, with no column matrix and no pass over unpooled sums.
+//!
+//! # Paths
+//! | path | kernel |
+//! |---|---|
+//! | generic | scalar, the reference |
+//! | avx512vnni | `vpdpbusd` zmm: 2×2 pixels × up to 64 channels in 16 accumulators |
+//!
+//! The plan takes this kernel only on the AVX-512 VNNI path, where it was measured
+//! faster than im2col + GEMM; elsewhere the generic kernel is the reference the tests
+//! compare with.
+//!
+//! # Exactness
+//! Pixels enter as `u = x + 128` (`x ^ 0x80`, in [0, 255]), those in the padding as
+//! `zp_in + 128`, the fourth channel of a three-channel image as 0 against weights 0.
+//! Every product `u · w` and sum of four is exact in `vpdpbusd`, and lanes add with
+//! wrapping. The sums start from `-(zp_in + 128) · Σ_taps Σ_ch w[n]`, so a lane ends at
+//! `Σ_inside (x - zp_in) · w` modulo 2^32, which lies in i32 for at most
+//! [`MAX_DIRECT_TAPS`] taps (`taps · 4 · 255 · 128 ≤ i32::MAX`): the wrapped value is
+//! the exact one, equal to the reference bit for bit.
+
+use std::ops::Range;
+
+use super::KernelError;
+use super::generic::direct_conv_rows;
+use super::isa::Isa;
+use super::window::NhwcWindow;
+#[cfg(target_arch = "x86_64")]
+use super::x86::Avx512Vnni;
+
+/// The most input channels a pixel quad holds.
+pub const MAX_DIRECT_CHANNELS: usize = 4;
+
+/// Output channels per vector register of the zmm kernel.
+pub(super) const DIRECT_BLOCK: usize = 16;
+
+/// The most taps whose sums cannot overflow i32: `taps · 4 · 255 · 128 ≤ i32::MAX`.
+pub const MAX_DIRECT_TAPS: usize = (i32::MAX as usize) / (MAX_DIRECT_CHANNELS * 255 * 128);
+
+/// The weights of a direct convolution, packed for one path.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DirectFilter {
+    window: NhwcWindow,
+    out_channels: usize,
+    isa: Isa,
+    /// `[block of 16 outputs][tap][16][4]`: one 64-byte quad row per block and tap, the
+    /// channels past `c` and the outputs past `out_channels` zero.
+    quads: Vec<i8>,
+    /// `-(zp_in + 128) · Σ w` per output channel, rounded up to whole blocks.
+    start: Vec<i32>,
+    zp_in: i8,
+}
+
+impl DirectFilter {
+    /// Whether the kernel computes a convolution over `window` into `out_channels`
+    /// channels: at most [`MAX_DIRECT_CHANNELS`] input channels, stride 1, at most
+    /// [`MAX_DIRECT_TAPS`] taps, an output at least 2×2 and even in both axes unless
+    /// `pool` (which drops an odd last row and column).
+    pub fn fits(window: &NhwcWindow, out_channels: usize, pool: bool) -> bool {
+        let [h, w, c] = window.input;
+        let [kh, kw] = window.kernel;
+        let inside = h + 2 * window.padding[0] >= kh && w + 2 * window.padding[1] >= kw;
+        let shape = (1..=MAX_DIRECT_CHANNELS).contains(&c)
+            && out_channels > 0
+            && window.stride == [1, 1]
+            && kh * kw <= MAX_DIRECT_TAPS;
+        shape && inside && {
+            let [oh, ow] = window.output();
+            oh >= 2 && ow >= 2 && (pool || (oh % 2 == 0 && ow % 2 == 0))
+        }
+    }
+
+    /// Packs `codes` (`[n][ky][kx][c]`, symmetric: zero point 0) of a convolution over
+    /// `window` that [`Self::fits`], reading input zero point `zp_in`, for the best path at
+    /// or below `isa`. Errors if `codes` does not hold `out_channels · taps · c` values.
+    ///
+    /// # Panics
+    /// If the window does not fit (see [`Self::fits`]).
+    pub fn pack_for(
+        isa: Isa,
+        codes: &[i8],
+        out_channels: usize,
+        window: NhwcWindow,
+        zp_in: i8,
+    ) -> Result<Self, KernelError> {
+        assert!(
+            Self::fits(&window, out_channels, true),
+            "direct convolution: window {window:?} does not fit"
+        );
+        let c = window.input[2];
+        let taps = window.kernel[0] * window.kernel[1];
+        KernelError::check_length(codes.len(), out_channels, taps * c)?;
+        let blocks = out_channels.div_ceil(DIRECT_BLOCK);
+        let mut quads = vec![0i8; blocks * taps * DIRECT_BLOCK * MAX_DIRECT_CHANNELS];
+        let mut start = vec![0i32; blocks * DIRECT_BLOCK];
+        for (n, row) in codes.chunks_exact(taps * c).enumerate() {
+            let (block, lane) = (n / DIRECT_BLOCK, n % DIRECT_BLOCK);
+            for (tap, values) in row.chunks_exact(c).enumerate() {
+                let at = ((block * taps + tap) * DIRECT_BLOCK + lane) * MAX_DIRECT_CHANNELS;
+                quads[at..at + c].copy_from_slice(values);
+            }
+            let sum: i32 = row.iter().map(|&w| i32::from(w)).sum();
+            start[n] = sum.wrapping_mul(-(i32::from(zp_in) + 128));
+        }
+        Ok(Self {
+            window,
+            out_channels,
+            isa: Isa::best_up_to(isa),
+            quads,
+            start,
+            zp_in,
+        })
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// The window this filter convolves.
+    pub fn window(&self) -> &NhwcWindow {
+        &self.window
+    }
+
+    /// The input zero point the sums are centred on.
+    pub fn zp_in(&self) -> i8 {
+        self.zp_in
+    }
+
+    /// The path this filter was packed for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The quad rows of output block `block`, `[tap][16][4]`.
+    pub(super) fn block(&self, block: usize) -> &[i8] {
+        let taps = self.window.kernel[0] * self.window.kernel[1];
+        let len = taps * DIRECT_BLOCK * MAX_DIRECT_CHANNELS;
+        &self.quads[block * len..][..len]
+    }
+
+    /// The start values of output block `block`.
+    pub(super) fn start(&self, block: usize) -> &[i32] {
+        &self.start[block * DIRECT_BLOCK..][..DIRECT_BLOCK]
+    }
+}
+
+impl std::fmt::Debug for DirectFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectFilter")
+            .field("window", &self.window)
+            .field("out_channels", &self.out_channels)
+            .field("isa", &self.isa)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sums of output rows `rows` (an even start; an even length unless it ends at the
+/// last row a pool reads) of one NHWC image, `[pixels][n]` into `out`: every pixel of the
+/// rows, or with `pool` the maximum of each 2×2 block (`rows.len() / 2 × ow / 2` pixels).
+/// `padded` is scratch. Returns the path that ran.
+///
+/// # Panics
+/// If `image` or `out` is too short, or `rows` is not as described.
+pub fn direct_conv_nhwc_s8(
+    filter: &DirectFilter,
+    image: &[i8],
+    rows: Range<usize>,
+    pool: bool,
+    padded: &mut Vec<u8>,
+    out: &mut [i32],
+) -> Isa {
+    let window = &filter.window;
+    let [h, w, c] = window.input;
+    let [oh, ow] = window.output();
+    let n = filter.out_channels;
+    let (cols, pixels) = match pool {
+        true => (ow / 2 * 2, rows.len() / 2 * (ow / 2)),
+        false => (ow, rows.len() * ow),
+    };
+    assert!(
+        rows.start % 2 == 0 && rows.len() % 2 == 0 && rows.end <= oh,
+        "direct convolution: rows {rows:?} of {oh}"
+    );
+    assert!(
+        image.len() >= h * w * c,
+        "direct convolution: image too short"
+    );
+    assert!(out.len() >= pixels * n, "direct convolution: out too short");
+    let out = &mut out[..pixels * n];
+    #[cfg(target_arch = "x86_64")]
+    if let (Isa::Avx512Vnni, Some(token)) = (filter.isa, Avx512Vnni::detect()) {
+        let quads = pad_quads(window, image, filter.zp_in, rows.clone(), padded);
+        token.direct_conv(filter, quads, [rows.len(), cols], pool, out);
+        return Isa::Avx512Vnni;
+    }
+    let _ = (padded, cols);
+    direct_conv_rows(filter, image, rows, pool, out);
+    Isa::Generic
+}
+
+/// The input rows that output rows `rows` read, zero-padded, as `u8` quads `x + 128` per
+/// pixel (`zp_in + 128` in the padding, 0 past the image's channels): `rows.len() + kh − 1`
+/// rows of `w + 2·pad_w` quads.
+fn pad_quads<'a>(
+    window: &NhwcWindow,
+    image: &[i8],
+    zp_in: i8,
+    rows: Range<usize>,
+    padded: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    let [h, w, c] = window.input;
+    let ([kh, kw], [ph, pw]) = (window.kernel, window.padding);
+    let (height, width) = (rows.len() + kh - 1, w + 2 * pw);
+    debug_assert_eq!(width, window.output()[1] + kw - 1);
+    let len = height * width * MAX_DIRECT_CHANNELS;
+    padded.clear();
+    let border = (zp_in as u8) ^ 0x80;
+    let mut pad_quad = [0u8; MAX_DIRECT_CHANNELS];
+    pad_quad[..c].fill(border);
+    padded.extend(std::iter::repeat_n(pad_quad, height * width).flatten());
+    for (r, quad_row) in padded
+        .chunks_exact_mut(width * MAX_DIRECT_CHANNELS)
+        .enumerate()
+    {
+        let Some(y) = (rows.start + r).checked_sub(ph).filter(|&y| y < h) else {
+            continue;
+        };
+        let row = &image[y * w * c..][..w * c];
+        let inside = &mut quad_row[pw * MAX_DIRECT_CHANNELS..][..w * MAX_DIRECT_CHANNELS];
+        for (quad, pixel) in inside
+            .chunks_exact_mut(MAX_DIRECT_CHANNELS)
+            .zip(row.chunks_exact(c))
+        {
+            for (u, &x) in quad.iter_mut().zip(pixel) {
+                *u = (x as u8) ^ 0x80;
+            }
+        }
+    }
+    &padded[..len]
+}
