@@ -1,7 +1,7 @@
 //! The int8 GEMM on every path this CPU has, side by side (alternating, medians, 1
 //! thread), on the reference ConvNet's GEMM shapes; the depthwise convolution likewise on
 //! the depthwise layers of `mobilenetv2-tiny` (one image); then the convolutions' sums of one
-//! image by im2col + GEMM and by Winograd, and the whole ConvNet (W8A8 static
+//! image by im2col + GEMM and by Winograd (and conv1's by the direct kernel), and the whole ConvNet (W8A8 static
 //! per-channel, 2 threads, batch 1 and 64) with its per-stage profile, on the process's
 //! path (`CINDER_ISA` caps it: run once per path to compare).
 //!
@@ -15,10 +15,10 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use cinder_runtime::kernels::{
-    DepthwiseFilter, Isa, NhwcWindow, OutputStage, PackedMatrix, WINOGRAD_POSITIONS,
-    WinogradFilter, WinogradGeometry, depthwise_nhwc_s8, gemm_s8, im2col_nhwc_s8, max_pool2x2_s32,
-    requantize_s8_rows, winograd_input_tiles, winograd_multiply, winograd_output_tiles,
-    winograd_products_stride,
+    DepthwiseFilter, DirectFilter, Isa, MAX_DIRECT_CHANNELS, NhwcWindow, OutputStage, PackedMatrix,
+    WINOGRAD_POSITIONS, WinogradFilter, WinogradGeometry, depthwise_nhwc_s8, direct_conv_nhwc_s8,
+    gemm_s8, im2col_nhwc_s8, max_pool2x2_s32, requantize_s8_rows, winograd_input_tiles,
+    winograd_multiply, winograd_output_tiles, winograd_products_stride,
 };
 use cinder_runtime::synthetic::{Rng, minmax_table, random_input, reference_convnet};
 use cinder_runtime::{ConvAlgorithm, QuantConfig, Session, SessionOptions, convert};
@@ -236,7 +236,58 @@ fn convs() {
         );
         drop(runs);
         conv_parts(h, c, n, &input, &packed);
+        if c <= MAX_DIRECT_CHANNELS {
+            direct_against_im2col(h, c, n, (&input, &weights), &packed);
+        }
     }
+}
+
+/// One image's pooled sums of a few-channel convolution by the direct kernel and by
+/// im2col + GEMM + the 2×2 pool of the sums (µs, alternating).
+fn direct_against_im2col(
+    h: usize,
+    c: usize,
+    n: usize,
+    (input, weights): (&[i8], &[i8]),
+    packed: &PackedMatrix,
+) {
+    let window = NhwcWindow {
+        input: [h, h, c],
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+    };
+    let filter = DirectFilter::pack_for(Isa::detect(), weights, n, window, 0).expect("valid");
+    let k = 9 * c;
+    let (mut cols, mut sums) = (vec![0i8; h * h * k], vec![0i32; h * h * n]);
+    let (mut pooled, mut direct) = (vec![0i32; h * h * n / 4], vec![0i32; h * h * n / 4]);
+    let mut padded = Vec::new();
+    let mut ran = Isa::Generic;
+    let med = alternate(
+        200,
+        &mut [
+            Box::new(|| {
+                im2col_nhwc_s8(black_box(input), h, h, c, 3, 1, 1, 0, &mut cols, k);
+                gemm_s8(&cols, k, h * h, packed, &mut sums, n);
+                max_pool2x2_s32(&sums, h, h, n, &mut pooled);
+            }),
+            Box::new(|| {
+                ran = direct_conv_nhwc_s8(
+                    &filter,
+                    black_box(input),
+                    0..h,
+                    true,
+                    &mut padded,
+                    &mut direct,
+                );
+            }),
+        ],
+    );
+    println!(
+        "    pooled sums: im2col + GEMM + pool {:.1} us, direct kernel ({ran}) {:.1} us",
+        med[0] * 1e6,
+        med[1] * 1e6
+    );
 }
 
 /// One image's im2col, GEMM, fused 2×2 max-pool of the sums and output stage, each
