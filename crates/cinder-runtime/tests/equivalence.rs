@@ -110,7 +110,7 @@ fn few_channel_convolutions_equal_the_reference() {
             continue;
         };
         let [oh, ow] = [input[1], input[2]].map(|side| side + 2 * padding - 2);
-        let fits = pool || (oh % 2 == 0 && ow % 2 == 0);
+        let fits = pool || (oh.is_multiple_of(2) && ow.is_multiple_of(2));
         // Asymmetric weights take the direct kernel only where every zero point is 0.
         let direct = Isa::detect().direct_conv_pays() && fits;
         let auto = match (direct, symmetric) {

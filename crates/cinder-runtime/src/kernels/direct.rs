@@ -77,7 +77,7 @@ impl DirectFilter {
             && kh * kw <= MAX_DIRECT_TAPS;
         shape && inside && {
             let [oh, ow] = window.output();
-            oh >= 2 && ow >= 2 && (pool || (oh % 2 == 0 && ow % 2 == 0))
+            oh >= 2 && ow >= 2 && (pool || (oh.is_multiple_of(2) && ow.is_multiple_of(2)))
         }
     }
 
@@ -143,16 +143,15 @@ impl DirectFilter {
         self.isa
     }
 
-    /// The quad rows of output block `block`, `[tap][16][4]`.
-    pub(super) fn block(&self, block: usize) -> &[i8] {
+    /// The quad rows from output block `block` on, `[block][tap][16][4]`.
+    pub(super) fn quads_from(&self, block: usize) -> &[i8] {
         let taps = self.window.kernel[0] * self.window.kernel[1];
-        let len = taps * DIRECT_BLOCK * MAX_DIRECT_CHANNELS;
-        &self.quads[block * len..][..len]
+        &self.quads[block * taps * DIRECT_BLOCK * MAX_DIRECT_CHANNELS..]
     }
 
-    /// The start values of output block `block`.
-    pub(super) fn start(&self, block: usize) -> &[i32] {
-        &self.start[block * DIRECT_BLOCK..][..DIRECT_BLOCK]
+    /// The start values from output block `block` on.
+    pub(super) fn starts_from(&self, block: usize) -> &[i32] {
+        &self.start[block * DIRECT_BLOCK..]
     }
 }
 
@@ -190,7 +189,7 @@ pub fn direct_conv_nhwc_s8(
         false => (ow, rows.len() * ow),
     };
     assert!(
-        rows.start % 2 == 0 && rows.len() % 2 == 0 && rows.end <= oh,
+        rows.start.is_multiple_of(2) && rows.len().is_multiple_of(2) && rows.end <= oh,
         "direct convolution: rows {rows:?} of {oh}"
     );
     assert!(

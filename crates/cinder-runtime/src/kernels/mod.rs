@@ -2,15 +2,14 @@
 //! codes, or of a convolution's sums, fused before its output stage), depthwise
 //! convolution ([`depthwise_nhwc_s8`], per-channel multiply-adds along the window), the
 //! direct convolution of images of few channels ([`direct_conv_nhwc_s8`], a pixel's
-//! channels as one `vpdpbusd` quad),
-//! and exact integer Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions ([`winograd`]:
-//! input transform, 16 i16 GEMMs, output transform; its exactness and overflow bounds are
-//! argued there); and the f32 GEMM of float layers (`sgemm`), which sums in the
+//! channels as one `vpdpbusd` quad), and exact integer Winograd F(2×2, 3×3) for 3×3
+//! stride-1 convolutions ([`winograd`]: input transform, 16 i16 GEMMs, output transform;
+//! its exactness and overflow bounds are argued there); and the f32 GEMM of float layers (`sgemm`), which sums in the
 //! reference interpreter's order.
 //!
 //! Kernels only accumulate; bias, zero points, requantization and clamping are the output
 //! stage ([`requantize_s8`]), applied once per output row or block of rows. (Winograd's
-//! transforms subtract the zero points of input and weights themselves.)
+//! transforms and the depthwise and direct kernels subtract the zero points themselves.)
 //!
 //! # Layout and dispatch
 //! The instruction-set-neutral parts sit here: packing (`pack`: panels of [`NR`] = 16
@@ -33,6 +32,10 @@
 //! | avxvnni | `vpdpbusd` ymm (VEX), 6×16 | `vpmaddwd` ymm | `vpdpwssd` ymm (VEX) | AVX2 |
 //! | avx512vnni-ymm | `vpdpbusd` ymm (EVEX), 8×16 | `vpmaddwd` ymm | `vpdpwssd` ymm (EVEX) | AVX2 |
 //! | avx512vnni | `vpdpbusd` zmm, 8×32 (8×16 at an odd panel) | `vpdpwssd` zmm | `vpdpwssd` zmm | AVX2 |
+//!
+//! The direct convolution of few-channel images has a SIMD kernel on the avx512vnni path
+//! only (`vpdpbusd` zmm on pixel quads); elsewhere such layers take im2col + GEMM, and its
+//! generic kernel is the reference.
 //!
 //! # Exactness of the AVX2 GEMM
 //! It widens both operands to i16 (`vpmovsxbw`) and multiplies with `vpmaddwd`, which

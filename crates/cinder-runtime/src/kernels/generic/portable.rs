@@ -116,7 +116,7 @@ pub(in crate::kernels) fn direct_conv_rows(
     let ([_, _, c], kw) = (window.input, window.kernel[1]);
     let (n, zp) = (filter.out_channels(), i32::from(filter.zp_in()));
     let sum = |oy: usize, ox: usize, o: usize| -> i32 {
-        let quads = filter.block(o / DIRECT_BLOCK);
+        let quads = filter.quads_from(o / DIRECT_BLOCK);
         let lane = o % DIRECT_BLOCK;
         let tap_sum = |([ky, kx], pixel): ([usize; 2], usize)| -> i32 {
             let w = &quads[((ky * kw + kx) * DIRECT_BLOCK + lane) * MAX_DIRECT_CHANNELS..][..c];

@@ -49,7 +49,7 @@ impl Avx512Vnni {
         let n = filter.out_channels();
         let pixels = if pool { rows * cols / 4 } else { rows * cols };
         assert!(
-            rows % 2 == 0 && cols % 2 == 0 && cols + kw - 1 <= width,
+            rows.is_multiple_of(2) && cols.is_multiple_of(2) && cols + kw - 1 <= width,
             "direct convolution: {rows} x {cols} tiles"
         );
         assert!(quads.len() >= (rows + kh - 1) * width * MAX_DIRECT_CHANNELS);
@@ -62,8 +62,8 @@ impl Avx512Vnni {
                         quads: quads[(y * width + x) * MAX_DIRECT_CHANNELS..].as_ptr(),
                         width,
                         kernel: [kh, kw],
-                        weights: filter.block(first).as_ptr(),
-                        start: filter.start(first).as_ptr(),
+                        weights: filter.quads_from(first).as_ptr(),
+                        start: filter.starts_from(first).as_ptr(),
                         channels: n - first * DIRECT_BLOCK,
                         pixel_len: n,
                     };
