@@ -26,7 +26,8 @@ use cinder_tensor::{Tensor as _, TensorBuf};
 
 use crate::error::ModelError;
 use crate::export::{Activations, host, transpose};
-use crate::flex::{batch_norm::batch_norm, conv2d::conv2d, linear::linear, max_pool2d::max_pool2d};
+use crate::flex::batch_norm::{batch_norm, batch_norm_relu};
+use crate::flex::{conv2d::conv2d, linear::linear, max_pool2d::max_pool2d};
 use crate::rng::SplitMix64;
 
 /// Generator stream for weight initialisation (data order uses other streams).
@@ -62,6 +63,9 @@ struct Step {
     /// The name this step's output is recorded under for calibration, if any (see
     /// [`GraphNet::forward_with_activations`]).
     record_as: Option<String>,
+    /// A BatchNorm whose only reader is the next step, a ReLU: a forward that records
+    /// nothing runs the two as one operation ([`batch_norm_relu`]).
+    relu_next: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -282,6 +286,8 @@ impl GraphNet {
         }
         let mut slots: Vec<Option<Value>> = vec![None; self.plan.steps.len() + 1];
         slots[0] = Some(Value::Map(images));
+        // Recording every node's output needs the BatchNorm's apart from its ReLU's.
+        let (fuse, mut relu_done) = (trace.is_none(), false);
         for (i, step) in self.plan.steps.iter().enumerate() {
             let inputs = step
                 .inputs
@@ -293,7 +299,12 @@ impl GraphNet {
                 })
                 .collect::<Option<Vec<Value>>>()
                 .expect("the plan reads each slot after it is written and before it is freed");
-            let out = self.apply(&step.kind, inputs);
+            let out = match relu_done {
+                // The BatchNorm before this ReLU ran it.
+                true => inputs.into_iter().next().expect("a ReLU reads one input"),
+                false => self.apply(&step.kind, inputs, fuse && step.relu_next),
+            };
+            relu_done = fuse && step.relu_next;
             if let (Some(acts), Some(name)) = (trace.as_deref_mut(), &step.record_as) {
                 acts.push(name, out.data());
             }
@@ -306,14 +317,17 @@ impl GraphNet {
             .vector()
     }
 
-    fn apply(&self, kind: &Kind, mut inputs: Vec<Value>) -> Value {
+    /// Step `kind` on `inputs`; a BatchNorm followed by its ReLU when `with_relu`.
+    fn apply(&self, kind: &Kind, mut inputs: Vec<Value>, with_relu: bool) -> Value {
         match kind {
             Kind::Conv(i) => Value::Map(conv2d(&self.convs[*i], inputs.remove(0).map())),
             Kind::Norm(i) => {
                 let bn = &self.norms[*i];
-                inputs
-                    .remove(0)
-                    .unary(|t| batch_norm(bn, t), |t| bn.forward(t))
+                let x = inputs.remove(0);
+                match with_relu {
+                    true => x.unary(|t| batch_norm_relu(bn, t), |t| relu(bn.forward(t))),
+                    false => x.unary(|t| batch_norm(bn, t), |t| bn.forward(t)),
+                }
             }
             Kind::Linear(i) => Value::Vector(linear(&self.linears[*i], inputs.remove(0).vector())),
             free => apply_free(free, inputs),
@@ -640,7 +654,7 @@ impl Plan {
             }
         }
         let folded_into = folded_batch_norms(&spec);
-        let steps = spec
+        let mut steps = spec
             .nodes
             .iter()
             .zip(kinds)
@@ -663,9 +677,21 @@ impl Plan {
                     last_read,
                     kind,
                     record_as,
+                    relu_next: false,
                 }
             })
-            .collect();
+            .collect::<Vec<Step>>();
+        let readers = |of: usize| {
+            let inputs = spec.nodes.iter().flat_map(|n| &n.inputs);
+            inputs.filter(|&input| slot(input) == of).count()
+        };
+        for i in 1..steps.len() {
+            // Step `i - 1` writes slot `i`.
+            steps[i - 1].relu_next = matches!(steps[i - 1].kind, Kind::Norm(_))
+                && matches!(steps[i].kind, Kind::Relu)
+                && steps[i].inputs == [i]
+                && readers(i) == 1;
+        }
         Self {
             spec,
             classes,

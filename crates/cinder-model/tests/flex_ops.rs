@@ -1,7 +1,7 @@
 //! The flex training operations against burn's own: the im2col + GEMM convolution against
 //! burn's `conv2d` (outputs and the gradients of input, weight and bias over strides,
 //! paddings and groups, depthwise included), the training BatchNorm against burn's
-//! (output, gradients, running statistics), the linear layer against burn's (output and
+//! (output, gradients, running statistics) and with its ReLU fused against the two in turn, the linear layer against burn's (output and
 //! gradients, across the GEMM's row and column blocks) and the max pooling against burn's
 //! (bit for bit, ties and NaNs included), plus the fallback to burn's operations off flex.
 
@@ -9,8 +9,9 @@ use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, PaddingConfig2d};
+use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
-use cinder_model::flex::batch_norm::batch_norm;
+use cinder_model::flex::batch_norm::{batch_norm, batch_norm_relu};
 use cinder_model::flex::conv2d::conv2d;
 use cinder_model::flex::linear::linear;
 use cinder_model::flex::max_pool2d::max_pool2d;
@@ -244,6 +245,24 @@ proptest! {
                 prop_assert!((g - w).abs() <= 2e-4 * (1.0 + w.abs()), "{} vs {}", g, w);
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The ReLU fused into the normalisation equals the two operations one after the other:
+    /// output, gradients and running statistics, bit for bit.
+    #[test]
+    fn batch_norm_with_its_relu_fused_is_the_two_in_turn(
+        batch in 1usize..5, channels in 1usize..5, h in 1usize..6, w in 1usize..6, seed in any::<u64>()
+    ) {
+        prop_assume!(batch * h * w > 1);
+        let shape = [batch, channels, h, w];
+        let fused = run_norm(shape, seed, batch_norm_relu);
+        let in_turn = run_norm(shape, seed, |bn, x| relu(batch_norm(bn, x)));
+        let bits = |v: &[Vec<f32>]| v.iter().map(|t| t.iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&fused), bits(&in_turn));
     }
 }
 

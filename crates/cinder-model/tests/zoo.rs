@@ -92,6 +92,21 @@ fn burn_forward_matches_the_reference_evaluation_of_the_folded_graph() {
     }
 }
 
+/// In training, a forward runs each BatchNorm that only a ReLU reads with the ReLU fused
+/// into it; recording the activations runs the two in turn: the logits agree bit for bit.
+#[test]
+fn training_forward_with_fused_relus_equals_the_one_in_turn() {
+    let device = Device::flex().autodiff();
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    for name in ["resnet20", "mobilenetv2-tiny"] {
+        let net = GraphNet::init(&spec(name, SMALL), &device, 5).unwrap();
+        let images = random_images(SMALL, 4, 6, &device);
+        let fused = net.forward(images.clone());
+        let (in_turn, _) = net.forward_with_activations(images).unwrap();
+        assert_eq!(bits(host(fused)), bits(host(in_turn)), "{name}");
+    }
+}
+
 #[test]
 fn graphs_with_batch_norm_round_trip_through_files() {
     let device = Device::flex();

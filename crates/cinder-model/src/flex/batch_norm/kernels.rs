@@ -1,6 +1,6 @@
 //! Training-mode BatchNorm on contiguous NCHW `f32` slices: batch statistics, the
 //! normalisation, and its gradients, each in one or two passes over the activation with no
-//! layout change.
+//! layout change; optionally with the ReLU that follows it fused into the same passes.
 //!
 //! Channels are spread over rayon's pool; a channel's sums add `f32` partial sums of its
 //! planes (one `[H, W]` image channel each) in `f64`, in plane order, so a result does not
@@ -13,21 +13,36 @@ use rayon::prelude::*;
 /// add waits for the previous one), sixteen independent ones can.
 const LANES: usize = 16;
 
-/// `Σ f(a[i], b[i])` over two equally long slices, as [`LANES`] partial sums (lane `l` takes
-/// every index `≡ l` mod `LANES`) added in lane order, then the tail.
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+/// `Σ f(a[i], b[i], c[i])` over three equally long slices, as [`LANES`] partial sums (lane
+/// `l` takes every index `≡ l` mod `LANES`) added in lane order, then the tail.
+fn lane_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f32 {
+    let (a_chunks, b_chunks, c_chunks) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
     let tail: f32 = (a_chunks.remainder().iter())
         .zip(b_chunks.remainder())
-        .map(|(&x, &y)| f(x, y))
+        .zip(c_chunks.remainder())
+        .map(|((&x, &y), &z)| f(x, y, z))
         .sum();
     let mut lanes = [0.0f32; LANES];
-    for (xs, ys) in a_chunks.zip(b_chunks) {
-        for ((lane, &x), &y) in lanes.iter_mut().zip(xs).zip(ys) {
-            *lane += f(x, y);
+    for ((xs, ys), zs) in a_chunks.zip(b_chunks).zip(c_chunks) {
+        for (((lane, &x), &y), &z) in lanes.iter_mut().zip(xs).zip(ys).zip(zs) {
+            *lane += f(x, y, z);
         }
     }
     lanes.iter().sum::<f32>() + tail
+}
+
+/// burn's ReLU: `x` where `x > 0` or NaN (NaN propagates), else 0.
+fn relu(x: f32) -> f32 {
+    if passes_relu(x) { x } else { 0.0 }
+}
+
+/// Whether a ReLU's output `y` passes its gradient (burn's rule: `y > 0` or NaN).
+fn passes_relu(y: f32) -> bool {
+    y.is_nan() || y > 0.0
 }
 
 /// Shape of a BatchNorm input `[B, C, H, W]` seen as `batch` × `channels` planes of `plane`
@@ -65,24 +80,25 @@ pub fn batch_stats(geom: &NormGeometry, input: &[f32]) -> (Vec<f32>, Vec<f32>) {
         .into_par_iter()
         .map(|c| {
             let plane = |at: usize| &input[at..at + geom.plane];
-            let sum = geom.channel_sum(c, |at| f64::from(lane_sum(plane(at), plane(at), |v, _| v)));
-            let mean = sum / count;
+            let sum_of = |at| f64::from(lane_sum(plane(at), plane(at), plane(at), |v, _, _| v));
+            let mean = geom.channel_sum(c, sum_of) / count;
             let centred = mean as f32;
             let squares = geom.channel_sum(c, |at| {
-                let square = |v: f32, _| (v - centred) * (v - centred);
-                f64::from(lane_sum(plane(at), plane(at), square))
+                let square = |v: f32, _, _| (v - centred) * (v - centred);
+                f64::from(lane_sum(plane(at), plane(at), plane(at), square))
             });
             (mean as f32, (squares / count) as f32)
         })
         .unzip()
 }
 
-/// `(x − mean) / √(var + ε) · γ + β` per channel.
+/// `(x − mean) / √(var + ε) · γ + β` per channel, through [`relu`] when `fused_relu`.
 pub fn normalize(
     geom: &NormGeometry,
     input: &[f32],
     [mean, var, gamma, beta]: [&[f32]; 4],
     epsilon: f64,
+    fused_relu: bool,
 ) -> Vec<f32> {
     assert_eq!(input.len(), geom.len(), "batch_norm: input size");
     let (scale, shift): (Vec<f32>, Vec<f32>) = (0..geom.channels)
@@ -97,25 +113,39 @@ pub fn normalize(
     let mut out = vec![0.0; input.len()];
     per_plane(geom, &mut out, input, |i, dst, src| {
         let (scale, shift) = (scale[i % geom.channels], shift[i % geom.channels]);
-        dst.iter_mut()
-            .zip(src)
-            .for_each(|(d, &x)| *d = x * scale + shift);
+        let values = dst.iter_mut().zip(src);
+        match fused_relu {
+            true => values.for_each(|(d, &x)| *d = relu(x * scale + shift)),
+            false => values.for_each(|(d, &x)| *d = x * scale + shift),
+        }
     });
     out
 }
 
 /// The gradients of [`normalize`] with the batch's own statistics (`mean`, `var` from
 /// [`batch_stats`] of `input`) with respect to the input, γ and β, given the output
-/// gradient.
+/// gradient. With `relu_output` (the output of a fused ReLU), the gradient passes the ReLU
+/// first: it counts only where that output passes it.
 pub fn normalize_backward(
     geom: &NormGeometry,
     input: &[f32],
     output_grad: &[f32],
+    relu_output: Option<&[f32]>,
     [mean, var, gamma]: [&[f32]; 3],
     epsilon: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     assert_eq!(input.len(), geom.len(), "batch_norm: input size");
     assert_eq!(output_grad.len(), geom.len(), "batch_norm: gradient size");
+    // Without a ReLU every gradient passes: the output gradient stands in as a mask of
+    // ones (`passes` ignores it then).
+    let (mask, fused) = match relu_output {
+        Some(output) => {
+            assert_eq!(output.len(), geom.len(), "batch_norm: ReLU output size");
+            (output, true)
+        }
+        None => (output_grad, false),
+    };
+    let pass = move |g: f32, y: f32| if !fused || passes_relu(y) { g } else { 0.0 };
     let inv_std: Vec<f64> = var
         .iter()
         .map(|&v| 1.0 / (f64::from(v) + epsilon).sqrt())
@@ -124,16 +154,21 @@ pub fn normalize_backward(
         .into_par_iter()
         .map(|c| {
             let m = mean[c];
+            let planes = |at: usize| {
+                let span = at..at + geom.plane;
+                (
+                    &input[span.clone()],
+                    &output_grad[span.clone()],
+                    &mask[span],
+                )
+            };
             let sum_dy = geom.channel_sum(c, |at| {
-                let dy = &output_grad[at..at + geom.plane];
-                f64::from(lane_sum(dy, dy, |g, _| g))
+                let (x, dy, y) = planes(at);
+                f64::from(lane_sum(x, dy, y, |_, g, y| pass(g, y)))
             });
             let sum_dy_centred = geom.channel_sum(c, |at| {
-                let (x, dy) = (
-                    &input[at..at + geom.plane],
-                    &output_grad[at..at + geom.plane],
-                );
-                f64::from(lane_sum(x, dy, |x, g| (x - m) * g))
+                let (x, dy, y) = planes(at);
+                f64::from(lane_sum(x, dy, y, |x, g, y| (x - m) * pass(g, y)))
             });
             (sum_dy as f32, (sum_dy_centred * inv_std[c]) as f32)
         })
@@ -152,10 +187,11 @@ pub fn normalize_backward(
     per_plane(geom, &mut input_grad, input, |i, dst, x| {
         let [a, b, k] = coefficients[i % geom.channels];
         let dy = &output_grad[i * geom.plane..][..geom.plane];
+        let y = &mask[i * geom.plane..][..geom.plane];
         dst.iter_mut()
             .zip(x)
-            .zip(dy)
-            .for_each(|((d, &x), &g)| *d = a * g + b * x + k);
+            .zip(dy.iter().zip(y))
+            .for_each(|((d, &x), (&g, &y))| *d = a * pass(g, y) + b * x + k);
     });
     (input_grad, gamma_grad, beta_grad)
 }
@@ -190,7 +226,7 @@ mod tests {
             let product = |x: f32, y: f32| x * y;
             let exact: f64 = a.iter().zip(&b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
             let magnitude: f64 = a.iter().zip(&b).map(|(&x, &y)| f64::from(x * y).abs()).sum();
-            let got = f64::from(lane_sum(&a, &b, product));
+            let got = f64::from(lane_sum(&a, &b, &b, |x, y, _| product(x, y)));
             prop_assert!((got - exact).abs() <= 1e-5 * (1.0 + magnitude), "{got} vs {exact}");
         }
     }

@@ -1,7 +1,9 @@
 //! Training-mode BatchNorm of feature maps on flex (the `kernels` module) as two backend-extension
 //! operations: the batch statistics (not differentiated: they feed the running statistics
 //! and, as saved state, the backward step) and the normalisation, whose backward step
-//! differentiates through the statistics as burn's `batch_norm_train` does.
+//! differentiates through the statistics as burn's `batch_norm_train` does. A ReLU right
+//! after the normalisation can run inside it ([`batch_norm_relu`]): one pass over the
+//! activation forward and one backward instead of two each.
 
 mod kernels;
 
@@ -23,13 +25,14 @@ pub trait FlexBatchNorm: Backend {
     fn batch_stats(input: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// `input` normalised with `stats` (from [`FlexBatchNorm::batch_stats`] of `input`),
-    /// scaled by `gamma` and shifted by `beta`.
+    /// scaled by `gamma` and shifted by `beta`, then through burn's ReLU when `fused_relu`.
     fn batch_norm_train(
         input: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         epsilon: f64,
+        fused_relu: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -56,6 +59,7 @@ impl FlexBatchNorm for Flex {
         beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         epsilon: f64,
+        fused_relu: bool,
     ) -> FloatTensor<Self> {
         let (input, gamma, beta, stats) = (
             host_f32(input),
@@ -65,7 +69,8 @@ impl FlexBatchNorm for Flex {
         );
         let (mean, var) = stats.values().split_at(input.shape[1]);
         let params = [mean, var, gamma.values(), beta.values()];
-        let out = normalize(&geometry(&input.shape), input.values(), params, epsilon);
+        let geom = geometry(&input.shape);
+        let out = normalize(&geom, input.values(), params, epsilon, fused_relu);
         flex_tensor(out, to4(&input.shape))
     }
 }
@@ -81,6 +86,7 @@ impl<C: CheckpointStrategy> FlexBatchNorm for Autodiff<Flex, C> {
         beta: FloatTensor<Self>,
         stats: FloatTensor<Self>,
         epsilon: f64,
+        fused_relu: bool,
     ) -> FloatTensor<Self> {
         let prep = NormBackward
             .prepare::<C>([input.node(), gamma.node(), beta.node()])
@@ -94,32 +100,48 @@ impl<C: CheckpointStrategy> FlexBatchNorm for Autodiff<Flex, C> {
             beta.into_primitive(),
             stats.clone(),
             epsilon,
+            fused_relu,
         );
         match prep {
-            OpsKind::Tracked(prep) => prep.finish((x, g, stats, epsilon), out),
+            OpsKind::Tracked(prep) => {
+                let relu_output = fused_relu.then(|| out.clone());
+                prep.finish((x, g, stats, epsilon, relu_output), out)
+            }
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }
 }
 
-/// The backward step: gradients of input, γ and β from the saved input, γ and statistics.
+/// The backward step: gradients of input, γ and β from the saved input, γ and statistics
+/// (and the output, with a fused ReLU).
 #[derive(Debug)]
 struct NormBackward;
 
+/// What the backward step keeps: input, γ, statistics, ε, the output of a fused ReLU.
+type NormState = (
+    FloatTensor<Flex>,
+    FloatTensor<Flex>,
+    FloatTensor<Flex>,
+    f64,
+    Option<FloatTensor<Flex>>,
+);
+
 impl Backward<Flex, 3> for NormBackward {
-    type State = (FloatTensor<Flex>, FloatTensor<Flex>, FloatTensor<Flex>, f64);
+    type State = NormState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [input_node, gamma_node, beta_node] = ops.parents;
         let output_grad = host_f32(grads.consume::<Flex>(&ops.node));
-        let (input, gamma, stats, epsilon) = ops.state;
+        let (input, gamma, stats, epsilon, relu_output) = ops.state;
         let (input, gamma, stats) = (host_f32(input), host_f32(gamma), host_f32(stats));
+        let relu_output = relu_output.map(host_f32);
         let channels = input.shape[1];
         let (mean, var) = stats.values().split_at(channels);
         let (dx, dgamma, dbeta) = normalize_backward(
             &geometry(&input.shape),
             input.values(),
             output_grad.values(),
+            relu_output.as_ref().map(|y| y.values()),
             [mean, var, gamma.values()],
             epsilon,
         );
@@ -143,11 +165,27 @@ impl Backward<Flex, 3> for NormBackward {
 /// `f32` flex tensors by [`FlexBatchNorm`], updating the running statistics as burn does;
 /// by burn's BatchNorm otherwise.
 pub fn batch_norm(bn: &BatchNorm, input: Tensor<4>) -> Tensor<4> {
+    normalize_layer(bn, input, false)
+}
+
+/// `relu(bn.forward(input))`, the ReLU fused into the normalisation where [`batch_norm`]
+/// takes [`FlexBatchNorm`] (equal to the two operations one after the other, gradients
+/// included); burn's BatchNorm and ReLU otherwise.
+pub fn batch_norm_relu(bn: &BatchNorm, input: Tensor<4>) -> Tensor<4> {
+    normalize_layer(bn, input, true)
+}
+
+fn normalize_layer(bn: &BatchNorm, input: Tensor<4>, fused_relu: bool) -> Tensor<4> {
     let (gamma, beta) = (bn.gamma.val(), bn.beta.val());
     let training = input.device().is_autodiff() && bn.training.is_enabled();
     let [_, channels, _, _] = input.dims();
     if !training || !on_flex_f32(&[&input]) || !on_flex_f32(&[&gamma, &beta]) {
-        return bn.forward(input);
+        let out = bn.forward(input);
+        return if fused_relu {
+            burn::tensor::activation::relu(out)
+        } else {
+            out
+        };
     }
     let stats = Tensor::<2>::from_dispatch(<Dispatch as FlexBatchNorm>::batch_stats(
         input.clone().into_dispatch(),
@@ -158,6 +196,7 @@ pub fn batch_norm(bn: &BatchNorm, input: Tensor<4>) -> Tensor<4> {
         beta.into_dispatch(),
         stats.clone().into_dispatch(),
         bn.epsilon,
+        fused_relu,
     ));
     let stats = stats.detach();
     let update = |running: &burn::module::RunningState<Tensor<1>>, row: usize| {
