@@ -73,6 +73,26 @@ pub(crate) fn matmul(
     lhs: MatRef,
     rhs: MatRef,
 ) {
+    matmul_laid_out(m, n, k, (dst, Layout::RowMajor), accumulate, lhs, rhs);
+}
+
+/// How a product's `m × n` destination is stored.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    RowMajor,
+    ColumnMajor,
+}
+
+/// [`matmul`] into a destination stored as `layout` says.
+fn matmul_laid_out(
+    m: usize,
+    n: usize,
+    k: usize,
+    (dst, layout): (&mut [f32], Layout),
+    accumulate: bool,
+    lhs: MatRef,
+    rhs: MatRef,
+) {
     assert!(
         dst.len() >= m * n && lhs.covers(m, k) && rhs.covers(k, n),
         "matmul: views too short"
@@ -86,6 +106,10 @@ pub(crate) fn matmul(
         }
         return;
     }
+    let (dst_cs, dst_rs) = match layout {
+        Layout::RowMajor => (1, n),
+        Layout::ColumnMajor => (m, 1),
+    };
     // SAFETY: the assertion above keeps every index gemm touches inside the three slices, and
     // `dst` is borrowed mutably, so it aliases neither operand.
     unsafe {
@@ -94,8 +118,8 @@ pub(crate) fn matmul(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_cs as isize,
+            dst_rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,
@@ -192,23 +216,39 @@ pub(crate) fn par_matmul(m: usize, n: usize, k: usize, lhs: MatRef, rhs: MatRef)
             });
         return dst;
     }
+    // A right operand contiguous along the depth (a transposed row-major weight) is what
+    // the `gemm` crate's kernels read in place when the block is column-major; into a
+    // row-major block the crate transposes the product and packs that operand, a copy of
+    // the whole weight per product (13% of a reference ConvNet training step for fc1's
+    // input gradient).
+    let layout = match rhs.row_stride {
+        1 => Layout::ColumnMajor,
+        _ => Layout::RowMajor,
+    };
     let blocks: Vec<Vec<f32>> = (0..n.div_ceil(COLUMN_BLOCK))
         .into_par_iter()
         .map(|block| {
             let first = block * COLUMN_BLOCK;
             let width = COLUMN_BLOCK.min(n - first);
             let mut out = vec![0.0; m * width];
-            matmul(m, width, k, &mut out, false, lhs, rhs.from(0, first));
+            let rhs = rhs.from(0, first);
+            matmul_laid_out(m, width, k, (&mut out, layout), false, lhs, rhs);
             out
         })
         .collect();
     for (block, values) in blocks.iter().enumerate() {
         let width = values.len() / m;
-        let columns = dst
+        let rows = dst
             .chunks_exact_mut(n)
-            .map(|row| &mut row[block * COLUMN_BLOCK..]);
-        for (row, src) in columns.zip(values.chunks_exact(width)) {
-            row[..width].copy_from_slice(src);
+            .map(|row| &mut row[block * COLUMN_BLOCK..][..width]);
+        for (r, row) in rows.enumerate() {
+            match layout {
+                Layout::RowMajor => row.copy_from_slice(&values[r * width..][..width]),
+                Layout::ColumnMajor => {
+                    let column_values = values[r..].iter().step_by(m);
+                    row.iter_mut().zip(column_values).for_each(|(d, &v)| *d = v);
+                }
+            }
         }
     }
     dst
@@ -233,16 +273,19 @@ mod tests {
             .collect()
     }
 
-    /// [`par_matmul`] of small integers, with the left operand row-major or transposed,
-    /// equals the defining sum exactly.
-    fn check_product(m: usize, n: usize, k: usize, lhs_transposed: bool, seed: usize) {
+    /// [`par_matmul`] of small integers, with each operand row-major or transposed, equals
+    /// the defining sum exactly.
+    fn check_product(m: usize, n: usize, k: usize, [lhs_t, rhs_t]: [bool; 2], seed: usize) {
         let a = values(m * k, seed);
         let b = values(k * n, seed + 5);
-        let lhs = match lhs_transposed {
+        let lhs = match lhs_t {
             true => MatRef::transposed(&a, m),
             false => MatRef::rows(&a, k),
         };
-        let rhs = MatRef::rows(&b, n);
+        let rhs = match rhs_t {
+            true => MatRef::transposed(&b, k),
+            false => MatRef::rows(&b, n),
+        };
         assert_eq!(par_matmul(m, n, k, lhs, rhs), reference(m, n, k, lhs, rhs));
     }
 
@@ -254,10 +297,10 @@ mod tests {
             m in 1usize..1100,
             n in 1usize..600,
             k in 1usize..6,
-            lhs_transposed in any::<bool>(),
+            transposed in any::<[bool; 2]>(),
             seed in 0usize..13,
         ) {
-            check_product(m, n, k, lhs_transposed, seed);
+            check_product(m, n, k, transposed, seed);
         }
 
         #[test]
@@ -265,10 +308,10 @@ mod tests {
             m in 1usize..=FEW_ROWS + 1,
             n in 1usize..600,
             k in 1usize..2100,
-            lhs_transposed in any::<bool>(),
+            transposed in any::<[bool; 2]>(),
             seed in 0usize..13,
         ) {
-            check_product(m, n, k, lhs_transposed, seed);
+            check_product(m, n, k, transposed, seed);
         }
     }
 }
