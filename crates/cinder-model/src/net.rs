@@ -685,18 +685,24 @@ impl Plan {
             let inputs = spec.nodes.iter().flat_map(|n| &n.inputs);
             inputs.filter(|&input| slot(input) == of).count()
         };
-        for i in 1..steps.len() {
-            // Step `i - 1` writes slot `i`.
-            steps[i - 1].relu_next = matches!(steps[i - 1].kind, Kind::Norm(_))
-                && matches!(steps[i].kind, Kind::Relu)
-                && steps[i].inputs == [i]
-                && readers(i) == 1;
-        }
+        mark_relus_after_norms(&mut steps, readers);
         Self {
             spec,
             classes,
             steps,
         }
+    }
+}
+
+/// Marks each BatchNorm whose only reader is the ReLU right after it ([`Step::relu_next`]);
+/// `readers(slot)` counts the steps that read a slot.
+fn mark_relus_after_norms(steps: &mut [Step], readers: impl Fn(usize) -> usize) {
+    for i in 1..steps.len() {
+        // Step `i - 1` writes slot `i`.
+        steps[i - 1].relu_next = matches!(steps[i - 1].kind, Kind::Norm(_))
+            && matches!(steps[i].kind, Kind::Relu)
+            && steps[i].inputs == [i]
+            && readers(i) == 1;
     }
 }
 

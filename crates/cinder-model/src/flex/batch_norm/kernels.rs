@@ -92,7 +92,8 @@ pub fn batch_stats(geom: &NormGeometry, input: &[f32]) -> (Vec<f32>, Vec<f32>) {
         .unzip()
 }
 
-/// `(x − mean) / √(var + ε) · γ + β` per channel, through [`relu`] when `fused_relu`.
+/// `(x − mean) / √(var + ε) · γ + β` per channel, through burn's ReLU (the value where it
+/// is positive or NaN, else 0) when `fused_relu`.
 pub fn normalize(
     geom: &NormGeometry,
     input: &[f32],
@@ -137,7 +138,7 @@ pub fn normalize_backward(
     assert_eq!(input.len(), geom.len(), "batch_norm: input size");
     assert_eq!(output_grad.len(), geom.len(), "batch_norm: gradient size");
     // Without a ReLU every gradient passes: the output gradient stands in as a mask of
-    // ones (`passes` ignores it then).
+    // ones (`pass` ignores it then).
     let (mask, fused) = match relu_output {
         Some(output) => {
             assert_eq!(output.len(), geom.len(), "batch_norm: ReLU output size");
