@@ -237,54 +237,58 @@ fn convs() {
         drop(runs);
         conv_parts(h, c, n, &input, &packed);
         if c <= MAX_DIRECT_CHANNELS {
-            direct_against_im2col(h, c, n, (&input, &weights), &packed);
+            direct_against_im2col(&mut rng, [h, c, n], true);
+            // ResNet-20's stem: no pool, 16 outputs.
+            direct_against_im2col(&mut rng, [h, c, 16], false);
         }
     }
 }
 
-/// One image's pooled sums of a few-channel convolution by the direct kernel and by
-/// im2col + GEMM + the 2×2 pool of the sums (µs, alternating).
-fn direct_against_im2col(
-    h: usize,
-    c: usize,
-    n: usize,
-    (input, weights): (&[i8], &[i8]),
-    packed: &PackedMatrix,
-) {
+/// One image's sums of a few-channel 3×3 convolution (`h × h × c` -> `n`, pooled 2×2 when
+/// `pool`) by the direct kernel and by im2col + GEMM (+ the pool of the sums), µs,
+/// alternating.
+fn direct_against_im2col(rng: &mut Rng, [h, c, n]: [usize; 3], pool: bool) {
+    let k = 9 * c;
+    let (input, weights) = (codes(rng, h * h * c), codes(rng, n * k));
+    let packed = PackedMatrix::pack(&weights, n, k).expect("valid");
     let window = NhwcWindow {
         input: [h, h, c],
         kernel: [3, 3],
         stride: [1, 1],
         padding: [1, 1],
     };
-    let filter = DirectFilter::pack_for(Isa::detect(), weights, n, window, 0).expect("valid");
-    let k = 9 * c;
+    let filter = DirectFilter::pack_for(Isa::detect(), &weights, n, window, 0).expect("valid");
     let (mut cols, mut sums) = (vec![0i8; h * h * k], vec![0i32; h * h * n]);
-    let (mut pooled, mut direct) = (vec![0i32; h * h * n / 4], vec![0i32; h * h * n / 4]);
+    let (mut pooled, mut direct) = (vec![0i32; h * h * n / 4], vec![0i32; h * h * n]);
     let mut padded = Vec::new();
     let mut ran = Isa::Generic;
+    let input = &input;
     let med = alternate(
         200,
         &mut [
             Box::new(|| {
                 im2col_nhwc_s8(black_box(input), h, h, c, 3, 1, 1, 0, &mut cols, k);
-                gemm_s8(&cols, k, h * h, packed, &mut sums, n);
-                max_pool2x2_s32(&sums, h, h, n, &mut pooled);
+                gemm_s8(&cols, k, h * h, &packed, &mut sums, n);
+                if pool {
+                    max_pool2x2_s32(&sums, h, h, n, &mut pooled);
+                }
             }),
             Box::new(|| {
                 ran = direct_conv_nhwc_s8(
                     &filter,
                     black_box(input),
                     0..h,
-                    true,
+                    pool,
                     &mut padded,
                     &mut direct,
                 );
             }),
         ],
     );
+    let what = if pool { "pooled sums" } else { "sums" };
     println!(
-        "    pooled sums: im2col + GEMM + pool {:.1} us, direct kernel ({ran}) {:.1} us",
+        "    {h}x{h}x{c} -> {n} {what}: im2col + GEMM{} {:.1} us, direct kernel ({ran}) {:.1} us",
+        if pool { " + pool" } else { "" },
         med[0] * 1e6,
         med[1] * 1e6
     );
