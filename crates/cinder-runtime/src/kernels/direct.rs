@@ -83,10 +83,8 @@ impl DirectFilter {
 
     /// Packs `codes` (`[n][ky][kx][c]`, symmetric: zero point 0) of a convolution over
     /// `window` that [`Self::fits`], reading input zero point `zp_in`, for the best path at
-    /// or below `isa`. Errors if `codes` does not hold `out_channels · taps · c` values.
-    ///
-    /// # Panics
-    /// If the window does not fit (see [`Self::fits`]).
+    /// or below `isa`. Errors if the window does not fit or `codes` does not hold
+    /// `out_channels · taps · c` values.
     pub fn pack_for(
         isa: Isa,
         codes: &[i8],
@@ -94,10 +92,12 @@ impl DirectFilter {
         window: NhwcWindow,
         zp_in: i8,
     ) -> Result<Self, KernelError> {
-        assert!(
-            Self::fits(&window, out_channels, true),
-            "direct convolution: window {window:?} does not fit"
-        );
+        if !Self::fits(&window, out_channels, true) {
+            return Err(KernelError::DirectWindow {
+                window,
+                out_channels,
+            });
+        }
         let c = window.input[2];
         let taps = window.kernel[0] * window.kernel[1];
         KernelError::check_length(codes.len(), out_channels, taps * c)?;

@@ -136,6 +136,14 @@ pub enum KernelError {
         "filter: weight at row {row}, depth {col} is {value} from its zero point, expected at most 255"
     )]
     CenteredWeightOutOfRange { row: usize, col: usize, value: i64 },
+    /// A window the direct kernel does not compute (see [`DirectFilter::fits`]).
+    #[error(
+        "direct convolution: window {window:?} into {out_channels} channels does not fit (at most {MAX_DIRECT_CHANNELS} input channels, stride 1, an output of at least 2x2)"
+    )]
+    DirectWindow {
+        window: NhwcWindow,
+        out_channels: usize,
+    },
     /// So many taps in a depthwise window that a sum could overflow i32.
     #[error("depthwise filter: {taps} taps exceed {max} (i32 sums could overflow)")]
     TooManyTaps { taps: usize, max: usize },

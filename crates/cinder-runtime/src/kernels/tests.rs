@@ -1093,6 +1093,34 @@ fn wide_panels_are_cache_lines() {
 }
 
 #[test]
+fn direct_filter_rejects_windows_it_does_not_compute() {
+    let window = NhwcWindow {
+        input: [8, 8, 5],
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+    };
+    let five_channels = DirectFilter::pack_for(Isa::detect(), &[0; 45], 1, window, 0);
+    assert!(matches!(
+        five_channels,
+        Err(KernelError::DirectWindow { .. })
+    ));
+    let strided = NhwcWindow {
+        input: [8, 8, 3],
+        stride: [2, 2],
+        ..window
+    };
+    let err = DirectFilter::pack_for(Isa::detect(), &[0; 27], 1, strided, 0).unwrap_err();
+    assert!(err.to_string().contains("stride 1"), "{err}");
+    let short = NhwcWindow {
+        input: [8, 8, 3],
+        ..window
+    };
+    let err = DirectFilter::pack_for(Isa::detect(), &[0; 26], 1, short, 0).unwrap_err();
+    assert!(matches!(err, KernelError::WrongLength { .. }), "{err}");
+}
+
+#[test]
 fn depthwise_filter_rejects_what_could_overflow() {
     let taps = MAX_DEPTHWISE_TAPS + 1;
     assert_eq!(
