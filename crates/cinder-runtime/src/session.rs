@@ -20,7 +20,7 @@ use cinder_tensor::{Tensor, TensorRef};
 
 use crate::error::RunError;
 use crate::geometry::batch_size;
-use crate::plan::par::{Scratch, Shared, Tracked, grow};
+use crate::plan::par::{Shared, Tracked, Workers, grow};
 use crate::plan::{
     Buffer, Plan, PlannedStage, Stage, float_activation, float_add, float_concat, int_clamp,
     int_flatten,
@@ -44,13 +44,13 @@ pub struct StageTime {
 }
 
 /// The tensors of a run and per-thread and shared scratch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Workspace {
     ints: Vec<Vec<i8>>,
     floats: Vec<Vec<f32>>,
     /// The range of what each float buffer holds, as its producer tracked it.
     ranges: Vec<Tracked>,
-    slots: Vec<Scratch>,
+    slots: Workers,
     shared: Shared,
 }
 
@@ -63,7 +63,6 @@ struct Profile {
 /// A reusable runner of one model.
 pub struct Session<'m> {
     model: &'m QuantizedModel,
-    pool: rayon::ThreadPool,
     ws: Workspace,
     out_shape: Vec<usize>,
     profile: Option<Profile>,
@@ -80,25 +79,21 @@ impl QuantizedModel {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             t => t,
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| RunError::ThreadPool {
-                threads,
-                message: e.to_string(),
-            })?;
+        let slots = Workers::new(threads).map_err(|e| RunError::ThreadPool {
+            threads,
+            message: e.to_string(),
+        })?;
         let plan = self.plan();
         let ws = Workspace {
             ints: vec![Vec::new(); plan.int_buffers],
             // One at least: a model without steps copies its input there.
             floats: vec![Vec::new(); plan.float_buffers.max(1)],
             ranges: vec![Tracked::Empty; plan.float_buffers],
-            slots: (0..threads).map(|_| Scratch::default()).collect(),
+            slots,
             shared: Shared::default(),
         };
         Ok(Session {
             model: self,
-            pool,
             ws,
             out_shape: Vec::with_capacity(self.output_shape().len() + 1),
             profile: None,
@@ -121,18 +116,14 @@ impl Session<'_> {
         let batch = batch_size(input.shape(), model.input_shape())?;
         let (lo, hi) = min_max(input.data()).map_err(RunError::Input)?;
         let x = input.data();
-        let Self {
-            pool, ws, profile, ..
-        } = self;
-        pool.install(|| {
-            execute(
-                model.plan(),
-                batch,
-                (x, Tracked::Known(lo, hi)),
-                ws,
-                profile.as_mut(),
-            )
-        })?;
+        let Self { ws, profile, .. } = self;
+        execute(
+            model.plan(),
+            batch,
+            (x, Tracked::Known(lo, hi)),
+            ws,
+            profile.as_mut(),
+        )?;
         let len = batch * model.output_shape().iter().product::<usize>();
         let data: &[f32] = match model.plan().output {
             Buffer::Float(i) => &self.ws.floats[i][..len],

@@ -4,7 +4,7 @@
 
 use cinder_tensor::QuantParams;
 
-use super::par::{Scratch, Tracked, par_images, take_range};
+use super::par::{Tracked, Workers, par_images, take_range};
 use crate::kernels::quantize_f32_s8;
 
 /// The border into the int8 domain: calibrated parameters, NCHW -> NHWC.
@@ -15,7 +15,7 @@ pub(crate) struct InputQuantizer {
 }
 
 impl InputQuantizer {
-    pub fn run(&self, x: &[f32], y: &mut [i8], len: usize, slots: &mut [Scratch]) {
+    pub fn run(&self, x: &[f32], y: &mut [i8], len: usize, slots: &mut Workers) {
         par_images(x, len, y, len, slots, |image, out, _| {
             quantize_f32_s8(image, self.chw, &self.params, out)
         });
@@ -30,7 +30,7 @@ pub(crate) struct OutputDequantizer {
 }
 
 impl OutputDequantizer {
-    pub fn run(&self, x: &[i8], y: &mut [f32], len: usize, slots: &mut [Scratch]) -> Tracked {
+    pub fn run(&self, x: &[i8], y: &mut [f32], len: usize, slots: &mut Workers) -> Tracked {
         par_images(x, len, y, len, slots, |image, out, slot| {
             let p = &self.params;
             let (mut lo, mut hi) = (i8::MAX, i8::MIN);

@@ -6,7 +6,7 @@
 use super::dynamic::DynMatmul;
 use super::int::Requant;
 use super::par::{
-    BLOCKS_PER_SLOT, Scratch, Shared, Tracked, grow, par_blocks, par_images, take_range,
+    BLOCKS_PER_SLOT, Shared, Tracked, Workers, grow, par_blocks, par_images, take_range,
 };
 use crate::error::RunError;
 use crate::kernels::{
@@ -35,7 +35,7 @@ impl IntDepthwise {
 
     /// Whole images per thread; a batch smaller than the thread count splits each image's
     /// rows instead.
-    pub fn run(&self, x: &[i8], y: &mut [i8], slots: &mut [Scratch]) {
+    pub fn run(&self, x: &[i8], y: &mut [i8], slots: &mut Workers) {
         let [h, w, c] = self.window.input;
         let [oh, ow] = self.window.output();
         let (in_len, out_len) = (h * w * c, oh * ow * c);
@@ -77,7 +77,7 @@ impl DynDepthwise {
         x: &[f32],
         range: Option<(f32, f32)>,
         y: &mut [f32],
-        slots: &mut [Scratch],
+        slots: &mut Workers,
         shared: &mut Shared,
     ) -> Result<Tracked, RunError> {
         let p = self.mm.prepare(x, range, [], shared)?;

@@ -8,7 +8,8 @@ use cinder_tensor::QuantParams;
 
 use super::int::{ConvShape, WinogradSums, accumulate, split_linear};
 use super::par::{
-    Accum, BLOCKS_PER_SLOT, Scratch, Shared, Tracked, grow, par_blocks, par_images, take_range,
+    Accum, BLOCKS_PER_SLOT, Scratch, Shared, Tracked, Workers, grow, par_blocks, par_images,
+    take_range,
 };
 use crate::error::RunError;
 use crate::kernels::{PackedMatrix, max_pool2x2_s32, quantize_f32_s8};
@@ -177,7 +178,7 @@ impl DynConv {
         x: &[f32],
         range: Option<(f32, f32)>,
         y: &mut [f32],
-        slots: &mut [Scratch],
+        slots: &mut Workers,
         shared: &mut Shared,
     ) -> Result<Tracked, RunError> {
         let packed = match &self.kernel {
@@ -257,7 +258,7 @@ impl DynLinear {
         x: &[f32],
         range: Option<(f32, f32)>,
         y: &mut [f32],
-        slots: &mut [Scratch],
+        slots: &mut Workers,
         shared: &mut Shared,
     ) -> Result<Tracked, RunError> {
         let p = self.mm.prepare(x, range, [&self.weights], shared)?;

@@ -9,7 +9,9 @@ use std::ops::Range;
 use cinder_observers::min_max;
 
 use super::int::ConvShape;
-use super::par::{BLOCKS_PER_SLOT, Scratch, Tracked, grow, par_blocks, par_images, take_range};
+use super::par::{
+    BLOCKS_PER_SLOT, Scratch, Tracked, Workers, grow, par_blocks, par_images, take_range,
+};
 use crate::arith::{PoolKind, conv2d, pool_sample};
 use crate::geometry::{Geometry, Window};
 use crate::kernels::sgemm::{Bias, Gemm, PANEL, Right, TILE_ROWS, gemm, pack_panels, panels};
@@ -75,7 +77,7 @@ impl FloatGemm {
         in_len: usize,
         y: &mut [f32],
         out_len: usize,
-        slots: &mut [Scratch],
+        slots: &mut Workers,
     ) -> Tracked {
         match &self.kernel {
             FloatKernel::Conv { shape, weight } => {
@@ -100,7 +102,7 @@ impl FloatGemm {
         in_len: usize,
         y: &mut [f32],
         out_len: usize,
-        slots: &mut [Scratch],
+        slots: &mut Workers,
     ) {
         let (n, depth, pixels) = (self.bias.len(), shape.depth(), shape.pixels);
         // Whole panels, and one more: a row stride of a multiple of 4 KiB (1024 pixels)
@@ -163,14 +165,7 @@ impl FloatGemm {
 
     /// Rows split over the threads, one block each (a block streams all the weights), or
     /// (one row, several threads) panels of columns, several blocks each.
-    fn linear(
-        &self,
-        depth: usize,
-        weights: &[f32],
-        x: &[f32],
-        y: &mut [f32],
-        slots: &mut [Scratch],
-    ) {
+    fn linear(&self, depth: usize, weights: &[f32], x: &[f32], y: &mut [f32], slots: &mut Workers) {
         let n = self.bias.len();
         let bias = Bias::PerColumn(&self.bias);
         if y.len() == n && slots.len() > 1 {
@@ -219,7 +214,7 @@ pub(crate) struct FloatPool {
 }
 
 impl FloatPool {
-    pub fn run(&self, x: &[f32], y: &mut [f32], out_len: usize, slots: &mut [Scratch]) -> Tracked {
+    pub fn run(&self, x: &[f32], y: &mut [f32], out_len: usize, slots: &mut Workers) -> Tracked {
         let in_len = self.input.iter().product();
         let two_by_two = self.kind == PoolKind::Max && self.window == Window::square(2, 2, 0);
         par_images(x, in_len, y, out_len, slots, |image, out, slot| {
@@ -246,7 +241,7 @@ pub(crate) struct FloatDirect {
 }
 
 impl FloatDirect {
-    pub fn run(&self, x: &[f32], y: &mut [f32], out_len: usize, slots: &mut [Scratch]) -> Tracked {
+    pub fn run(&self, x: &[f32], y: &mut [f32], out_len: usize, slots: &mut Workers) -> Tracked {
         let Geometry::Conv {
             input,
             window,
@@ -332,13 +327,9 @@ mod tests {
         out_len: usize,
         threads: usize,
     ) -> (Vec<f32>, Tracked) {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        let mut slots: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
+        let mut slots = Workers::new(threads).unwrap();
         let mut y = vec![f32::NAN; x.len() / in_len * out_len];
-        let range = pool.install(|| layer.run(x, in_len, &mut y, out_len, &mut slots));
+        let range = layer.run(x, in_len, &mut y, out_len, &mut slots);
         (y, range)
     }
 

@@ -9,7 +9,7 @@
 
 use super::dynamic::DynMatmul;
 use super::int::{ConvShape, IntMatmul, accumulate};
-use super::par::{Scratch, Shared, Tracked, grow, par_images, take_range};
+use super::par::{Shared, Tracked, Workers, grow, par_images, take_range};
 use crate::error::RunError;
 use crate::kernels::{PackedMatrix, quantize_f32_s8};
 
@@ -25,7 +25,7 @@ pub(crate) struct IntGroupedConv {
 
 impl IntGroupedConv {
     /// Whole images per thread.
-    pub fn run(&self, x: &[i8], y: &mut [i8], slots: &mut [Scratch]) {
+    pub fn run(&self, x: &[i8], y: &mut [i8], slots: &mut Workers) {
         let [c_g, h, w] = self.shape.input;
         let (channels, n_g) = (c_g * self.groups.len(), self.groups[0].n());
         let n = n_g * self.groups.len();
@@ -69,7 +69,7 @@ impl DynGroupedConv {
         x: &[f32],
         range: Option<(f32, f32)>,
         y: &mut [f32],
-        slots: &mut [Scratch],
+        slots: &mut Workers,
         shared: &mut Shared,
     ) -> Result<Tracked, RunError> {
         let p = self.mm.prepare(x, range, &self.groups, shared)?;

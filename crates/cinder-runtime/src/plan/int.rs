@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use cinder_tensor::RequantMultiplier;
 
-use super::par::{Accum, BLOCKS_PER_SLOT, Scratch, grow, par_blocks, par_images};
+use super::par::{Accum, BLOCKS_PER_SLOT, Scratch, Workers, grow, par_blocks, par_images};
 use crate::error::Invalid;
 use crate::geometry::Window;
 use crate::kernels::{
@@ -500,7 +500,7 @@ impl IntConv {
         x: &[i8],
         batch: usize,
         y: &mut [i8],
-        slots: &mut [Scratch],
+        slots: &mut Workers,
         shared_cols: &mut Vec<i8>,
     ) {
         let (in_len, out_len) = (self.shape.in_len(), self.out_len());
@@ -596,7 +596,7 @@ pub(super) fn split_linear<Y: Send>(
     k: usize,
     n: usize,
     y: &mut [Y],
-    slots: &mut [Scratch],
+    slots: &mut Workers,
     f: impl Fn(&[i8], usize, Range<usize>, &mut Scratch, &mut [Y]) + Sync + Send,
 ) {
     let batch = y.len() / n;
@@ -618,7 +618,7 @@ pub(crate) struct IntLinear {
 }
 
 impl IntLinear {
-    pub fn run(&self, x: &[i8], y: &mut [i8], slots: &mut [Scratch]) {
+    pub fn run(&self, x: &[i8], y: &mut [i8], slots: &mut Workers) {
         split_linear(
             x,
             self.mm.k(),
@@ -639,7 +639,7 @@ pub(crate) struct IntPool {
 }
 
 impl IntPool {
-    pub fn run(&self, x: &[i8], y: &mut [i8], out_len: usize, slots: &mut [Scratch]) {
+    pub fn run(&self, x: &[i8], y: &mut [i8], out_len: usize, slots: &mut Workers) {
         let [c, h, w] = self.input;
         par_images(x, c * h * w, y, out_len, slots, |image, out, _| {
             max_pool2d_nhwc_s8(image, h, w, c, self.kernel, self.stride, out)

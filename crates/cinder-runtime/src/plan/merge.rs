@@ -2,7 +2,7 @@
 //! parameters, looked up in an [`AddTable`]) and `Concat` along channels (each input's channels rescaled
 //! into its place in every NHWC pixel; a vector is one pixel).
 
-use super::par::{BLOCKS_PER_SLOT, Scratch, par_blocks};
+use super::par::{BLOCKS_PER_SLOT, Workers, par_blocks};
 use crate::kernels::{AddTable, Clamp, Rescale, rescale_s8};
 
 /// An int8 `Add`: the output code of every pair of operand codes.
@@ -12,7 +12,7 @@ pub(crate) struct IntAdd {
 }
 
 impl IntAdd {
-    pub fn run(&self, a: &[i8], b: &[i8], y: &mut [i8], slots: &mut [Scratch]) {
+    pub fn run(&self, a: &[i8], b: &[i8], y: &mut [i8], slots: &mut Workers) {
         par_blocks(y, 1, 64, BLOCKS_PER_SLOT, slots, |first, block, _| {
             let n = block.len();
             self.table.add(&a[first..][..n], &b[first..][..n], block);

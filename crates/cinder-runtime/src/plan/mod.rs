@@ -22,6 +22,7 @@ mod int;
 mod merge;
 pub(crate) mod par;
 mod pool;
+mod team;
 
 pub(crate) use border::{InputQuantizer, OutputDequantizer};
 pub(crate) use depthwise::{DynDepthwise, IntDepthwise};

@@ -7,10 +7,10 @@
 //! is allocated.
 
 use std::marker::PhantomData;
-use std::ops::Range;
+use std::ops::{Deref, DerefMut, Range};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rayon::prelude::*;
+use super::team::Team;
 
 /// Blocks per thread for work split by images or by output pixels: enough for the
 /// threads to even out, few enough that a block keeps its weights in cache.
@@ -95,6 +95,36 @@ impl Tracked {
     }
 }
 
+/// A session's threads, each with its scratch (`workers[t]` is thread `t`'s).
+#[derive(Debug)]
+pub(crate) struct Workers {
+    team: Team,
+    scratch: Vec<Scratch>,
+}
+
+impl Workers {
+    /// The caller and `threads - 1` helper threads.
+    pub fn new(threads: usize) -> std::io::Result<Workers> {
+        let team = Team::new(threads)?;
+        let scratch = (0..team.threads()).map(|_| Scratch::default()).collect();
+        Ok(Workers { team, scratch })
+    }
+}
+
+impl Deref for Workers {
+    type Target = [Scratch];
+
+    fn deref(&self) -> &[Scratch] {
+        &self.scratch
+    }
+}
+
+impl DerefMut for Workers {
+    fn deref_mut(&mut self) -> &mut [Scratch] {
+        &mut self.scratch
+    }
+}
+
 /// The first `len` elements of `v`, growing it when it is shorter.
 pub(crate) fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     if v.len() < len {
@@ -146,7 +176,7 @@ pub(crate) fn par_blocks<Y: Send>(
     unit: usize,
     align: usize,
     per_slot: usize,
-    slots: &mut [Scratch],
+    slots: &mut Workers,
     f: impl Fn(usize, &mut [Y], &mut Scratch) + Sync + Send,
 ) {
     let unit = unit.max(1);
@@ -158,7 +188,11 @@ pub(crate) fn par_blocks<Y: Send>(
         * align;
     let (blocks, len) = (y.len().div_ceil(per * unit), y.len());
     let (y, next) = (Claimed::new(y), AtomicUsize::new(0));
-    slots.par_iter_mut().for_each(|slot| {
+    let Workers { team, scratch } = slots;
+    let scratch = Claimed::new(scratch);
+    team.run(&|thread| {
+        // SAFETY: each thread of the team runs this once, with its own index.
+        let slot = &mut unsafe { scratch.part(thread..thread + 1) }[0];
         loop {
             let b = next.fetch_add(1, Ordering::Relaxed);
             if b >= blocks {
@@ -178,7 +212,7 @@ pub(crate) fn par_images<X: Sync, Y: Send>(
     in_len: usize,
     y: &mut [Y],
     out_len: usize,
-    slots: &mut [Scratch],
+    slots: &mut Workers,
     f: impl Fn(&[X], &mut [Y], &mut Scratch) + Sync + Send,
 ) {
     par_blocks(
@@ -218,17 +252,14 @@ mod tests {
             per_slot in 1usize..5,
             threads in 1usize..4,
         ) {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            let mut slots: Vec<Scratch> = (0..threads).map(|_| Scratch::default()).collect();
+            let mut slots = Workers::new(threads).unwrap();
             let mut y = vec![usize::MAX; len];
-            pool.install(|| {
-                par_blocks(&mut y, unit, align, per_slot, &mut slots, |first, block, _| {
-                    assert_eq!(first % align, 0, "blocks start at a multiple of align");
-                    for (j, v) in block.iter_mut().enumerate() {
-                        assert_eq!(*v, usize::MAX, "written twice");
-                        *v = first * unit + j;
-                    }
-                })
+            par_blocks(&mut y, unit, align, per_slot, &mut slots, |first, block, _| {
+                assert_eq!(first % align, 0, "blocks start at a multiple of align");
+                for (j, v) in block.iter_mut().enumerate() {
+                    assert_eq!(*v, usize::MAX, "written twice");
+                    *v = first * unit + j;
+                }
             });
             prop_assert!(y.iter().enumerate().all(|(i, &v)| v == i));
         }

@@ -1,7 +1,7 @@
 //! Int8 pools over any window (padding, rectangular, global): maximum, and average with
 //! the exact integer rounding of [`crate::kernels`] `pool`; the parameters carry over.
 
-use super::par::{Scratch, grow, par_images};
+use super::par::{Workers, grow, par_images};
 use crate::arith::PoolKind;
 use crate::kernels::{NhwcWindow, avg_pool_nhwc_s8, max_pool_nhwc_s8};
 
@@ -14,7 +14,7 @@ pub(crate) struct IntWindowPool {
 }
 
 impl IntWindowPool {
-    pub fn run(&self, x: &[i8], y: &mut [i8], out_len: usize, slots: &mut [Scratch]) {
+    pub fn run(&self, x: &[i8], y: &mut [i8], out_len: usize, slots: &mut Workers) {
         let [h, w, c] = self.window.input;
         par_images(
             x,
