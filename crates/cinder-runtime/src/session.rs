@@ -269,7 +269,7 @@ fn int_stage(
         floats,
         ranges,
         slots,
-        shared,
+        ..
     } = ws;
     let x = |k: usize| {
         let (b, len) = ps.inputs[k];
@@ -281,7 +281,7 @@ fn int_stage(
             let (x, _) = float_in(input, floats, ranges, b, batch * len);
             q.run(x, y, len, slots);
         }
-        Stage::IntConv(c) => c.run(x(0), batch, y, slots, &mut shared.cols),
+        Stage::IntConv(c) => c.run(x(0), batch, y, slots),
         Stage::IntDepthwise(d) => d.run(x(0), y, slots),
         Stage::IntGroupedConv(g) => g.run(x(0), y, slots),
         Stage::IntLinear(l) => l.run(x(0), y, slots),

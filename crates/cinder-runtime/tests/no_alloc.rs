@@ -85,7 +85,8 @@ fn runs_after_warm_up_do_not_allocate() {
             }
             let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
             assert_eq!(
-                allocated, 0,
+                allocated,
+                0,
                 "{modes:?} {algorithm:?}: allocations in {} runs",
                 2 * 630
             );

@@ -4,7 +4,10 @@
 //! Both are portable code that the compiler vectorizes; on x86_64 they are compiled a
 //! second time with AVX2 and picked by the process's path ([`super::isa::dispatch`]).
 
+use std::ops::Range;
+
 use super::isa::dispatch;
+use super::window::NhwcWindow;
 use super::work::Vectorizable;
 
 /// Output size of a window sliding over `input` positions: `(input + 2·padding − kernel)
@@ -111,15 +114,52 @@ pub fn im2col_nhwc_s8(
     out_ld: usize,
 ) {
     let g = Geometry::new("im2col", input, [h, w, c], kernel, stride, padding);
-    let k = kernel * kernel * c;
-    let needed = (g.oh * g.ow - 1) * out_ld + k;
+    let window = NhwcWindow {
+        input: [h, w, c],
+        kernel: [kernel; 2],
+        stride: [stride; 2],
+        padding: [padding; 2],
+    };
+    im2col_square_rows_s8(input, &window, 0..g.oh, pad_value, out, out_ld);
+}
+
+/// [`im2col_nhwc_s8`] of the output rows `rows` only, for a square window (same kernel,
+/// stride and padding along both axes): row `(oy - rows.start) · ow + ox` of `out` holds
+/// the window at `(oy, ox)`.
+///
+/// # Panics
+/// If the window is not square or does not fit, `rows` reaches past the output,
+/// `out_ld < kernel²·c`, or a buffer is too short.
+pub(super) fn im2col_square_rows_s8(
+    input: &[i8],
+    window: &NhwcWindow,
+    rows: Range<usize>,
+    pad_value: i8,
+    out: &mut [i8],
+    out_ld: usize,
+) {
+    let [h, w, c] = window.input;
+    let (kernel, stride, padding) = (window.kernel[0], window.stride[0], window.padding[0]);
     assert!(
-        out_ld >= k && out.len() >= needed,
+        window.kernel[1] == kernel && window.stride[1] == stride && window.padding[1] == padding,
+        "im2col: window {window:?} is not square"
+    );
+    let g = Geometry::new("im2col", input, [h, w, c], kernel, stride, padding);
+    let k = kernel * kernel * c;
+    assert!(
+        rows.start <= rows.end && rows.end <= g.oh,
+        "im2col: rows {rows:?} past {} output rows",
+        g.oh
+    );
+    let needed = (rows.len() * g.ow).saturating_sub(1) * out_ld + k;
+    assert!(
+        out_ld >= k && (rows.is_empty() || out.len() >= needed),
         "im2col: out too short or out_ld {out_ld} < {k}"
     );
-    if k > 0 {
+    if k > 0 && !rows.is_empty() {
         dispatch(Im2col {
             src: Image { g, data: input },
+            rows,
             pad_value,
             out,
             out_ld,
@@ -169,6 +209,7 @@ impl Image<'_> {
 /// The work of [`im2col_nhwc_s8`], checked.
 struct Im2col<'a> {
     src: Image<'a>,
+    rows: Range<usize>,
     pad_value: i8,
     out: &'a mut [i8],
     out_ld: usize,
@@ -181,6 +222,7 @@ impl Vectorizable for Im2col<'_> {
     fn run(self) {
         let Self {
             src,
+            rows,
             pad_value,
             out,
             out_ld,
@@ -193,8 +235,9 @@ impl Vectorizable for Im2col<'_> {
             .checked_sub(g.kernel)
             .map_or(0, |room| (room / g.stride + 1).min(g.ow))
             .max(inside_lo);
-        for oy in 0..g.oh {
-            let rows = &mut out[oy * g.ow * out_ld..];
+        let first = rows.start;
+        for oy in rows {
+            let rows = &mut out[(oy - first) * g.ow * out_ld..];
             for ky in 0..g.kernel {
                 let (y, at) = (oy * g.stride + ky, |ox: usize| ox * out_ld + ky * span);
                 let Some(line) = g.at(y, g.padding).map(|i| &src.data[i..i + g.w * g.c]) else {

@@ -205,7 +205,7 @@ impl DynConv {
                     w.accumulate(q, zp, 0..w.geometry.tile_rows(), accum);
                 }
                 DynConvKernel::Im2col(weights) => {
-                    let a = self.shape.lhs(q, zp, cols);
+                    let a = self.shape.lhs(q, zp, self.shape.rows(), cols);
                     let zp_w = self.mm.zp_w.as_deref();
                     accumulate(weights, zp_w, a, pixels, 0..n, accum);
                 }

@@ -43,7 +43,9 @@ impl IntGroupedConv {
                     {
                         dst.copy_from_slice(&pixel[g * c_g..][..c_g]);
                     }
-                    let a = self.shape.lhs(part, self.zp_in, &mut slot.cols);
+                    let a = self
+                        .shape
+                        .lhs(part, self.zp_in, self.shape.rows(), &mut slot.cols);
                     mm.run_strided(a, pixels, &mut slot.accum, &mut out[g * n_g..], n);
                 }
             },
@@ -89,7 +91,9 @@ impl DynGroupedConv {
                     let q = grow(&mut slot.q, group_len);
                     let channels = &image[g * group_len..][..group_len];
                     quantize_f32_s8(channels, Some(self.shape.input), &p, q);
-                    let a = self.shape.lhs(q, p.zero_point as i8, &mut slot.cols);
+                    let a =
+                        self.shape
+                            .lhs(q, p.zero_point as i8, self.shape.rows(), &mut slot.cols);
                     let zp_w = zp_w.map(|z| &z[g * n_g..][..n_g]);
                     accumulate(weights, zp_w, a, pixels, 0..n_g, &mut slot.accum);
                     let cols = g * n_g..(g + 1) * n_g;

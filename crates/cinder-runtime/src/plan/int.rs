@@ -30,9 +30,9 @@ use crate::error::Invalid;
 use crate::geometry::Window;
 use crate::kernels::{
     DirectFilter, MAX_WINOGRAD_CHANNELS, NR, OutputStage, PackedMatrix, WINOGRAD_POSITIONS,
-    WinogradFilter, WinogradGeometry, direct_conv_nhwc_s8, gemm_s8_cols, im2col_nhwc_s8,
-    im2col_window_s8, max_pool2d_nhwc_s8, max_pool2x2_s32, requantize_s8_rows, row_sums_s8,
-    winograd_input_tiles, winograd_multiply, winograd_output_tiles, winograd_products_stride,
+    WinogradFilter, WinogradGeometry, direct_conv_nhwc_s8, gemm_s8_cols, im2col_window_s8,
+    max_pool2d_nhwc_s8, max_pool2x2_s32, requantize_s8_rows, row_sums_s8, winograd_input_tiles,
+    winograd_multiply, winograd_output_tiles, winograd_products_stride,
 };
 
 /// Fewest input channels for which a convolution takes Winograd. Its transforms cost per
@@ -364,21 +364,26 @@ impl ConvShape {
         self.window.taps() * self.input[0]
     }
 
-    /// The GEMM's left operand for one image: the image itself for a 1x1, stride-1,
-    /// unpadded convolution, else its im2col rows in `cols`.
-    pub fn lhs<'a>(&self, image: &'a [i8], pad: i8, cols: &'a mut Vec<i8>) -> &'a [i8] {
+    /// All output rows.
+    pub fn rows(&self) -> Range<usize> {
+        0..self.out_hw().0
+    }
+
+    /// The GEMM's left operand for output rows `rows` of one image: the image's own pixels
+    /// for a 1x1, stride-1, unpadded convolution, else their im2col rows in `cols`.
+    pub fn lhs<'a>(
+        &self,
+        image: &'a [i8],
+        pad: i8,
+        rows: Range<usize>,
+        cols: &'a mut Vec<i8>,
+    ) -> &'a [i8] {
+        let (ow, k) = (self.out_hw().1, self.depth());
         if self.window == Window::square(1, 1, 0) {
-            return image;
+            return &image[rows.start * ow * k..rows.end * ow * k];
         }
-        let [c, h, w] = self.input;
-        let k = self.depth();
-        let out = grow(cols, self.pixels * k);
-        match self.window.as_square() {
-            Some((kernel, stride, padding)) => {
-                im2col_nhwc_s8(image, h, w, c, kernel, stride, padding, pad, out, k)
-            }
-            None => im2col_window_s8(image, &self.window.nhwc(self.input), pad, out, k),
-        }
+        let out = grow(cols, rows.len() * ow * k);
+        im2col_window_s8(image, &self.window.nhwc(self.input), rows, pad, out, k);
         out
     }
 }
@@ -484,43 +489,28 @@ impl IntConv {
         }
     }
 
-    /// What the kernel reads of one image: its im2col rows, or (Winograd, direct) the
-    /// image.
-    fn lhs<'a>(&self, image: &'a [i8], cols: &'a mut Vec<i8>) -> &'a [i8] {
+    /// What the kernel reads for output rows `rows` of one image: their im2col rows, or
+    /// (Winograd, direct) the image.
+    fn lhs<'a>(&self, image: &'a [i8], rows: Range<usize>, cols: &'a mut Vec<i8>) -> &'a [i8] {
         match self.kernel {
-            ConvKernel::Im2col(_) => self.shape.lhs(image, self.zp_in, cols),
+            ConvKernel::Im2col(_) => self.shape.lhs(image, self.zp_in, rows, cols),
             ConvKernel::Winograd(_) | ConvKernel::Direct(_) => image,
         }
     }
 
     /// Whole images per thread; a batch smaller than the thread count splits each image's
-    /// units of work instead.
-    pub fn run(
-        &self,
-        x: &[i8],
-        batch: usize,
-        y: &mut [i8],
-        slots: &mut Workers,
-        shared_cols: &mut Vec<i8>,
-    ) {
+    /// units of work instead (each thread building the im2col rows of its own units).
+    pub fn run(&self, x: &[i8], batch: usize, y: &mut [i8], slots: &mut Workers) {
         let (in_len, out_len) = (self.shape.in_len(), self.out_len());
         if batch >= slots.len() {
             let units = 0..self.conv_rows().div_ceil(self.unit_rows());
             par_images(x, in_len, y, out_len, slots, |image, out, slot| {
-                let Scratch {
-                    cols,
-                    accum,
-                    pooled,
-                    ..
-                } = slot;
-                let a = self.lhs(image, cols);
-                self.run_units(a, units.clone(), accum, pooled, out);
+                self.run_units(image, units.clone(), slot, out);
             });
             return;
         }
         let unit = self.unit_len();
         for (image, out) in x.chunks_exact(in_len).zip(y.chunks_exact_mut(out_len)) {
-            let a = self.lhs(image, shared_cols);
             par_blocks(
                 out,
                 unit,
@@ -529,22 +519,21 @@ impl IntConv {
                 slots,
                 |first, block, slot| {
                     let units = first..first + block.len().div_ceil(unit);
-                    self.run_units(a, units, &mut slot.accum, &mut slot.pooled, block);
+                    self.run_units(image, units, slot, block);
                 },
             );
         }
     }
 
-    /// The units of work `units` of one image (`a` as [`Self::lhs`] gives it) into `out`:
-    /// their rows' sums, pooled when fused, through the output stage.
-    fn run_units(
-        &self,
-        a: &[i8],
-        units: Range<usize>,
-        accum: &mut Accum,
-        pooled: &mut Vec<i32>,
-        out: &mut [i8],
-    ) {
+    /// The units of work `units` of one image into `out`: their rows' sums, pooled when
+    /// fused, through the output stage.
+    fn run_units(&self, image: &[i8], units: Range<usize>, slot: &mut Scratch, out: &mut [i8]) {
+        let Scratch {
+            cols,
+            accum,
+            pooled,
+            ..
+        } = slot;
         let per = self.unit_rows();
         let rows = units.start * per..self.conv_rows().min(units.end * per);
         let (ow, n) = (self.shape.out_hw().1, self.n());
@@ -552,11 +541,9 @@ impl IntConv {
             true => rows.len() / 2 * (ow / 2),
             false => rows.len() * ow,
         };
+        let a = self.lhs(image, rows.clone(), cols);
         let sums = match &self.kernel {
-            ConvKernel::Im2col(mm) => {
-                let k = self.shape.depth();
-                mm.sums(&a[rows.start * ow * k..], rows.len() * ow, accum)
-            }
+            ConvKernel::Im2col(mm) => mm.sums(a, rows.len() * ow, accum),
             ConvKernel::Winograd(w) => {
                 // Pairs of rows from the first: the tile rows hold exactly these rows.
                 let tile_rows = rows.start / 2..rows.end.div_ceil(2);

@@ -36,7 +36,7 @@ pub(crate) struct Accum {
 /// What one thread needs for its block.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
-    /// im2col rows of one image.
+    /// im2col rows of one image, or of the part of one image this thread computes.
     pub cols: Vec<i8>,
     /// A dynamically quantized input image.
     pub q: Vec<i8>,
@@ -54,8 +54,6 @@ pub(crate) struct Scratch {
 /// Buffers shared by all threads of a stage (written before the parallel part).
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
-    /// im2col of the one image when a batch is smaller than the thread count.
-    pub cols: Vec<i8>,
     /// A dynamically quantized batch (linear layers).
     pub q: Vec<i8>,
     /// Per-column accumulator offset and scale of a dynamic layer for this batch.

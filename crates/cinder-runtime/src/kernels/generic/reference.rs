@@ -128,22 +128,41 @@ pub fn im2col_nhwc_s8(
     out: &mut [i8],
     out_ld: usize,
 ) {
-    let oh = (h + 2 * padding - kernel) / stride + 1;
-    let ow = (w + 2 * padding - kernel) / stride + 1;
+    let window = NhwcWindow {
+        input: [h, w, c],
+        kernel: [kernel; 2],
+        stride: [stride; 2],
+        padding: [padding; 2],
+    };
+    im2col_window_s8(input, &window, pad_value, out, out_ld);
+}
+
+/// im2col of one NHWC image over any window: row `oy · ow + ox`, column
+/// `(ky · kw + kx) · c + ch`.
+pub fn im2col_window_s8(
+    input: &[i8],
+    window: &NhwcWindow,
+    pad_value: i8,
+    out: &mut [i8],
+    out_ld: usize,
+) {
+    let [h, w, c] = window.input;
+    let [oh, ow] = window.output();
+    let [kh, kw] = window.kernel;
     for oy in 0..oh {
         for ox in 0..ow {
-            for ky in 0..kernel {
-                for kx in 0..kernel {
+            for ky in 0..kh {
+                for kx in 0..kw {
                     for ch in 0..c {
-                        let y = (oy * stride + ky) as isize - padding as isize;
-                        let x = (ox * stride + kx) as isize - padding as isize;
+                        let y = (oy * window.stride[0] + ky) as isize - window.padding[0] as isize;
+                        let x = (ox * window.stride[1] + kx) as isize - window.padding[1] as isize;
                         let inside = y >= 0 && x >= 0 && (y as usize) < h && (x as usize) < w;
                         let value = if inside {
                             input[(y as usize * w + x as usize) * c + ch]
                         } else {
                             pad_value
                         };
-                        out[(oy * ow + ox) * out_ld + (ky * kernel + kx) * c + ch] = value;
+                        out[(oy * ow + ox) * out_ld + (ky * kw + kx) * c + ch] = value;
                     }
                 }
             }
