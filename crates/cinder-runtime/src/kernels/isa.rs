@@ -28,8 +28,9 @@ pub enum Isa {
     /// the EVEX encoding, for servers where zmm code lowers the clock; everything else as
     /// [`Isa::Avx2`].
     Avx512VnniYmm,
-    /// AVX-512 VNNI on zmm: the int8 GEMM (`vpdpbusd`) and Winograd's i16 GEMMs
-    /// (`vpdpwssd`); everything else as [`Isa::Avx2`].
+    /// AVX-512 VNNI on zmm: the int8 GEMM (`vpdpbusd`), Winograd's i16 GEMMs
+    /// (`vpdpwssd`), the depthwise and direct convolutions and the output stage;
+    /// everything else as [`Isa::Avx2`].
     Avx512Vnni,
 }
 
@@ -126,6 +127,14 @@ impl Isa {
     #[cfg(target_arch = "x86_64")]
     pub(super) fn avx2(self) -> Option<Avx2> {
         (self >= Self::Avx2).then(Avx2::detect).flatten()
+    }
+
+    /// The AVX-512 VNNI token, when this is the zmm path.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn avx512vnni(self) -> Option<Avx512Vnni> {
+        (self == Self::Avx512Vnni)
+            .then(Avx512Vnni::detect)
+            .flatten()
     }
 }
 

@@ -133,8 +133,8 @@ pub fn requantize_s8_rows(
     requantize_rows_with(Isa::detect(), stage, acc, acc_ld, rows, out, out_ld);
 }
 
-/// [`requantize_s8_rows`] on the path `isa` (AVX2 from [`Isa::Avx2`] up, when the CPU has
-/// it), operands checked.
+/// [`requantize_s8_rows`] on the path `isa` (AVX-512 on [`Isa::Avx512Vnni`], AVX2 from
+/// [`Isa::Avx2`] up, when the CPU has it), operands checked.
 pub(super) fn requantize_rows_with(
     isa: Isa,
     stage: &OutputStage<'_>,
@@ -144,6 +144,10 @@ pub(super) fn requantize_rows_with(
     out: &mut [i8],
     out_ld: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(token) = isa.avx512vnni() {
+        return token.requantize_rows(stage, acc, acc_ld, rows, out, out_ld);
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(token) = isa.avx2() {
         return token.requantize_rows(stage, acc, acc_ld, rows, out, out_ld);

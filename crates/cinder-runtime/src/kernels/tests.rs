@@ -170,8 +170,14 @@ struct RequantCase {
 }
 
 fn requant_case() -> impl Strategy<Value = RequantCase> {
-    (0usize..40, 1usize..4, 0usize..3, any::<bool>()).prop_flat_map(
-        |(n, rows, pad, per_channel)| {
+    // Past 128 channels too: the vector paths unpack multipliers in blocks of 128.
+    (
+        prop_oneof![4 => 0usize..40, 1 => 120usize..300],
+        1usize..4,
+        0usize..3,
+        any::<bool>(),
+    )
+        .prop_flat_map(|(n, rows, pad, per_channel)| {
             let mult = prop::collection::vec(multiplier(), if per_channel { n.max(1) } else { 1 });
             let zp = prop_oneof![-128i32..=127, -(1i32 << 24)..=(1 << 24)];
             let bounds = (-128i32..=127, -128i32..=127).prop_map(|(x, y)| (x.min(y), x.max(y)));
@@ -188,8 +194,7 @@ fn requant_case() -> impl Strategy<Value = RequantCase> {
                     seed,
                 },
             )
-        },
-    )
+        })
 }
 
 /// Accumulators: any i32, or (when `aimed`) chosen so the result lands inside the clamp

@@ -1,0 +1,159 @@
+//! The AVX-512 output stage: 16 channels per vector, rescaled as two vectors of eight
+//! 64-bit products (`vpmuldq`), rounded by one arithmetic shift (`vpsravq`), clamped and
+//! narrowed to bytes by `vpmovdb`; the last `n % 16` channels under a lane mask, so no
+//! channel takes the scalar path.
+
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+use super::Avx512Vnni;
+use crate::kernels::output::OutputStage;
+
+/// Channels whose multipliers are unpacked into lanes at a time.
+const CHANNEL_BLOCK: usize = 128;
+
+/// Requantization constants of a block of channels. Each group of 16 channels is
+/// rescaled as two vectors of eight 64-bit products, its even channels and its odd ones;
+/// the `i64` arrays hold, for the group at `g`, the even channels' constants at
+/// `g..g + 8` and the odd ones' at `g + 8..g + 16`.
+struct ChannelLanes {
+    /// Q0.31 mantissa per `i32` lane; `odd` holds channel `j + 1`'s at even `j`, for
+    /// `vpmuldq`.
+    mult: [i32; CHANNEL_BLOCK],
+    odd: [i32; CHANNEL_BLOCK],
+    /// The right shift `s = 31 - exponent` (in `1..=62`).
+    shift: [i64; CHANNEL_BLOCK],
+    /// `2^(s-1)`: with the arithmetic shift, `(p + 2^(s-1)) >> s` rounds half up, as
+    /// `RequantMultiplier::apply` does (`|p| < 2^62`, so the sum cannot overflow).
+    round: [i64; CHANNEL_BLOCK],
+    /// Whether any channel of the block has a positive exponent: only then can a result
+    /// exceed int32, so that it must be clamped in 64 bits.
+    any_left: bool,
+}
+
+impl ChannelLanes {
+    fn new(stage: &OutputStage<'_>, channels: Range<usize>) -> Self {
+        let mut lanes = Self {
+            mult: [0; CHANNEL_BLOCK],
+            odd: [0; CHANNEL_BLOCK],
+            shift: [0; CHANNEL_BLOCK],
+            round: [0; CHANNEL_BLOCK],
+            any_left: false,
+        };
+        for (j, c) in channels.enumerate() {
+            let m = stage.multiplier(c);
+            let shift = m.right_shift();
+            lanes.mult[j] = m.multiplier;
+            if j % 2 == 1 {
+                lanes.odd[j - 1] = m.multiplier;
+            }
+            let lane = j / 16 * 16 + j % 2 * 8 + j % 16 / 2;
+            lanes.shift[lane] = i64::from(shift);
+            lanes.round[lane] = 1 << (shift - 1);
+            lanes.any_left |= m.exponent > 0;
+        }
+        lanes
+    }
+}
+
+impl Avx512Vnni {
+    /// [`crate::kernels::requantize_s8_rows`] with AVX-512: 16 channels per vector, a
+    /// masked vector for the rest. Sizes are checked by the caller.
+    pub(in crate::kernels) fn requantize_rows(
+        self,
+        stage: &OutputStage<'_>,
+        acc: &[i32],
+        acc_ld: usize,
+        rows: usize,
+        out: &mut [i8],
+        out_ld: usize,
+    ) {
+        let n = stage.channels();
+        for j0 in (0..n).step_by(CHANNEL_BLOCK) {
+            let width = CHANNEL_BLOCK.min(n - j0);
+            let lanes = ChannelLanes::new(stage, j0..j0 + width);
+            for i in 0..rows {
+                let acc_row = &acc[i * acc_ld + j0..][..width];
+                let out_row = &mut out[i * out_ld + j0..][..width];
+                let bias = &stage.bias[j0..][..width];
+                // SAFETY: the token proves AVX-512 F and BW; the slices have `width`
+                // elements, at most `CHANNEL_BLOCK`.
+                unsafe {
+                    if lanes.any_left {
+                        requantize_block::<true>(stage, &lanes, acc_row, bias, out_row);
+                    } else {
+                        requantize_block::<false>(stage, &lanes, acc_row, bias, out_row);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One row of one channel block; without `LEFT` the (all zero) left shifts are skipped.
+///
+/// # Safety
+/// AVX-512 F and BW must be available; `acc.len()` at most `CHANNEL_BLOCK`, `bias.len()`
+/// and `out.len()`.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn requantize_block<const LEFT: bool>(
+    stage: &OutputStage<'_>,
+    lanes: &ChannelLanes,
+    acc: &[i32],
+    bias: &[i32],
+    out: &mut [i8],
+) {
+    let (lo, hi) = (stage.lo - stage.zp_out, stage.hi - stage.zp_out);
+    let bounds = (
+        _mm512_set1_epi64(i64::from(lo)),
+        _mm512_set1_epi64(i64::from(hi)),
+    );
+    let (lo, hi) = (_mm512_set1_epi32(lo), _mm512_set1_epi32(hi));
+    let zp = _mm512_set1_epi32(stage.zp_out);
+    for g in (0..acc.len()).step_by(16) {
+        let mask: __mmask16 = match acc.len() - g {
+            16.. => !0,
+            left => (1 << left) - 1,
+        };
+        // SAFETY: the masked lanes are below `acc.len() - g`, which bounds every slice
+        // read and `out`; the lane arrays hold `CHANNEL_BLOCK >= acc.len()` values and
+        // `g + 16 <= CHANNEL_BLOCK` (both multiples of 16).
+        unsafe {
+            let load = |s: &[i32]| _mm512_maskz_loadu_epi32(mask, s.as_ptr().add(g).cast());
+            let x = _mm512_add_epi32(load(acc), load(bias));
+            let even = _mm512_mul_epi32(x, load(&lanes.mult));
+            let odd = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), load(&lanes.odd));
+            let mut even = round_shift(even, lanes, g);
+            let mut odd = round_shift(odd, lanes, g + 8);
+            if LEFT {
+                even = _mm512_min_epi64(_mm512_max_epi64(even, bounds.0), bounds.1);
+                odd = _mm512_min_epi64(_mm512_max_epi64(odd, bounds.0), bounds.1);
+            }
+            // Every result fits int32 now: its low half is exact.
+            let y = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+            let y = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(y, lo), hi), zp);
+            // Values lie in [-128, 127]: the truncating narrowing is exact.
+            _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(g).cast(), mask, y);
+        }
+    }
+}
+
+/// `RequantMultiplier::apply`'s rounding shift of eight 64-bit products with the
+/// constants at `lanes[at..at + 8]`: `(p + 2^(s-1)) >> s`, arithmetic, which is
+/// `floor((p + 2^(s-1)) / 2^s)`.
+///
+/// # Safety
+/// AVX-512 F must be available and `at + 8 <= CHANNEL_BLOCK`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn round_shift(p: __m512i, lanes: &ChannelLanes, at: usize) -> __m512i {
+    debug_assert!(at + 8 <= CHANNEL_BLOCK);
+    // SAFETY: in bounds by the caller's contract; the loads are unaligned.
+    let (shift, round) = unsafe {
+        (
+            _mm512_loadu_si512(lanes.shift.as_ptr().add(at).cast()),
+            _mm512_loadu_si512(lanes.round.as_ptr().add(at).cast()),
+        )
+    };
+    _mm512_srav_epi64(_mm512_add_epi64(p, round), shift)
+}
