@@ -344,6 +344,9 @@ fn model() {
         .expect("conversion")
         .with_conv_algorithm(ConvAlgorithm::Winograd)
         .expect("plan");
+    let mut w4_config = QuantConfig::default();
+    w4_config.default.weight_bits = 4;
+    let w4 = convert(&graph, &table, &w4_config).expect("conversion");
     let threads = std::env::var("KERNEL_PATHS_THREADS")
         .ok()
         .and_then(|t| t.parse().ok())
@@ -351,34 +354,42 @@ fn model() {
     let options = SessionOptions { threads };
     let mut session = model.session_with(options).expect("pool");
     let mut winograd = forced.session_with(options).expect("pool");
+    let mut w4 = w4.session_with(options).expect("pool");
     for batch in [1, 64] {
         let x = random_input(&graph, batch, 3);
         let rounds = if batch == 1 { 400 } else { 30 };
-        session.run(&x).expect("valid");
-        winograd.run(&x).expect("valid");
-        let med = alternate(
-            rounds,
-            &mut [
-                Box::new(|| {
-                    black_box(session.run(&x).expect("valid").data()[0]);
-                }),
-                Box::new(|| {
-                    black_box(winograd.run(&x).expect("valid").data()[0]);
-                }),
-            ],
-        );
+        let med = {
+            let run = |s: &mut Session<'_>| {
+                black_box(s.run(&x).expect("valid").data()[0]);
+            };
+            for s in [&mut session, &mut winograd, &mut w4] {
+                run(s);
+            }
+            alternate(
+                rounds,
+                &mut [
+                    Box::new(|| run(&mut session)),
+                    Box::new(|| run(&mut winograd)),
+                    Box::new(|| run(&mut w4)),
+                ],
+            )
+        };
         println!(
-            "ConvNet int8 static, {threads} threads, b{batch}, path {}: median {:.3} ms as planned, {:.3} ms with Winograd forced ({} time)",
+            "ConvNet int8 static, {threads} threads, b{batch}, path {}: median {:.3} ms as planned, {:.3} ms with Winograd forced, {:.3} ms with 4-bit weights ({} time)",
             Isa::detect(),
             med[0] * 1e3,
             med[1] * 1e3,
+            med[2] * 1e3,
             if cpu_clock() { "CPU" } else { "wall" }
         );
         print_profile(&mut session, &x, rounds);
+        if batch == 1 {
+            println!("  with 4-bit weights:");
+            print_profile(&mut w4, &x, rounds);
+        }
     }
 }
 
-/// Runs `session` on `x` `rounds` times with profiling on and prints each stage's share.
 fn print_profile(session: &mut Session<'_>, x: &impl Tensor<f32>, rounds: usize) {
     session.set_profiling(true);
     for _ in 0..rounds {

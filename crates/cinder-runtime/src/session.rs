@@ -178,7 +178,7 @@ impl Stage {
             Stage::IntConv(c) => c.kind(),
             Stage::IntDepthwise(_) => "int8 depthwise",
             Stage::IntGroupedConv(_) => "int8 grouped conv",
-            Stage::IntLinear(_) => "int8 linear",
+            Stage::IntLinear(l) => l.kind(),
             Stage::IntPool(_) => "int8 max-pool",
             Stage::IntWindowPool(_) => "int8 pool",
             Stage::IntClamp(..) => "int8 activation",

@@ -7,8 +7,10 @@
 //! random graphs ([`common::dag`]): residual adds, depthwise-separable pairs with ReLU6,
 //! rectangular strided convolutions, padded max and average pools, concatenations and
 //! global average pooling, in every mode; static grouped convolutions (neither dense
-//! nor depthwise) in [`grouped_convolutions_equal_the_reference`]; and first layers of
-//! few channels, the direct kernel's, in [`few_channel_convolutions_equal_the_reference`].
+//! nor depthwise) in [`grouped_convolutions_equal_the_reference`]; first layers of
+//! few channels, the direct kernel's, in [`few_channel_convolutions_equal_the_reference`];
+//! and linear layers of 4-bit weights, the nibble GEMV's, in
+//! [`four_bit_linear_layers_equal_the_reference`].
 
 mod common;
 
@@ -129,6 +131,55 @@ fn few_channel_convolutions_equal_the_reference() {
             });
         }
     }
+}
+
+/// Linear layers of 2- to 8-bit weights, symmetric and not, of depths and widths that are
+/// not multiples of the kernels' blocks: those whose codes fit 4 bits take the nibble GEMV
+/// at batch 1 where the kernel path has it; every run equals the reference.
+#[test]
+fn four_bit_linear_layers_equal_the_reference() {
+    let mut ran = 0;
+    for case in 0..10usize {
+        let bits = 2 + (case % 7) as u8;
+        let choice = |bits, per_channel| LayerChoice {
+            mode: Mode::Static,
+            bits,
+            per_channel,
+            symmetric: case % 3 != 1,
+        };
+        let spec = ModelSpec {
+            input: [3, 5, 5],
+            convs: vec![ConvSpec {
+                out: 5,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+                relu: true,
+                pool: true,
+            }],
+            linears: vec![(13 + case, true), (10, false)],
+            choices: vec![
+                choice(8, true),
+                choice(bits, case % 2 == 0),
+                choice(bits, true),
+            ],
+            seed: case as u64,
+        };
+        let Some((graph, model)) = spec.model() else {
+            continue;
+        };
+        let nibble_stages = match Isa::detect().nibble_gemv_pays() && bits <= 4 {
+            true => 2,
+            false => 0,
+        };
+        let what = format!("{spec:?}");
+        assert_equals_reference(&graph, &model, case as u64, &what, |profile| {
+            let stages = profile.iter().filter(|s| s.kind.contains("w4")).count();
+            assert_eq!(stages, nibble_stages, "{what}: {profile:?}");
+        });
+        ran += 1;
+    }
+    assert!(ran >= 8, "only {ran} of 10 models converted");
 }
 
 /// Runs `model` on batches of 1 and 3 with 1 and 2 threads: the output equals the

@@ -9,7 +9,7 @@ use cinder_tensor::{QuantParams, Tensor};
 use super::dynamic::{DynConvKernel, DynMatmul};
 use super::int::{
     ConvKernel, ConvShape, DirectConv, IntMatmul, IntParams, Requant, WinogradConv, WinogradSums,
-    nonzero, pack, winograd_geometry,
+    nibbles, nonzero, pack, winograd_geometry,
 };
 use super::{
     Buffer, ConvAlgorithm, ConvKernels, DynConv, DynDepthwise, DynGroupedConv, DynLinear,
@@ -497,6 +497,7 @@ fn layer_stage(
                 }
                 None => Stage::IntLinear(IntLinear {
                     mm: im2col(params)?,
+                    nibbles: nibbles(&codes, n, k, field)?,
                 }),
             }
         }

@@ -29,10 +29,11 @@ use super::par::{Accum, BLOCKS_PER_SLOT, Scratch, Workers, grow, par_blocks, par
 use crate::error::Invalid;
 use crate::geometry::Window;
 use crate::kernels::{
-    DirectFilter, MAX_WINOGRAD_CHANNELS, NR, OutputStage, PackedMatrix, WINOGRAD_POSITIONS,
-    WinogradFilter, WinogradGeometry, direct_conv_nhwc_s8, gemm_s8_cols, im2col_window_s8,
-    max_pool2d_nhwc_s8, max_pool2x2_s32, requantize_s8_rows, row_sums_s8, winograd_input_tiles,
-    winograd_multiply, winograd_output_tiles, winograd_products_stride,
+    DirectFilter, Isa, MAX_WINOGRAD_CHANNELS, NR, OutputStage, PackedMatrix, PackedNibbles,
+    WINOGRAD_POSITIONS, WinogradFilter, WinogradGeometry, direct_conv_nhwc_s8, gemm_s8_cols,
+    gemv_s4, im2col_window_s8, max_pool2d_nhwc_s8, max_pool2x2_s32, requantize_s8_rows,
+    row_sums_s8, winograd_input_tiles, winograd_multiply, winograd_output_tiles,
+    winograd_products_stride,
 };
 
 /// Fewest input channels for which a convolution takes Winograd. Its transforms cost per
@@ -53,6 +54,20 @@ const WINOGRAD_BLOCK_TILES: usize = 24;
 /// Packs `[n][k]` engine-order weight codes, naming the layer on failure.
 pub(super) fn pack(codes: &[i8], n: usize, k: usize, field: &str) -> Result<PackedMatrix, Invalid> {
     PackedMatrix::pack(codes, n, k).map_err(|e| Invalid::new(field, e.to_string()))
+}
+
+/// A linear layer's `n × k` weight codes as nibbles for its batch-1 GEMV, where they fit
+/// 4 bits and the process's kernel path has that GEMV; naming the layer on failure.
+pub(super) fn nibbles(
+    codes: &[i8],
+    n: usize,
+    k: usize,
+    field: &str,
+) -> Result<Option<PackedNibbles>, Invalid> {
+    if !Isa::detect().nibble_gemv_pays() {
+        return Ok(None);
+    }
+    PackedNibbles::pack(codes, n, k).map_err(|e| Invalid::new(field, e.to_string()))
 }
 
 /// Weight zero points per output column, or `None` when all are 0.
@@ -86,12 +101,25 @@ pub(super) fn accumulate<'a>(
     let (k, width) = (weights.depth(), cols.len());
     let acc = grow(&mut accum.acc, m * width);
     gemm_s8_cols(a, k, m, weights, cols.clone(), acc, width);
-    if let Some(zp_w) = zp_w {
-        let sums = grow(&mut accum.sums, m);
-        row_sums_s8(a, k, m, k, sums);
-        correct_weight_zero_points(acc, width, sums, &zp_w[cols]);
-    }
+    correct_zero_points(zp_w, a, (m, k), cols, acc, &mut accum.sums);
     acc
+}
+
+/// Subtracts the weights' zero points' terms `zp_w[j] · Σ_p a[i][p]` from the sums of
+/// `m` rows of `a` (row stride `k`) in columns `cols`, when there are zero points.
+fn correct_zero_points(
+    zp_w: Option<&[i32]>,
+    a: &[i8],
+    (m, k): (usize, usize),
+    cols: Range<usize>,
+    acc: &mut [i32],
+    row_sums: &mut Vec<i32>,
+) {
+    if let Some(zp_w) = zp_w {
+        let sums = grow(row_sums, m);
+        row_sums_s8(a, k, m, k, sums);
+        correct_weight_zero_points(acc, cols.len(), sums, &zp_w[cols]);
+    }
 }
 
 /// The integer output stage of a layer: bias, multipliers, output zero point, clamp.
@@ -234,6 +262,24 @@ impl IntMatmul {
             accum,
         );
         requantize_s8_rows(&self.output.stage(cols), acc, width, m, out, width);
+    }
+
+    /// One row `a` into output columns `cols` of `out`, the sums by the 4-bit GEMV over
+    /// `nibbles` (the same weights as `self`'s, packed as nibbles).
+    fn run_nibbles(
+        &self,
+        nibbles: &PackedNibbles,
+        a: &[i8],
+        cols: Range<usize>,
+        accum: &mut Accum,
+        out: &mut [i8],
+    ) {
+        let (k, width) = (self.k(), cols.len());
+        let acc = grow(&mut accum.acc, width);
+        gemv_s4(a, nibbles, cols.clone(), acc);
+        let zp_w = self.zp_w.as_deref();
+        correct_zero_points(zp_w, a, (1, k), cols.clone(), acc, &mut accum.sums);
+        requantize_s8_rows(&self.output.stage(cols), acc, width, 1, out, width);
     }
 }
 
@@ -602,9 +648,20 @@ pub(super) fn split_linear<Y: Send>(
 #[derive(Debug)]
 pub(crate) struct IntLinear {
     pub(super) mm: IntMatmul,
+    /// The weights again as nibbles, for batch 1, where their codes fit 4 bits and the
+    /// kernel path has the 4-bit GEMV ([`Isa::nibble_gemv_pays`]).
+    pub(super) nibbles: Option<PackedNibbles>,
 }
 
 impl IntLinear {
+    /// How the stage is listed in a profile.
+    pub fn kind(&self) -> &'static str {
+        match self.nibbles {
+            Some(_) => "int8 linear, w4 b1",
+            None => "int8 linear",
+        }
+    }
+
     pub fn run(&self, x: &[i8], y: &mut [i8], slots: &mut Workers) {
         split_linear(
             x,
@@ -612,7 +669,10 @@ impl IntLinear {
             self.mm.n(),
             y,
             slots,
-            |a, m, cols, slot, out| self.mm.run(a, m, cols, &mut slot.accum, out),
+            |a, m, cols, slot, out| match (&self.nibbles, m) {
+                (Some(nibbles), 1) => self.mm.run_nibbles(nibbles, a, cols, &mut slot.accum, out),
+                _ => self.mm.run(a, m, cols, &mut slot.accum, out),
+            },
         );
     }
 }

@@ -1,12 +1,13 @@
 //! The AVX-512 VNNI path: the int8 GEMM (`vpdpbusd`, u8 activations `code + 128` × i8
 //! weight quads) and Winograd's i16 GEMMs (`vpdpwssd`) on zmm tiles ([`zmm`]), the
 //! depthwise kernel on zmm ([`depthwise`], `vpdpwssd` on tap pairs), the direct
-//! convolution of few-channel images ([`direct`], `vpdpbusd` on pixel quads), the output
-//! stage on zmm ([`requantize`]), and the int8 GEMM and the depthwise kernel on ymm in the
+//! convolution of few-channel images ([`direct`], `vpdpbusd` on pixel quads), the GEMV of
+//! 4-bit weights ([`nibbles`]), the output stage on zmm ([`requantize`]), and the int8 GEMM and the depthwise kernel on ymm in the
 //! EVEX encoding ([`Avx512VnniYmm`]); everything else runs on AVX2.
 
 mod depthwise;
 mod direct;
+mod nibbles;
 mod requantize;
 mod zmm;
 
