@@ -1,11 +1,13 @@
 //! The int8 GEMM on every path this CPU has, side by side (alternating, medians, 1
 //! thread), on the reference ConvNet's GEMM shapes; the depthwise convolution likewise on
-//! the depthwise layers of `mobilenetv2-tiny` (one image); then the convolutions' sums of one
-//! image by im2col + GEMM and by Winograd (and conv1's by the direct kernel), and the whole ConvNet (W8A8 static
-//! per-channel, 2 threads, batch 1 and 64) with its per-stage profile, on the process's
-//! path (`CINDER_ISA` caps it: run once per path to compare).
+//! the depthwise layers of `mobilenetv2-tiny` (one image); then the convolutions' sums of
+//! one image by im2col + GEMM and by Winograd (and conv1's by the direct kernel), and the
+//! whole ConvNet (W8A8 static per-channel, 2 threads, batch 1 and 64, against Winograd
+//! forced and against 4-bit weights) with its per-stage profile, on the process's path
+//! (`CINDER_ISA` caps it: run once per path to compare).
 //!
-//! `cargo run --profile bench -p cinder-runtime --example kernel_paths [gemm|depthwise|conv|model]`
+//! `cargo run --profile bench -p cinder-runtime --example kernel_paths [peak|gemm|depthwise|conv|model]`
+//! (`peak`: the `vpdpbusd` throughput of one core, on AVX-512 VNNI CPUs)
 //!
 //! On a shared machine, `KERNEL_PATHS_CLOCK=cpu` times by the process's CPU time instead
 //! of wall time, and `KERNEL_PATHS_THREADS=1` runs the ConvNet on one thread, so that
@@ -88,6 +90,69 @@ thread_local! {
 
 fn codes(rng: &mut Rng, len: usize) -> Vec<i8> {
     (0..len).map(|_| rng.uniform(-127.0, 127.0) as i8).collect()
+}
+
+/// `vpdpbusd` multiply-adds per second of one core: 16 independent accumulator chains of
+/// zmm (and of ymm) instructions, the ceiling every int8 kernel on this path is held to.
+#[cfg(target_arch = "x86_64")]
+fn peak() {
+    use std::arch::x86_64::*;
+
+    /// `iters` rounds of 16 zmm `vpdpbusd`; returns the accumulators' sum.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    fn zmm_chains(iters: usize) -> i32 {
+        let (a, b) = (
+            black_box(_mm512_set1_epi8(1)),
+            black_box(_mm512_set1_epi8(1)),
+        );
+        let mut acc = [_mm512_setzero_si512(); 16];
+        for _ in 0..iters {
+            for v in &mut acc {
+                *v = _mm512_dpbusd_epi32(*v, a, b);
+            }
+        }
+        acc.iter().map(|&v| _mm512_reduce_add_epi32(v)).sum()
+    }
+
+    /// `iters` rounds of 16 ymm `vpdpbusd`; returns the accumulators' lane-0 sum.
+    #[target_feature(enable = "avx512f,avx512vnni,avx512vl")]
+    fn ymm_chains(iters: usize) -> i32 {
+        let (a, b) = (
+            black_box(_mm256_set1_epi8(1)),
+            black_box(_mm256_set1_epi8(1)),
+        );
+        let mut acc = [_mm256_setzero_si256(); 16];
+        for _ in 0..iters {
+            for v in &mut acc {
+                *v = _mm256_dpbusd_epi32(*v, a, b);
+            }
+        }
+        acc.iter().map(|v| _mm256_extract_epi32::<0>(*v)).sum()
+    }
+
+    let has = std::arch::is_x86_feature_detected!("avx512vnni")
+        && std::arch::is_x86_feature_detected!("avx512vl");
+    if !has {
+        println!("vpdpbusd: this CPU has no AVX-512 VNNI");
+        return;
+    }
+    let iters = 20_000_000;
+    for (name, lanes) in [("zmm", 64.0), ("ymm", 32.0)] {
+        let start = Instant::now();
+        // SAFETY: the features were detected above.
+        black_box(unsafe {
+            match name {
+                "zmm" => zmm_chains(iters),
+                _ => ymm_chains(iters),
+            }
+        });
+        let seconds = start.elapsed().as_secs_f64();
+        let macs = (iters * 16) as f64 * lanes;
+        println!(
+            "vpdpbusd {name}, 1 thread: {:.0} G multiply-adds/s",
+            macs / seconds / 1e9
+        );
+    }
 }
 
 fn gemms() {
@@ -412,6 +477,10 @@ fn print_profile(session: &mut Session<'_>, x: &impl Tensor<f32>, rounds: usize)
 
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_default();
+    #[cfg(target_arch = "x86_64")]
+    if what.is_empty() || what == "peak" {
+        peak();
+    }
     if what.is_empty() || what == "gemm" {
         gemms();
     }

@@ -30,7 +30,10 @@ use crate::quantized::QuantizedModel;
 /// How a session runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SessionOptions {
-    /// Worker threads; 0 uses every available core.
+    /// Threads that run each stage, the calling thread included; 0 uses every available
+    /// core. The other threads belong to the session and, after each stage, look for the
+    /// next one for 200 µs before they sleep (so back-to-back runs start without waking
+    /// them).
     pub threads: usize,
 }
 

@@ -3,8 +3,8 @@
 //! Work is cut into contiguous blocks, a few per thread, that the threads claim one after
 //! the other (an atomic counter), each thread with its own [`Scratch`]: when a thread is
 //! slowed down (a shared machine), the others take over its remaining blocks instead of
-//! waiting for it. Buffers only grow, so after a warm-up run at the largest batch nothing
-//! is allocated.
+//! waiting for it. Buffers only grow: once each thread has taken its largest block of
+//! every stage, nothing is allocated.
 
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut, Range};
