@@ -62,6 +62,7 @@ macro_rules! ymm_depthwise {
 mod avx2;
 mod avx512vnni;
 mod avxvnni;
+mod channel_lanes;
 mod ymm;
 mod ymm_depthwise;
 

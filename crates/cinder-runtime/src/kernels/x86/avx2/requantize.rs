@@ -2,62 +2,16 @@
 //! products (`vpmuldq`), rounded by one logical shift of a non-negative sum.
 
 use std::arch::x86_64::*;
-use std::ops::Range;
 
 use super::Avx2;
 use crate::kernels::generic;
 use crate::kernels::output::OutputStage;
+use crate::kernels::x86::channel_lanes::{
+    BlockRow, CHANNEL_BLOCK, ChannelLanes, by_channel_blocks,
+};
 
-/// Channels whose multipliers are unpacked into lanes at a time.
-const CHANNEL_BLOCK: usize = 128;
-
-/// Requantization constants of a block of channels. Each group of 8 channels is rescaled
-/// as two vectors of four 64-bit products, its even channels and its odd ones; the `i64`
-/// arrays hold, for the group at `g`, the even channels' constants at `g..g + 4` and the
-/// odd ones' at `g + 4..g + 8`.
-struct ChannelLanes {
-    /// Q0.31 mantissa per `i32` lane; `odd` holds channel `j + 1`'s at even `j`, for
-    /// `vpmuldq`.
-    mult: [i32; CHANNEL_BLOCK],
-    odd: [i32; CHANNEL_BLOCK],
-    /// The right shift `s = 31 - exponent` (in `1..=62`).
-    shift: [i64; CHANNEL_BLOCK],
-    /// `2^62 + 2^(s-1)`: the rounding term plus an offset that makes the sum non-negative,
-    /// so that a logical shift (AVX2 has no arithmetic 64-bit one) divides exactly.
-    round: [i64; CHANNEL_BLOCK],
-    /// `2^(62-s)`: the offset once shifted, subtracted after.
-    offset: [i64; CHANNEL_BLOCK],
-    /// Whether any channel of the block has a positive exponent: only then can a result
-    /// exceed int32, so that it must be clamped in 64 bits.
-    any_left: bool,
-}
-
-impl ChannelLanes {
-    fn new(stage: &OutputStage<'_>, channels: Range<usize>) -> Self {
-        let mut lanes = Self {
-            mult: [0; CHANNEL_BLOCK],
-            odd: [0; CHANNEL_BLOCK],
-            shift: [0; CHANNEL_BLOCK],
-            round: [0; CHANNEL_BLOCK],
-            offset: [0; CHANNEL_BLOCK],
-            any_left: false,
-        };
-        for (j, c) in channels.enumerate() {
-            let m = stage.multiplier(c);
-            let shift = m.right_shift();
-            lanes.mult[j] = m.multiplier;
-            if j % 2 == 1 {
-                lanes.odd[j - 1] = m.multiplier;
-            }
-            let lane = j / 8 * 8 + j % 2 * 4 + j % 8 / 2;
-            lanes.shift[lane] = i64::from(shift);
-            lanes.round[lane] = (1 << 62) + (1 << (shift - 1));
-            lanes.offset[lane] = 1 << (62 - shift);
-            lanes.any_left |= m.exponent > 0;
-        }
-        lanes
-    }
-}
+/// The constants in AVX2's lane order.
+type Lanes = ChannelLanes<8>;
 
 impl Avx2 {
     /// [`crate::kernels::requantize_s8_rows`] with AVX2: 8 channels per vector, the last
@@ -72,24 +26,17 @@ impl Avx2 {
         out_ld: usize,
     ) {
         let vec_n = stage.channels() / 8 * 8;
-        for j0 in (0..vec_n).step_by(CHANNEL_BLOCK) {
-            let width = CHANNEL_BLOCK.min(vec_n - j0);
-            let lanes = ChannelLanes::new(stage, j0..j0 + width);
-            for i in 0..rows {
-                let acc_row = &acc[i * acc_ld + j0..][..width];
-                let out_row = &mut out[i * out_ld + j0..][..width];
-                let bias = &stage.bias[j0..][..width];
-                // SAFETY: the token proves AVX2 support; the slices have `width` elements,
-                // a multiple of 8 and at most `CHANNEL_BLOCK`.
-                unsafe {
-                    if lanes.any_left {
-                        requantize_block::<true>(stage, &lanes, acc_row, bias, out_row);
-                    } else {
-                        requantize_block::<false>(stage, &lanes, acc_row, bias, out_row);
-                    }
+        let (acc_rows, out_rows) = ((acc, acc_ld), (&mut *out, out_ld));
+        by_channel_blocks::<8>(stage, vec_n, acc_rows, rows, out_rows, |row| {
+            // SAFETY: the token proves AVX2 support; the slices have the block's width, a
+            // multiple of 8 and at most `CHANNEL_BLOCK`.
+            unsafe {
+                match row.lanes.any_left {
+                    true => requantize_block::<true>(stage, row),
+                    false => requantize_block::<false>(stage, row),
                 }
             }
-        }
+        });
         generic::requantize_rows(stage, acc, acc_ld, rows, vec_n, out, out_ld);
     }
 }
@@ -97,16 +44,16 @@ impl Avx2 {
 /// One row of one channel block; without `LEFT` the (all zero) left shifts are skipped.
 ///
 /// # Safety
-/// AVX2 must be available; `acc.len()` a multiple of 8, at most `CHANNEL_BLOCK` and at
-/// most `bias.len()` and `out.len()`.
+/// AVX2 must be available; `row.acc.len()` a multiple of 8, at most `CHANNEL_BLOCK` and
+/// at most `row.bias.len()` and `row.out.len()`.
 #[target_feature(enable = "avx2")]
-unsafe fn requantize_block<const LEFT: bool>(
-    stage: &OutputStage<'_>,
-    lanes: &ChannelLanes,
-    acc: &[i32],
-    bias: &[i32],
-    out: &mut [i8],
-) {
+unsafe fn requantize_block<const LEFT: bool>(stage: &OutputStage<'_>, row: BlockRow<'_, 8>) {
+    let BlockRow {
+        lanes,
+        acc,
+        bias,
+        out,
+    } = row;
     let (lo, hi) = (stage.lo - stage.zp_out, stage.hi - stage.zp_out);
     let bounds = (
         _mm256_set1_epi64x(i64::from(lo)),
@@ -144,13 +91,14 @@ unsafe fn requantize_block<const LEFT: bool>(
 
 /// `RequantMultiplier::apply`'s rounding shift of four 64-bit products with the
 /// constants at `lanes[at..at + 4]`: `((p + 2^62 + 2^(s-1)) >>> s) - 2^(62-s)`, which is
-/// `floor((p + 2^(s-1)) / 2^s)` because `|p| < 2^62` keeps the sum in `(0, 2^64)`.
+/// `floor((p + 2^(s-1)) / 2^s)` because `|p| < 2^62` keeps the sum in `(0, 2^64)`: a
+/// logical shift divides it exactly (AVX2 has no arithmetic 64-bit one).
 ///
 /// # Safety
 /// AVX2 must be available and `at + 4 <= CHANNEL_BLOCK`.
 #[target_feature(enable = "avx2")]
 #[inline]
-unsafe fn round_shift(p: __m256i, lanes: &ChannelLanes, at: usize) -> __m256i {
+unsafe fn round_shift(p: __m256i, lanes: &Lanes, at: usize) -> __m256i {
     debug_assert!(at + 4 <= CHANNEL_BLOCK);
     // SAFETY: in bounds by the caller's contract; the loads are unaligned.
     let (shift, round, offset) = unsafe {
@@ -160,8 +108,8 @@ unsafe fn round_shift(p: __m256i, lanes: &ChannelLanes, at: usize) -> __m256i {
             _mm256_loadu_si256(lanes.offset.as_ptr().add(at).cast()),
         )
     };
-    let shifted = _mm256_srlv_epi64(_mm256_add_epi64(p, round), shift);
-    _mm256_sub_epi64(shifted, offset)
+    let biased = _mm256_add_epi64(_mm256_add_epi64(p, _mm256_set1_epi64x(1 << 62)), round);
+    _mm256_sub_epi64(_mm256_srlv_epi64(biased, shift), offset)
 }
 
 /// Clamps four i64 lanes to `[lo, hi]`.

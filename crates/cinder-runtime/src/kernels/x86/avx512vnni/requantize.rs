@@ -4,57 +4,15 @@
 //! channel takes the scalar path.
 
 use std::arch::x86_64::*;
-use std::ops::Range;
 
 use super::Avx512Vnni;
 use crate::kernels::output::OutputStage;
+use crate::kernels::x86::channel_lanes::{
+    BlockRow, CHANNEL_BLOCK, ChannelLanes, by_channel_blocks,
+};
 
-/// Channels whose multipliers are unpacked into lanes at a time.
-const CHANNEL_BLOCK: usize = 128;
-
-/// Requantization constants of a block of channels. Each group of 16 channels is
-/// rescaled as two vectors of eight 64-bit products, its even channels and its odd ones;
-/// the `i64` arrays hold, for the group at `g`, the even channels' constants at
-/// `g..g + 8` and the odd ones' at `g + 8..g + 16`.
-struct ChannelLanes {
-    /// Q0.31 mantissa per `i32` lane; `odd` holds channel `j + 1`'s at even `j`, for
-    /// `vpmuldq`.
-    mult: [i32; CHANNEL_BLOCK],
-    odd: [i32; CHANNEL_BLOCK],
-    /// The right shift `s = 31 - exponent` (in `1..=62`).
-    shift: [i64; CHANNEL_BLOCK],
-    /// `2^(s-1)`: with the arithmetic shift, `(p + 2^(s-1)) >> s` rounds half up, as
-    /// `RequantMultiplier::apply` does (`|p| < 2^62`, so the sum cannot overflow).
-    round: [i64; CHANNEL_BLOCK],
-    /// Whether any channel of the block has a positive exponent: only then can a result
-    /// exceed int32, so that it must be clamped in 64 bits.
-    any_left: bool,
-}
-
-impl ChannelLanes {
-    fn new(stage: &OutputStage<'_>, channels: Range<usize>) -> Self {
-        let mut lanes = Self {
-            mult: [0; CHANNEL_BLOCK],
-            odd: [0; CHANNEL_BLOCK],
-            shift: [0; CHANNEL_BLOCK],
-            round: [0; CHANNEL_BLOCK],
-            any_left: false,
-        };
-        for (j, c) in channels.enumerate() {
-            let m = stage.multiplier(c);
-            let shift = m.right_shift();
-            lanes.mult[j] = m.multiplier;
-            if j % 2 == 1 {
-                lanes.odd[j - 1] = m.multiplier;
-            }
-            let lane = j / 16 * 16 + j % 2 * 8 + j % 16 / 2;
-            lanes.shift[lane] = i64::from(shift);
-            lanes.round[lane] = 1 << (shift - 1);
-            lanes.any_left |= m.exponent > 0;
-        }
-        lanes
-    }
-}
+/// The constants in AVX-512's lane order.
+type Lanes = ChannelLanes<16>;
 
 impl Avx512Vnni {
     /// [`crate::kernels::requantize_s8_rows`] with AVX-512: 16 channels per vector, a
@@ -68,41 +26,33 @@ impl Avx512Vnni {
         out: &mut [i8],
         out_ld: usize,
     ) {
-        let n = stage.channels();
-        for j0 in (0..n).step_by(CHANNEL_BLOCK) {
-            let width = CHANNEL_BLOCK.min(n - j0);
-            let lanes = ChannelLanes::new(stage, j0..j0 + width);
-            for i in 0..rows {
-                let acc_row = &acc[i * acc_ld + j0..][..width];
-                let out_row = &mut out[i * out_ld + j0..][..width];
-                let bias = &stage.bias[j0..][..width];
-                // SAFETY: the token proves AVX-512 F, BW and VL; the slices have `width`
-                // elements, at most `CHANNEL_BLOCK`.
-                unsafe {
-                    if lanes.any_left {
-                        requantize_block::<true>(stage, &lanes, acc_row, bias, out_row);
-                    } else {
-                        requantize_block::<false>(stage, &lanes, acc_row, bias, out_row);
-                    }
+        let (acc_rows, out_rows) = ((acc, acc_ld), (&mut *out, out_ld));
+        by_channel_blocks::<16>(stage, stage.channels(), acc_rows, rows, out_rows, |row| {
+            // SAFETY: the token proves AVX-512 F, BW and VL; the slices have the block's
+            // width, at most `CHANNEL_BLOCK`.
+            unsafe {
+                match row.lanes.any_left {
+                    true => requantize_block::<true>(stage, row),
+                    false => requantize_block::<false>(stage, row),
                 }
             }
-        }
+        });
     }
 }
 
 /// One row of one channel block; without `LEFT` the (all zero) left shifts are skipped.
 ///
 /// # Safety
-/// AVX-512 F, BW and VL must be available; `acc.len()` at most `CHANNEL_BLOCK`, `bias.len()`
-/// and `out.len()`.
+/// AVX-512 F, BW and VL must be available; `row.acc.len()` at most `CHANNEL_BLOCK`,
+/// `row.bias.len()` and `row.out.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn requantize_block<const LEFT: bool>(
-    stage: &OutputStage<'_>,
-    lanes: &ChannelLanes,
-    acc: &[i32],
-    bias: &[i32],
-    out: &mut [i8],
-) {
+unsafe fn requantize_block<const LEFT: bool>(stage: &OutputStage<'_>, row: BlockRow<'_, 16>) {
+    let BlockRow {
+        lanes,
+        acc,
+        bias,
+        out,
+    } = row;
     let (lo, hi) = (stage.lo - stage.zp_out, stage.hi - stage.zp_out);
     let bounds = (
         _mm512_set1_epi64(i64::from(lo)),
@@ -152,7 +102,7 @@ unsafe fn requantize_block<const LEFT: bool>(
 /// AVX-512 F must be available and `at + 8 <= CHANNEL_BLOCK`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn round_shift(p: __m512i, lanes: &ChannelLanes, at: usize) -> __m512i {
+unsafe fn round_shift(p: __m512i, lanes: &Lanes, at: usize) -> __m512i {
     debug_assert!(at + 8 <= CHANNEL_BLOCK);
     // SAFETY: in bounds by the caller's contract; the loads are unaligned.
     let (shift, round) = unsafe {
