@@ -125,7 +125,7 @@ impl Isa {
 
     /// Whether a static linear layer whose weight codes fit 4 bits keeps them as nibbles
     /// too, for the batch-1 GEMV ([`crate::kernels::gemv_s4`]): on the AVX-512 VNNI path,
-    /// where the reference ConvNet's fc1 (8192 × 1024) took 43–45 µs on 2 threads of a
+    /// where the reference ConvNet's fc1 (8192 × 1024) took 43–47 µs on 2 threads of a
     /// Zen 4 against 56–77 µs with the same codes as int8 panels. The nibbles add half
     /// the layer's int8 weight bytes to the plan.
     pub fn nibble_gemv_pays(self) -> bool {

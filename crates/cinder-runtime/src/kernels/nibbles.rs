@@ -119,13 +119,14 @@ impl PackedNibbles {
 }
 
 /// `c[j - cols.start] = Σ_p a[p] · b[j][p]` for the output columns `j` in `cols`, exact;
-/// returns the path that ran. Ranges starting at a multiple of [`NR`] store whole panels
-/// in place.
+/// returns the path that ran. `a_sum` is `Σ_p a[p]` (as [`super::row_sums_s8`] gives it),
+/// taken once per row by the caller so that blocks of columns do not sum it again. Ranges
+/// starting at a multiple of [`NR`] store whole panels in place.
 ///
 /// # Panics
 /// If `a` holds fewer than `b.depth()` values, `cols` is not inside `0..b.rows()`, or `c`
 /// holds fewer than `cols.len()` values.
-pub fn gemv_s4(a: &[i8], b: &PackedNibbles, cols: Range<usize>, c: &mut [i32]) -> Isa {
+pub fn gemv_s4(a: &[i8], a_sum: i32, b: &PackedNibbles, cols: Range<usize>, c: &mut [i32]) -> Isa {
     assert!(
         a.len() >= b.k,
         "gemv_s4: a holds {} values, need {}",
@@ -138,18 +139,24 @@ pub fn gemv_s4(a: &[i8], b: &PackedNibbles, cols: Range<usize>, c: &mut [i32]) -
         b.n
     );
     let a = &a[..b.k];
+    debug_assert_eq!(a.iter().map(|&v| i32::from(v)).sum::<i32>(), a_sum);
     #[cfg(target_arch = "x86_64")]
     if let Some(token) = Isa::detect().avx512vnni() {
-        token.gemv_s4(a, b, cols, c);
+        token.gemv_s4(a, a_sum, b, cols, c);
         return Isa::Avx512Vnni;
     }
-    gemv_generic(a, b, cols, c);
+    gemv_generic(a, a_sum, b, cols, c);
     Isa::Generic
 }
 
 /// [`gemv_s4`] in scalar code. Operands checked by the caller.
-pub(super) fn gemv_generic(a: &[i8], b: &PackedNibbles, cols: Range<usize>, c: &mut [i32]) {
-    let a_sum: i32 = a.iter().map(|&v| i32::from(v)).sum();
+pub(super) fn gemv_generic(
+    a: &[i8],
+    a_sum: i32,
+    b: &PackedNibbles,
+    cols: Range<usize>,
+    c: &mut [i32],
+) {
     for (j, out) in cols.clone().zip(c.iter_mut()) {
         let (panel, lane) = (b.panel(j / NR), j % NR);
         let mut sum = 0i32;
@@ -171,6 +178,7 @@ mod tests {
 
     use super::*;
     use crate::kernels::generic::reference;
+    use crate::kernels::row_sums_s8;
     use crate::synthetic::Rng;
 
     /// `n × k` codes in [-8, 7], and an activation row of any i8 (the extremes often).
@@ -203,11 +211,13 @@ mod tests {
             let packed = PackedNibbles::pack(&b, n, k).unwrap().expect("4-bit codes");
             let start = from % n;
             let cols = start..n.min(start + len);
+            let mut a_sum = [0];
+            row_sums_s8(&a, k, 1, k, &mut a_sum);
             let mut got = vec![0x5eed; cols.len()];
-            gemv_s4(&a, &packed, cols.clone(), &mut got);
+            gemv_s4(&a, a_sum[0], &packed, cols.clone(), &mut got);
             prop_assert_eq!(&got[..], &want[cols.clone()]);
             let mut generic = vec![0x5eed; cols.len()];
-            gemv_generic(&a, &packed, cols.clone(), &mut generic);
+            gemv_generic(&a, a_sum[0], &packed, cols.clone(), &mut generic);
             prop_assert_eq!(&generic[..], &want[cols]);
         }
     }
@@ -216,7 +226,8 @@ mod tests {
     fn the_zmm_kernel_runs_on_avx512_vnni() {
         let (b, a) = operands(20, 24, 1);
         let packed = PackedNibbles::pack(&b, 20, 24).unwrap().unwrap();
-        let isa = gemv_s4(&a, &packed, 0..20, &mut [0; 20]);
+        let a_sum = a.iter().map(|&v| i32::from(v)).sum();
+        let isa = gemv_s4(&a, a_sum, &packed, 0..20, &mut [0; 20]);
         let want = match Isa::detect() {
             Isa::Avx512Vnni => Isa::Avx512Vnni,
             _ => Isa::Generic,

@@ -264,21 +264,22 @@ impl IntMatmul {
         requantize_s8_rows(&self.output.stage(cols), acc, width, m, out, width);
     }
 
-    /// One row `a` into output columns `cols` of `out`, the sums by the 4-bit GEMV over
-    /// `nibbles` (the same weights as `self`'s, packed as nibbles).
+    /// One row `a` (whose sum is `a_sum`) into output columns `cols` of `out`, the sums
+    /// by the 4-bit GEMV over `nibbles` (the same weights as `self`'s, packed as nibbles).
     fn run_nibbles(
         &self,
         nibbles: &PackedNibbles,
-        a: &[i8],
+        (a, a_sum): (&[i8], i32),
         cols: Range<usize>,
         accum: &mut Accum,
         out: &mut [i8],
     ) {
-        let (k, width) = (self.k(), cols.len());
+        let width = cols.len();
         let acc = grow(&mut accum.acc, width);
-        gemv_s4(a, nibbles, cols.clone(), acc);
-        let zp_w = self.zp_w.as_deref();
-        correct_zero_points(zp_w, a, (1, k), cols.clone(), acc, &mut accum.sums);
+        gemv_s4(a, a_sum, nibbles, cols.clone(), acc);
+        if let Some(zp_w) = &self.zp_w {
+            correct_weight_zero_points(acc, width, &[a_sum], &zp_w[cols.clone()]);
+        }
         requantize_s8_rows(&self.output.stage(cols), acc, width, 1, out, width);
     }
 }
@@ -663,17 +664,23 @@ impl IntLinear {
     }
 
     pub fn run(&self, x: &[i8], y: &mut [i8], slots: &mut Workers) {
-        split_linear(
-            x,
-            self.mm.k(),
-            self.mm.n(),
-            y,
-            slots,
-            |a, m, cols, slot, out| match (&self.nibbles, m) {
-                (Some(nibbles), 1) => self.mm.run_nibbles(nibbles, a, cols, &mut slot.accum, out),
-                _ => self.mm.run(a, m, cols, &mut slot.accum, out),
-            },
-        );
+        let (k, n) = (self.mm.k(), self.mm.n());
+        // One image through the nibbles: its sum once, for every block of columns.
+        let one_row = match &self.nibbles {
+            Some(nibbles) if y.len() == n => {
+                let mut a_sum = [0];
+                row_sums_s8(x, k, 1, k, &mut a_sum);
+                Some((nibbles, a_sum[0]))
+            }
+            _ => None,
+        };
+        split_linear(x, k, n, y, slots, |a, m, cols, slot, out| match one_row {
+            Some((nibbles, a_sum)) => {
+                self.mm
+                    .run_nibbles(nibbles, (a, a_sum), cols, &mut slot.accum, out)
+            }
+            None => self.mm.run(a, m, cols, &mut slot.accum, out),
+        });
     }
 }
 

@@ -11,10 +11,11 @@ use crate::kernels::pack::NR;
 
 impl Avx512Vnni {
     /// [`crate::kernels::gemv_s4`]; operands checked by the caller (`a` holds exactly the
-    /// depth).
+    /// depth, `a_sum` is its sum).
     pub(in crate::kernels) fn gemv_s4(
         self,
         a: &[i8],
+        a_sum: i32,
         b: &PackedNibbles,
         cols: Range<usize>,
         c: &mut [i32],
@@ -23,8 +24,6 @@ impl Avx512Vnni {
         let whole = a.len() / NIBBLE_DEPTH * NIBBLE_DEPTH;
         let mut tail = [0i8; NIBBLE_DEPTH];
         tail[..a.len() - whole].copy_from_slice(&a[whole..]);
-        // SAFETY: the token proves AVX-512 F, BW and VNNI.
-        let a_sum = unsafe { sum_codes(a) };
         for q in cols.start / NR..cols.end.div_ceil(NR) {
             // SAFETY: as above; `a` holds 8 codes for every whole row of the panel.
             let sums = unsafe { panel_sums(&a[..whole], &tail, b.panel(q), a_sum) };
@@ -34,15 +33,6 @@ impl Avx512Vnni {
                 .copy_from_slice(&sums[from..][..lanes.len()]);
         }
     }
-}
-
-/// `Σ a`, vectorized.
-///
-/// # Safety
-/// AVX-512 F and BW must be available.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn sum_codes(a: &[i8]) -> i32 {
-    a.iter().map(|&v| i32::from(v)).sum()
 }
 
 /// The 16 sums of one panel: `whole` holds 8 activation codes per whole row (the first
