@@ -26,18 +26,33 @@ impl Avx512Vnni {
         out: &mut [i8],
         out_ld: usize,
     ) {
-        let (acc_rows, out_rows) = ((acc, acc_ld), (&mut *out, out_ld));
-        by_channel_blocks::<16>(stage, stage.channels(), acc_rows, rows, out_rows, |row| {
-            // SAFETY: the token proves AVX-512 F, BW and VL; the slices have the block's
-            // width, at most `CHANNEL_BLOCK`.
-            unsafe {
-                match row.lanes.any_left {
-                    true => requantize_block::<true>(stage, row),
-                    false => requantize_block::<false>(stage, row),
-                }
-            }
-        });
+        // SAFETY: the token proves AVX-512 F, BW and VL.
+        unsafe { requantize_rows_zmm(stage, (acc, acc_ld), rows, (out, out_ld)) }
     }
+}
+
+/// [`Avx512Vnni::requantize_rows`] compiled with AVX-512, so that the row loop and the
+/// blocks inline into one function.
+///
+/// # Safety
+/// AVX-512 F, BW and VL must be available; sizes checked as for `requantize_rows`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn requantize_rows_zmm(
+    stage: &OutputStage<'_>,
+    acc_rows: (&[i32], usize),
+    rows: usize,
+    out_rows: (&mut [i8], usize),
+) {
+    by_channel_blocks::<16>(stage, stage.channels(), acc_rows, rows, out_rows, |row| {
+        // SAFETY: this function's contract; the slices have the block's width, at most
+        // `CHANNEL_BLOCK`.
+        unsafe {
+            match row.lanes.any_left {
+                true => requantize_block::<true>(stage, row),
+                false => requantize_block::<false>(stage, row),
+            }
+        }
+    });
 }
 
 /// One row of one channel block; without `LEFT` the (all zero) left shifts are skipped.
@@ -46,6 +61,7 @@ impl Avx512Vnni {
 /// AVX-512 F, BW and VL must be available; `row.acc.len()` at most `CHANNEL_BLOCK`,
 /// `row.bias.len()` and `row.out.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
 unsafe fn requantize_block<const LEFT: bool>(stage: &OutputStage<'_>, row: BlockRow<'_, 16>) {
     let BlockRow {
         lanes,
