@@ -18,9 +18,9 @@ use std::time::Instant;
 
 use cinder_runtime::kernels::{
     DepthwiseFilter, DirectFilter, Isa, MAX_DIRECT_CHANNELS, NhwcWindow, OutputStage, PackedMatrix,
-    WINOGRAD_POSITIONS, WinogradFilter, WinogradGeometry, depthwise_nhwc_s8, direct_conv_nhwc_s8,
-    gemm_s8, im2col_nhwc_s8, max_pool2x2_s32, requantize_s8_rows, winograd_input_tiles,
-    winograd_multiply, winograd_output_tiles, winograd_products_stride,
+    PackedNibbles, WINOGRAD_POSITIONS, WinogradFilter, WinogradGeometry, depthwise_nhwc_s8,
+    direct_conv_nhwc_s8, gemm_s8, gemv_s4, im2col_nhwc_s8, max_pool2x2_s32, requantize_s8_rows,
+    winograd_input_tiles, winograd_multiply, winograd_output_tiles, winograd_products_stride,
 };
 use cinder_runtime::synthetic::{Rng, minmax_table, random_input, reference_convnet};
 use cinder_runtime::{ConvAlgorithm, QuantConfig, Session, SessionOptions, convert};
@@ -202,6 +202,42 @@ fn gemms() {
         };
         println!("  {name:<10} {}{bytes}", row.join(" | "));
     }
+    nibble_gemv(&mut rng);
+}
+
+/// fc1 at batch 1 with codes in [-8, 7], on every VNNI path the CPU has: the int8 GEMM on
+/// those codes against the 4-bit GEMV on their nibbles, alternating.
+fn nibble_gemv(rng: &mut Rng) {
+    let (k, n) = (8192, 1024);
+    let a = codes(rng, k);
+    let b: Vec<i8> = (0..n * k).map(|_| rng.uniform(-8.0, 7.0) as i8).collect();
+    let a_sum: i32 = a.iter().map(|&v| i32::from(v)).sum();
+    let paths: Vec<Isa> = Isa::ALL
+        .into_iter()
+        .filter(|&isa| isa >= Isa::AvxVnni && isa.supported())
+        .collect();
+    let mut runs: Vec<Box<dyn FnMut()>> = Vec::new();
+    for &isa in &paths {
+        let int8 = PackedMatrix::pack_for(isa, &b, n, k).expect("valid");
+        let nibbles = PackedNibbles::pack_for(isa, &b, n, k)
+            .expect("valid")
+            .expect("4-bit codes");
+        let (a, mut c8, mut c4) = (a.clone(), vec![0i32; n], vec![0i32; n]);
+        let a4 = a.clone();
+        runs.push(Box::new(move || {
+            gemm_s8(black_box(&a), k, 1, &int8, &mut c8, n);
+        }));
+        runs.push(Box::new(move || {
+            gemv_s4(black_box(&a4), a_sum, &nibbles, 0..n, &mut c4);
+        }));
+    }
+    let medians = alternate(400, &mut runs);
+    let row: Vec<String> = paths
+        .iter()
+        .zip(medians.chunks_exact(2))
+        .map(|(isa, t)| format!("{isa} int8 {:.1} µs, w4 {:.1} µs", t[0] * 1e6, t[1] * 1e6))
+        .collect();
+    println!("  fc1 b1, 4-bit codes: {}", row.join(" | "));
 }
 
 /// The 3×3 depthwise layers of `mobilenetv2-tiny` on a 32×32 input: (input side,

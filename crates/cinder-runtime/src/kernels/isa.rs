@@ -124,12 +124,15 @@ impl Isa {
     }
 
     /// Whether a static linear layer whose weight codes fit 4 bits keeps them as nibbles
-    /// too, for the batch-1 GEMV ([`crate::kernels::gemv_s4`]): on the AVX-512 VNNI path,
-    /// where the reference ConvNet's fc1 (8192 × 1024) took 43–47 µs on 2 threads of a
-    /// Zen 4 against 56–77 µs with the same codes as int8 panels. The nibbles add half
-    /// the layer's int8 weight bytes to the plan.
+    /// too, for the batch-1 GEMV ([`crate::kernels::gemv_s4`]): on the VNNI paths. On the
+    /// AVX-512 VNNI path the reference ConvNet's fc1 (8192 × 1024) took 43–47 µs on 2
+    /// threads of a Zen 4 against 56–77 µs with the same codes as int8 panels; on one
+    /// thread of the same CPU, alternating, the 4-bit GEMV took 0.47–0.56 of the int8
+    /// GEMV's time on zmm and 0.61–0.71 on ymm (the EVEX encoding of the AVX-VNNI
+    /// kernel's instructions). The nibbles add half the layer's int8 weight bytes to the
+    /// plan.
     pub fn nibble_gemv_pays(self) -> bool {
-        self == Self::Avx512Vnni
+        self >= Self::AvxVnni
     }
 
     /// The AVX2 token, when this path computes in AVX2 at least.

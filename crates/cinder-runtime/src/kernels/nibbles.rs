@@ -14,14 +14,16 @@
 //! | path | kernel |
 //! |---|---|
 //! | generic | scalar, over the same layout |
+//! | avxvnni, avx512vnni-ymm | `vpdpbusd` ymm (VEX, EVEX), a row in two loads of 8 columns |
 //! | avx512vnni | `vpdpbusd` zmm, one row (16 columns × 8 depths) per load |
 //!
-//! On AVX-512 VNNI the unpacking is two `vpand`s: the low nibbles (`u`) and the high ones
+//! On the VNNI paths the unpacking is two `vpand`s: the low nibbles (`u`) and the high ones
 //! masked in place (`16u`) are `vpdpbusd`'s unsigned operand and the activation codes its
 //! signed one, so that one chain sums `Σ u·a` and the other `16 Σ u·a`, shifted back at
 //! the end; then `Σ w·a = Σ u·a - 8 Σ a`. Sign-extending the nibbles instead (xor, sub)
 //! made the loop compute-bound, no faster than the int8 weights. The plan takes this
-//! kernel for static linear layers whose codes fit 4 bits, at batch 1 on that path only.
+//! kernel for static linear layers whose codes fit 4 bits, at batch 1, on the paths where
+//! it was measured faster ([`Isa::nibble_gemv_pays`]).
 //!
 //! # Exactness
 //! Every product and sum of four is exact in `vpdpbusd`. The high chain reaches at most
@@ -33,6 +35,8 @@ use std::ops::Range;
 use super::KernelError;
 use super::isa::Isa;
 use super::pack::{MAX_DEPTH, NR};
+#[cfg(target_arch = "x86_64")]
+use super::x86::{Avx512Vnni, AvxVnni};
 
 /// Depths per row of a panel.
 pub const NIBBLE_DEPTH: usize = 8;
@@ -52,6 +56,7 @@ fn nibble(w: i8) -> u8 {
 pub struct PackedNibbles {
     n: usize,
     k: usize,
+    isa: Isa,
     rows: Vec<NibbleRow>,
 }
 
@@ -60,14 +65,22 @@ impl std::fmt::Debug for PackedNibbles {
         f.debug_struct("PackedNibbles")
             .field("n", &self.n)
             .field("k", &self.k)
+            .field("isa", &self.isa)
             .finish()
     }
 }
 
 impl PackedNibbles {
-    /// Packs `b` (`n` rows of `k` codes, row-major) when every code lies in [-8, 7];
-    /// `Ok(None)` when one does not (weights of more than 4 bits).
+    /// Packs `b` (`n` rows of `k` codes, row-major) for the process's path
+    /// ([`Isa::detect`]) when every code lies in [-8, 7]; `Ok(None)` when one does not
+    /// (weights of more than 4 bits).
     pub fn pack(b: &[i8], n: usize, k: usize) -> Result<Option<Self>, KernelError> {
+        Self::pack_for(Isa::detect(), b, n, k)
+    }
+
+    /// [`Self::pack`] for the best path at or below `isa` that the CPU supports (the
+    /// layout is the same for every path; [`gemv_s4`] takes the recorded one).
+    pub fn pack_for(isa: Isa, b: &[i8], n: usize, k: usize) -> Result<Option<Self>, KernelError> {
         let expected = n.checked_mul(k).filter(|&e| e == b.len());
         if expected.is_none() {
             return Err(KernelError::WrongLength {
@@ -99,7 +112,12 @@ impl PackedNibbles {
                 };
             }
         }
-        Ok(Some(Self { n, k, rows }))
+        Ok(Some(Self {
+            n,
+            k,
+            isa: Isa::best_up_to(isa),
+            rows,
+        }))
     }
 
     /// Output columns.
@@ -109,6 +127,11 @@ impl PackedNibbles {
 
     pub fn depth(&self) -> usize {
         self.k
+    }
+
+    /// The path this matrix was packed for.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// The rows of panel `q`.
@@ -141,12 +164,45 @@ pub fn gemv_s4(a: &[i8], a_sum: i32, b: &PackedNibbles, cols: Range<usize>, c: &
     let a = &a[..b.k];
     debug_assert_eq!(a.iter().map(|&v| i32::from(v)).sum::<i32>(), a_sum);
     #[cfg(target_arch = "x86_64")]
-    if let Some(token) = Isa::detect().avx512vnni() {
-        token.gemv_s4(a, a_sum, b, cols, c);
-        return Isa::Avx512Vnni;
+    match (b.isa, Avx512Vnni::detect(), AvxVnni::detect()) {
+        (Isa::Avx512Vnni, Some(token), _) => {
+            token.gemv_s4(a, a_sum, b, cols, c);
+            return Isa::Avx512Vnni;
+        }
+        (Isa::Avx512VnniYmm, Some(token), _) => {
+            token.ymm().gemv_s4(a, a_sum, b, cols, c);
+            return Isa::Avx512VnniYmm;
+        }
+        (Isa::AvxVnni, _, Some(token)) => {
+            token.gemv_s4(a, a_sum, b, cols, c);
+            return Isa::AvxVnni;
+        }
+        _ => {}
     }
     gemv_generic(a, a_sum, b, cols, c);
     Isa::Generic
+}
+
+/// The SIMD paths' walk over the panels of `cols`: `panel_sums(whole, tail, panel)` gives
+/// a panel's 16 sums, `whole` holding 8 activation codes per whole row of depths and
+/// `tail` the codes of the partial last row (padded with zero activations), if any.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn by_panels(
+    a: &[i8],
+    b: &PackedNibbles,
+    cols: Range<usize>,
+    c: &mut [i32],
+    mut panel_sums: impl FnMut(&[i8], &[i8; NIBBLE_DEPTH], &[NibbleRow]) -> [i32; NR],
+) {
+    let whole = a.len() / NIBBLE_DEPTH * NIBBLE_DEPTH;
+    let mut tail = [0i8; NIBBLE_DEPTH];
+    tail[..a.len() - whole].copy_from_slice(&a[whole..]);
+    for q in cols.start / NR..cols.end.div_ceil(NR) {
+        let sums = panel_sums(&a[..whole], &tail, b.panel(q));
+        let lanes = (q * NR).max(cols.start)..(q * NR + NR).min(cols.end);
+        let from = lanes.start - q * NR;
+        c[lanes.start - cols.start..][..lanes.len()].copy_from_slice(&sums[from..][..lanes.len()]);
+    }
 }
 
 /// [`gemv_s4`] in scalar code. Operands checked by the caller.
@@ -197,9 +253,14 @@ mod tests {
         (b, a)
     }
 
+    /// The paths this CPU has.
+    fn paths() -> impl Iterator<Item = Isa> {
+        Isa::ALL.into_iter().filter(|isa| isa.supported())
+    }
+
     proptest! {
-        /// Every path the CPU has (the detected one and the generic one) equals the
-        /// reference GEMM on the same codes, for any columns.
+        /// Every path the CPU has (and the generic kernel) equals the reference GEMM on
+        /// the same codes, for any columns.
         #[test]
         fn gemv_equals_the_reference(
             n in prop_oneof![1usize..40, Just(1024)], k in prop_oneof![1usize..70, 500usize..520],
@@ -208,31 +269,36 @@ mod tests {
             let (b, a) = operands(n, k, seed);
             let mut want = vec![0; n];
             reference::gemm_s8(&a, k, 1, &b, n, k, &mut want, n);
-            let packed = PackedNibbles::pack(&b, n, k).unwrap().expect("4-bit codes");
             let start = from % n;
             let cols = start..n.min(start + len);
             let mut a_sum = [0];
             row_sums_s8(&a, k, 1, k, &mut a_sum);
-            let mut got = vec![0x5eed; cols.len()];
-            gemv_s4(&a, a_sum[0], &packed, cols.clone(), &mut got);
-            prop_assert_eq!(&got[..], &want[cols.clone()]);
-            let mut generic = vec![0x5eed; cols.len()];
-            gemv_generic(&a, a_sum[0], &packed, cols.clone(), &mut generic);
-            prop_assert_eq!(&generic[..], &want[cols]);
+            for isa in paths() {
+                let packed = PackedNibbles::pack_for(isa, &b, n, k).unwrap().expect("4-bit codes");
+                let mut got = vec![0x5eed; cols.len()];
+                gemv_s4(&a, a_sum[0], &packed, cols.clone(), &mut got);
+                prop_assert_eq!(&got[..], &want[cols.clone()], "path {}", isa);
+                let mut generic = vec![0x5eed; cols.len()];
+                gemv_generic(&a, a_sum[0], &packed, cols.clone(), &mut generic);
+                prop_assert_eq!(&generic[..], &want[cols.clone()]);
+            }
         }
     }
 
+    /// Each VNNI path the CPU has runs its own kernel; the others the generic one.
     #[test]
-    fn the_zmm_kernel_runs_on_avx512_vnni() {
+    fn every_vnni_path_runs_its_own_kernel() {
         let (b, a) = operands(20, 24, 1);
-        let packed = PackedNibbles::pack(&b, 20, 24).unwrap().unwrap();
         let a_sum = a.iter().map(|&v| i32::from(v)).sum();
-        let isa = gemv_s4(&a, a_sum, &packed, 0..20, &mut [0; 20]);
-        let want = match Isa::detect() {
-            Isa::Avx512Vnni => Isa::Avx512Vnni,
-            _ => Isa::Generic,
-        };
-        assert_eq!(isa, want);
+        for isa in paths() {
+            let packed = PackedNibbles::pack_for(isa, &b, 20, 24).unwrap().unwrap();
+            let ran = gemv_s4(&a, a_sum, &packed, 0..20, &mut [0; 20]);
+            let want = match isa >= Isa::AvxVnni {
+                true => isa,
+                false => Isa::Generic,
+            };
+            assert_eq!(ran, want);
+        }
     }
 
     #[test]

@@ -59,12 +59,55 @@ macro_rules! ymm_depthwise {
     };
 }
 
+/// Defines `$token::gemv_s4`: the shared 256-bit 4-bit-weight GEMV
+/// ([`ymm_nibbles::panel_sums`] over [`crate::kernels::nibbles::by_panels`]) with the
+/// `vpdpbusd` of `$token`, compiled with `features`.
+macro_rules! ymm_nibbles {
+    ($token:ty, $features:literal) => {
+        impl $token {
+            /// [`crate::kernels::gemv_s4`]; operands checked by the caller (`a` holds
+            /// exactly the depth, `a_sum` is its sum).
+            pub(in crate::kernels) fn gemv_s4(
+                self,
+                a: &[i8],
+                a_sum: i32,
+                b: &crate::kernels::nibbles::PackedNibbles,
+                cols: std::ops::Range<usize>,
+                c: &mut [i32],
+            ) {
+                /// # Safety
+                /// The features must be available; `panel` as `panel_sums` needs it.
+                #[target_feature(enable = $features)]
+                unsafe fn run(
+                    whole: &[i8],
+                    tail: &[i8; crate::kernels::nibbles::NIBBLE_DEPTH],
+                    panel: &[crate::kernels::nibbles::NibbleRow],
+                    a_sum: i32,
+                ) -> [i32; crate::kernels::pack::NR] {
+                    // SAFETY: this function's contract.
+                    unsafe {
+                        crate::kernels::x86::ymm_nibbles::panel_sums::<$token>(
+                            whole, tail, panel, a_sum,
+                        )
+                    }
+                }
+                crate::kernels::nibbles::by_panels(a, b, cols, c, |whole, tail, panel| {
+                    // SAFETY: the token proves the features; `by_panels` passes a panel
+                    // with a row per 8 codes of `whole`, plus one for a partial row.
+                    unsafe { run(whole, tail, panel, a_sum) }
+                });
+            }
+        }
+    };
+}
+
 mod avx2;
 mod avx512vnni;
 mod avxvnni;
 mod channel_lanes;
 mod ymm;
 mod ymm_depthwise;
+mod ymm_nibbles;
 
 pub(super) use avx2::Avx2;
 pub(super) use avx512vnni::Avx512Vnni;

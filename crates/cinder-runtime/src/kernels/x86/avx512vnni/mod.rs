@@ -2,8 +2,9 @@
 //! weight quads) and Winograd's i16 GEMMs (`vpdpwssd`) on zmm tiles ([`zmm`]), the
 //! depthwise kernel on zmm ([`depthwise`], `vpdpwssd` on tap pairs), the direct
 //! convolution of few-channel images ([`direct`], `vpdpbusd` on pixel quads), the GEMV of
-//! 4-bit weights ([`nibbles`]), the output stage on zmm ([`requantize`]), and the int8 GEMM and the depthwise kernel on ymm in the
-//! EVEX encoding ([`Avx512VnniYmm`]); everything else runs on AVX2.
+//! 4-bit weights ([`nibbles`]), the output stage on zmm ([`requantize`]), and the int8
+//! GEMM, the depthwise kernel and the 4-bit GEMV on ymm in the EVEX encoding
+//! ([`Avx512VnniYmm`]); everything else runs on AVX2.
 
 mod depthwise;
 mod direct;
@@ -81,3 +82,5 @@ ymm_depthwise!(
     Isa::Avx512VnniYmm,
     "avx2,avx512f,avx512vl,avx512vnni"
 );
+
+ymm_nibbles!(Avx512VnniYmm, "avx2,avx512f,avx512vl,avx512vnni");

@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::Avx512Vnni;
-use crate::kernels::nibbles::{NIBBLE_DEPTH, NibbleRow, PackedNibbles};
+use crate::kernels::nibbles::{NIBBLE_DEPTH, NibbleRow, PackedNibbles, by_panels};
 use crate::kernels::pack::NR;
 
 impl Avx512Vnni {
@@ -20,18 +20,11 @@ impl Avx512Vnni {
         cols: Range<usize>,
         c: &mut [i32],
     ) {
-        // The last, partial row of depths, padded with zero activations.
-        let whole = a.len() / NIBBLE_DEPTH * NIBBLE_DEPTH;
-        let mut tail = [0i8; NIBBLE_DEPTH];
-        tail[..a.len() - whole].copy_from_slice(&a[whole..]);
-        for q in cols.start / NR..cols.end.div_ceil(NR) {
-            // SAFETY: as above; `a` holds 8 codes for every whole row of the panel.
-            let sums = unsafe { panel_sums(&a[..whole], &tail, b.panel(q), a_sum) };
-            let lanes = (q * NR).max(cols.start)..(q * NR + NR).min(cols.end);
-            let from = lanes.start - q * NR;
-            c[lanes.start - cols.start..][..lanes.len()]
-                .copy_from_slice(&sums[from..][..lanes.len()]);
-        }
+        by_panels(a, b, cols, c, |whole, tail, panel| {
+            // SAFETY: the token proves the features; `by_panels` passes a panel with a row
+            // per 8 codes of `whole`, plus one for `tail` when the depth has a partial row.
+            unsafe { panel_sums(whole, tail, panel, a_sum) }
+        });
     }
 }
 
@@ -45,7 +38,9 @@ impl Avx512Vnni {
 unsafe fn panel_sums(whole: &[i8], tail: &[i8; 8], panel: &[NibbleRow], a_sum: i32) -> [i32; NR] {
     let (low, high) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0xf0_u8 as i8));
     let (mut lo, mut hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-    let mut add_row = |row: &NibbleRow, codes: &[i8]| {
+    // A partial last row of depths has a panel row more than `whole` has codes for.
+    let codes = whole.chunks_exact(NIBBLE_DEPTH).chain([&tail[..]]);
+    for (row, codes) in panel.iter().zip(codes) {
         // SAFETY: a row is 64 bytes aligned to 64; `codes` holds 8 values.
         unsafe {
             let v = _mm512_load_si512(row.0.as_ptr().cast());
@@ -53,13 +48,6 @@ unsafe fn panel_sums(whole: &[i8], tail: &[i8; 8], panel: &[NibbleRow], a_sum: i
             lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(v, low), _mm512_set1_epi32(group(0)));
             hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(v, high), _mm512_set1_epi32(group(4)));
         }
-    };
-    let rows = whole.chunks_exact(NIBBLE_DEPTH);
-    for (row, codes) in panel.iter().zip(rows) {
-        add_row(row, codes);
-    }
-    if let Some(row) = panel.get(whole.len() / NIBBLE_DEPTH) {
-        add_row(row, tail);
     }
     // `hi` holds 16 Σ u·a exactly: the arithmetic shift divides it exactly.
     let sums = _mm512_add_epi32(lo, _mm512_srai_epi32(hi, 4));

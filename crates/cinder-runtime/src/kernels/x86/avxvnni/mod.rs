@@ -1,6 +1,7 @@
 //! The AVX-VNNI path (VEX encoding, ymm): the int8 GEMM on the shared 256-bit tile,
-//! u8 activations (`code + 128`) × i8 weight quads (`vpdpbusd`), and the shared 256-bit
-//! depthwise kernel on i16 tap pairs (`vpdpwssd`); everything else runs on AVX2.
+//! u8 activations (`code + 128`) × i8 weight quads (`vpdpbusd`), the shared 256-bit
+//! depthwise kernel on i16 tap pairs (`vpdpwssd`) and the shared 256-bit GEMV of 4-bit
+//! weights (`vpdpbusd`); everything else runs on AVX2.
 
 use std::arch::x86_64::*;
 
@@ -55,3 +56,5 @@ impl YmmDot<WidePairRow> for AvxVnni {
 }
 
 ymm_depthwise!(AvxVnni, AvxVnni, Isa::AvxVnni, "avx2,avxvnni");
+
+ymm_nibbles!(AvxVnni, "avx2,avxvnni");
