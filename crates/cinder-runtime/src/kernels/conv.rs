@@ -120,12 +120,13 @@ pub fn im2col_nhwc_s8(
         stride: [stride; 2],
         padding: [padding; 2],
     };
-    im2col_square_rows_s8(input, &window, 0..g.oh, pad_value, out, out_ld);
+    im2col_square_rows_s8(input, &window, 0..g.oh, (pad_value, 0), out, out_ld);
 }
 
 /// [`im2col_nhwc_s8`] of the output rows `rows` only, for a square window (same kernel,
 /// stride and padding along both axes): row `(oy - rows.start) · ow + ox` of `out` holds
-/// the window at `(oy, ox)`.
+/// the window at `(oy, ox)`, every value (and the pad value) XORed with `flip` (0, or
+/// 0x80 for offset bytes `code + 128`).
 ///
 /// # Panics
 /// If the window is not square or does not fit, `rows` reaches past the output,
@@ -134,7 +135,7 @@ pub(super) fn im2col_square_rows_s8(
     input: &[i8],
     window: &NhwcWindow,
     rows: Range<usize>,
-    pad_value: i8,
+    (pad_value, flip): (i8, i8),
     out: &mut [i8],
     out_ld: usize,
 ) {
@@ -160,7 +161,8 @@ pub(super) fn im2col_square_rows_s8(
         dispatch(Im2col {
             src: Image { g, data: input },
             rows,
-            pad_value,
+            pad_value: pad_value ^ flip,
+            flip,
             out,
             out_ld,
         });
@@ -175,13 +177,14 @@ struct Image<'a> {
 }
 
 impl Image<'_> {
-    /// One im2col window row that crosses the padding, pixel by pixel.
+    /// One im2col window row that crosses the padding, pixel by pixel (`pad_value`
+    /// already XORed with `flip`).
     #[inline(always)]
-    fn window_edge(self, seg: &mut [i8], y: usize, x0: usize, pad_value: i8) {
+    fn window_edge(self, seg: &mut [i8], y: usize, x0: usize, (pad_value, flip): (i8, i8)) {
         let c = self.g.c;
         for (kx, px) in seg.chunks_exact_mut(c).enumerate() {
             match self.g.at(y, x0 + kx) {
-                Some(at) => copy_span(px, &self.data[at..at + c]),
+                Some(at) => copy_span(px, &self.data[at..at + c], flip),
                 None => px.fill(pad_value),
             }
         }
@@ -206,11 +209,12 @@ impl Image<'_> {
     }
 }
 
-/// The work of [`im2col_nhwc_s8`], checked.
+/// The work of [`im2col_nhwc_s8`], checked; `pad_value` already XORed with `flip`.
 struct Im2col<'a> {
     src: Image<'a>,
     rows: Range<usize>,
     pad_value: i8,
+    flip: i8,
     out: &'a mut [i8],
     out_ld: usize,
 }
@@ -224,6 +228,7 @@ impl Vectorizable for Im2col<'_> {
             src,
             rows,
             pad_value,
+            flip,
             out,
             out_ld,
         } = self;
@@ -249,37 +254,55 @@ impl Vectorizable for Im2col<'_> {
                     let first = (inside_lo * g.stride - g.padding) * g.c;
                     let windows = line[first..].windows(span).step_by(g.stride * g.c);
                     for (ox, window) in (inside_lo..inside_hi).zip(windows) {
-                        copy_span(&mut rows[at(ox)..][..span], window);
+                        copy_span(&mut rows[at(ox)..][..span], window, flip);
                     }
                 }
                 for ox in (0..inside_lo).chain(inside_hi..g.ow) {
-                    src.window_edge(&mut rows[at(ox)..][..span], y, ox * g.stride, pad_value);
+                    let (seg, x0) = (&mut rows[at(ox)..][..span], ox * g.stride);
+                    src.window_edge(seg, y, x0, (pad_value, flip));
                 }
             }
         }
     }
 }
 
-/// `dst.copy_from_slice(src)` by fixed-size, possibly overlapping chunks that compile to
+/// `dst[i] = src[i] ^ flip` by fixed-size, possibly overlapping chunks that compile to
 /// plain vector moves: window rows are short (9 bytes for 3 channels), where a `memcpy`
 /// call per row would dominate.
 #[inline(always)]
-fn copy_span(dst: &mut [i8], src: &[i8]) {
+fn copy_span(dst: &mut [i8], src: &[i8], flip: i8) {
     match dst.len() {
-        32.. => copy_chunks::<32>(dst, src),
-        8.. => copy_chunks::<8>(dst, src),
-        _ => dst.copy_from_slice(src),
+        32.. => copy_chunks::<32>(dst, src, flip),
+        8.. => copy_chunks::<8>(dst, src, flip),
+        _ => xor_into(dst, src, flip),
     }
 }
 
 /// [`copy_span`] for `dst.len() >= N`: whole chunks, then the last `N` bytes.
 #[inline(always)]
-fn copy_chunks<const N: usize>(dst: &mut [i8], src: &[i8]) {
+fn copy_chunks<const N: usize>(dst: &mut [i8], src: &[i8], flip: i8) {
     let len = dst.len();
     for i in (0..len - N).step_by(N) {
-        dst[i..i + N].copy_from_slice(&src[i..i + N]);
+        xor_chunk::<N>(&mut dst[i..i + N], &src[i..i + N], flip);
     }
-    dst[len - N..].copy_from_slice(&src[len - N..len]);
+    xor_chunk::<N>(&mut dst[len - N..], &src[len - N..len], flip);
+}
+
+/// `dst[i] = src[i] ^ flip` over `N` bytes: the source read whole into a local array
+/// first, so that the compiler need not prove the slices apart to use one vector.
+#[inline(always)]
+fn xor_chunk<const N: usize>(dst: &mut [i8], src: &[i8], flip: i8) {
+    let mut chunk: [i8; N] = src.try_into().expect("N bytes");
+    for v in &mut chunk {
+        *v ^= flip;
+    }
+    dst.copy_from_slice(&chunk);
+}
+
+/// `dst[i] = src[i] ^ flip`.
+#[inline(always)]
+fn xor_into(dst: &mut [i8], src: &[i8], flip: i8) {
+    dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s ^ flip);
 }
 
 /// Max-pool of one NHWC image `[h][w][c]` with a `kernel × kernel` window, no padding:

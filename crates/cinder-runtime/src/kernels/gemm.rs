@@ -15,8 +15,16 @@ use super::work::Vectorizable;
 #[cfg(target_arch = "x86_64")]
 use super::x86::{Avx512Vnni, AvxVnni};
 
-/// Panics unless the operands hold an `m × k` A and an `m × width` C.
-fn check_operands(a: &[i8], lda: usize, m: usize, k: usize, c: &[i32], ldc: usize, width: usize) {
+/// Panics unless the operands hold an `m × k` A (of `a_len` values) and an `m × width` C.
+fn check_operands(
+    a_len: usize,
+    lda: usize,
+    m: usize,
+    k: usize,
+    c: &[i32],
+    ldc: usize,
+    width: usize,
+) {
     if m == 0 {
         return;
     }
@@ -25,9 +33,8 @@ fn check_operands(a: &[i8], lda: usize, m: usize, k: usize, c: &[i32], ldc: usiz
         "gemm_s8: lda {lda} < k {k} or ldc {ldc} < width {width}"
     );
     assert!(
-        a.len() >= (m - 1) * lda + k,
-        "gemm_s8: a holds {} values, need {m} rows of {k} at stride {lda}",
-        a.len()
+        a_len >= (m - 1) * lda + k,
+        "gemm_s8: a holds {a_len} values, need {m} rows of {k} at stride {lda}"
     );
     assert!(
         c.len() >= (m - 1) * ldc + width,
@@ -65,13 +72,56 @@ pub fn gemm_s8_cols(
     c: &mut [i32],
     ldc: usize,
 ) -> Isa {
+    check_operands(a.len(), lda, m, b.depth(), c, ldc, cols.len());
+    let lhs = Lhs {
+        data: bytes(a),
+        lda,
+        m,
+        offset: false,
+    };
+    gemm_lhs(lhs, b, cols, Dst { c, ldc })
+}
+
+/// [`gemm_s8_cols`] with A given as offset bytes, `a[i] = code + 128` (the codes `^ 0x80`),
+/// which the VNNI paths multiply as they are: they read A in place instead of converting
+/// it (an im2col buffer written so by [`super::im2col_window_u8`]). Rows may hold up to 3
+/// more bytes than the depth's multiple of 4; they are read against zero weights.
+///
+/// # Panics
+/// As [`gemm_s8_cols`].
+pub fn gemm_u8_cols(
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    b: &PackedMatrix,
+    cols: Range<usize>,
+    c: &mut [i32],
+    ldc: usize,
+) -> Isa {
+    check_operands(a.len(), lda, m, b.depth(), c, ldc, cols.len());
+    let lhs = Lhs {
+        data: a,
+        lda,
+        m,
+        offset: true,
+    };
+    gemm_lhs(lhs, b, cols, Dst { c, ldc })
+}
+
+/// An i8 slice as its bytes.
+fn bytes(a: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid
+    // for both.
+    unsafe { std::slice::from_raw_parts(a.as_ptr().cast::<u8>(), a.len()) }
+}
+
+/// The GEMM of checked operands on the path `b` was packed for.
+fn gemm_lhs(lhs: Lhs<'_>, b: &PackedMatrix, cols: Range<usize>, dst: Dst<'_>) -> Isa {
     assert!(
         cols.start <= cols.end && cols.end <= b.rows(),
         "gemm_s8: columns {cols:?} outside 0..{}",
         b.rows()
     );
-    check_operands(a, lda, m, b.depth(), c, ldc, cols.len());
-    let (lhs, dst) = (Lhs { data: a, lda, m }, Dst { c, ldc });
     let k = b.depth();
     // The whole GEMM with micro-kernel `$kern` on panels `$b`.
     macro_rules! blocked {
@@ -127,7 +177,7 @@ pub fn gemm_s8_cols(
 /// As [`gemm_s8`].
 pub fn par_gemm_s8(a: &[i8], lda: usize, m: usize, b: &PackedMatrix, c: &mut [i32], ldc: usize) {
     let n = b.rows();
-    check_operands(a, lda, m, b.depth(), c, ldc, n);
+    check_operands(a.len(), lda, m, b.depth(), c, ldc, n);
     if m == 0 || n == 0 {
         return;
     }

@@ -23,9 +23,42 @@ pub fn im2col_window_s8(
     out: &mut [i8],
     out_ld: usize,
 ) {
+    im2col_rows(image, window, rows, (pad_value, 0), out, out_ld);
+}
+
+/// [`im2col_window_s8`] writing offset bytes, `code + 128` (the codes `^ 0x80`, the pad
+/// value too): the activations that the VNNI GEMM paths multiply as they are
+/// ([`super::gemm_u8_cols`] reads them in place).
+///
+/// # Panics
+/// As [`im2col_window_s8`].
+pub fn im2col_window_u8(
+    image: &[i8],
+    window: &NhwcWindow,
+    rows: Range<usize>,
+    pad_value: i8,
+    out: &mut [u8],
+    out_ld: usize,
+) {
+    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid
+    // for both.
+    let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<i8>(), out.len()) };
+    im2col_rows(image, window, rows, (pad_value, i8::MIN), out, out_ld);
+}
+
+/// The im2col rows of [`im2col_window_s8`], every value and the pad value XORed with
+/// `flip`.
+fn im2col_rows(
+    image: &[i8],
+    window: &NhwcWindow,
+    rows: Range<usize>,
+    (pad_value, flip): (i8, i8),
+    out: &mut [i8],
+    out_ld: usize,
+) {
     let square = |a: [usize; 2]| a[0] == a[1];
     if square(window.kernel) && square(window.stride) && square(window.padding) {
-        return im2col_square_rows_s8(image, window, rows, pad_value, out, out_ld);
+        return im2col_square_rows_s8(image, window, rows, (pad_value, flip), out, out_ld);
     }
     let [_, _, c] = window.input;
     let [oh, ow] = window.output();
@@ -43,8 +76,11 @@ pub fn im2col_window_s8(
             let row = &mut out[((oy - rows.start) * ow + ox) * out_ld..][..kh * kw * c];
             for (tap, seg) in row.chunks_exact_mut(c.max(1)).enumerate() {
                 match window.pixel(oy, ox, tap / kw, tap % kw) {
-                    Some(p) => seg.copy_from_slice(&image[p * c..][..c]),
-                    None => seg.fill(pad_value),
+                    Some(p) => seg
+                        .iter_mut()
+                        .zip(&image[p * c..][..c])
+                        .for_each(|(d, &x)| *d = x ^ flip),
+                    None => seg.fill(pad_value ^ flip),
                 }
             }
         }
@@ -61,7 +97,7 @@ mod tests {
 
     proptest! {
         /// Any band of rows, square (vectorized) or not, equals those rows of the
-        /// whole image's im2col by the reference.
+        /// whole image's im2col by the reference, and as offset bytes those `^ 0x80`.
         #[test]
         fn row_bands_equal_the_reference_rows(
             h in 1usize..8, w in 1usize..8, c in 1usize..5, kh in 1usize..4, kw in 1usize..4,
@@ -80,9 +116,15 @@ mod tests {
             reference::im2col_window_s8(&image, &window, pad, &mut want, ld);
             let mut got = vec![0x55; rows.len() * ow * ld];
             im2col_window_s8(&image, &window, rows.clone(), pad, &mut got, ld);
-            for (i, (g, w)) in got.chunks(ld).zip(want[rows.start * ow * ld..].chunks(ld)).enumerate() {
+            let mut offset = vec![0x55; rows.len() * ow * ld];
+            im2col_window_u8(&image, &window, rows.clone(), pad, &mut offset, ld);
+            let want = want[rows.start * ow * ld..].chunks(ld);
+            for (i, ((g, o), w)) in got.chunks(ld).zip(offset.chunks(ld)).zip(want).enumerate() {
                 prop_assert_eq!(&g[..ld - 1], &w[..ld - 1], "row {}", i);
                 prop_assert_eq!(g[ld - 1], 0x55, "the padding column is not written");
+                let flipped: Vec<u8> = w[..ld - 1].iter().map(|&v| v as u8 ^ 0x80).collect();
+                prop_assert_eq!(&o[..ld - 1], &flipped[..], "offset row {}", i);
+                prop_assert_eq!(o[ld - 1], 0x55);
             }
         }
     }

@@ -26,12 +26,20 @@ pub(super) trait LhsElem: Copy {
     fn from_code(code: i8) -> Self;
     /// The value, for the portable kernel.
     fn value(self) -> i32;
+    /// A given as offset bytes (`code + 128`, as [`super::gemm_u8_cols`] takes it) read in
+    /// place, where they are this element; `None` where they must be converted.
+    fn in_place(offset_bytes: &[u8]) -> Option<&[Self]>;
 }
 
 impl LhsElem for i16 {
     #[inline(always)]
     fn from_code(code: i8) -> Self {
         Self::from(code)
+    }
+
+    #[inline(always)]
+    fn in_place(_: &[u8]) -> Option<&[Self]> {
+        None
     }
 
     #[inline(always)]
@@ -45,6 +53,11 @@ impl LhsElem for u8 {
     #[inline(always)]
     fn from_code(code: i8) -> Self {
         code as u8 ^ 0x80
+    }
+
+    #[inline(always)]
+    fn in_place(offset_bytes: &[u8]) -> Option<&[Self]> {
+        Some(offset_bytes)
     }
 
     #[inline(always)]

@@ -100,8 +100,8 @@ fn operands(case: &GemmCase) -> (Vec<i8>, Vec<i8>, Vec<i32>) {
     (a, b, vec![0x5eed; case.m * case.ldc])
 }
 
-/// Checks the GEMM packed for `isa` against the reference on `cols`; `isa` must be the
-/// path that ran.
+/// Checks the GEMM packed for `isa` against the reference on `cols`, with A as codes and
+/// as offset bytes; `isa` must be the path that ran.
 fn check_gemm(isa: Isa, case: &GemmCase, cols: Range<usize>) -> Result<(), TestCaseError> {
     let (a, b, mut want) = operands(case);
     reference::gemm_s8(
@@ -115,9 +115,22 @@ fn check_gemm(isa: Isa, case: &GemmCase, cols: Range<usize>) -> Result<(), TestC
     }
     let packed = PackedMatrix::pack_for(isa, &b, case.n, case.k).unwrap();
     let mut got = vec![0x5eed; want.len()];
-    let ran = gemm_s8_cols(&a, case.lda, case.m, &packed, cols, &mut got, case.ldc);
+    let ran = gemm_s8_cols(
+        &a,
+        case.lda,
+        case.m,
+        &packed,
+        cols.clone(),
+        &mut got,
+        case.ldc,
+    );
     prop_assert_eq!(&got, &expected);
     prop_assert_eq!(ran, isa, "the path that ran");
+    let offset: Vec<u8> = a.iter().map(|&v| v as u8 ^ 0x80).collect();
+    let mut got = vec![0x5eed; want.len()];
+    let ran = gemm_u8_cols(&offset, case.lda, case.m, &packed, cols, &mut got, case.ldc);
+    prop_assert_eq!(&got, &expected, "offset bytes");
+    prop_assert_eq!(ran, isa, "the path that ran on offset bytes");
     Ok(())
 }
 

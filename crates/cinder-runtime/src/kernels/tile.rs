@@ -5,9 +5,10 @@
 //! driver ([`gemm_blocked`]) converts [`MC`] rows of A at a time into the kernel's A
 //! elements (i16 for the pair kernels, `code + 128` as u8 for the VNNI ones) in a stack
 //! buffer (depth split into even blocks so that the buffer holds at most [`A_GROUPS`]
-//! groups); for every panel it runs the micro-kernel over the block in tiles of up to
-//! `K::ROWS` rows ([`multiply_block`]), so that the panel slice stays in L1 while the A
-//! block stays in L2. The first depth block starts the sums from the panel's start
+//! groups), or reads them in place where A comes as the offset bytes a VNNI kernel
+//! multiplies ([`super::gemm_u8_cols`]); for every panel it runs the micro-kernel over
+//! the block in tiles of up to `K::ROWS` rows ([`multiply_block`]), so that the panel
+//! slice stays in L1 while the A block stays in L2. The first depth block starts the sums from the panel's start
 //! values (0, or the VNNI offset's compensation), later ones add to C. No allocation.
 
 use std::mem::MaybeUninit;
@@ -186,12 +187,33 @@ fn tile_rows<P: PanelRow, K: MicroKernel<P>>(
     }
 }
 
-/// The A operand: `m` rows of i8, row `i` at `data[i * lda ..]`.
+/// The A operand: `m` rows of bytes, row `i` at `data[i * lda ..]`: activation codes
+/// (i8), or with `offset` the codes + 128 (u8), which kernels multiplying `code + 128`
+/// read in place.
 #[derive(Clone, Copy)]
 pub(super) struct Lhs<'a> {
-    pub(super) data: &'a [i8],
+    pub(super) data: &'a [u8],
     pub(super) lda: usize,
     pub(super) m: usize,
+    pub(super) offset: bool,
+}
+
+impl<'a> Lhs<'a> {
+    /// Rows `rows`, depths from `d0`, in place when the kernel's elements are the offset
+    /// bytes and A holds `dc` depths of every row (the last group of a depth that is not
+    /// a multiple of it reads past the row, onto weights that are 0).
+    #[inline(always)]
+    fn in_place<T: LhsElem>(self, rows: Range<usize>, d0: usize, dc: usize) -> Option<Rows<'a, T>> {
+        let end = (rows.end - 1) * self.lda + d0 + dc;
+        if !self.offset || end > self.data.len() {
+            return None;
+        }
+        let data = T::in_place(&self.data[rows.start * self.lda + d0..end])?;
+        Some(Rows {
+            data,
+            stride: self.lda,
+        })
+    }
 }
 
 /// The C operand: output column `j` of row `i` at `c[i * ldc + j - cols.start]`.
@@ -209,7 +231,7 @@ struct LhsBuf([MaybeUninit<u32>; A_GROUPS]);
 const CONVERT_CHUNK: usize = 64;
 
 /// Converts rows `rows` of A, depth `d0 .. d0 + dc` (`dc` a multiple of `4 / size_of::<T>()`),
-/// into `T`s, padding past `k`.
+/// into `T`s, padding past `k`; offset bytes back to codes first.
 ///
 /// A row is converted in whole chunks of [`CONVERT_CHUNK`] (fixed-size vector code, which
 /// matters for short rows such as conv1's 27 taps) when A and the buffer hold the chunks'
@@ -233,6 +255,8 @@ fn convert_rows<'b, T: LhsElem>(
     let dst =
         unsafe { std::slice::from_raw_parts_mut(buf.0.as_mut_ptr().cast::<MaybeUninit<T>>(), cap) };
     let width = dc.next_multiple_of(CONVERT_CHUNK);
+    let flip = if a.offset { 0x80 } else { 0 };
+    let code = |byte: u8| T::from_code((byte ^ flip) as i8);
     for (n, i) in rows.enumerate() {
         let (from, at) = (i * a.lda + d0, n * dc);
         if from + width <= a.data.len() && at + width <= cap {
@@ -242,7 +266,7 @@ fn convert_rows<'b, T: LhsElem>(
                 .zip(src.chunks_exact(CONVERT_CHUNK))
             {
                 d.iter_mut().zip(s).for_each(|(d, &s)| {
-                    d.write(T::from_code(s));
+                    d.write(code(s));
                 });
             }
             continue;
@@ -250,7 +274,7 @@ fn convert_rows<'b, T: LhsElem>(
         let src = &a.data[from..][..dc.min(k - d0)];
         let (body, pad) = dst[at..][..dc].split_at_mut(src.len());
         body.iter_mut().zip(src).for_each(|(d, &s)| {
-            d.write(T::from_code(s));
+            d.write(code(s));
         });
         pad.iter_mut().for_each(|d| {
             d.write(T::from_code(0));
@@ -354,7 +378,10 @@ pub(super) fn gemm_blocked<P: PanelRow, K: MicroKernel<P>>(
         for p0 in (0..groups).step_by(kc) {
             let pc = kc.min(groups - p0);
             let (d0, dc) = (P::GROUP * p0, P::GROUP * pc);
-            let a = convert_rows(&mut buf, lhs, k, i0..i0 + rows, d0, dc);
+            let a = match lhs.in_place(i0..i0 + rows, d0, dc) {
+                Some(a) => a,
+                None => convert_rows(&mut buf, lhs, k, i0..i0 + rows, d0, dc),
+            };
             multiply_block(
                 kern,
                 a,

@@ -31,9 +31,9 @@ use crate::geometry::Window;
 use crate::kernels::{
     DirectFilter, Isa, MAX_WINOGRAD_CHANNELS, NR, OutputStage, PackedMatrix, PackedNibbles,
     WINOGRAD_POSITIONS, WinogradFilter, WinogradGeometry, direct_conv_nhwc_s8, gemm_s8_cols,
-    gemv_s4, im2col_window_s8, max_pool2d_nhwc_s8, max_pool2x2_s32, requantize_s8_rows,
-    row_sums_s8, winograd_input_tiles, winograd_multiply, winograd_output_tiles,
-    winograd_products_stride,
+    gemm_u8_cols, gemv_s4, im2col_window_s8, im2col_window_u8, max_pool2d_nhwc_s8, max_pool2x2_s32,
+    requantize_s8_rows, row_sums_s8, winograd_input_tiles, winograd_multiply,
+    winograd_output_tiles, winograd_products_stride,
 };
 
 /// Fewest input channels for which a convolution takes Winograd. Its transforms cost per
@@ -225,6 +225,23 @@ impl IntMatmul {
             0..self.n(),
             accum,
         )
+    }
+
+    /// Whether the GEMM reads offset bytes (`code + 128`) in place: weights packed for a
+    /// VNNI path, which multiplies those bytes, and no weight zero points (whose
+    /// correction sums the codes).
+    fn reads_offset(&self) -> bool {
+        self.zp_w.is_none() && self.weights.isa() >= Isa::AvxVnni
+    }
+
+    /// [`Self::sums`] of `m` rows of offset bytes (row stride `k`), where
+    /// [`Self::reads_offset`].
+    fn offset_sums<'a>(&self, a: &[u8], m: usize, accum: &'a mut Accum) -> &'a mut [i32] {
+        debug_assert!(self.reads_offset());
+        let (k, n) = (self.k(), self.n());
+        let acc = grow(&mut accum.acc, m * n);
+        gemm_u8_cols(a, k, m, &self.weights, 0..n, acc, n);
+        acc
     }
 
     /// `m` rows of `a` (row stride `k`) into every output column, row `i` at
@@ -433,6 +450,25 @@ impl ConvShape {
         im2col_window_s8(image, &self.window.nhwc(self.input), rows, pad, out, k);
         out
     }
+
+    /// [`Self::lhs`]'s im2col rows as offset bytes (`code + 128`) in `cols`, with 3 bytes
+    /// to spare for the GEMM's last 4-byte group; `None` for a 1x1, stride-1, unpadded
+    /// convolution, whose operand is the image's own codes.
+    pub fn offset_lhs<'a>(
+        &self,
+        image: &[i8],
+        pad: i8,
+        rows: Range<usize>,
+        cols: &'a mut Vec<u8>,
+    ) -> Option<&'a [u8]> {
+        if self.window == Window::square(1, 1, 0) {
+            return None;
+        }
+        let (ow, k) = (self.out_hw().1, self.depth());
+        let out = grow(cols, rows.len() * ow * k + 3);
+        im2col_window_u8(image, &self.window.nhwc(self.input), rows, pad, out, k);
+        Some(out)
+    }
 }
 
 /// How a static convolution computes its sums.
@@ -536,13 +572,26 @@ impl IntConv {
         }
     }
 
-    /// What the kernel reads for output rows `rows` of one image: their im2col rows, or
-    /// (Winograd, direct) the image.
-    fn lhs<'a>(&self, image: &'a [i8], rows: Range<usize>, cols: &'a mut Vec<i8>) -> &'a [i8] {
-        match self.kernel {
-            ConvKernel::Im2col(_) => self.shape.lhs(image, self.zp_in, rows, cols),
-            ConvKernel::Winograd(_) | ConvKernel::Direct(_) => image,
+    /// The sums of output rows `rows` of one image by im2col + GEMM, the im2col rows as
+    /// offset bytes where the GEMM reads them in place.
+    fn im2col_sums<'a>(
+        &self,
+        mm: &IntMatmul,
+        image: &[i8],
+        rows: Range<usize>,
+        (cols, offset_cols): (&mut Vec<i8>, &mut Vec<u8>),
+        accum: &'a mut Accum,
+    ) -> &'a mut [i32] {
+        let m = rows.len() * self.shape.out_hw().1;
+        if mm.reads_offset()
+            && let Some(a) = self
+                .shape
+                .offset_lhs(image, self.zp_in, rows.clone(), offset_cols)
+        {
+            return mm.offset_sums(a, m, accum);
         }
+        let a = self.shape.lhs(image, self.zp_in, rows, cols);
+        mm.sums(a, m, accum)
     }
 
     /// Whole images per thread; a batch smaller than the thread count splits each image's
@@ -577,6 +626,7 @@ impl IntConv {
     fn run_units(&self, image: &[i8], units: Range<usize>, slot: &mut Scratch, out: &mut [i8]) {
         let Scratch {
             cols,
+            offset_cols,
             accum,
             pooled,
             ..
@@ -588,20 +638,21 @@ impl IntConv {
             true => rows.len() / 2 * (ow / 2),
             false => rows.len() * ow,
         };
-        let a = self.lhs(image, rows.clone(), cols);
         let sums = match &self.kernel {
-            ConvKernel::Im2col(mm) => mm.sums(a, rows.len() * ow, accum),
+            ConvKernel::Im2col(mm) => {
+                self.im2col_sums(mm, image, rows.clone(), (cols, offset_cols), accum)
+            }
             ConvKernel::Winograd(w) => {
                 // Pairs of rows from the first: the tile rows hold exactly these rows.
                 let tile_rows = rows.start / 2..rows.end.div_ceil(2);
-                w.sums.accumulate(a, self.zp_in, tile_rows, accum)
+                w.sums.accumulate(image, self.zp_in, tile_rows, accum)
             }
             ConvKernel::Direct(d) => {
                 // Pooled in the kernel's tiles when `pool`.
                 let sums = grow(&mut accum.acc, pixels * n);
                 direct_conv_nhwc_s8(
                     &d.filter,
-                    a,
+                    image,
                     rows.clone(),
                     self.pool,
                     &mut accum.padded,

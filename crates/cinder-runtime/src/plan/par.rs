@@ -38,6 +38,8 @@ pub(crate) struct Accum {
 pub(crate) struct Scratch {
     /// im2col rows of one image, or of the part of one image this thread computes.
     pub cols: Vec<i8>,
+    /// The same as offset bytes (`code + 128`), for GEMMs that read them in place.
+    pub offset_cols: Vec<u8>,
     /// A dynamically quantized input image.
     pub q: Vec<i8>,
     pub accum: Accum,
