@@ -183,9 +183,14 @@ struct RequantCase {
 }
 
 fn requant_case() -> impl Strategy<Value = RequantCase> {
-    // Past 128 channels too: the vector paths unpack multipliers in blocks of 128.
+    // Past 128 channels too: the vector paths unpack multipliers in blocks of 128; and
+    // every count of whole zmm vectors a block can hold (walked with a fixed count).
     (
-        prop_oneof![4 => 0usize..40, 1 => 120usize..300],
+        prop_oneof![
+            4 => 0usize..40,
+            1 => 120usize..300,
+            1 => (1usize..=8).prop_map(|v| 16 * v)
+        ],
         1usize..4,
         0usize..3,
         any::<bool>(),

@@ -59,36 +59,54 @@ impl<const G: usize> ChannelLanes<G> {
     }
 }
 
-/// One row of one block of channels: the block's constants, the row's sums, the block's
-/// biases and where its codes go (all of the block's width).
-pub(super) struct BlockRow<'a, const G: usize> {
+/// One block of channels over `rows` rows: the block's constants and biases, and the
+/// rows' sums and codes from the block's first channel (row `i` at `i * acc_ld` and
+/// `i * out_ld`, the block's width each).
+pub(super) struct BlockRows<'a, const G: usize> {
     pub(super) lanes: &'a ChannelLanes<G>,
-    pub(super) acc: &'a [i32],
     pub(super) bias: &'a [i32],
-    pub(super) out: &'a mut [i8],
+    acc: &'a [i32],
+    acc_ld: usize,
+    out: &'a mut [i8],
+    out_ld: usize,
+    pub(super) rows: usize,
 }
 
-/// Runs `block` over every row and every block of up to [`CHANNEL_BLOCK`] of the first
-/// `channels` channels of `rows` rows of sums (`acc`, row stride `acc_ld`) into `out`
-/// (row stride `out_ld`), unpacking each block's constants once.
+impl<const G: usize> BlockRows<'_, G> {
+    /// Row `i`'s sums and codes, the block's width each.
+    #[inline(always)]
+    pub(super) fn row(&mut self, i: usize) -> (&[i32], &mut [i8]) {
+        let width = self.bias.len();
+        (
+            &self.acc[i * self.acc_ld..][..width],
+            &mut self.out[i * self.out_ld..][..width],
+        )
+    }
+}
+
+/// Runs `block` over every block of up to [`CHANNEL_BLOCK`] of the first `channels`
+/// channels of `rows` rows of sums (`acc`, row stride `acc_ld`) into `out` (row stride
+/// `out_ld`), unpacking each block's constants once; the kernel walks the rows itself, so
+/// that its setup is paid once per block.
 pub(super) fn by_channel_blocks<const G: usize>(
     stage: &OutputStage<'_>,
     channels: usize,
     (acc, acc_ld): (&[i32], usize),
     rows: usize,
     (out, out_ld): (&mut [i8], usize),
-    mut block: impl FnMut(BlockRow<'_, G>),
+    mut block: impl FnMut(BlockRows<'_, G>),
 ) {
     for j0 in (0..channels).step_by(CHANNEL_BLOCK) {
         let width = CHANNEL_BLOCK.min(channels - j0);
         let lanes = ChannelLanes::<G>::new(stage, j0..j0 + width);
-        for i in 0..rows {
-            block(BlockRow {
-                lanes: &lanes,
-                acc: &acc[i * acc_ld + j0..][..width],
-                bias: &stage.bias[j0..][..width],
-                out: &mut out[i * out_ld + j0..][..width],
-            });
-        }
+        block(BlockRows {
+            lanes: &lanes,
+            bias: &stage.bias[j0..][..width],
+            acc: &acc[j0..],
+            acc_ld,
+            out: &mut out[j0..],
+            out_ld,
+            rows,
+        });
     }
 }

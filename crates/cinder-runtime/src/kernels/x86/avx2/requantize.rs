@@ -7,7 +7,7 @@ use super::Avx2;
 use crate::kernels::generic;
 use crate::kernels::output::OutputStage;
 use crate::kernels::x86::channel_lanes::{
-    BlockRow, CHANNEL_BLOCK, ChannelLanes, by_channel_blocks,
+    BlockRows, CHANNEL_BLOCK, ChannelLanes, by_channel_blocks,
 };
 
 /// The constants in AVX2's lane order.
@@ -27,13 +27,13 @@ impl Avx2 {
     ) {
         let vec_n = stage.channels() / 8 * 8;
         let (acc_rows, out_rows) = ((acc, acc_ld), (&mut *out, out_ld));
-        by_channel_blocks::<8>(stage, vec_n, acc_rows, rows, out_rows, |row| {
-            // SAFETY: the token proves AVX2 support; the slices have the block's width, a
-            // multiple of 8 and at most `CHANNEL_BLOCK`.
+        by_channel_blocks::<8>(stage, vec_n, acc_rows, rows, out_rows, |block| {
+            // SAFETY: the token proves AVX2 support; a block's width is a multiple of 8 and
+            // at most `CHANNEL_BLOCK`.
             unsafe {
-                match row.lanes.any_left {
-                    true => requantize_block::<true>(stage, row),
-                    false => requantize_block::<false>(stage, row),
+                match block.lanes.any_left {
+                    true => requantize_block::<true>(stage, block),
+                    false => requantize_block::<false>(stage, block),
                 }
             }
         });
@@ -41,19 +41,13 @@ impl Avx2 {
     }
 }
 
-/// One row of one channel block; without `LEFT` the (all zero) left shifts are skipped.
+/// Every row of one channel block; without `LEFT` the (all zero) left shifts are skipped.
 ///
 /// # Safety
-/// AVX2 must be available; `row.acc.len()` a multiple of 8, at most `CHANNEL_BLOCK` and
-/// at most `row.bias.len()` and `row.out.len()`.
+/// AVX2 must be available; the block's width a multiple of 8 and at most
+/// `CHANNEL_BLOCK`.
 #[target_feature(enable = "avx2")]
-unsafe fn requantize_block<const LEFT: bool>(stage: &OutputStage<'_>, row: BlockRow<'_, 8>) {
-    let BlockRow {
-        lanes,
-        acc,
-        bias,
-        out,
-    } = row;
+unsafe fn requantize_block<const LEFT: bool>(stage: &OutputStage<'_>, mut block: BlockRows<'_, 8>) {
     let (lo, hi) = (stage.lo - stage.zp_out, stage.hi - stage.zp_out);
     let bounds = (
         _mm256_set1_epi64x(i64::from(lo)),
@@ -62,29 +56,33 @@ unsafe fn requantize_block<const LEFT: bool>(stage: &OutputStage<'_>, row: Block
     let (lo, hi) = (_mm256_set1_epi32(lo), _mm256_set1_epi32(hi));
     let zp = _mm256_set1_epi32(stage.zp_out);
     let gather = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
-    for g in (0..acc.len()).step_by(8) {
-        // SAFETY: `g + 8 <= acc.len()`, which bounds every slice read and `out`; the
-        // `i64` arrays hold `CHANNEL_BLOCK >= acc.len()` lanes.
-        unsafe {
-            let x = _mm256_add_epi32(load8(acc, g), load8(bias, g));
-            let even = _mm256_mul_epi32(x, load8(&lanes.mult, g));
-            let odd = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), load8(&lanes.odd, g));
-            let mut even = round_shift(even, lanes, g);
-            let mut odd = round_shift(odd, lanes, g + 4);
-            if LEFT {
-                even = clamp_i64(even, bounds);
-                odd = clamp_i64(odd, bounds);
+    let (lanes, bias) = (block.lanes, block.bias);
+    for i in 0..block.rows {
+        let (acc, out) = block.row(i);
+        for g in (0..acc.len()).step_by(8) {
+            // SAFETY: `g + 8 <= acc.len()`, which bounds every slice read and `out`; the
+            // `i64` arrays hold `CHANNEL_BLOCK >= acc.len()` lanes.
+            unsafe {
+                let x = _mm256_add_epi32(load8(acc, g), load8(bias, g));
+                let even = _mm256_mul_epi32(x, load8(&lanes.mult, g));
+                let odd = _mm256_mul_epi32(_mm256_srli_epi64(x, 32), load8(&lanes.odd, g));
+                let mut even = round_shift(even, lanes, g);
+                let mut odd = round_shift(odd, lanes, g + 4);
+                if LEFT {
+                    even = clamp_i64(even, bounds);
+                    odd = clamp_i64(odd, bounds);
+                }
+                // Every result fits int32 now: its low half is exact.
+                let y = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0b1010_1010);
+                let y = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(y, lo), hi), zp);
+                // Values lie in [-128, 127]: the saturating packs are exact.
+                let words = _mm256_packs_epi32(y, y);
+                let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(words, words), gather);
+                _mm_storel_epi64(
+                    out.as_mut_ptr().add(g).cast(),
+                    _mm256_castsi256_si128(bytes),
+                );
             }
-            // Every result fits int32 now: its low half is exact.
-            let y = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0b1010_1010);
-            let y = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(y, lo), hi), zp);
-            // Values lie in [-128, 127]: the saturating packs are exact.
-            let words = _mm256_packs_epi32(y, y);
-            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(words, words), gather);
-            _mm_storel_epi64(
-                out.as_mut_ptr().add(g).cast(),
-                _mm256_castsi256_si128(bytes),
-            );
         }
     }
 }
