@@ -4,12 +4,14 @@
 //! the taps inside the image, optionally max-pooled over 2×2 pixels before the output
 //! stage (exact, as for the im2col path: the output stage is non-decreasing in the sum).
 //!
-//! Through im2col such a layer is a GEMM of depth `taps · c` (27 for 3×3 RGB), too
-//! shallow for a GEMM tile to pay for its loads and stores, and the im2col rows are
-//! gathered three bytes at a time. Here the channels of one pixel, padded to four, are
-//! one `vpdpbusd` quad: a tile broadcasts each of four pixels' quads (a 2×2 block, so that
-//! a fused pool is a maximum of four registers) against the weight quads of 16 output
-//! channels per register, with no column matrix and no pass over unpooled sums.
+//! Through im2col + GEMM such a layer is a GEMM of depth `taps · c` (27 for 3×3 RGB), too
+//! shallow for a GEMM tile to pay for its loads and stores, with a pass over every
+//! unpooled sum. Here each output pixel's window is one short row of bytes, `taps · c`
+//! deep, padded to whole `vpdpbusd` quads (7 quads for 3×3 RGB, where a quad per tap
+//! holding 3 channels and a zero would take 9): a tile broadcasts each quad of four
+//! pixels' windows (a 2×2 block, so that a fused pool is a maximum of four registers)
+//! against the weight quads of 16 output channels per register. The windows are built
+//! for two output rows at a time (kept in L1) from the padded input rows.
 //!
 //! # Paths
 //! | path | kernel |
@@ -23,7 +25,7 @@
 //!
 //! # Exactness
 //! Pixels enter as `u = x + 128` (`x ^ 0x80`, in [0, 255]), those in the padding as
-//! `zp_in + 128`, the fourth channel of a three-channel image as 0 against weights 0.
+//! `zp_in + 128`; a window's bytes past its depth meet weights 0, whatever they hold.
 //! Every product `u · w` and sum of four is exact in `vpdpbusd`, and lanes add with
 //! wrapping. The sums start from `-(zp_in + 128) · Σ_taps Σ_ch w[n]`, so a lane ends at
 //! `Σ_inside (x - zp_in) · w` modulo 2^32, which lies in i32 for at most
@@ -39,8 +41,11 @@ use super::window::NhwcWindow;
 #[cfg(target_arch = "x86_64")]
 use super::x86::Avx512Vnni;
 
-/// The most input channels a pixel quad holds.
+/// The most input channels the kernel takes.
 pub const MAX_DIRECT_CHANNELS: usize = 4;
+
+/// Bytes of one `vpdpbusd` group.
+pub(super) const QUAD: usize = 4;
 
 /// Output channels per vector register of the zmm kernel.
 pub(super) const DIRECT_BLOCK: usize = 16;
@@ -54,8 +59,9 @@ pub struct DirectFilter {
     window: NhwcWindow,
     out_channels: usize,
     isa: Isa,
-    /// `[block of 16 outputs][tap][16][4]`: one 64-byte quad row per block and tap, the
-    /// channels past `c` and the outputs past `out_channels` zero.
+    /// `[block of 16 outputs][quad][16][4]`: one 64-byte row per block and quad of the
+    /// window's depth (`(ky, kx, ch)` order), the depths past `taps · c` and the outputs
+    /// past `out_channels` zero.
     quads: Vec<i8>,
     /// `-(zp_in + 128) · Σ w` per output channel, rounded up to whole blocks.
     start: Vec<i32>,
@@ -98,17 +104,16 @@ impl DirectFilter {
                 out_channels,
             });
         }
-        let c = window.input[2];
-        let taps = window.kernel[0] * window.kernel[1];
-        KernelError::check_length(codes.len(), out_channels, taps * c)?;
-        let blocks = out_channels.div_ceil(DIRECT_BLOCK);
-        let mut quads = vec![0i8; blocks * taps * DIRECT_BLOCK * MAX_DIRECT_CHANNELS];
+        let depth = window_depth(&window);
+        KernelError::check_length(codes.len(), out_channels, depth)?;
+        let (blocks, per_block) = (out_channels.div_ceil(DIRECT_BLOCK), depth.div_ceil(QUAD));
+        let mut quads = vec![0i8; blocks * per_block * DIRECT_BLOCK * QUAD];
         let mut start = vec![0i32; blocks * DIRECT_BLOCK];
-        for (n, row) in codes.chunks_exact(taps * c).enumerate() {
+        for (n, row) in codes.chunks_exact(depth).enumerate() {
             let (block, lane) = (n / DIRECT_BLOCK, n % DIRECT_BLOCK);
-            for (tap, values) in row.chunks_exact(c).enumerate() {
-                let at = ((block * taps + tap) * DIRECT_BLOCK + lane) * MAX_DIRECT_CHANNELS;
-                quads[at..at + c].copy_from_slice(values);
+            for (q, values) in row.chunks(QUAD).enumerate() {
+                let at = ((block * per_block + q) * DIRECT_BLOCK + lane) * QUAD;
+                quads[at..at + values.len()].copy_from_slice(values);
             }
             let sum: i32 = row.iter().map(|&w| i32::from(w)).sum();
             start[n] = sum.wrapping_mul(-(i32::from(zp_in) + 128));
@@ -143,16 +148,25 @@ impl DirectFilter {
         self.isa
     }
 
-    /// The quad rows from output block `block` on, `[block][tap][16][4]`.
+    /// Quads of one window's depth.
+    pub(super) fn depth_quads(&self) -> usize {
+        window_depth(&self.window).div_ceil(QUAD)
+    }
+
+    /// The quad rows from output block `block` on, `[block][quad][16][4]`.
     pub(super) fn quads_from(&self, block: usize) -> &[i8] {
-        let taps = self.window.kernel[0] * self.window.kernel[1];
-        &self.quads[block * taps * DIRECT_BLOCK * MAX_DIRECT_CHANNELS..]
+        &self.quads[block * self.depth_quads() * DIRECT_BLOCK * QUAD..]
     }
 
     /// The start values from output block `block` on.
     pub(super) fn starts_from(&self, block: usize) -> &[i32] {
         &self.start[block * DIRECT_BLOCK..]
     }
+}
+
+/// Values of one window: `taps · c`.
+fn window_depth(window: &NhwcWindow) -> usize {
+    window.kernel[0] * window.kernel[1] * window.input[2]
 }
 
 impl std::fmt::Debug for DirectFilter {
@@ -168,7 +182,7 @@ impl std::fmt::Debug for DirectFilter {
 /// The sums of output rows `rows` (an even start; an even length unless it ends at the
 /// last row a pool reads) of one NHWC image, `[pixels][n]` into `out`: every pixel of the
 /// rows, or with `pool` the maximum of each 2×2 block (`rows.len() / 2 × ow / 2` pixels).
-/// `padded` is scratch. Returns the path that ran.
+/// `scratch` is scratch. Returns the path that ran.
 ///
 /// # Panics
 /// If `image` or `out` is too short, or `rows` is not as described.
@@ -177,7 +191,7 @@ pub fn direct_conv_nhwc_s8(
     image: &[i8],
     rows: Range<usize>,
     pool: bool,
-    padded: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
     out: &mut [i32],
 ) -> Isa {
     let window = &filter.window;
@@ -200,52 +214,56 @@ pub fn direct_conv_nhwc_s8(
     let out = &mut out[..pixels * n];
     #[cfg(target_arch = "x86_64")]
     if let (Isa::Avx512Vnni, Some(token)) = (filter.isa, Avx512Vnni::detect()) {
-        let quads = pad_quads(window, image, filter.zp_in, rows.clone(), padded);
-        token.direct_conv(filter, quads, [rows.len(), cols], pool, out);
+        let windows_len = 2 * cols * filter.depth_quads() * QUAD + SLACK;
+        let (input, windows) = pad_rows(
+            window,
+            image,
+            filter.zp_in,
+            rows.clone(),
+            windows_len,
+            scratch,
+        );
+        token.direct_conv(filter, input, windows, [rows.len(), cols], pool, out);
         return Isa::Avx512Vnni;
     }
-    let _ = (padded, cols);
+    let _ = (scratch, cols);
     direct_conv_rows(filter, image, rows, pool, out);
     Isa::Generic
 }
 
-/// The input rows that output rows `rows` read, zero-padded, as `u8` quads `x + 128` per
-/// pixel (`zp_in + 128` in the padding, 0 past the image's channels): `rows.len() + kh − 1`
-/// rows of `w + 2·pad_w` quads.
-fn pad_quads<'a>(
+/// Bytes past a buffer's end that a 16-byte copy of a shorter span may write or read.
+pub(super) const SLACK: usize = 16;
+
+/// The input rows that output rows `rows` read, zero-padded, as `u8` values `x + 128`
+/// (`zp_in + 128` in the padding): `rows.len() + kh − 1` rows of `w + 2·pad_w` pixels of
+/// `c` bytes, with [`SLACK`] bytes after them; and after those, `windows_len` bytes of
+/// scratch for the windows, both in `scratch`.
+fn pad_rows<'a>(
     window: &NhwcWindow,
     image: &[i8],
     zp_in: i8,
     rows: Range<usize>,
-    padded: &'a mut Vec<u8>,
-) -> &'a [u8] {
+    windows_len: usize,
+    scratch: &'a mut Vec<u8>,
+) -> (&'a [u8], &'a mut [u8]) {
     let [h, w, c] = window.input;
-    let ([kh, kw], [ph, pw]) = (window.kernel, window.padding);
-    let (height, width) = (rows.len() + kh - 1, w + 2 * pw);
-    debug_assert_eq!(width, window.output()[1] + kw - 1);
-    let len = height * width * MAX_DIRECT_CHANNELS;
-    padded.clear();
-    let border = (zp_in as u8) ^ 0x80;
-    let mut pad_quad = [0u8; MAX_DIRECT_CHANNELS];
-    pad_quad[..c].fill(border);
-    padded.extend(std::iter::repeat_n(pad_quad, height * width).flatten());
-    for (r, quad_row) in padded
-        .chunks_exact_mut(width * MAX_DIRECT_CHANNELS)
+    let ([kh, _], [ph, pw]) = (window.kernel, window.padding);
+    let (height, row_len) = (rows.len() + kh - 1, (w + 2 * pw) * c);
+    let len = height * row_len + SLACK;
+    scratch.clear();
+    scratch.resize(len + windows_len, (zp_in as u8) ^ 0x80);
+    for (r, padded) in scratch[..height * row_len]
+        .chunks_exact_mut(row_len)
         .enumerate()
     {
         let Some(y) = (rows.start + r).checked_sub(ph).filter(|&y| y < h) else {
             continue;
         };
-        let row = &image[y * w * c..][..w * c];
-        let inside = &mut quad_row[pw * MAX_DIRECT_CHANNELS..][..w * MAX_DIRECT_CHANNELS];
-        for (quad, pixel) in inside
-            .chunks_exact_mut(MAX_DIRECT_CHANNELS)
-            .zip(row.chunks_exact(c))
-        {
-            for (u, &x) in quad.iter_mut().zip(pixel) {
-                *u = (x as u8) ^ 0x80;
-            }
+        let inside = &mut padded[pw * c..][..w * c];
+        for (u, &x) in inside.iter_mut().zip(&image[y * w * c..][..w * c]) {
+            *u = (x as u8) ^ 0x80;
         }
     }
-    &padded[..len]
+    let (input, windows) = scratch.split_at_mut(len);
+    (input, windows)
 }

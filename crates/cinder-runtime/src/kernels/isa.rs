@@ -116,9 +116,9 @@ impl Isa {
     /// Whether the direct kernel of few-channel inputs ([`super::direct_conv_nhwc_s8`])
     /// beats im2col + GEMM on this path for the layers it fits: it has a SIMD kernel on
     /// AVX-512 VNNI only (elsewhere it is the scalar reference). Measured on one image, one
-    /// thread: the reference ConvNet's conv1 (32×32×3 -> 64, 3×3, pooled sums) 12.0–12.3 µs
-    /// against 26.9–27.0 for im2col + GEMM + pool; ResNet-20's stem (32×32×3 -> 16, no pool)
-    /// 5.8 µs against 13.4 for im2col + GEMM.
+    /// thread of a Zen 4: the reference ConvNet's conv1 (32×32×3 -> 64, 3×3, pooled sums)
+    /// 10.1 µs against 26.8 for im2col + GEMM + pool; ResNet-20's stem (32×32×3 -> 16, no
+    /// pool) 5.2 µs against 13.7 for im2col + GEMM.
     pub fn direct_conv_pays(self) -> bool {
         self == Self::Avx512Vnni
     }

@@ -34,8 +34,8 @@
 //! | avx512vnni | `vpdpbusd` zmm, 8×32 (8×16 at an odd panel) | `vpdpwssd` zmm | `vpdpwssd` zmm | AVX2 |
 //!
 //! The direct convolution of few-channel images has a SIMD kernel on the avx512vnni path
-//! only (`vpdpbusd` zmm on pixel quads); elsewhere such layers take im2col + GEMM, and its
-//! generic kernel is the reference.
+//! only (`vpdpbusd` zmm on quads of each pixel's window); elsewhere such layers take
+//! im2col + GEMM, and its generic kernel is the reference.
 //!
 //! # Exactness of the AVX2 GEMM
 //! It widens both operands to i16 (`vpmovsxbw`) and multiplies with `vpmaddwd`, which

@@ -23,7 +23,7 @@ pub(crate) struct Accum {
     pub sums: Vec<i32>,
     /// A block of Winograd-transformed input tiles and their products.
     pub transformed: Vec<i16>,
-    /// The padded input rows of a direct convolution, as `u8` pixel quads.
+    /// The padded input rows of a direct convolution and its windows, as `u8`.
     pub padded: Vec<u8>,
     pub products: Vec<i32>,
     /// Per-column extremes of a dynamic layer's accumulators.

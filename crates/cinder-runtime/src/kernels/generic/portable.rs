@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use super::reference;
 use crate::kernels::NhwcWindow;
-use crate::kernels::direct::{DIRECT_BLOCK, DirectFilter, MAX_DIRECT_CHANNELS};
+use crate::kernels::direct::{DIRECT_BLOCK, DirectFilter, QUAD};
 use crate::kernels::output::OutputStage;
 use crate::kernels::pack::{LhsElem, NR, PanelRow};
 use crate::kernels::tile::{MicroKernel, Rows, TileOut, check_tile};
@@ -118,12 +118,14 @@ pub(in crate::kernels) fn direct_conv_rows(
     let sum = |oy: usize, ox: usize, o: usize| -> i32 {
         let quads = filter.quads_from(o / DIRECT_BLOCK);
         let lane = o % DIRECT_BLOCK;
+        // Depth `d` of the window: byte `d % 4` of quad `d / 4` of the lane.
+        let weight =
+            |d: usize| i32::from(quads[(d / QUAD * DIRECT_BLOCK + lane) * QUAD + d % QUAD]);
         let tap_sum = |([ky, kx], pixel): ([usize; 2], usize)| -> i32 {
-            let w = &quads[((ky * kw + kx) * DIRECT_BLOCK + lane) * MAX_DIRECT_CHANNELS..][..c];
             let x = &image[pixel * c..][..c];
-            w.iter()
-                .zip(x)
-                .map(|(&w, &x)| (i32::from(x) - zp) * i32::from(w))
+            x.iter()
+                .enumerate()
+                .map(|(ch, &x)| (i32::from(x) - zp) * weight((ky * kw + kx) * c + ch))
                 .sum::<i32>()
         };
         window.inside(oy, ox).map(tap_sum).sum()
