@@ -72,14 +72,7 @@ pub fn gemm_s8_cols(
     c: &mut [i32],
     ldc: usize,
 ) -> Isa {
-    check_operands(a.len(), lda, m, b.depth(), c, ldc, cols.len());
-    let lhs = Lhs {
-        data: bytes(a),
-        lda,
-        m,
-        offset: false,
-    };
-    gemm_lhs(lhs, b, cols, Dst { c, ldc })
+    gemm_lhs(Lhs::new(bytes(a), lda, m, false), b, cols, Dst { c, ldc })
 }
 
 /// [`gemm_s8_cols`] with A given as offset bytes, `a[i] = code + 128` (the codes `^ 0x80`),
@@ -98,14 +91,7 @@ pub fn gemm_u8_cols(
     c: &mut [i32],
     ldc: usize,
 ) -> Isa {
-    check_operands(a.len(), lda, m, b.depth(), c, ldc, cols.len());
-    let lhs = Lhs {
-        data: a,
-        lda,
-        m,
-        offset: true,
-    };
-    gemm_lhs(lhs, b, cols, Dst { c, ldc })
+    gemm_lhs(Lhs::new(a, lda, m, true), b, cols, Dst { c, ldc })
 }
 
 /// An i8 slice as its bytes.
@@ -115,14 +101,15 @@ fn bytes(a: &[i8]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(a.as_ptr().cast::<u8>(), a.len()) }
 }
 
-/// The GEMM of checked operands on the path `b` was packed for.
+/// The GEMM on the path `b` was packed for, operands checked first.
 fn gemm_lhs(lhs: Lhs<'_>, b: &PackedMatrix, cols: Range<usize>, dst: Dst<'_>) -> Isa {
     assert!(
         cols.start <= cols.end && cols.end <= b.rows(),
         "gemm_s8: columns {cols:?} outside 0..{}",
         b.rows()
     );
-    let k = b.depth();
+    let (a_len, k) = (lhs.data.len(), b.depth());
+    check_operands(a_len, lhs.lda, lhs.m, k, dst.c, dst.ldc, cols.len());
     // The whole GEMM with micro-kernel `$kern` on panels `$b`.
     macro_rules! blocked {
         ($kern:expr, $b:expr) => {

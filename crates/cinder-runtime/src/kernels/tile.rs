@@ -195,10 +195,19 @@ pub(super) struct Lhs<'a> {
     pub(super) data: &'a [u8],
     pub(super) lda: usize,
     pub(super) m: usize,
-    pub(super) offset: bool,
+    offset: bool,
 }
 
 impl<'a> Lhs<'a> {
+    pub(super) fn new(data: &'a [u8], lda: usize, m: usize, offset: bool) -> Self {
+        Self {
+            data,
+            lda,
+            m,
+            offset,
+        }
+    }
+
     /// Rows `rows`, depths from `d0`, in place when the kernel's elements are the offset
     /// bytes and A holds `dc` depths of every row (the last group of a depth that is not
     /// a multiple of it reads past the row, onto weights that are 0).
