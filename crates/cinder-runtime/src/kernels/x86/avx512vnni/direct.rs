@@ -134,18 +134,19 @@ fn build_windows(
     [cols, step]: [usize; 2],
 ) {
     let copy = span.max(SLACK);
+    // The last read (second row's last pixel, last kernel row) and the last write (last
+    // window's last span) bound all others.
     assert!(
-        (kh + 1) * row_len + copy <= input.len() + row_len
-            && (2 * cols - 1) * step + (kh - 1) * span + copy <= windows.len()
-            && (cols - 1) * c + span <= row_len,
+        kh * row_len + (cols - 1) * c + copy <= input.len()
+            && (2 * cols - 1) * step + (kh - 1) * span + copy <= windows.len(),
         "direct convolution: windows outside their buffers"
     );
     let (src, mut dst) = (input.as_ptr(), windows.as_mut_ptr());
     for dy in 0..2 {
         for x in 0..cols {
             for ky in 0..kh {
-                // SAFETY: the assertion bounds the last copy of each buffer (row `kh` of
-                // the input from row 1, the last window's last span).
+                // SAFETY: the assertion bounds the last copy of each buffer; the others
+                // lie before them.
                 unsafe {
                     let (from, to) = (src.add((dy + ky) * row_len + x * c), dst.add(ky * span));
                     if span <= SLACK {
