@@ -6,7 +6,9 @@
 //! im2col + GEMM + output stage or, for 3×3 stride-1 windows, exact integer Winograd
 //! F(2×2, 3×3) + the same output stage ([`WinogradConv`]). A 2×2 stride-2 max-pool right
 //! after a static convolution is applied to its i32 sums before the output stage
-//! ([`IntConv`]), exactly, on a quarter of the values.
+//! ([`IntConv`]), exactly, on a quarter of the values. Where the weights are packed for a
+//! VNNI path and have no zero points, im2col writes its rows as the offset bytes
+//! (`code + 128`) those kernels multiply, and the GEMM reads them in place.
 //!
 //! Zero points on the im2col path: the input's is folded offline into the bias
 //! (`- zp_in * colsum_w[j] + depth * zp_in * zp_w[j]`, im2col pads with `zp_in` so that
