@@ -1,6 +1,7 @@
 //! The int8 merges of a graph: the residual `Add` (both operands rescaled to the output's
-//! parameters, looked up in an [`AddTable`]) and `Concat` along channels (each input's channels rescaled
-//! into its place in every NHWC pixel; a vector is one pixel).
+//! parameters: [`AddTable`]'s lookups, or its arithmetic in vector lanes) and `Concat`
+//! along channels (each input's channels rescaled into its place in every NHWC pixel; a
+//! vector is one pixel).
 
 use super::par::{BLOCKS_PER_SLOT, Workers, par_blocks};
 use crate::kernels::{AddTable, Clamp, Rescale, rescale_s8};

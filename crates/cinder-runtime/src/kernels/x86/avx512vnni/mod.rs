@@ -2,10 +2,12 @@
 //! weight quads) and Winograd's i16 GEMMs (`vpdpwssd`) on zmm tiles ([`zmm`]), the
 //! depthwise kernel on zmm ([`depthwise`], `vpdpwssd` on tap pairs), the direct
 //! convolution of few-channel images ([`direct`], `vpdpbusd` on window quads), the GEMV of
-//! 4-bit weights ([`nibbles`]), the output stage on zmm ([`requantize`]), and the int8
+//! 4-bit weights ([`nibbles`]), the output stage on zmm ([`requantize`]), the residual
+//! `Add` in 64-bit lanes ([`add`]), and the int8
 //! GEMM, the depthwise kernel and the 4-bit GEMV on ymm in the EVEX encoding
 //! ([`Avx512VnniYmm`]); everything else runs on AVX2.
 
+mod add;
 mod depthwise;
 mod direct;
 mod nibbles;
