@@ -1,7 +1,7 @@
 //! The int8 GEMM on every path this CPU has, side by side (alternating, medians, 1
 //! thread), on the reference ConvNet's GEMM shapes; the depthwise convolution likewise on
 //! the depthwise layers of `mobilenetv2-tiny` (one image); then the convolutions' sums of
-//! one image by im2col + GEMM and by Winograd (and conv1's by the direct kernel), and the
+//! one image by im2col + GEMM and by Winograd (and by the direct kernel), and the
 //! whole ConvNet (W8A8 static per-channel, 2 threads, batch 1 and 64, against Winograd
 //! forced and against 4-bit weights) with its per-stage profile, on the process's path
 //! (`CINDER_ISA` caps it: run once per path to compare).
@@ -337,15 +337,15 @@ fn convs() {
         );
         drop(runs);
         conv_parts(h, c, n, &input, &packed);
+        direct_against_im2col(&mut rng, [h, c, n], true);
         if c <= MAX_DIRECT_CHANNELS {
-            direct_against_im2col(&mut rng, [h, c, n], true);
             // ResNet-20's stem: no pool, 16 outputs.
             direct_against_im2col(&mut rng, [h, c, 16], false);
         }
     }
 }
 
-/// One image's sums of a few-channel 3×3 convolution (`h × h × c` -> `n`, pooled 2×2 when
+/// One image's sums of a 3×3 convolution (`h × h × c` -> `n`, pooled 2×2 when
 /// `pool`) by the direct kernel and by im2col + GEMM (+ the pool of the sums), µs,
 /// alternating.
 fn direct_against_im2col(rng: &mut Rng, [h, c, n]: [usize; 3], pool: bool) {

@@ -7,8 +7,9 @@
 //! random graphs ([`common::dag`]): residual adds, depthwise-separable pairs with ReLU6,
 //! rectangular strided convolutions, padded max and average pools, concatenations and
 //! global average pooling, in every mode; static grouped convolutions (neither dense
-//! nor depthwise) in [`grouped_convolutions_equal_the_reference`]; first layers of
-//! few channels, the direct kernel's, in [`few_channel_convolutions_equal_the_reference`];
+//! nor depthwise) in [`grouped_convolutions_equal_the_reference`]; convolutions the
+//! direct kernel takes (few channels, or window rows of whole 4-byte groups) in
+//! [`direct_convolutions_equal_the_reference`];
 //! and linear layers of 4-bit weights, the nibble GEMV's, in
 //! [`four_bit_linear_layers_equal_the_reference`].
 
@@ -79,15 +80,18 @@ fn winograd_convolutions_equal_the_reference() {
     }
 }
 
-/// First convolutions over one to four channels, planned as the kernel path prefers (the
-/// direct kernel on AVX-512 VNNI, for symmetric weights) and with im2col only: pooled and
-/// not, odd and even sizes, padding 0 and 1, 2- to 8-bit weights, symmetric and
-/// asymmetric, batches smaller and larger than the thread count.
+/// Stride-1 convolutions over 1 to 4 channels (windows built as quads) and over 8 to 64
+/// (window rows of whole quads, read in place), and over 6 (neither: im2col), planned as
+/// the kernel path prefers (the direct kernel on AVX-512 VNNI, for symmetric weights)
+/// and with im2col only: pooled and not, odd and even sizes, padding 0 and 1, 2- to
+/// 8-bit weights, symmetric and asymmetric, batches smaller and larger than the thread
+/// count.
 #[test]
-fn few_channel_convolutions_equal_the_reference() {
-    for case in 0..12usize {
+fn direct_convolutions_equal_the_reference() {
+    for case in 0..18usize {
         let (padding, pool, symmetric) = (case % 2, case % 3 != 1, case % 4 != 3);
-        let input = [1 + case % 4, 6 + case % 3, 7 + case % 2];
+        let channels = [1, 2, 3, 4, 8, 12, 64, 6, 16][case % 9];
+        let input = [channels, 6 + case % 3, 7 + case % 2];
         let choice = |per_channel| LayerChoice {
             mode: Mode::Static,
             bits: 2 + (case % 7) as u8,
@@ -112,7 +116,8 @@ fn few_channel_convolutions_equal_the_reference() {
             continue;
         };
         let [oh, ow] = [input[1], input[2]].map(|side| side + 2 * padding - 2);
-        let fits = pool || (oh.is_multiple_of(2) && ow.is_multiple_of(2));
+        let quads = channels <= 4 || channels.is_multiple_of(4);
+        let fits = quads && (pool || (oh.is_multiple_of(2) && ow.is_multiple_of(2)));
         // Asymmetric weights take the direct kernel only where every zero point is 0.
         let direct = Isa::detect().direct_conv_pays() && fits;
         let auto = match (direct, symmetric) {

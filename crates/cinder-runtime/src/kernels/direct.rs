@@ -1,23 +1,28 @@
-//! Direct convolution sums of one NHWC int8 image with at most [`MAX_DIRECT_CHANNELS`]
-//! channels (a network's first layer: RGB or grey images), stride 1, weights symmetric
-//! (zero point 0): `sum[p][n] = Σ_taps Σ_ch (x[tap][ch] - zp_in) · w[n][tap][ch]` over
-//! the taps inside the image, optionally max-pooled over 2×2 pixels before the output
-//! stage (exact, as for the im2col path: the output stage is non-decreasing in the sum).
+//! Direct convolution sums of one NHWC int8 image, stride 1, weights symmetric (zero
+//! point 0): `sum[p][n] = Σ_taps Σ_ch (x[tap][ch] - zp_in) · w[n][tap][ch]` over the taps
+//! inside the image, optionally max-pooled over 2×2 pixels before the output stage
+//! (exact, as for the im2col path: the output stage is non-decreasing in the sum).
 //!
-//! Through im2col + GEMM such a layer is a GEMM of depth `taps · c` (27 for 3×3 RGB), too
-//! shallow for a GEMM tile to pay for its loads and stores, with a pass over every
-//! unpooled sum. Here each output pixel's window is one short row of bytes, `taps · c`
-//! deep, padded to whole `vpdpbusd` quads (7 quads for 3×3 RGB, where a quad per tap
-//! holding 3 channels and a zero would take 9): a tile broadcasts each quad of four
-//! pixels' windows (a 2×2 block, so that a fused pool is a maximum of four registers)
-//! against the weight quads of 16 output channels per register. The windows are built
-//! for two output rows at a time (kept in L1) from the padded input rows.
+//! Each output pixel's window, `taps · c` deep in `(ky, kx, ch)` order, is read as
+//! `vpdpbusd` quads: a tile broadcasts each quad of 2 × `PX` pixels' windows (two output
+//! rows, so that a fused pool is a maximum of four registers) against the weight quads of
+//! 16 output channels per register. Where a window row is whole quads (`kw · c` a
+//! multiple of 4: 64 channels, or 4) the quads are read in place from the padded input
+//! rows, `kh` runs of them per window; otherwise (a first layer over 1 to 3 channels,
+//! 3×3 RGB a depth of 27) the windows of two output rows at a time are built as rows of
+//! whole quads (7 for 3×3 RGB, where a quad per tap holding 3 channels and a zero would
+//! take 9) and kept in L1.
+//!
+//! Against im2col + GEMM (+ a 2×2 pool of the sums) this writes no im2col rows and no
+//! unpooled sums: on a first layer the GEMM's depth (27) is too shallow for its tiles to
+//! pay for their loads and stores; on a deep 3×3 layer the GEMM runs at the same rate and
+//! the copies and the pass over the sums are saved.
 //!
 //! # Paths
 //! | path | kernel |
 //! |---|---|
 //! | generic | scalar, the reference |
-//! | avx512vnni | `vpdpbusd` zmm: 2×2 pixels × up to 64 channels in 16 accumulators |
+//! | avx512vnni | `vpdpbusd` zmm: 2 × `PX` pixels × `B` blocks of 16 channels in 16 accumulators |
 //!
 //! The plan takes this kernel only on the AVX-512 VNNI path, where it was measured
 //! faster than im2col + GEMM; elsewhere the generic kernel is the reference the tests
@@ -28,9 +33,9 @@
 //! `zp_in + 128`; a window's bytes past its depth meet weights 0, whatever they hold.
 //! Every product `u · w` and sum of four is exact in `vpdpbusd`, and lanes add with
 //! wrapping. The sums start from `-(zp_in + 128) · Σ_taps Σ_ch w[n]`, so a lane ends at
-//! `Σ_inside (x - zp_in) · w` modulo 2^32, which lies in i32 for at most
-//! [`MAX_DIRECT_TAPS`] taps (`taps · 4 · 255 · 128 ≤ i32::MAX`): the wrapped value is
-//! the exact one, equal to the reference bit for bit.
+//! `Σ_inside (x - zp_in) · w` modulo 2^32, which lies in i32 for a depth of at most
+//! [`MAX_DIRECT_DEPTH`] (`depth · 255 · 128 ≤ i32::MAX`): the wrapped value is the exact
+//! one, equal to the reference bit for bit.
 
 use std::ops::Range;
 
@@ -41,7 +46,8 @@ use super::window::NhwcWindow;
 #[cfg(target_arch = "x86_64")]
 use super::x86::Avx512Vnni;
 
-/// The most input channels the kernel takes.
+/// The most input channels of a window built as rows of quads; more channels must make
+/// a window row whole quads.
 pub const MAX_DIRECT_CHANNELS: usize = 4;
 
 /// Bytes of one `vpdpbusd` group.
@@ -50,8 +56,9 @@ pub(super) const QUAD: usize = 4;
 /// Output channels per vector register of the zmm kernel.
 pub(super) const DIRECT_BLOCK: usize = 16;
 
-/// The most taps whose sums cannot overflow i32: `taps · 4 · 255 · 128 ≤ i32::MAX`.
-pub const MAX_DIRECT_TAPS: usize = (i32::MAX as usize) / (MAX_DIRECT_CHANNELS * 255 * 128);
+/// The deepest window (`taps · c`, rounded up to whole quads) whose sums cannot overflow
+/// i32: `depth · 255 · 128 ≤ i32::MAX`.
+pub const MAX_DIRECT_DEPTH: usize = (i32::MAX as usize) / (255 * 128);
 
 /// The weights of a direct convolution, packed for one path.
 #[derive(Clone, PartialEq, Eq)]
@@ -70,17 +77,19 @@ pub struct DirectFilter {
 
 impl DirectFilter {
     /// Whether the kernel computes a convolution over `window` into `out_channels`
-    /// channels: at most [`MAX_DIRECT_CHANNELS`] input channels, stride 1, at most
-    /// [`MAX_DIRECT_TAPS`] taps, an output at least 2×2 and even in both axes unless
-    /// `pool` (which drops an odd last row and column).
+    /// channels: at most [`MAX_DIRECT_CHANNELS`] input channels or window rows of whole
+    /// quads, stride 1, a depth of at most [`MAX_DIRECT_DEPTH`], an output at least 2×2
+    /// and even in both axes unless `pool` (which drops an odd last row and column).
     pub fn fits(window: &NhwcWindow, out_channels: usize, pool: bool) -> bool {
         let [h, w, c] = window.input;
         let [kh, kw] = window.kernel;
         let inside = h + 2 * window.padding[0] >= kh && w + 2 * window.padding[1] >= kw;
-        let shape = (1..=MAX_DIRECT_CHANNELS).contains(&c)
+        let channels = (1..=MAX_DIRECT_CHANNELS).contains(&c) || (kw * c).is_multiple_of(QUAD);
+        let shape = channels
+            && c > 0
             && out_channels > 0
             && window.stride == [1, 1]
-            && kh * kw <= MAX_DIRECT_TAPS;
+            && window_depth(window).div_ceil(QUAD) * QUAD <= MAX_DIRECT_DEPTH;
         shape && inside && {
             let [oh, ow] = window.output();
             oh >= 2 && ow >= 2 && (pool || (oh.is_multiple_of(2) && ow.is_multiple_of(2)))
@@ -146,6 +155,12 @@ impl DirectFilter {
     /// The path this filter was packed for.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// Whether the kernel reads the windows' quads in place from the padded input rows:
+    /// where a window row, `kw · c` bytes, is whole quads.
+    pub(super) fn reads_in_place(&self) -> bool {
+        (self.window.kernel[1] * self.window.input[2]).is_multiple_of(QUAD)
     }
 
     /// Quads of one window's depth.
@@ -214,7 +229,10 @@ pub fn direct_conv_nhwc_s8(
     let out = &mut out[..pixels * n];
     #[cfg(target_arch = "x86_64")]
     if let (Isa::Avx512Vnni, Some(token)) = (filter.isa, Avx512Vnni::detect()) {
-        let windows_len = 2 * cols * filter.depth_quads() * QUAD + SLACK;
+        let windows_len = match filter.reads_in_place() {
+            true => 0,
+            false => 2 * cols * filter.depth_quads() * QUAD + SLACK,
+        };
         let (input, windows) = pad_rows(
             window,
             image,

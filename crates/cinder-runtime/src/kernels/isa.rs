@@ -113,12 +113,14 @@ impl Isa {
         self <= Self::Avx2
     }
 
-    /// Whether the direct kernel of few-channel inputs ([`super::direct_conv_nhwc_s8`])
+    /// Whether the direct kernel of stride-1 convolutions ([`super::direct_conv_nhwc_s8`])
     /// beats im2col + GEMM on this path for the layers it fits: it has a SIMD kernel on
     /// AVX-512 VNNI only (elsewhere it is the scalar reference). Measured on one image, one
-    /// thread of a Zen 4: the reference ConvNet's conv1 (32×32×3 -> 64, 3×3, pooled sums)
-    /// 10.1 µs against 26.8 for im2col + GEMM + pool; ResNet-20's stem (32×32×3 -> 16, no
-    /// pool) 5.2 µs against 13.7 for im2col + GEMM.
+    /// thread of a Zen 4, alternating: the reference ConvNet's conv1 (32×32×3 -> 64, 3×3,
+    /// pooled sums) 10.0 µs against 27.0 for im2col + GEMM + pool, its conv2 (16×16×64 ->
+    /// 128, pooled) 81.0 µs against 90.5–91.0; ResNet-20's stem (32×32×3 -> 16, no pool)
+    /// 4.7 µs against 13.5. The 1×1 convolutions of mobilenetv2-tiny take it too: the whole
+    /// network at batch 64, 2 threads, 6.15–6.37 ms against 6.55–6.68 with them on the GEMM.
     pub fn direct_conv_pays(self) -> bool {
         self == Self::Avx512Vnni
     }

@@ -1,8 +1,8 @@
 //! Compute kernels of the runtime: int8 GEMM, output stage, im2col, max-pool (of
 //! codes, or of a convolution's sums, fused before its output stage), depthwise
 //! convolution ([`depthwise_nhwc_s8`], per-channel multiply-adds along the window), the
-//! direct convolution of images of few channels ([`direct_conv_nhwc_s8`], a pixel's
-//! channels as one `vpdpbusd` quad), and exact integer Winograd F(2×2, 3×3) for 3×3
+//! direct convolution at stride 1 ([`direct_conv_nhwc_s8`], each pixel's window read as
+//! `vpdpbusd` quads), and exact integer Winograd F(2×2, 3×3) for 3×3
 //! stride-1 convolutions ([`winograd`]: input transform, 16 i16 GEMMs, output transform;
 //! its exactness and overflow bounds are argued there); and the f32 GEMM of float layers (`sgemm`), which sums in the
 //! reference interpreter's order.
@@ -33,9 +33,9 @@
 //! | avx512vnni-ymm | `vpdpbusd` ymm (EVEX), 8×16 | `vpmaddwd` ymm | `vpdpwssd` ymm (EVEX) | AVX2 |
 //! | avx512vnni | `vpdpbusd` zmm, 8×32 (8×16 at an odd panel) | `vpdpwssd` zmm | `vpdpwssd` zmm | AVX2 |
 //!
-//! The direct convolution of few-channel images has a SIMD kernel on the avx512vnni path
-//! only (`vpdpbusd` zmm on quads of each pixel's window); elsewhere such layers take
-//! im2col + GEMM, and its generic kernel is the reference.
+//! The direct convolution has a SIMD kernel on the avx512vnni path only (`vpdpbusd` zmm
+//! on quads of each pixel's window); elsewhere such layers take im2col + GEMM, and its
+//! generic kernel is the reference.
 //!
 //! # Exactness of the AVX2 GEMM
 //! It widens both operands to i16 (`vpmovsxbw`) and multiplies with `vpmaddwd`, which
@@ -96,7 +96,7 @@ mod x86;
 
 pub use conv::{im2col_nhwc_s8, max_pool2d_nhwc_s8, max_pool2x2_s32, out_dim};
 pub use depthwise::{DepthwiseFilter, MAX_DEPTHWISE_TAPS, depthwise_nhwc_s8};
-pub use direct::{DirectFilter, MAX_DIRECT_CHANNELS, MAX_DIRECT_TAPS, direct_conv_nhwc_s8};
+pub use direct::{DirectFilter, MAX_DIRECT_CHANNELS, MAX_DIRECT_DEPTH, direct_conv_nhwc_s8};
 pub(crate) use float::{im2col_f32, max_pool2x2_f32, quantize_f32_s8};
 pub use gemm::{gemm_s8, gemm_s8_cols, gemm_u8_cols, par_gemm_s8};
 pub use im2col::{im2col_window_s8, im2col_window_u8};
@@ -140,7 +140,7 @@ pub enum KernelError {
     CenteredWeightOutOfRange { row: usize, col: usize, value: i64 },
     /// A window the direct kernel does not compute (see [`DirectFilter::fits`]).
     #[error(
-        "direct convolution: window {window:?} into {out_channels} channels does not fit (at most {MAX_DIRECT_CHANNELS} input channels, stride 1, an output of at least 2x2)"
+        "direct convolution: window {window:?} into {out_channels} channels does not fit (at most {MAX_DIRECT_CHANNELS} input channels or window rows of whole 4-byte groups, stride 1, a depth of at most {MAX_DIRECT_DEPTH}, an output of at least 2x2)"
     )]
     DirectWindow {
         window: NhwcWindow,

@@ -743,7 +743,8 @@ fn check_depthwise(isa: Isa, case: &DepthwiseCase) -> Result<(), TestCaseError> 
     Ok(())
 }
 
-/// A direct convolution: an image of at most four channels, any window that fits at
+/// A direct convolution: an image of at most four channels (windows built as rows of
+/// quads) or of window rows of whole quads (read in place), any window that fits at
 /// stride 1, `n` outputs, pooled or not.
 #[derive(Debug, Clone)]
 struct DirectCase {
@@ -755,9 +756,10 @@ struct DirectCase {
     seed: u64,
 }
 
-/// Images of 1..14 pixels a side and 1..=4 channels, windows of 1..=5 taps a side,
-/// padding 0..=2, 1..70 outputs (whole and partial blocks of 16), any zero point,
-/// extreme inputs and weights among them.
+/// Images of 1..14 pixels a side and 1..=24 or 32 channels, windows of 1..=5 taps a
+/// side, padding 0..=2, 1..70 outputs (whole and partial blocks of 16, tiles of 2, 4 and
+/// 8 pixels a row with narrower ones at the row's end), any zero point, extreme inputs
+/// and weights among them.
 fn direct_case() -> impl Strategy<Value = DirectCase> {
     let zp_in = prop_oneof![any::<i8>(), Just(-128), Just(127)];
     let geometry = (
@@ -766,8 +768,8 @@ fn direct_case() -> impl Strategy<Value = DirectCase> {
         (0usize..3, 0usize..3),
     );
     let rest = (
-        1usize..=4,
-        prop_oneof![1usize..70, Just(64)],
+        prop_oneof![1usize..=4, 5usize..=24, Just(32)],
+        prop_oneof![1usize..70, Just(16), Just(32), Just(64)],
         any::<bool>(),
         zp_in,
     );

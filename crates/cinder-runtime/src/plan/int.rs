@@ -19,9 +19,10 @@
 //! `Σ (q_in - zp_in)(q_w - zp_w)`, so the layer's own bias is used. Both paths equal the
 //! reference interpreter bit for bit; Winograd's overflow bounds are in
 //! [`crate::kernels::winograd`] (at most [`MAX_WINOGRAD_CHANNELS`] input channels, more
-//! take im2col). A first layer over at most four input channels with symmetric weights
-//! may instead take the direct kernel ([`DirectConv`]), which subtracts the input's zero
-//! point itself, like Winograd, and pools inside its tiles.
+//! take im2col). A stride-1 convolution with symmetric weights over at most four input
+//! channels, or whose window rows are whole 4-byte groups, may instead take the direct
+//! kernel ([`DirectConv`]), which subtracts the input's zero point itself, like
+//! Winograd, and pools inside its tiles.
 
 use std::ops::Range;
 
@@ -481,7 +482,7 @@ pub(crate) enum ConvKernel {
     Direct(DirectConv),
 }
 
-/// A static convolution over few input channels by the direct kernel
+/// A static stride-1 convolution by the direct kernel
 /// ([`crate::kernels::direct_conv_nhwc_s8`]), which yields the exact sums
 /// `Σ (q_in - zp_in) q_w` (weights symmetric), so the layer's own bias is used.
 #[derive(Debug)]

@@ -48,9 +48,9 @@ pub enum ConvAlgorithm {
     Auto,
     /// Winograd wherever it can run.
     Winograd,
-    /// im2col + GEMM everywhere: neither Winograd nor the direct kernel of few-channel
-    /// inputs ([`crate::kernels::direct_conv_nhwc_s8`], which the other two take where
-    /// [`Isa::direct_conv_pays`]).
+    /// im2col + GEMM everywhere: neither Winograd nor the direct kernel of stride-1
+    /// convolutions ([`crate::kernels::direct_conv_nhwc_s8`], which the other two take
+    /// where [`Isa::direct_conv_pays`]).
     Im2col,
 }
 
@@ -78,7 +78,7 @@ impl ConvAlgorithm {
 pub(crate) struct ConvKernels {
     /// Winograd F(2×2, 3×3).
     pub winograd: bool,
-    /// The direct kernel of few-channel inputs (static layers with symmetric weights).
+    /// The direct kernel of stride-1 convolutions (static layers with symmetric weights).
     pub direct: bool,
 }
 

@@ -1,6 +1,6 @@
 //! Portable code of the generic path: the micro-kernel (plain i32 arithmetic the
 //! compiler may vectorize, for every panel layout), the scalar output stage, the
-//! depthwise convolution along channels and the direct convolution of few-channel images.
+//! depthwise convolution along channels and the direct convolution.
 
 use std::ops::Range;
 

@@ -1,29 +1,40 @@
-//! The direct convolution of few-channel images on zmm (see
-//! [`crate::kernels::direct_conv_nhwc_s8`]): the windows of two output rows built as rows
-//! of whole quads, then tiles of 2×2 output pixels × up to four blocks of 16 output
-//! channels in 16 accumulators; per quad of the window's depth, one weight row per block
-//! and a broadcast of each pixel's quad, each pair one `vpdpbusd`.
+//! The direct convolution on zmm (see [`crate::kernels::direct_conv_nhwc_s8`]): tiles of
+//! 2 × `PX` output pixels × `B` blocks of 16 output channels in `2·PX·B = 16`
+//! accumulators (fewer for a last narrow block group); per quad of the window's depth,
+//! one weight row per block and a broadcast of each pixel's quad, each pair one
+//! `vpdpbusd`. The quads are read where they lie: in the padded input rows when a
+//! window row is whole quads (`kw · c` a multiple of 4), else in windows built as rows of
+//! whole quads for two output rows at a time.
 
 use std::arch::x86_64::*;
 
 use super::Avx512Vnni;
 use crate::kernels::direct::{DIRECT_BLOCK, DirectFilter, QUAD, SLACK};
 
-/// Output blocks per tile: 4 × 4 accumulators, 4 weight rows.
-const MAX_BLOCKS: usize = 4;
+/// Accumulator registers a tile fills.
+const ACCUMULATORS: usize = 16;
 
-/// Where one tile reads and writes.
+/// Where a tile reads its quads: `segments` runs of `segment_quads` quads, `segment_step`
+/// bytes apart, from each pixel's first quad.
 #[derive(Clone, Copy)]
-struct Tile {
-    /// The window of the tile's top-left pixel.
+struct Quads {
+    /// The first quad of the tile's top-left pixel.
     window: *const u8,
-    /// Bytes from one pixel's window to the next one's, and to the window below.
+    /// Bytes from one pixel's first quad to the next one's, and to the pixel below.
     pixel_step: usize,
     row_step: usize,
-    /// Quads of a window.
-    quads: usize,
-    /// The quad rows of the tile's first block, `[block][quad][16][4]`.
+    segments: usize,
+    segment_quads: usize,
+    segment_step: usize,
+}
+
+/// One tile's weights and output channels.
+#[derive(Clone, Copy)]
+struct Blocks {
+    /// The quad rows of the tile's first block, `[block][quad][16][4]`, `block_len`
+    /// bytes a block.
     weights: *const i8,
+    block_len: usize,
     /// The start values of the tile's first block.
     start: *const i32,
     /// Output channels left from the tile's first block (masks the last block's lanes).
@@ -36,7 +47,7 @@ impl Avx512Vnni {
     /// The sums of `[rows, cols]` output pixels (both even) from `input`, the padded input
     /// rows they read (`x + 128` bytes, [`SLACK`] bytes after them), into `out`
     /// (`[pixels][n]`, pooled 2×2 when `pool`); `windows` is scratch for two output rows'
-    /// windows (and [`SLACK`] bytes).
+    /// windows (and [`SLACK`] bytes) where the filter does not read the rows in place.
     ///
     /// # Panics
     /// If a buffer is too short for the filter's geometry.
@@ -60,62 +71,115 @@ impl Avx512Vnni {
             "direct convolution: {rows} x {cols} tiles"
         );
         assert!(input.len() >= (rows + kh - 1) * row_len + SLACK);
-        assert!(windows.len() >= 2 * cols * quads * QUAD + SLACK);
         assert!(out.len() >= pixels * n, "direct convolution: out too short");
-        let pixel_step = quads * QUAD;
+        let in_place = filter.reads_in_place();
+        assert!(in_place || windows.len() >= 2 * cols * quads * QUAD + SLACK);
         for y in (0..rows).step_by(2) {
             let rows_from_y = &input[y * row_len..];
-            let geometry = ([row_len, c], [kh, kw * c], [cols, pixel_step]);
-            build_windows(rows_from_y, geometry.0, geometry.1, windows, geometry.2);
+            let source = match in_place {
+                true => Quads {
+                    window: rows_from_y.as_ptr(),
+                    pixel_step: c,
+                    row_step: row_len,
+                    segments: kh,
+                    segment_quads: kw * c / QUAD,
+                    segment_step: row_len,
+                },
+                false => {
+                    let step = quads * QUAD;
+                    build_windows(
+                        rows_from_y,
+                        [row_len, c],
+                        [kh, kw * c],
+                        windows,
+                        [cols, step],
+                    );
+                    Quads {
+                        window: windows.as_ptr(),
+                        pixel_step: step,
+                        row_step: cols * step,
+                        segments: 1,
+                        segment_quads: quads,
+                        segment_step: 0,
+                    }
+                }
+            };
             let at = match pool {
                 true => y / 2 * (cols / 2) * n,
                 false => y * cols * n,
             };
-            tile_row(filter, windows, [cols, pixel_step], pool, &mut out[at..]);
+            tile_row(filter, source, cols, pool, &mut out[at..]);
         }
     }
 }
 
-/// The tiles of two output rows of `cols` pixels from their windows (`pixel_step` bytes
-/// apart), into `out` from the rows' first (pooled) pixel.
-fn tile_row(
-    filter: &DirectFilter,
-    windows: &[u8],
-    [cols, pixel_step]: [usize; 2],
-    pool: bool,
-    out: &mut [i32],
-) {
+/// The tiles of two output rows of `cols` pixels from `source`, into `out` from the rows'
+/// first (pooled) pixel: block groups of `8 / PX` blocks, `PX` the widest of 8, 4 and 2
+/// pixels that the filter's blocks fill.
+fn tile_row(filter: &DirectFilter, source: Quads, cols: usize, pool: bool, out: &mut [i32]) {
     let n = filter.out_channels();
     let blocks = n.div_ceil(DIRECT_BLOCK);
-    for x in (0..cols).step_by(2) {
-        for first in (0..blocks).step_by(MAX_BLOCKS) {
-            let tile = Tile {
-                window: windows[x * pixel_step..].as_ptr(),
-                pixel_step,
-                row_step: cols * pixel_step,
-                quads: filter.depth_quads(),
-                weights: filter.quads_from(first).as_ptr(),
-                start: filter.starts_from(first).as_ptr(),
-                channels: n - first * DIRECT_BLOCK,
-                pixel_len: n,
+    let wide = match blocks {
+        1 => 8,
+        2 => 4,
+        _ => 2,
+    };
+    let group = ACCUMULATORS / (2 * wide);
+    for first in (0..blocks).step_by(group) {
+        let tile_blocks = Blocks {
+            weights: filter.quads_from(first).as_ptr(),
+            block_len: filter.depth_quads() * DIRECT_BLOCK * QUAD,
+            start: filter.starts_from(first).as_ptr(),
+            channels: n - first * DIRECT_BLOCK,
+            pixel_len: n,
+        };
+        let b = (blocks - first).min(group);
+        let mut x = 0;
+        while x < cols {
+            let px = if cols - x >= wide { wide } else { 2 };
+            let quads = Quads {
+                // SAFETY: pixel `x` of the first row lies in the rows or windows.
+                window: unsafe { source.window.add(x * source.pixel_step) },
+                ..source
             };
             let (at, ld) = match pool {
                 true => (x / 2 * n, 0),
                 false => (x * n, cols * n),
             };
             let out = &mut out[at + first * DIRECT_BLOCK..];
-            // SAFETY: the caller's token proves AVX-512 VNNI; the windows of the two rows
-            // hold the filter's quads for each of `cols` pixels (pixels `x` and `x + 1` of
-            // both rows), and the caller's assertions bound every write of `out` (pixel
-            // `(1, x + 1)` at most, masked to the filter's channels).
-            unsafe {
-                match blocks - first {
-                    1 => tile_zmm::<1>(tile, pool, ld, out),
-                    2 => tile_zmm::<2>(tile, pool, ld, out),
-                    3 => tile_zmm::<3>(tile, pool, ld, out),
-                    _ => tile_zmm::<4>(tile, pool, ld, out),
-                }
-            }
+            // SAFETY: the caller's token proves AVX-512 VNNI; the rows or windows hold the
+            // filter's quads for each of `cols` pixels of both rows, and the caller's
+            // assertions bound every write of `out` (pixel `(1, x + px - 1)` at most,
+            // masked to the filter's channels).
+            unsafe { tile_dispatch(px, b, quads, tile_blocks, pool, ld, out) };
+            x += px;
+        }
+    }
+}
+
+/// The tile of `px` pixels a row and `b` blocks.
+///
+/// # Safety
+/// As [`tile_zmm`]'s.
+unsafe fn tile_dispatch(
+    px: usize,
+    b: usize,
+    quads: Quads,
+    blocks: Blocks,
+    pool: bool,
+    ld: usize,
+    out: &mut [i32],
+) {
+    // SAFETY: this function's contract.
+    unsafe {
+        match (px, b) {
+            (8, _) => tile_zmm::<8, 1>(quads, blocks, pool, ld, out),
+            (4, 1) => tile_zmm::<4, 1>(quads, blocks, pool, ld, out),
+            (4, _) => tile_zmm::<4, 2>(quads, blocks, pool, ld, out),
+            (_, 1) => tile_zmm::<2, 1>(quads, blocks, pool, ld, out),
+            (_, 2) => tile_zmm::<2, 2>(quads, blocks, pool, ld, out),
+            (_, 3) => tile_zmm::<2, 3>(quads, blocks, pool, ld, out),
+            _ => tile_zmm::<2, 4>(quads, blocks, pool, ld, out),
         }
     }
 }
@@ -162,68 +226,93 @@ fn build_windows(
     }
 }
 
-/// One tile of `B` blocks: pooled into `out[..]`, or its four pixels at `out[0]`,
-/// `out[n]`, `out[ld]` and `out[ld + n]` (`n` = `tile.pixel_len`).
+/// One tile of 2 × `PX` pixels and `B` blocks: pooled (each 2×2 pixels' maximum) into
+/// `out[j · n ..]` for `j < PX / 2`, or pixel `(dy, dx)` at `out[dy · ld + dx · n ..]`
+/// (`n` = `blocks.pixel_len`).
 ///
 /// # Safety
-/// AVX-512 F and VNNI; `tile`'s pointers valid for the reads its geometry implies, `out`
-/// for the writes.
+/// AVX-512 F and VNNI; `quads`' and `blocks`' pointers valid for the reads their
+/// geometry implies, `out` for the writes.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_zmm<const B: usize>(tile: Tile, pool: bool, ld: usize, out: &mut [i32]) {
-    let block_len = tile.quads * DIRECT_BLOCK * QUAD;
+unsafe fn tile_zmm<const PX: usize, const B: usize>(
+    quads: Quads,
+    blocks: Blocks,
+    pool: bool,
+    ld: usize,
+    out: &mut [i32],
+) {
     // SAFETY (every pointer below): this function's contract.
     let start: [__m512i; B] =
-        std::array::from_fn(|b| unsafe { _mm512_loadu_si512(tile.start.add(b * 16).cast()) });
-    let mut acc = [start; 4];
-    let pixel_offsets = [
-        0,
-        tile.pixel_step,
-        tile.row_step,
-        tile.row_step + tile.pixel_step,
-    ];
-    for q in 0..tile.quads {
-        let w: [__m512i; B] = std::array::from_fn(|b| unsafe {
-            let row = tile.weights.add(b * block_len + q * DIRECT_BLOCK * QUAD);
-            _mm512_loadu_si512(row.cast())
-        });
-        for (sums, offset) in acc.iter_mut().zip(pixel_offsets) {
-            let x = unsafe {
-                tile.window
-                    .add(offset + q * QUAD)
-                    .cast::<i32>()
-                    .read_unaligned()
-            };
-            let x = _mm512_set1_epi32(x);
-            for (sum, &w) in sums.iter_mut().zip(&w) {
-                *sum = _mm512_dpbusd_epi32(*sum, x, w);
+        std::array::from_fn(|b| unsafe { _mm512_loadu_si512(blocks.start.add(b * 16).cast()) });
+    let mut acc = [[start; PX]; 2];
+    for s in 0..quads.segments {
+        let first_quad = s * quads.segment_quads;
+        let segment = unsafe { quads.window.add(s * quads.segment_step) };
+        for j in 0..quads.segment_quads {
+            let q = first_quad + j;
+            let w: [__m512i; B] = std::array::from_fn(|b| unsafe {
+                let row = blocks
+                    .weights
+                    .add(b * blocks.block_len + q * DIRECT_BLOCK * QUAD);
+                _mm512_loadu_si512(row.cast())
+            });
+            for (dy, row) in acc.iter_mut().enumerate() {
+                for (dx, sums) in row.iter_mut().enumerate() {
+                    let offset = dy * quads.row_step + dx * quads.pixel_step + j * QUAD;
+                    let x = unsafe { segment.add(offset).cast::<i32>().read_unaligned() };
+                    let x = _mm512_set1_epi32(x);
+                    for (sum, &w) in sums.iter_mut().zip(&w) {
+                        *sum = _mm512_dpbusd_epi32(*sum, x, w);
+                    }
+                }
             }
         }
     }
-    // The last block's lanes past the filter's channels are not written.
+    // SAFETY: this function's contract.
+    unsafe { store_tile(acc, blocks, pool, ld, out) };
+}
+
+/// Stores a tile's sums as [`tile_zmm`] describes, the last block's lanes past the
+/// filter's channels left unwritten.
+///
+/// # Safety
+/// AVX-512 F; `out` valid for the writes.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn store_tile<const PX: usize, const B: usize>(
+    [top, bottom]: [[[__m512i; B]; PX]; 2],
+    blocks: Blocks,
+    pool: bool,
+    ld: usize,
+    out: &mut [i32],
+) {
     let masks: [__mmask16; B] = std::array::from_fn(|b| {
-        let lanes = tile
+        let lanes = blocks
             .channels
             .saturating_sub(b * DIRECT_BLOCK)
             .min(DIRECT_BLOCK);
         ((1u32 << lanes) - 1) as __mmask16
     });
-    let out = out.as_mut_ptr();
+    let (out, n) = (out.as_mut_ptr(), blocks.pixel_len);
     let store = |at: usize, sums: &[__m512i; B]| {
         for (b, (&sum, &mask)) in sums.iter().zip(&masks).enumerate() {
+            // SAFETY: this function's contract.
             unsafe { _mm512_mask_storeu_epi32(out.add(at + b * DIRECT_BLOCK).cast(), mask, sum) };
         }
     };
     if pool {
-        let [a, b, c, d] = acc;
         let max = |x: [__m512i; B], y: [__m512i; B]| -> [__m512i; B] {
             std::array::from_fn(|i| _mm512_max_epi32(x[i], y[i]))
         };
-        store(0, &max(max(a, b), max(c, d)));
+        for j in 0..PX / 2 {
+            let left = max(top[2 * j], bottom[2 * j]);
+            let right = max(top[2 * j + 1], bottom[2 * j + 1]);
+            store(j * n, &max(left, right));
+        }
     } else {
-        let [a, b, c, d] = acc;
-        store(0, &a);
-        store(tile.pixel_len, &b);
-        store(ld, &c);
-        store(ld + tile.pixel_len, &d);
+        for dx in 0..PX {
+            store(dx * n, &top[dx]);
+            store(ld + dx * n, &bottom[dx]);
+        }
     }
 }

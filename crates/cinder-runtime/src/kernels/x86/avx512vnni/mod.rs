@@ -1,7 +1,7 @@
 //! The AVX-512 VNNI path: the int8 GEMM (`vpdpbusd`, u8 activations `code + 128` × i8
 //! weight quads) and Winograd's i16 GEMMs (`vpdpwssd`) on zmm tiles ([`zmm`]), the
 //! depthwise kernel on zmm ([`depthwise`], `vpdpwssd` on tap pairs), the direct
-//! convolution of few-channel images ([`direct`], `vpdpbusd` on window quads), the GEMV of
+//! convolution ([`direct`], `vpdpbusd` on window quads), the GEMV of
 //! 4-bit weights ([`nibbles`]), the output stage on zmm ([`requantize`]), the residual
 //! `Add` in 64-bit lanes ([`add`]), and the int8
 //! GEMM, the depthwise kernel and the 4-bit GEMV on ymm in the EVEX encoding
