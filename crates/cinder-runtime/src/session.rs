@@ -117,16 +117,16 @@ impl Session<'_> {
     pub fn run(&mut self, input: &impl Tensor<f32>) -> Result<TensorRef<'_, f32>, RunError> {
         let model = self.model;
         let batch = batch_size(input.shape(), model.input_shape())?;
-        let (lo, hi) = min_max(input.data()).map_err(RunError::Input)?;
         let x = input.data();
+        let range = match model.plan().input_quantized_only {
+            true => Tracked::Unknown,
+            false => {
+                let (lo, hi) = min_max(x).map_err(RunError::Input)?;
+                Tracked::Known(lo, hi)
+            }
+        };
         let Self { ws, profile, .. } = self;
-        execute(
-            model.plan(),
-            batch,
-            (x, Tracked::Known(lo, hi)),
-            ws,
-            profile.as_mut(),
-        )?;
+        execute(model.plan(), batch, (x, range), ws, profile.as_mut())?;
         let len = batch * model.output_shape().iter().product::<usize>();
         let data: &[f32] = match model.plan().output {
             Buffer::Float(i) => &self.ws.floats[i][..len],
@@ -238,8 +238,9 @@ fn execute(
         match ps.output {
             Buffer::Int(o) => {
                 let mut y = std::mem::take(&mut ws.ints[o]);
-                int_stage(ps, batch, input, ws, grow(&mut y, n_out));
+                let run = int_stage(ps, batch, input, ws, grow(&mut y, n_out));
                 ws.ints[o] = y;
+                run?;
             }
             Buffer::Float(o) => {
                 let mut y = std::mem::take(&mut ws.floats[o]);
@@ -259,14 +260,15 @@ fn execute(
     Ok(())
 }
 
-/// Runs a stage that writes int8 into `y`.
+/// Runs a stage that writes int8 into `y`; an input quantizer fails on a value that is
+/// not finite.
 fn int_stage(
     ps: &PlannedStage,
     batch: usize,
     input: (&[f32], Tracked),
     ws: &mut Workspace,
     y: &mut [i8],
-) {
+) -> Result<(), RunError> {
     let Workspace {
         ints,
         floats,
@@ -282,7 +284,10 @@ fn int_stage(
         Stage::Quantize(q) => {
             let (b, len) = ps.inputs[0];
             let (x, _) = float_in(input, floats, ranges, b, batch * len);
-            q.run(x, y, len, slots);
+            if !q.run(x, y, len, slots) {
+                // The scan names the first value that is not finite.
+                min_max(x).map_err(RunError::Input)?;
+            }
         }
         Stage::IntConv(c) => c.run(x(0), batch, y, slots),
         Stage::IntDepthwise(d) => d.run(x(0), y, slots),
@@ -296,6 +301,7 @@ fn int_stage(
         Stage::IntConcat(c) => c.run(x, y),
         _ => unreachable!("the other stages write float"),
     }
+    Ok(())
 }
 
 /// Runs a stage that writes float into `y`; returns the range it wrote.

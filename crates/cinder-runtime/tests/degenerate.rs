@@ -13,8 +13,8 @@
 use cinder_observers::{Calibrator, ObserverError, ObserverSpec};
 use cinder_runtime::synthetic::{Rng, linear_node, minmax_table, node, random_input};
 use cinder_runtime::{
-    LayerOverride, Mode, QuantConfig, RunError, convert, float_forward, float_forward_with,
-    simulate,
+    LayerOverride, Mode, QuantConfig, RunError, SessionOptions, convert, float_forward,
+    float_forward_with, simulate,
 };
 use cinder_tensor::graph::{FloatGraph, Op};
 use cinder_tensor::{QuantScheme, Tensor, TensorBuf};
@@ -112,9 +112,21 @@ fn non_finite_images_are_refused_by_every_stage() {
         assert!(refused(float_forward(&g, &input)), "float forward, {bad}");
         assert!(refused(simulate(&model, &input)), "simulation, {bad}");
         assert!(
-            matches!(session.run(&input), Err(RunError::Input(_))),
+            refused(session.run(&input).map(|t| owned(&t))),
             "session, {bad}"
         );
+        // In the last image, which a helper thread quantizes.
+        let mut last = random_input(&g, 4, 1);
+        let at = last.data().len() - 5;
+        last.data_mut()[at] = bad;
+        for threads in [1, 2] {
+            let mut session = model.session_with(SessionOptions { threads }).unwrap();
+            let err = session.run(&last).map(|t| owned(&t));
+            assert!(
+                matches!(err, Err(RunError::Input(ObserverError::NonFiniteValue { index, .. })) if index == at),
+                "session, {threads} threads, {bad}: {err:?}"
+            );
+        }
         for spec in observers() {
             let mut calibrator = Calibrator::new(spec, QuantScheme::activations_uint8()).unwrap();
             let err = calibrator.observe("input", &input).unwrap_err().to_string();

@@ -10,9 +10,16 @@ use super::isa::dispatch;
 use super::work::Vectorizable;
 use crate::geometry::Window;
 
-/// `y = q(x)`, NCHW -> NHWC when `chw` is given (else element order kept).
-pub(crate) fn quantize_f32_s8(x: &[f32], chw: Option<[usize; 3]>, p: &QuantParams, y: &mut [i8]) {
-    dispatch(Quantize { x, chw, p, y });
+/// `y = q(x)`, NCHW -> NHWC when `chw` is given (else element order kept); returns
+/// whether every value of `x` was finite (`q` maps NaN to the zero point and clamps
+/// infinities, so a caller that must reject them checks this).
+pub(crate) fn quantize_f32_s8(
+    x: &[f32],
+    chw: Option<[usize; 3]>,
+    p: &QuantParams,
+    y: &mut [i8],
+) -> bool {
+    dispatch(Quantize { x, chw, p, y })
 }
 
 /// Pixels quantized per block before they are interleaved into NHWC: the rounding runs
@@ -28,30 +35,75 @@ struct Quantize<'a> {
 }
 
 impl Vectorizable for Quantize<'_> {
-    type Output = ();
+    type Output = bool;
 
     #[inline(always)]
-    fn run(self) {
+    fn run(self) -> bool {
         let Self { x, chw, p, y } = self;
         let q = |v: f32| p.quantize(v) as i8;
         let Some([c, h, w]) = chw else {
-            y.iter_mut().zip(x).for_each(|(o, &v)| *o = q(v));
-            return;
+            in_order(x, q, y);
+            return all_finite(&x[..y.len().min(x.len())]);
         };
         let hw = h * w;
-        let mut planar = [0i8; QUANTIZE_BLOCK];
-        for p0 in (0..hw).step_by(QUANTIZE_BLOCK) {
-            let len = QUANTIZE_BLOCK.min(hw - p0);
-            let out = &mut y[p0 * c..(p0 + len) * c];
-            for ci in 0..c {
-                let plane = &x[ci * hw + p0..][..len];
-                planar[..len]
-                    .iter_mut()
-                    .zip(plane)
-                    .for_each(|(o, &v)| *o = q(v));
-                for (px, &v) in out.chunks_exact_mut(c).zip(&planar[..len]) {
-                    px[ci] = v;
-                }
+        match c {
+            1 => in_order(&x[..hw], q, y),
+            2 => few_channels::<2>(x, hw, q, y),
+            3 => few_channels::<3>(x, hw, q, y),
+            4 => few_channels::<4>(x, hw, q, y),
+            _ => by_plane(x, [c, hw], q, y),
+        }
+        all_finite(&x[..c * hw])
+    }
+}
+
+/// Whether no value of `x` is NaN or infinite: their exponent bits are all ones. A
+/// separate pass over values just read (in cache): the maximum of the exponents is an
+/// integer reduction that vectorizes, once per image rather than per block.
+#[inline(always)]
+fn all_finite(x: &[f32]) -> bool {
+    const EXPONENT: u32 = 0x7f80_0000;
+    x.iter().fold(0, |m: u32, v| m.max(v.to_bits() & EXPONENT)) != EXPONENT
+}
+
+/// `y[i] = q(x[i])`.
+#[inline(always)]
+fn in_order(x: &[f32], q: impl Fn(f32) -> i8, y: &mut [i8]) {
+    y.iter_mut().zip(x).for_each(|(o, &v)| *o = q(v));
+}
+
+/// [`quantize_f32_s8`] of `C` planes of `hw` values: a block of each plane's codes, then
+/// the block's pixels whole (`C` known, so the interleaving is vector shuffles rather
+/// than a byte store per value).
+#[inline(always)]
+fn few_channels<const C: usize>(x: &[f32], hw: usize, q: impl Fn(f32) -> i8, y: &mut [i8]) {
+    let mut planar = [[0i8; QUANTIZE_BLOCK]; C];
+    for p0 in (0..hw).step_by(QUANTIZE_BLOCK) {
+        let len = QUANTIZE_BLOCK.min(hw - p0);
+        for (ci, codes) in planar.iter_mut().enumerate() {
+            in_order(&x[ci * hw + p0..][..len], &q, codes);
+        }
+        let pixels = y[p0 * C..(p0 + len) * C].chunks_exact_mut(C);
+        for (i, px) in pixels.enumerate() {
+            for (ci, v) in px.iter_mut().enumerate() {
+                *v = planar[ci][i];
+            }
+        }
+    }
+}
+
+/// [`quantize_f32_s8`] of `c` planes of `hw` values: a block of one plane's codes at a
+/// time, scattered into the block's pixels.
+#[inline(always)]
+fn by_plane(x: &[f32], [c, hw]: [usize; 2], q: impl Fn(f32) -> i8, y: &mut [i8]) {
+    let mut planar = [0i8; QUANTIZE_BLOCK];
+    for p0 in (0..hw).step_by(QUANTIZE_BLOCK) {
+        let len = QUANTIZE_BLOCK.min(hw - p0);
+        let out = &mut y[p0 * c..(p0 + len) * c];
+        for ci in 0..c {
+            in_order(&x[ci * hw + p0..][..len], &q, &mut planar[..len]);
+            for (px, &v) in out.chunks_exact_mut(c).zip(&planar[..len]) {
+                px[ci] = v;
             }
         }
     }

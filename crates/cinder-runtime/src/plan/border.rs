@@ -15,10 +15,14 @@ pub(crate) struct InputQuantizer {
 }
 
 impl InputQuantizer {
-    pub fn run(&self, x: &[f32], y: &mut [i8], len: usize, slots: &mut Workers) {
-        par_images(x, len, y, len, slots, |image, out, _| {
-            quantize_f32_s8(image, self.chw, &self.params, out)
+    /// Quantizes every image of `x`; returns whether all its values were finite.
+    pub fn run(&self, x: &[f32], y: &mut [i8], len: usize, slots: &mut Workers) -> bool {
+        par_images(x, len, y, len, slots, |image, out, slot| {
+            if !quantize_f32_s8(image, self.chw, &self.params, out) {
+                slot.range = Tracked::Unknown;
+            }
         });
+        take_range(slots) != Tracked::Unknown
     }
 }
 

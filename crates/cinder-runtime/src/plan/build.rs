@@ -129,11 +129,18 @@ impl Plan {
             builder.step(i)?;
         }
         let output = builder.buffer[steps.len()].expect("every tensor has a buffer");
+        let mut input_readers = builder
+            .stages
+            .iter()
+            .filter(|s| s.inputs.iter().any(|&(b, _)| b == Buffer::Input));
+        let input_quantized_only =
+            output != Buffer::Input && input_readers.all(|s| matches!(s.stage, Stage::Quantize(_)));
         Ok(Self {
             stages: builder.stages,
             int_buffers: builder.ints.count,
             float_buffers: builder.floats.count,
             output,
+            input_quantized_only,
         })
     }
 }

@@ -271,7 +271,8 @@ impl DynLinear {
         } = shared;
         let q = grow(q, x.len());
         par_blocks(q, k, 1, BLOCKS_PER_SLOT, slots, |r0, block, _| {
-            quantize_f32_s8(&x[r0 * k..][..block.len()], None, &p, block)
+            // Finite: the range of `x` was tracked.
+            quantize_f32_s8(&x[r0 * k..][..block.len()], None, &p, block);
         });
         let terms = (&col_off[..n], &col_scale[..n]);
         split_linear(q, k, n, y, slots, |a, m, cols, slot, out| {

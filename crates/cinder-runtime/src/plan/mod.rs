@@ -152,4 +152,7 @@ pub(crate) struct Plan {
     pub float_buffers: usize,
     /// Where the model's output is.
     pub output: Buffer,
+    /// Whether input quantizers are the only stages reading the run's input: they check
+    /// that it is finite as they read it, and its range is not needed.
+    pub input_quantized_only: bool,
 }
