@@ -115,7 +115,7 @@ impl Avx512Vnni {
 
 /// The tiles of two output rows of `cols` pixels from `source`, into `out` from the rows'
 /// first (pooled) pixel: block groups of `8 / PX` blocks, `PX` the widest of 8, 4 and 2
-/// pixels that the filter's blocks fill.
+/// pixels that the filter's blocks fill, then 2-pixel tiles for the columns left.
 fn tile_row(filter: &DirectFilter, source: Quads, cols: usize, pool: bool, out: &mut [i32]) {
     let n = filter.out_channels();
     let blocks = n.div_ceil(DIRECT_BLOCK);
@@ -134,52 +134,60 @@ fn tile_row(filter: &DirectFilter, source: Quads, cols: usize, pool: bool, out: 
             pixel_len: n,
         };
         let b = (blocks - first).min(group);
-        let mut x = 0;
-        while x < cols {
-            let px = if cols - x >= wide { wide } else { 2 };
-            let quads = Quads {
+        let whole = cols / wide * wide;
+        for (x, px, tiles) in [(0, wide, whole / wide), (whole, 2, (cols - whole) / 2)] {
+            if tiles == 0 {
+                continue;
+            }
+            let run = Run {
+                tiles,
                 // SAFETY: pixel `x` of the first row lies in the rows or windows.
-                window: unsafe { source.window.add(x * source.pixel_step) },
-                ..source
+                quads: Quads {
+                    window: unsafe { source.window.add(x * source.pixel_step) },
+                    ..source
+                },
+                blocks: tile_blocks,
+                pool,
+                ld: if pool { 0 } else { cols * n },
             };
-            let (at, ld) = match pool {
-                true => (x / 2 * n, 0),
-                false => (x * n, cols * n),
-            };
+            let at = if pool { x / 2 * n } else { x * n };
             let out = &mut out[at + first * DIRECT_BLOCK..];
             // SAFETY: the caller's token proves AVX-512 VNNI; the rows or windows hold the
             // filter's quads for each of `cols` pixels of both rows, and the caller's
-            // assertions bound every write of `out` (pixel `(1, x + px - 1)` at most,
+            // assertions bound every write of `out` (pixel `(1, cols - 1)` at most,
             // masked to the filter's channels).
-            unsafe { tile_dispatch(px, b, quads, tile_blocks, pool, ld, out) };
-            x += px;
+            unsafe { tiles_dispatch(px, b, run, out) };
         }
     }
 }
 
-/// The tile of `px` pixels a row and `b` blocks.
-///
-/// # Safety
-/// As [`tile_zmm`]'s.
-unsafe fn tile_dispatch(
-    px: usize,
-    b: usize,
+/// A run of tiles side by side along two output rows.
+#[derive(Clone, Copy)]
+struct Run {
+    tiles: usize,
+    /// The first tile's quads.
     quads: Quads,
     blocks: Blocks,
     pool: bool,
+    /// Without `pool`: output values from a pixel to the one below it.
     ld: usize,
-    out: &mut [i32],
-) {
+}
+
+/// The run of tiles of `px` pixels a row and `b` blocks.
+///
+/// # Safety
+/// As [`tiles_zmm`]'s.
+unsafe fn tiles_dispatch(px: usize, b: usize, run: Run, out: &mut [i32]) {
     // SAFETY: this function's contract.
     unsafe {
         match (px, b) {
-            (8, _) => tile_zmm::<8, 1>(quads, blocks, pool, ld, out),
-            (4, 1) => tile_zmm::<4, 1>(quads, blocks, pool, ld, out),
-            (4, _) => tile_zmm::<4, 2>(quads, blocks, pool, ld, out),
-            (_, 1) => tile_zmm::<2, 1>(quads, blocks, pool, ld, out),
-            (_, 2) => tile_zmm::<2, 2>(quads, blocks, pool, ld, out),
-            (_, 3) => tile_zmm::<2, 3>(quads, blocks, pool, ld, out),
-            _ => tile_zmm::<2, 4>(quads, blocks, pool, ld, out),
+            (8, _) => tiles_zmm::<8, 1>(run, out),
+            (4, 1) => tiles_zmm::<4, 1>(run, out),
+            (4, _) => tiles_zmm::<4, 2>(run, out),
+            (_, 1) => tiles_zmm::<2, 1>(run, out),
+            (_, 2) => tiles_zmm::<2, 2>(run, out),
+            (_, 3) => tiles_zmm::<2, 3>(run, out),
+            _ => tiles_zmm::<2, 4>(run, out),
         }
     }
 }
@@ -226,27 +234,56 @@ fn build_windows(
     }
 }
 
-/// One tile of 2 × `PX` pixels and `B` blocks: pooled (each 2×2 pixels' maximum) into
-/// `out[j · n ..]` for `j < PX / 2`, or pixel `(dy, dx)` at `out[dy · ld + dx · n ..]`
-/// (`n` = `blocks.pixel_len`).
+/// `run.tiles` tiles of 2 × `PX` pixels and `B` blocks side by side, the block
+/// constants set up once: each pooled (2×2 pixels' maxima) into `out[j · n ..]` for
+/// `j < PX / 2`, or pixel `(dy, dx)` at `out[dy · ld + dx · n ..]` (`n` =
+/// `run.blocks.pixel_len`), from the tile's first output on.
 ///
 /// # Safety
-/// AVX-512 F and VNNI; `quads`' and `blocks`' pointers valid for the reads their
-/// geometry implies, `out` for the writes.
+/// AVX-512 F and VNNI; `run`'s pointers valid for the reads its geometry implies, `out`
+/// for the writes.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_zmm<const PX: usize, const B: usize>(
-    quads: Quads,
-    blocks: Blocks,
-    pool: bool,
-    ld: usize,
-    out: &mut [i32],
-) {
+unsafe fn tiles_zmm<const PX: usize, const B: usize>(run: Run, out: &mut [i32]) {
+    let Run {
+        quads,
+        blocks,
+        pool,
+        ..
+    } = run;
     // SAFETY (every pointer below): this function's contract.
     let start: [__m512i; B] =
         std::array::from_fn(|b| unsafe { _mm512_loadu_si512(blocks.start.add(b * 16).cast()) });
+    let masks: [__mmask16; B] = std::array::from_fn(|b| {
+        let lanes = blocks
+            .channels
+            .saturating_sub(b * DIRECT_BLOCK)
+            .min(DIRECT_BLOCK);
+        ((1u32 << lanes) - 1) as __mmask16
+    });
+    let out_step = if pool { PX / 2 } else { PX } * blocks.pixel_len;
+    for t in 0..run.tiles {
+        let window = unsafe { quads.window.add(t * PX * quads.pixel_step) };
+        let acc = unsafe { tile_sums::<PX, B>(Quads { window, ..quads }, blocks, start) };
+        let out = unsafe { out.as_mut_ptr().add(t * out_step) };
+        unsafe { store_tile(acc, (masks, blocks.pixel_len), pool, run.ld, out) };
+    }
+}
+
+/// One tile's sums, `[row][pixel][block]`, from `start`.
+///
+/// # Safety
+/// As [`tiles_zmm`]'s.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn tile_sums<const PX: usize, const B: usize>(
+    quads: Quads,
+    blocks: Blocks,
+    start: [__m512i; B],
+) -> [[[__m512i; B]; PX]; 2] {
     let mut acc = [[start; PX]; 2];
     for s in 0..quads.segments {
         let first_quad = s * quads.segment_quads;
+        // SAFETY (every pointer below): this function's contract.
         let segment = unsafe { quads.window.add(s * quads.segment_step) };
         for j in 0..quads.segment_quads {
             let q = first_quad + j;
@@ -268,12 +305,11 @@ unsafe fn tile_zmm<const PX: usize, const B: usize>(
             }
         }
     }
-    // SAFETY: this function's contract.
-    unsafe { store_tile(acc, blocks, pool, ld, out) };
+    acc
 }
 
-/// Stores a tile's sums as [`tile_zmm`] describes, the last block's lanes past the
-/// filter's channels left unwritten.
+/// Stores a tile's sums as [`tiles_zmm`] describes, at `out`, the lanes outside `masks`
+/// (the last block's past the filter's channels) left unwritten.
 ///
 /// # Safety
 /// AVX-512 F; `out` valid for the writes.
@@ -281,19 +317,11 @@ unsafe fn tile_zmm<const PX: usize, const B: usize>(
 #[inline]
 unsafe fn store_tile<const PX: usize, const B: usize>(
     [top, bottom]: [[[__m512i; B]; PX]; 2],
-    blocks: Blocks,
+    (masks, n): ([__mmask16; B], usize),
     pool: bool,
     ld: usize,
-    out: &mut [i32],
+    out: *mut i32,
 ) {
-    let masks: [__mmask16; B] = std::array::from_fn(|b| {
-        let lanes = blocks
-            .channels
-            .saturating_sub(b * DIRECT_BLOCK)
-            .min(DIRECT_BLOCK);
-        ((1u32 << lanes) - 1) as __mmask16
-    });
-    let (out, n) = (out.as_mut_ptr(), blocks.pixel_len);
     let store = |at: usize, sums: &[__m512i; B]| {
         for (b, (&sum, &mask)) in sums.iter().zip(&masks).enumerate() {
             // SAFETY: this function's contract.
