@@ -1,17 +1,16 @@
 //! The AVX-512 output stage: 16 channels per vector, rescaled as two vectors of eight
 //! 64-bit products (`vpmuldq`), rounded by one arithmetic shift (`vpsravq`), clamped and
 //! narrowed to bytes (`vpmovdb`); the last `n % 16` channels under a lane mask, so no
-//! channel takes the scalar path. A block of whole vectors (at most 8) walks each row with
-//! a count known at compile time: a row loop of a few vectors with a run-time count
-//! measured 1.6× slower on Zen 4 (64 channels).
+//! channel takes the scalar path. A block walks one vector of channels over all its rows
+//! with that vector's constants in registers: walking each row over all its vectors
+//! reloaded seven constant vectors per vector of sums, and with a run-time count of
+//! vectors a row (four for 64 channels) ran 1.6× slower still on Zen 4.
 
 use std::arch::x86_64::*;
 
 use super::Avx512Vnni;
 use crate::kernels::output::OutputStage;
-use crate::kernels::x86::channel_lanes::{
-    BlockRows, CHANNEL_BLOCK, ChannelLanes, by_channel_blocks,
-};
+use crate::kernels::x86::channel_lanes::{BlockRows, ChannelLanes, by_channel_blocks};
 
 /// The constants in AVX-512's lane order.
 type Lanes = ChannelLanes<16>;
@@ -82,92 +81,93 @@ impl Consts {
 }
 
 /// Every row of one channel block; without `LEFT` the (all zero) left shifts are skipped.
+/// A vector of 16 channels at a time over all rows, its constants held in registers: a
+/// row at a time reloaded seven constant vectors for every vector of sums.
 ///
 /// # Safety
 /// AVX-512 F, BW and VL must be available; the block at most `CHANNEL_BLOCK` wide.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn requantize_block<const LEFT: bool>(stage: &OutputStage<'_>, block: BlockRows<'_, 16>) {
-    let consts = Consts::new(stage);
-    let width = block.bias.len();
-    // SAFETY (every arm): this function's contract; the fixed counts cover the width.
-    unsafe {
-        match (width % 16, width / 16) {
-            (0, 1) => whole_vectors::<LEFT, 1>(consts, block),
-            (0, 2) => whole_vectors::<LEFT, 2>(consts, block),
-            (0, 3) => whole_vectors::<LEFT, 3>(consts, block),
-            (0, 4) => whole_vectors::<LEFT, 4>(consts, block),
-            (0, 5) => whole_vectors::<LEFT, 5>(consts, block),
-            (0, 6) => whole_vectors::<LEFT, 6>(consts, block),
-            (0, 7) => whole_vectors::<LEFT, 7>(consts, block),
-            (0, 8) => whole_vectors::<LEFT, 8>(consts, block),
-            _ => any_width::<LEFT>(consts, block),
-        }
-    }
-}
-
-/// [`requantize_block`] of a block of `V` whole vectors (`16 V` channels).
-///
-/// # Safety
-/// As [`requantize_block`], the block `16 V` wide.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn whole_vectors<const LEFT: bool, const V: usize>(
-    consts: Consts,
+unsafe fn requantize_block<const LEFT: bool>(
+    stage: &OutputStage<'_>,
     mut block: BlockRows<'_, 16>,
 ) {
-    let (lanes, bias) = (block.lanes, block.bias);
-    for i in 0..block.rows {
-        let (acc, out) = block.row(i);
-        for g in (0..16 * V).step_by(16) {
-            // SAFETY: `g + 16 <= 16 V`, the block's width.
-            unsafe { vector::<LEFT>(consts, lanes, (bias, acc), g, !0, out) };
+    let consts = Consts::new(stage);
+    let width = block.bias.len();
+    for g in (0..width).step_by(16) {
+        let mask: __mmask16 = match width - g {
+            16.. => !0,
+            left => (1 << left) - 1,
+        };
+        // SAFETY: the mask's lanes lie below the block's width, at most the lane arrays'
+        // length, a multiple of 16.
+        unsafe {
+            let channels = Channels::new(block.lanes, block.bias, g, mask);
+            for i in 0..block.rows {
+                let (acc, out) = block.row(i);
+                vector::<LEFT>(consts, &channels, acc, g, out);
+            }
         }
     }
 }
 
-/// [`requantize_block`] of a block of any width: the last vector under a lane mask.
-///
-/// # Safety
-/// As [`requantize_block`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn any_width<const LEFT: bool>(consts: Consts, mut block: BlockRows<'_, 16>) {
-    let (lanes, bias) = (block.lanes, block.bias);
-    for i in 0..block.rows {
-        let (acc, out) = block.row(i);
-        for g in (0..acc.len()).step_by(16) {
-            let mask: __mmask16 = match acc.len() - g {
-                16.. => !0,
-                left => (1 << left) - 1,
-            };
-            // SAFETY: the mask's lanes lie below the block's width.
-            unsafe { vector::<LEFT>(consts, lanes, (bias, acc), g, mask, out) };
+/// The constants of the 16 channels from `g`, in registers.
+struct Channels {
+    mask: __mmask16,
+    bias: __m512i,
+    mult: __m512i,
+    odd: __m512i,
+    /// Even and odd channels' right shifts and rounding terms.
+    shift: (__m512i, __m512i),
+    round: (__m512i, __m512i),
+}
+
+impl Channels {
+    /// # Safety
+    /// AVX-512 F must be available; the masked lanes of `g ..` lie inside `bias`, and
+    /// `g + 16` is at most the lane arrays' length.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn new(lanes: &Lanes, bias: &[i32], g: usize, mask: __mmask16) -> Self {
+        // SAFETY: in bounds by the contract.
+        unsafe {
+            let lane32 = |s: &[i32]| _mm512_maskz_loadu_epi32(mask, s.as_ptr().add(g).cast());
+            let lane64 = |s: &[i64], at: usize| _mm512_loadu_si512(s.as_ptr().add(at).cast());
+            Self {
+                mask,
+                bias: lane32(bias),
+                mult: lane32(&lanes.mult),
+                odd: lane32(&lanes.odd),
+                shift: (lane64(&lanes.shift, g), lane64(&lanes.shift, g + 8)),
+                round: (lane64(&lanes.round, g), lane64(&lanes.round, g + 8)),
+            }
         }
     }
 }
 
-/// The codes of channels `g .. g + 16` of one row under `mask` (a full mask compiles to
-/// plain loads and stores).
+/// The codes of `channels`' 16 channels (from `g`) of one row under their mask (a full
+/// mask compiles to plain loads and stores).
 ///
 /// # Safety
-/// AVX-512 F, BW and VL must be available; the masked lanes of `g ..` lie inside `bias`,
-/// `acc` and `out`, and `g + 16 <= CHANNEL_BLOCK` (a multiple of 16).
+/// AVX-512 F, BW and VL must be available; the masked lanes of `g ..` lie inside `acc`
+/// and `out`.
 #[inline(always)]
 unsafe fn vector<const LEFT: bool>(
     consts: Consts,
-    lanes: &Lanes,
-    (bias, acc): (&[i32], &[i32]),
+    channels: &Channels,
+    acc: &[i32],
     g: usize,
-    mask: __mmask16,
     out: &mut [i8],
 ) {
-    // SAFETY (whole body): the instruction sets and bounds by the contract; the lane
-    // arrays hold `CHANNEL_BLOCK` values.
+    // SAFETY (whole body): the instruction sets and bounds by the contract.
     unsafe {
-        let load = |s: &[i32]| _mm512_maskz_loadu_epi32(mask, s.as_ptr().add(g).cast());
-        let x = _mm512_add_epi32(load(acc), load(bias));
-        let even = _mm512_mul_epi32(x, load(&lanes.mult));
-        let odd = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), load(&lanes.odd));
-        let mut even = round_shift(even, lanes, g);
-        let mut odd = round_shift(odd, lanes, g + 8);
+        let mask = channels.mask;
+        let x = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(g).cast());
+        let x = _mm512_add_epi32(x, channels.bias);
+        let even = _mm512_mul_epi32(x, channels.mult);
+        let odd = _mm512_mul_epi32(_mm512_srli_epi64(x, 32), channels.odd);
+        let (shift, round) = (channels.shift, channels.round);
+        let mut even = _mm512_srav_epi64(_mm512_add_epi64(even, round.0), shift.0);
+        let mut odd = _mm512_srav_epi64(_mm512_add_epi64(odd, round.1), shift.1);
         if LEFT {
             let (lo, hi) = consts.bounds;
             even = _mm512_min_epi64(_mm512_max_epi64(even, lo), hi);
@@ -186,24 +186,4 @@ unsafe fn vector<const LEFT: bool>(
             _mm_mask_storeu_epi8(at, mask, bytes);
         }
     }
-}
-
-/// `RequantMultiplier::apply`'s rounding shift of eight 64-bit products with the
-/// constants at `lanes[at..at + 8]`: `(p + 2^(s-1)) >> s`, arithmetic, which is
-/// `floor((p + 2^(s-1)) / 2^s)`.
-///
-/// # Safety
-/// AVX-512 F must be available and `at + 8 <= CHANNEL_BLOCK`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn round_shift(p: __m512i, lanes: &Lanes, at: usize) -> __m512i {
-    debug_assert!(at + 8 <= CHANNEL_BLOCK);
-    // SAFETY: in bounds by the caller's contract; the loads are unaligned.
-    let (shift, round) = unsafe {
-        (
-            _mm512_loadu_si512(lanes.shift.as_ptr().add(at).cast()),
-            _mm512_loadu_si512(lanes.round.as_ptr().add(at).cast()),
-        )
-    };
-    _mm512_srav_epi64(_mm512_add_epi64(p, round), shift)
 }
