@@ -85,24 +85,7 @@ impl Avx512Vnni {
                     segment_quads: kw * c / QUAD,
                     segment_step: row_len,
                 },
-                false => {
-                    let step = quads * QUAD;
-                    build_windows(
-                        rows_from_y,
-                        [row_len, c],
-                        [kh, kw * c],
-                        windows,
-                        [cols, step],
-                    );
-                    Quads {
-                        window: windows.as_ptr(),
-                        pixel_step: step,
-                        row_step: cols * step,
-                        segments: 1,
-                        segment_quads: quads,
-                        segment_step: 0,
-                    }
-                }
+                false => built_windows(filter, rows_from_y, windows, [row_len, cols]),
             };
             let at = match pool {
                 true => y / 2 * (cols / 2) * n,
@@ -110,6 +93,34 @@ impl Avx512Vnni {
             };
             tile_row(filter, source, cols, pool, &mut out[at..]);
         }
+    }
+}
+
+/// The quads of two output rows of `cols` pixels as windows built in `windows` from the
+/// padded input rows from theirs on (`row_len` bytes a row), one window a pixel.
+fn built_windows(
+    filter: &DirectFilter,
+    rows_from_y: &[u8],
+    windows: &mut [u8],
+    [row_len, cols]: [usize; 2],
+) -> Quads {
+    let [kh, kw] = filter.window().kernel;
+    let c = filter.window().input[2];
+    let step = filter.depth_quads() * QUAD;
+    build_windows(
+        rows_from_y,
+        [row_len, c],
+        [kh, kw * c],
+        windows,
+        [cols, step],
+    );
+    Quads {
+        window: windows.as_ptr(),
+        pixel_step: step,
+        row_step: cols * step,
+        segments: 1,
+        segment_quads: filter.depth_quads(),
+        segment_step: 0,
     }
 }
 
